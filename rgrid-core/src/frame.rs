@@ -1,0 +1,160 @@
+//! Framing: a 4-byte big-endian length prefix and a postcard-encoded message, with a hard maximum
+//! frame size. An oversize or undecodable frame is an error for that stream only; the caller
+//! closes the stream and keeps serving others.
+
+use std::marker::PhantomData;
+
+use futures::{SinkExt, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+/// Largest frame either side accepts: 64 MiB (a result carries up to 16 MiB of stdout and of
+/// stderr).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// A stream-level protocol error.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame exceeds the maximum of {MAX_FRAME_BYTES} bytes")]
+    TooLarge,
+    #[error("frame does not decode as {expected}: {source}")]
+    Decode {
+        expected: &'static str,
+        source: postcard::Error,
+    },
+    #[error("message does not encode: {0}")]
+    Encode(postcard::Error),
+    #[error("stream ended before a {expected} arrived")]
+    Closed { expected: &'static str },
+    #[error("stream i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+/// Reads typed frames from a byte stream.
+pub struct FrameReader<R, T> {
+    inner: FramedRead<R, LengthDelimitedCodec>,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
+    pub fn new(reader: R) -> Self {
+        Self {
+            inner: FramedRead::new(reader, codec()),
+            _marker: PhantomData,
+        }
+    }
+
+    /// The next message, or `None` when the peer finished the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<T>, FrameError> {
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Err(err)) if err.kind() == std::io::ErrorKind::InvalidData => {
+                Err(FrameError::TooLarge)
+            }
+            Some(Err(err)) => Err(FrameError::Io(err)),
+            Some(Ok(bytes)) => postcard::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|source| FrameError::Decode {
+                    expected: short_type_name::<T>(),
+                    source,
+                }),
+        }
+    }
+
+    /// The next message; a cleanly finished stream is an error here.
+    pub async fn expect(&mut self) -> Result<T, FrameError> {
+        self.next().await?.ok_or(FrameError::Closed {
+            expected: short_type_name::<T>(),
+        })
+    }
+
+    /// Gives the underlying reader back.
+    pub fn into_inner(self) -> R {
+        self.inner.into_inner()
+    }
+}
+
+/// Writes typed frames to a byte stream.
+pub struct FrameWriter<W, T> {
+    inner: FramedWrite<W, LengthDelimitedCodec>,
+    _marker: PhantomData<fn(T)>,
+}
+
+impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
+    pub fn new(writer: W) -> Self {
+        Self {
+            inner: FramedWrite::new(writer, codec()),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Encodes and sends one message.
+    pub async fn send(&mut self, message: &T) -> Result<(), FrameError> {
+        let bytes = postcard::to_allocvec(message).map_err(FrameError::Encode)?;
+        if bytes.len() > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLarge);
+        }
+        self.inner
+            .send(bytes::Bytes::from(bytes))
+            .await
+            .map_err(FrameError::Io)
+    }
+
+    /// Gives the underlying writer back.
+    pub fn into_inner(self) -> W {
+        self.inner.into_inner()
+    }
+
+    /// The underlying writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        self.inner.get_mut()
+    }
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Hello;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn round_trip_and_errors() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut w = FrameWriter::<_, Hello>::new(a);
+        let mut r = FrameReader::<_, Hello>::new(b);
+        let hello = Hello {
+            version: 1,
+            agent: "t".into(),
+        };
+        w.send(&hello).await.unwrap();
+        assert_eq!(r.next().await.unwrap(), Some(hello));
+
+        // Undecodable: a valid length prefix with garbage inside.
+        let raw = w.get_mut();
+        raw.write_all(&[0, 0, 0, 1, 0xff]).await.unwrap();
+        assert!(matches!(r.next().await, Err(FrameError::Decode { .. })));
+
+        // Oversize: the length prefix alone is enough to refuse it.
+        let (a, b) = tokio::io::duplex(64);
+        let mut r = FrameReader::<_, Hello>::new(b);
+        let mut a = a;
+        a.write_all(&(MAX_FRAME_BYTES as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(r.next().await, Err(FrameError::TooLarge)));
+    }
+}

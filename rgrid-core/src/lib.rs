@@ -1,0 +1,21 @@
+//! rgrid's shared model: what the head, the nodes and the clients agree on.
+//!
+//! - [`id`]: task ids (client-generated, time-ordered), node ids, attempts.
+//! - [`resources`]: cpu, memory, gpus and custom resources with checked arithmetic.
+//! - [`task`]: the task spec a client submits and the task state machine.
+//! - [`protocol`]: the messages on the wire; [`frame`]: their length-prefixed postcard framing.
+//! - [`tls`]: the cluster CA, certificates, join tokens; [`transport`]: QUIC endpoints with mutual TLS.
+//! - [`scheduler`]: placement of queued tasks on nodes (pure, synchronous, time passed in).
+
+pub mod frame;
+pub mod id;
+pub mod protocol;
+pub mod resources;
+pub mod scheduler;
+pub mod task;
+pub mod tls;
+pub mod transport;
+
+pub use id::{AttemptId, NodeId, TaskId};
+pub use resources::Resources;
+pub use task::{TaskSpec, TaskState};

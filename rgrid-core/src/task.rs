@@ -1,0 +1,450 @@
+//! What a client submits ([`TaskSpec`]) and the life of a task ([`TaskState`], a checked state
+//! machine): `Pending → Queued → Assigned → Running → Succeeded | Failed | Cancelled |
+//! Unschedulable | Lost`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::TaskId;
+use crate::resources::Resources;
+
+/// A containerized task with its resource requirements.
+///
+/// Wire type: fields are only ever appended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Chosen by the client so that a resubmission is idempotent.
+    pub id: TaskId,
+    /// Container image, e.g. `rgrid-busybox:latest` or `python:3.12-slim`.
+    pub image: String,
+    /// Command and arguments; empty runs the image's default command.
+    pub command: Vec<String>,
+    /// Environment variables given to the container.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the container.
+    pub workdir: Option<String>,
+    /// What the task needs reserved on its node.
+    pub resources: Resources,
+    /// Where it may run.
+    pub constraints: Constraints,
+    /// How the scheduler picks among the nodes that fit.
+    pub strategy: Strategy,
+    /// Wall-clock limit for one attempt, in milliseconds; `None` = no limit.
+    pub timeout_ms: Option<u64>,
+    /// How often to rerun it after a node loss or a failure.
+    pub retry: RetryPolicy,
+    /// Container networking; none by default.
+    pub network: NetworkMode,
+    /// Higher runs first among tasks of the same shape.
+    pub priority: i32,
+}
+
+impl TaskSpec {
+    /// A task running `image` with its default command, 1 cpu and 256 MiB, a fresh id.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            id: TaskId::new(),
+            image: image.into(),
+            command: Vec::new(),
+            env: Vec::new(),
+            workdir: None,
+            resources: Resources::new(1000, 256 << 20),
+            constraints: Constraints::default(),
+            strategy: Strategy::default(),
+            timeout_ms: None,
+            retry: RetryPolicy::default(),
+            network: NetworkMode::default(),
+            priority: 0,
+        }
+    }
+
+    /// Sets the command and its arguments.
+    pub fn command<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.command = command.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requests `millis` millicores of cpu.
+    pub fn cpu_millis(mut self, millis: u64) -> Self {
+        self.resources.cpu_millis = millis;
+        self
+    }
+
+    /// Requests `bytes` of memory; the container's memory limit.
+    pub fn memory_bytes(mut self, bytes: u64) -> Self {
+        self.resources.memory_bytes = bytes;
+        self
+    }
+
+    /// Requests whole GPUs.
+    pub fn gpus(mut self, gpus: u32) -> Self {
+        self.resources.gpus = gpus;
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Requires a node label (`key=value`).
+    pub fn selector(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.constraints.selector.push(LabelRequirement::Equals {
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Limits each attempt to `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Sets how many times the task is rerun after losing its node.
+    pub fn node_loss_retries(mut self, retries: u32) -> Self {
+        self.retry.node_loss = retries;
+        self
+    }
+
+    /// Sets the task's priority among tasks of the same shape.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Checks what can be checked without a cluster. Returns a message a person can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.image.trim().is_empty() {
+            return Err("task has no image".into());
+        }
+        if self.resources.cpu_millis == 0 {
+            return Err("task requests no cpu: ask for at least 1 millicore".into());
+        }
+        if self.resources.memory_bytes < 4 << 20 {
+            return Err(format!(
+                "task requests {} bytes of memory; containers need at least 4M",
+                self.resources.memory_bytes
+            ));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err("a timeout of 0 would kill the task at once".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where a task may run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Constraints {
+    /// Every requirement must hold on the node's labels.
+    pub selector: Vec<LabelRequirement>,
+    /// Capabilities the node must have (`docker`, `gpu`, …).
+    pub capabilities: Vec<String>,
+    /// Node affinity: hard (only that node) or soft (prefer it).
+    pub affinity: Option<Affinity>,
+}
+
+/// One requirement on a node label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LabelRequirement {
+    /// `key=value`
+    Equals { key: String, value: String },
+    /// `key!=value` (holds when the label is absent)
+    NotEquals { key: String, value: String },
+    /// `key in (a,b)`
+    In { key: String, values: Vec<String> },
+    /// `key` (the label exists, any value)
+    Exists { key: String },
+}
+
+impl LabelRequirement {
+    /// Does a node with these labels satisfy the requirement?
+    pub fn matches<'a>(&self, mut label: impl FnMut(&str) -> Option<&'a str>) -> bool {
+        match self {
+            Self::Equals { key, value } => label(key) == Some(value.as_str()),
+            Self::NotEquals { key, value } => label(key) != Some(value.as_str()),
+            Self::In { key, values } => label(key).is_some_and(|v| values.iter().any(|x| x == v)),
+            Self::Exists { key } => label(key).is_some(),
+        }
+    }
+}
+
+impl std::str::FromStr for LabelRequirement {
+    type Err = String;
+
+    /// Parses `k=v`, `k!=v`, `k in (a,b)` and `k`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a label selector: use k=v, k!=v, 'k in (a,b)' or k");
+        if let Some((key, value)) = s.split_once("!=") {
+            return Ok(Self::NotEquals {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            });
+        }
+        if let Some((key, value)) = s.split_once('=') {
+            return Ok(Self::Equals {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            });
+        }
+        if let Some((key, rest)) = s.split_once(" in ") {
+            let inner = rest
+                .trim()
+                .strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .ok_or_else(bad)?;
+            return Ok(Self::In {
+                key: key.trim().to_owned(),
+                values: inner.split(',').map(|v| v.trim().to_owned()).collect(),
+            });
+        }
+        if s.is_empty() || s.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok(Self::Exists { key: s.to_owned() })
+    }
+}
+
+impl fmt::Display for LabelRequirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Equals { key, value } => write!(f, "{key}={value}"),
+            Self::NotEquals { key, value } => write!(f, "{key}!={value}"),
+            Self::In { key, values } => write!(f, "{key} in ({})", values.join(",")),
+            Self::Exists { key } => write!(f, "{key}"),
+        }
+    }
+}
+
+/// Node affinity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Affinity {
+    /// Run only on this node.
+    Hard(crate::id::NodeId),
+    /// Prefer this node when it fits.
+    Soft(crate::id::NodeId),
+}
+
+/// How the scheduler picks among the nodes that fit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Fill nodes up to a utilisation threshold, then spread (like Ray's hybrid policy).
+    #[default]
+    Pack,
+    /// Prefer the least loaded node.
+    Spread,
+}
+
+/// How often a task is rerun.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Reruns after the node running it was lost (default 3, like Ray).
+    pub node_loss: u32,
+    /// Reruns after a non-zero exit, OOM or timeout (default 0: off).
+    pub on_failure: u32,
+    /// Delay before an exit-code retry, in milliseconds.
+    pub backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            node_loss: 3,
+            on_failure: 0,
+            backoff_ms: 1000,
+        }
+    }
+}
+
+/// Container networking.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// No network at all (the default).
+    #[default]
+    None,
+    /// Docker's default bridge.
+    Bridge,
+    /// The host's network.
+    Host,
+}
+
+/// The life of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting for dependencies.
+    Pending,
+    /// Ready; waiting for resources (or for a node being provisioned).
+    Queued,
+    /// Placed on a node; the node has not confirmed the start yet.
+    Assigned,
+    /// The node started it.
+    Running,
+    /// Exited with code 0.
+    Succeeded,
+    /// Non-zero exit, OOM, timeout or a start error (the reason is kept).
+    Failed,
+    /// Cancelled by a client.
+    Cancelled,
+    /// No node that exists or could be provisioned can ever fit it.
+    Unschedulable,
+    /// Node-loss retries exhausted.
+    Lost,
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a task cannot go from {from:?} to {to:?}")]
+pub struct IllegalTransition {
+    pub from: TaskState,
+    pub to: TaskState,
+}
+
+impl TaskState {
+    /// Every state, in declaration order.
+    pub const ALL: [TaskState; 9] = [
+        Self::Pending,
+        Self::Queued,
+        Self::Assigned,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Unschedulable,
+        Self::Lost,
+    ];
+
+    /// A terminal state never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Unschedulable | Self::Lost
+        )
+    }
+
+    /// Is `self → to` allowed?
+    pub fn can_become(self, to: TaskState) -> bool {
+        use TaskState::*;
+        match (self, to) {
+            (Pending, Queued | Cancelled | Unschedulable) => true,
+            (Queued, Assigned | Cancelled | Unschedulable) => true,
+            // Assigned → Succeeded/Failed: the node reported the result before its start event
+            // reached the head. → Queued: the node was lost (orphaned attempt).
+            (Assigned, Running | Queued | Succeeded | Failed | Cancelled | Lost) => true,
+            (Running, Queued | Succeeded | Failed | Cancelled | Lost) => true,
+            _ => false,
+        }
+    }
+
+    /// `self → to`, or an error when the state machine does not allow it.
+    pub fn transition(self, to: TaskState) -> Result<TaskState, IllegalTransition> {
+        if self.can_become(to) {
+            Ok(to)
+        } else {
+            Err(IllegalTransition { from: self, to })
+        }
+    }
+
+    /// Lower-case name, as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Unschedulable => "unschedulable",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// Inverse of [`TaskState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_state() -> impl proptest::strategy::Strategy<Value = TaskState> {
+        proptest::sample::select(TaskState::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn terminal_states_never_change(from in any_state(), to in any_state()) {
+            if from.is_terminal() {
+                prop_assert!(from.transition(to).is_err());
+            }
+        }
+
+        #[test]
+        fn transition_agrees_with_can_become(from in any_state(), to in any_state()) {
+            prop_assert_eq!(from.transition(to).is_ok(), from.can_become(to));
+            prop_assert!(from.transition(from).is_err(), "no self-loops");
+        }
+
+        #[test]
+        fn every_walk_ends_terminal_or_stays_legal(walk in proptest::collection::vec(any_state(), 0..20)) {
+            let mut state = TaskState::Pending;
+            for next in walk {
+                match state.transition(next) {
+                    Ok(s) => state = s,
+                    Err(e) => prop_assert_eq!(e, IllegalTransition { from: state, to: next }),
+                }
+            }
+            prop_assert!(TaskState::parse(state.as_str()) == Some(state));
+        }
+    }
+
+    #[test]
+    fn a_task_cannot_skip_the_queue() {
+        assert!(TaskState::Pending.transition(TaskState::Running).is_err());
+        assert!(TaskState::Queued.transition(TaskState::Succeeded).is_err());
+        assert!(TaskState::Succeeded.transition(TaskState::Queued).is_err());
+        assert!(TaskState::Queued.transition(TaskState::Assigned).is_ok());
+    }
+
+    #[test]
+    fn selectors_parse() {
+        let eq: LabelRequirement = "site=eu-1".parse().unwrap();
+        let node = |k: &str| (k == "site").then_some("eu-1");
+        assert!(eq.matches(node));
+        let ne: LabelRequirement = "site!=eu-1".parse().unwrap();
+        assert!(!ne.matches(node));
+        let inn: LabelRequirement = "site in (us-1, eu-1)".parse().unwrap();
+        assert!(inn.matches(node));
+        assert_eq!(inn.to_string(), "site in (us-1,eu-1)");
+        let ex: LabelRequirement = "gpu".parse().unwrap();
+        assert!(!ex.matches(node));
+        assert!("a b".parse::<LabelRequirement>().is_err());
+    }
+
+    #[test]
+    fn validation_rejects_impossible_requests() {
+        assert!(TaskSpec::new("img").validate().is_ok());
+        assert!(TaskSpec::new("").validate().is_err());
+        assert!(TaskSpec::new("img").cpu_millis(0).validate().is_err());
+        assert!(TaskSpec::new("img").memory_bytes(1).validate().is_err());
+    }
+}

@@ -1,0 +1,444 @@
+//! Cluster credentials: the CA the head creates on first start, the certificates it signs (its own
+//! server certificate, node and client certificates), join tokens, and the rustls configurations
+//! built from them.
+//!
+//! Identities live in the certificate's common name: `node:<uuid>` or `client:<name>`.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+use ring::digest::{digest, SHA256};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::id::NodeId;
+use crate::protocol::{ALPN, HEAD_SERVER_NAME};
+
+/// Credentials errors. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{what} is not valid PEM: {detail}")]
+    Pem { what: &'static str, detail: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("join token is malformed: expected ID.SECRET.CAHASH as written by rgrid-head to its join-token file")]
+    MalformedToken,
+}
+
+/// The crypto provider used everywhere (ring), so no process-wide default is needed.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The cluster certificate authority: signs the head's server certificate and every node and
+/// client certificate.
+pub struct ClusterCa {
+    issuer: rcgen::Certificate,
+    key: KeyPair,
+    /// The CA certificate as first written: what every peer trusts.
+    pem: String,
+}
+
+impl ClusterCa {
+    /// A new CA for a cluster.
+    pub fn generate(cluster: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("rgrid cluster CA ({cluster})"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer = params.self_signed(&key)?;
+        let pem = issuer.pem();
+        Ok(Self { issuer, key, pem })
+    }
+
+    /// Loads a CA written by [`ClusterCa::cert_pem`] and [`ClusterCa::key_pem`].
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)?;
+        let issuer = params.self_signed(&key)?;
+        Ok(Self {
+            issuer,
+            key,
+            pem: cert_pem.to_owned(),
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.pem
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// SHA-256 of the CA's public key (hex): what a join token pins.
+    pub fn fingerprint(&self) -> Result<String, TlsError> {
+        let der = pem_certs(&self.pem, "CA certificate")?;
+        let first = der.first().ok_or(TlsError::Pem {
+            what: "CA certificate",
+            detail: "no certificate".into(),
+        })?;
+        spki_sha256(first)
+            .map(hex::encode)
+            .ok_or(TlsError::Pem {
+                what: "CA certificate",
+                detail: "cannot parse".into(),
+            })
+    }
+
+    /// The head's server certificate for [`HEAD_SERVER_NAME`] (and `localhost`), with a fresh key.
+    pub fn issue_server(&self) -> Result<Identity, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec![HEAD_SERVER_NAME.to_owned(), "localhost".to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "rgrid head");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        Ok(Identity {
+            cert_pem: format!("{}{}", cert.pem(), self.pem),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A client certificate for `subject` (`client:admin`), with a fresh key.
+    pub fn issue_client(&self, subject: &str) -> Result<Identity, TlsError> {
+        let key = KeyPair::generate()?;
+        let cert = client_params(subject)?.signed_by(&key, &self.issuer, &self.key)?;
+        Ok(Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a node's CSR as `node:<id>`. Whatever subject the CSR asked for is replaced.
+    pub fn sign_node_csr(&self, csr_pem: &str, node: NodeId) -> Result<String, TlsError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = client_params(&PeerIdentity::Node(node).to_string())?;
+        Ok(csr.signed_by(&self.issuer, &self.key)?.pem())
+    }
+}
+
+fn client_params(subject: &str) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, subject);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    Ok(params)
+}
+
+/// A node's key and the CSR to send with its join request.
+pub fn node_csr() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let csr = client_params("node:pending")?.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// A certificate chain and its private key, both PEM.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Who is on the other end of an authenticated connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerIdentity {
+    Node(NodeId),
+    Client(String),
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node(id) => write!(f, "node:{id}"),
+            Self::Client(name) => write!(f, "client:{name}"),
+        }
+    }
+}
+
+impl PeerIdentity {
+    /// Reads the identity from a verified peer certificate (DER).
+    pub fn from_cert(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+        if let Some(id) = cn.strip_prefix("node:") {
+            return id.parse().ok().map(Self::Node);
+        }
+        cn.strip_prefix("client:")
+            .map(|name| Self::Client(name.to_owned()))
+    }
+}
+
+/// A join token: `ID.SECRET.CAHASH`. The head stores only a hash of the secret; the node pins the
+/// CA by `CAHASH` (SHA-256 of the CA's public key) before it trusts anything the head says.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub id: String,
+    pub secret: String,
+    pub ca_hash: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        write!(f, "JoinToken({}.…)", self.id)
+    }
+}
+
+impl JoinToken {
+    /// A new random token pinned to `ca_hash`.
+    pub fn generate(ca_hash: &str) -> Self {
+        Self {
+            id: hex::encode(random_bytes::<4>()),
+            secret: hex::encode(random_bytes::<16>()),
+            ca_hash: ca_hash.to_owned(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, TlsError> {
+        let mut parts = s.trim().split('.');
+        let (Some(id), Some(secret), Some(ca_hash), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TlsError::MalformedToken);
+        };
+        let hexy = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hexy(id) || !hexy(secret) || ca_hash.len() != 64 || !hexy(ca_hash) {
+            return Err(TlsError::MalformedToken);
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+            ca_hash: ca_hash.to_ascii_lowercase(),
+        })
+    }
+
+    /// SHA-256 of the secret (hex): what the head stores.
+    pub fn secret_hash(&self) -> String {
+        sha256_hex(self.secret.as_bytes())
+    }
+
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.id, self.secret, self.ca_hash)
+    }
+}
+
+/// SHA-256 (hex).
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(digest(&SHA256, data))
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut buf = [0u8; N];
+    // The system RNG failing is not recoverable; fall back to a v4 UUID's randomness.
+    if ring::rand::SystemRandom::new().fill(&mut buf).is_err() {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = uuid::Uuid::new_v4().as_bytes()[i % 16];
+        }
+    }
+    buf
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo.
+pub fn spki_sha256(der: &[u8]) -> Option<[u8; 32]> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let hash = digest(&SHA256, cert.public_key().raw);
+    hash.as_ref().try_into().ok()
+}
+
+/// Parses every certificate in a PEM string.
+pub fn pem_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| TlsError::Pem {
+        what,
+        detail: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            what,
+            detail: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn pem_key(pem: &str, what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in pem_certs(ca_pem, "CA certificate")? {
+        roots.add(cert)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The head's TLS config: its server identity; client certificates signed by the CA are verified,
+/// and peers without one may finish the handshake (to join) but nothing else.
+pub fn server_config(ca_pem: &str, server: &Identity) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            pem_certs(&server.cert_pem, "server certificate")?,
+            pem_key(&server.key_pem, "server key")?,
+        )?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A node's or client's TLS config: trusts only the cluster CA, presents `identity`.
+pub fn client_config(ca_pem: &str, identity: &Identity) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(
+            pem_certs(&identity.cert_pem, "client certificate")?,
+            pem_key(&identity.key_pem, "client key")?,
+        )?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A joining node's TLS config: no client certificate; the head must present a chain whose CA
+/// matches the token's pin.
+pub fn join_config(token: &JoinToken) -> Result<rustls::ClientConfig, TlsError> {
+    let pin: [u8; 32] = hex::decode(&token.ca_hash)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or(TlsError::MalformedToken)?;
+    let provider = provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier { pin, provider }))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+/// Verifies the head against the CA certificate in its chain whose public key hash equals the pin.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|cert| spki_sha256(cert) == Some(self.pin))
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the head's CA does not match the join token's CA hash: wrong head, or a token from another cluster".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_round_trips_and_signs_nodes() {
+        let ca = ClusterCa::generate("test").unwrap();
+        let again = ClusterCa::load(ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(ca.fingerprint().unwrap(), again.fingerprint().unwrap());
+        let (_key, csr) = node_csr().unwrap();
+        let node = NodeId::new();
+        let cert = again.sign_node_csr(&csr, node).unwrap();
+        let der = pem_certs(&cert, "node").unwrap();
+        assert_eq!(PeerIdentity::from_cert(&der[0]), Some(PeerIdentity::Node(node)));
+    }
+
+    #[test]
+    fn tokens_parse_and_hide_their_secret() {
+        let token = JoinToken::generate(&"ab".repeat(32));
+        let parsed = JoinToken::parse(&token.encode()).unwrap();
+        assert_eq!(parsed, token);
+        assert!(!format!("{token:?}").contains(&token.secret));
+        assert!(JoinToken::parse("nope").is_err());
+        assert!(JoinToken::parse("a.b.c").is_err());
+    }
+}

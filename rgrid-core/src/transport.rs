@@ -1,0 +1,165 @@
+//! QUIC endpoints (quinn) with the cluster's TLS, the connection handshake, and a helper to open
+//! request streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+use crate::frame::{FrameError, FrameReader, FrameWriter};
+use crate::protocol::{Hello, HelloReply, Request, Response, HEAD_SERVER_NAME, PROTOCOL_VERSION};
+
+/// Transport errors. Messages say what went wrong on which side.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot set up QUIC: {0}")]
+    Setup(String),
+    #[error("cannot connect to the head at {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: quinn::ConnectionError,
+    },
+    #[error("cannot connect to the head at {addr}: {source}")]
+    ConnectConfig {
+        addr: SocketAddr,
+        source: quinn::ConnectError,
+    },
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("handshake refused by the head: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Idle timeout and keep-alive: the keep-alive must be shorter than the idle timeout or a quiet
+/// connection silently dies (quinn's defaults are a 30 s timeout and no keep-alive).
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    // Constant durations well below the QUIC varint limit: the conversion cannot fail.
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
+        transport.max_idle_timeout(Some(idle));
+    }
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    transport.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(transport)
+}
+
+/// The head's endpoint, listening on `addr`.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+) -> Result<Endpoint, TransportError> {
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport_config());
+    Endpoint::server(config, addr)
+        .map_err(|e| TransportError::Setup(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Connects to the head at `addr` with `tls` and completes the handshake.
+pub async fn connect(
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+    agent: &str,
+) -> Result<(Endpoint, Connection), TransportError> {
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config());
+    let bind: SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = Endpoint::client(bind)
+        .map_err(|e| TransportError::Setup(format!("cannot bind a UDP socket: {e}")))?;
+    let connection = endpoint
+        .connect_with(config, addr, HEAD_SERVER_NAME)
+        .map_err(|source| TransportError::ConnectConfig { addr, source })?
+        .await
+        .map_err(|source| TransportError::Connect { addr, source })?;
+    handshake(&connection, PROTOCOL_VERSION, agent).await?;
+    Ok((endpoint, connection))
+}
+
+/// The connecting side of the handshake, with an explicit version (tests use a wrong one).
+pub async fn handshake(
+    connection: &Connection,
+    version: u32,
+    agent: &str,
+) -> Result<(), TransportError> {
+    let (send, recv) = connection.open_bi().await?;
+    let mut writer = FrameWriter::<_, Hello>::new(send);
+    let mut reader = FrameReader::<_, HelloReply>::new(recv);
+    writer
+        .send(&Hello {
+            version,
+            agent: agent.to_owned(),
+        })
+        .await?;
+    match reader.expect().await? {
+        HelloReply::Accepted { .. } => Ok(()),
+        HelloReply::Refused { message } => Err(TransportError::Refused(message)),
+    }
+}
+
+/// The accepting side of the handshake: reads the peer's [`Hello`] and accepts it only at our
+/// version. Returns the peer's agent string.
+pub async fn accept_handshake(connection: &Connection) -> Result<String, TransportError> {
+    let (send, recv) = connection.accept_bi().await?;
+    let mut writer = FrameWriter::<_, HelloReply>::new(send);
+    let mut reader = FrameReader::<_, Hello>::new(recv);
+    let hello = reader.expect().await?;
+    if hello.version != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version mismatch: this head speaks version {PROTOCOL_VERSION}, the peer ({}) speaks version {}; upgrade the older side",
+            hello.agent, hello.version
+        );
+        writer
+            .send(&HelloReply::Refused {
+                message: message.clone(),
+            })
+            .await?;
+        let _ = writer.get_mut().finish();
+        return Err(TransportError::Refused(message));
+    }
+    writer
+        .send(&HelloReply::Accepted {
+            version: PROTOCOL_VERSION,
+        })
+        .await?;
+    let _ = writer.get_mut().finish();
+    Ok(hello.agent)
+}
+
+/// A request stream: what the head answers, and the sending half (kept open for streams that go
+/// on, such as a node's control stream).
+pub struct RequestStream {
+    pub send: FrameWriter<SendStream, Request>,
+    pub recv: FrameReader<RecvStream, Response>,
+}
+
+/// Opens a stream and sends `request` as its first frame.
+pub async fn open_request(
+    connection: &Connection,
+    request: &Request,
+) -> Result<RequestStream, TransportError> {
+    let (send, recv) = connection.open_bi().await?;
+    let mut send = FrameWriter::new(send);
+    send.send(request).await?;
+    Ok(RequestStream {
+        send,
+        recv: FrameReader::new(recv),
+    })
+}
+
+/// Sends one request and waits for its one response.
+pub async fn call(connection: &Connection, request: &Request) -> Result<Response, TransportError> {
+    let mut stream = open_request(connection, request).await?;
+    let _ = stream.send.get_mut().finish();
+    Ok(stream.recv.expect().await?)
+}
