@@ -1,1 +1,251 @@
-fn main() {}
+//! `rgrid`: the command-line client.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use rgrid::{
+    format_size, parse_size, Client, LabelRequirement, TaskId, TaskRef, TaskSpec, TaskState,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "rgrid",
+    version,
+    about = "Submit containerized tasks to an rgrid cluster"
+)]
+struct Args {
+    /// Credentials file written by rgrid-head (STATE_DIR/client.toml).
+    #[arg(long, env = "RGRID_CONFIG", default_value = "rgrid-state/client.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a task; prints its id (or, with --wait, its output).
+    Submit {
+        #[arg(long, default_value = rgrid::image::DEMO_IMAGE)]
+        image: String,
+        /// CPUs, fractions allowed (0.5 = 500 millicores).
+        #[arg(long, default_value_t = 1.0)]
+        cpus: f64,
+        /// Memory, like 512M or 2G; also the container's limit.
+        #[arg(long, default_value = "256M")]
+        memory: String,
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// Node label the task requires: K=V, K!=V, 'K in (A,B)' or K. Repeatable.
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+        /// Node-loss retries.
+        #[arg(long)]
+        retries: Option<u32>,
+        /// Timeout of one attempt, in seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Wait for the task and behave like `rgrid get`.
+        #[arg(long)]
+        wait: bool,
+        /// Command and arguments.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Wait for a task; print its stdout (stderr to stderr); exit with its exit code.
+    Get { task: TaskId },
+    /// Print a task's stdout and stderr once it has ended.
+    Logs {
+        task: TaskId,
+        /// Wait for the task to end (the default; output is not streamed yet).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a task.
+    Cancel { task: TaskId },
+    /// Cluster summary.
+    Status,
+    /// List nodes.
+    Nodes {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// List tasks.
+    Tasks {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(Args::parse()).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(args: Args) -> anyhow::Result<i32> {
+    let client = Client::connect_file(&args.config)
+        .await
+        .with_context(|| format!("cannot connect with {}", args.config.display()))?;
+    match args.command {
+        Command::Submit {
+            image,
+            cpus,
+            memory,
+            gpus,
+            selectors,
+            retries,
+            timeout,
+            wait,
+            command,
+        } => {
+            if !(cpus > 0.0 && cpus.is_finite()) {
+                bail!("--cpus must be a positive number");
+            }
+            let mut spec = TaskSpec::new(image)
+                .command(command)
+                .cpu_millis((cpus * 1000.0).round() as u64)
+                .memory_bytes(parse_size(&memory)?)
+                .gpus(gpus);
+            for selector in selectors {
+                let requirement: LabelRequirement =
+                    selector.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                spec.constraints.selector.push(requirement);
+            }
+            if let Some(retries) = retries {
+                spec = spec.node_loss_retries(retries);
+            }
+            if let Some(secs) = timeout {
+                if !(secs > 0.0 && secs.is_finite()) {
+                    bail!("--timeout must be a positive number of seconds");
+                }
+                spec = spec.timeout(Duration::from_secs_f64(secs));
+            }
+            let task = client.submit(spec).await?;
+            if wait {
+                return print_outcome(&client, &task).await;
+            }
+            println!("{}", task.id);
+            Ok(0)
+        }
+        Command::Get { task } => print_outcome(&client, &TaskRef { id: task }).await,
+        Command::Logs { task, follow: _ } => {
+            let outcome = client.get(&TaskRef { id: task }).await?;
+            std::io::stdout().write_all(&outcome.stdout)?;
+            std::io::stderr().write_all(&outcome.stderr)?;
+            Ok(0)
+        }
+        Command::Cancel { task } => {
+            let state = client.cancel(&TaskRef { id: task }).await?;
+            println!("{task} {state}");
+            Ok(0)
+        }
+        Command::Status => {
+            let nodes = client.nodes().await?;
+            let tasks = client.tasks().await?;
+            let ready = nodes.iter().filter(|n| n.state == "ready").count();
+            println!("nodes: {} ({} ready)", nodes.len(), ready);
+            let mut counts = std::collections::BTreeMap::new();
+            for task in &tasks {
+                *counts.entry(task.state.as_str()).or_insert(0) += 1;
+            }
+            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            println!("tasks: {} ({})", tasks.len(), counts.join(", "));
+            Ok(0)
+        }
+        Command::Nodes { output } => {
+            let nodes = client.nodes().await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&nodes)?),
+                Output::Table => {
+                    println!(
+                        "{:<16} {:<36} {:<9} {:>13} {:>15} {:>7}  LABELS",
+                        "NAME", "ID", "STATE", "CPU FREE/ALL", "MEM FREE/ALL", "RUNNING"
+                    );
+                    for n in nodes {
+                        let labels: Vec<String> =
+                            n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        println!(
+                            "{:<16} {:<36} {:<9} {:>13} {:>15} {:>7}  {}",
+                            n.name,
+                            n.id,
+                            n.state,
+                            format!("{}/{}m", n.free.cpu_millis, n.total.cpu_millis),
+                            format!(
+                                "{}/{}",
+                                format_size(n.free.memory_bytes),
+                                format_size(n.total.memory_bytes)
+                            ),
+                            n.running,
+                            labels.join(",")
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Tasks { output } => {
+            let tasks = client.tasks().await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&tasks)?),
+                Output::Table => {
+                    println!(
+                        "{:<36} {:<13} {:>7} {:<24} DETAIL",
+                        "ID", "STATE", "ATTEMPT", "IMAGE"
+                    );
+                    for t in tasks {
+                        println!(
+                            "{:<36} {:<13} {:>7} {:<24} {}",
+                            t.task,
+                            t.state,
+                            t.attempt,
+                            t.image,
+                            t.detail.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Prints a task's stdout (and stderr to stderr) and returns the exit code to exit with.
+async fn print_outcome(client: &Client, task: &TaskRef) -> anyhow::Result<i32> {
+    let outcome = client.get(task).await?;
+    std::io::stdout().write_all(&outcome.stdout)?;
+    std::io::stderr().write_all(&outcome.stderr)?;
+    if outcome.state != TaskState::Succeeded {
+        eprintln!(
+            "task {} {}: {}",
+            outcome.task,
+            outcome.state,
+            outcome.reason.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    Ok(match (outcome.state, outcome.exit_code) {
+        (_, Some(code)) => i32::try_from(code).unwrap_or(1),
+        (TaskState::Succeeded, None) => 0,
+        _ => 1,
+    })
+}

@@ -61,12 +61,14 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
                 Err(FrameError::TooLarge)
             }
             Some(Err(err)) => Err(FrameError::Io(err)),
-            Some(Ok(bytes)) => postcard::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|source| FrameError::Decode {
-                    expected: short_type_name::<T>(),
-                    source,
-                }),
+            Some(Ok(bytes)) => {
+                postcard::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|source| FrameError::Decode {
+                        expected: short_type_name::<T>(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -80,6 +82,14 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
     /// Gives the underlying reader back.
     pub fn into_inner(self) -> R {
         self.inner.into_inner()
+    }
+
+    /// The same stream, read as messages of another type from now on (keeps buffered bytes).
+    pub fn retype<U>(self) -> FrameReader<R, U> {
+        FrameReader {
+            inner: self.inner,
+            _marker: PhantomData,
+        }
     }
 }
 
@@ -112,6 +122,14 @@ impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
     /// Gives the underlying writer back.
     pub fn into_inner(self) -> W {
         self.inner.into_inner()
+    }
+
+    /// The same stream, written as messages of another type from now on.
+    pub fn retype<U>(self) -> FrameWriter<W, U> {
+        FrameWriter {
+            inner: self.inner,
+            _marker: PhantomData,
+        }
     }
 
     /// The underlying writer.

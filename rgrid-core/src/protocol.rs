@@ -73,7 +73,9 @@ pub enum Response {
     Task(TaskOutcome),
     Nodes(Vec<NodeInfo>),
     Tasks(Vec<TaskInfo>),
-    Cancelled { state: TaskState },
+    Cancelled {
+        state: TaskState,
+    },
 }
 
 /// Why a request failed.
@@ -148,7 +150,9 @@ pub enum HeadMessage {
 pub enum NodeMessage {
     Heartbeat,
     /// The container of this attempt started.
-    Started { attempt: AttemptId },
+    Started {
+        attempt: AttemptId,
+    },
     /// The node is draining: no new work.
     Draining,
 }

@@ -1,22 +1,56 @@
-//! Placement of queued tasks on nodes. Pure and synchronous: the head's event loop owns one
-//! [`Scheduler`], tells it about nodes and tasks, and asks it for [`Decision`]s.
+//! Placement of queued tasks on nodes, and the verdict on tasks that no node could ever run. Pure
+//! and synchronous: the head's event loop owns one [`Scheduler`], tells it about nodes and tasks,
+//! and asks it for [`Decision`]s after every event.
 //!
-//! Ready tasks with the same shape (resources + constraints + strategy) form a class; each class
-//! keeps its order (priority first, then submission order) and a class that fits nowhere right now
-//! does not block the others.
+//! How a decision stays cheap as the cluster grows:
+//!
+//! - **Classes.** Queued tasks of the same shape (resources, constraints, strategy) form a class
+//!   that keeps their order: priority first, then submission. [`Scheduler::schedule`] serves the
+//!   classes by the order of their first task; a class that fits nowhere is set aside and does
+//!   not block the others.
+//! - **Feasibility groups.** Classes with the same label selector, capabilities and custom
+//!   resource names share a group: the nodes that satisfy them, worked out once when a node joins
+//!   or the group is made, never per task.
+//! - **Fit index.** Each group keeps its nodes in a segment tree of free-capacity maxima, so a
+//!   placement visits about `log n` entries instead of every node. `Pack` takes the first node (in
+//!   join order) that stays under the pack threshold, else the most idle node that fits — Ray's
+//!   hybrid policy; `Spread` takes the most idle node that fits. Both find a node whenever one
+//!   fits.
+//! - **Wake-ups.** A class that fits nowhere waits in its group until capacity grows there (a
+//!   release, a join, a node back in service) on a node that could take it. Until then
+//!   `schedule()` does not look at it, so calling it after every event costs nothing when nothing
+//!   changed.
+//! - **Feasibility.** Whether any node or node type could ever run a class is checked when the
+//!   class first fits nowhere, and again only after the cluster lost something (a node left or
+//!   changed, the node types were replaced).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use crate::id::{NodeId, TaskId};
 use crate::resources::{ResourceError, Resources};
-use crate::task::{Affinity, Constraints, Strategy};
+use crate::task::{Affinity, Constraints, LabelRequirement, Strategy};
+
+mod index;
+mod reasons;
+mod slab;
+#[cfg(test)]
+mod tests;
+
+use index::{Bound, FitIndex, Need, Slot};
+use reasons::Verdict;
+use slab::Slab;
 
 /// What the scheduler knows of a node (or of a node type the autoscaler could provision).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
+    /// The node's id (any id for a node type: it is only used for hard affinity).
     pub id: NodeId,
+    /// Everything the node offers; what is free is tracked by the scheduler.
     pub total: Resources,
+    /// Labels that selectors match (`site=eu-1`).
     pub labels: BTreeMap<String, String>,
+    /// Capabilities tasks may require (`docker`, `gpu`, …).
     pub capabilities: BTreeSet<String>,
 }
 
@@ -24,9 +58,13 @@ pub struct NodeView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedTask {
     pub id: TaskId,
+    /// What it needs on its node while it runs.
     pub resources: Resources,
+    /// Where it may run.
     pub constraints: Constraints,
+    /// How to choose among the nodes that fit.
     pub strategy: Strategy,
+    /// Higher runs first among tasks of the same shape.
     pub priority: i32,
 }
 
@@ -35,14 +73,16 @@ pub struct QueuedTask {
 pub enum Decision {
     /// Run `task` on `node`; its resources are now allocated there.
     Place { task: TaskId, node: NodeId },
-    /// No node that exists or could be provisioned can ever fit it.
+    /// No node that exists or could be provisioned can ever fit it; `reason` names the resource
+    /// or constraint. The task has left the queue.
     Unschedulable { task: TaskId, reason: String },
 }
 
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
-    /// `pack` fills a node until this fraction of its cpu or memory is used, then spreads.
+    /// `Pack` fills a node until this fraction of its cpu or memory is used, then spreads
+    /// (default 0.5, like Ray). 1.0 packs every node full before using the next.
     pub pack_threshold: f64,
 }
 
@@ -54,13 +94,47 @@ impl Default for SchedulerConfig {
     }
 }
 
-struct NodeSlot {
+/// Queued tasks of one shape that fit no node now but could fit a node or a node type: the
+/// demand the autoscaler can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting<'a> {
+    pub resources: &'a Resources,
+    pub constraints: &'a Constraints,
+    /// How many tasks of this shape wait.
+    pub tasks: usize,
+}
+
+/// Unused feasibility groups are kept for the next class with the same constraints (building one
+/// visits every node) until there are this many groups.
+const GROUPS_KEPT: usize = 256;
+
+type GroupId = usize;
+type ClassId = usize;
+
+struct Node {
     view: NodeView,
     free: Resources,
     /// False while the node is suspect, draining or dead: it gets no new work.
     schedulable: bool,
+    /// The groups the node belongs to, with its position in each group's index.
+    groups: Vec<(GroupId, usize)>,
 }
 
+impl Node {
+    fn in_group(&self, group: GroupId) -> bool {
+        self.groups.iter().any(|&(g, _)| g == group)
+    }
+
+    fn bound(&self, threshold: f64) -> Bound {
+        if self.schedulable {
+            Bound::of(&self.view.total, &self.free, threshold)
+        } else {
+            Bound::ABSENT
+        }
+    }
+}
+
+/// What makes tasks interchangeable for placement.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Shape {
     resources: Resources,
@@ -68,106 +142,207 @@ struct Shape {
     strategy: Strategy,
 }
 
-struct Class {
-    shape: Shape,
-    /// Ordered by (priority desc, submission order).
-    tasks: VecDeque<(i32, u64, TaskId)>,
+/// What decides, apart from size, whether a node could run a class. Node affinity is left out
+/// (checked per class) so that pinned classes share their group.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    selector: Vec<LabelRequirement>,
+    capabilities: Vec<String>,
+    /// Custom resources the class needs: nodes without them stay out of the index, so queries
+    /// never walk through them.
+    custom: Vec<String>,
 }
 
-/// The scheduler: node capacities and the ready queue.
+impl GroupKey {
+    fn of(shape: &Shape) -> Self {
+        Self {
+            selector: shape.constraints.selector.clone(),
+            capabilities: shape.constraints.capabilities.clone(),
+            custom: (shape.resources.custom.iter())
+                .filter(|(_, &amount)| amount > 0)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        }
+    }
+
+    fn admits(&self, node: &NodeView) -> bool {
+        has_labels_and_capabilities(node, &self.selector, &self.capabilities)
+            && (self.custom.iter()).all(|name| node.total.custom.get(name).is_some_and(|&n| n > 0))
+    }
+}
+
+struct Group {
+    key: GroupKey,
+    index: FitIndex,
+    /// Classes of this group that fit nowhere now; woken when capacity grows on a member.
+    waiting: BTreeSet<ClassId>,
+    /// Classes using the group.
+    users: usize,
+}
+
+/// A queued task's turn within its class: higher priority first, then submission order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    priority: Reverse<i32>,
+    seq: u64,
+}
+
+struct Class {
+    shape: Shape,
+    need: Need,
+    group: GroupId,
+    tasks: BTreeMap<QueueKey, TaskId>,
+    /// The feasibility epoch in which some node or node type was known to fit the class.
+    feasible_in: Option<u64>,
+}
+
+/// The scheduler: node capacities, the feasibility groups and their fit indexes, and the queue.
 pub struct Scheduler {
     config: SchedulerConfig,
-    nodes: HashMap<NodeId, NodeSlot>,
+    nodes: Slab<Node>,
+    node_slots: HashMap<NodeId, Slot>,
     node_types: Vec<NodeView>,
-    classes: HashMap<Shape, Class>,
-    task_shape: HashMap<TaskId, Shape>,
+    groups: Slab<Group>,
+    group_ids: HashMap<GroupKey, GroupId>,
+    classes: Slab<Class>,
+    class_ids: HashMap<Shape, ClassId>,
+    tasks: HashMap<TaskId, (ClassId, QueueKey)>,
+    /// Classes the next `schedule()` tries: new ones and woken ones.
+    ready: BTreeSet<ClassId>,
+    /// Bumped when the cluster loses something, which may make a feasible class infeasible.
+    epoch: u64,
     next_seq: u64,
 }
 
 impl Scheduler {
+    /// An empty scheduler: no nodes, no node types, no tasks.
     pub fn new(config: SchedulerConfig) -> Self {
         Self {
             config,
-            nodes: HashMap::new(),
+            nodes: Slab::new(),
+            node_slots: HashMap::new(),
             node_types: Vec::new(),
-            classes: HashMap::new(),
-            task_shape: HashMap::new(),
+            groups: Slab::new(),
+            group_ids: HashMap::new(),
+            classes: Slab::new(),
+            class_ids: HashMap::new(),
+            tasks: HashMap::new(),
+            ready: BTreeSet::new(),
+            epoch: 0,
             next_seq: 0,
         }
     }
 
     /// Adds a node (all of its resources free) or replaces its description, keeping what is
-    /// allocated on it.
+    /// allocated on it. Replacing a node with an identical description costs nothing.
     pub fn upsert_node(&mut self, view: NodeView) {
-        match self.nodes.get_mut(&view.id) {
-            Some(slot) => {
-                let used = slot.view.total.checked_sub(&slot.free).unwrap_or_default();
-                slot.free = view.total.checked_sub(&used).unwrap_or_default();
-                slot.view = view;
-            }
-            None => {
-                let free = view.total.clone();
-                self.nodes.insert(
-                    view.id,
-                    NodeSlot {
-                        view,
-                        free,
-                        schedulable: true,
-                    },
-                );
-            }
+        let Some(&slot) = self.node_slots.get(&view.id) else {
+            return self.add_node(view);
+        };
+        let node = &mut self.nodes[slot];
+        if node.view == view {
+            return;
+        }
+        let used = combine(&node.view.total, &node.free, u64::saturating_sub);
+        node.free = combine(&view.total, &used, u64::saturating_sub);
+        node.view = view;
+        // Classes of the groups it leaves may have become infeasible, those it joins may fit.
+        self.wake(slot, false);
+        self.leave_groups(slot);
+        self.join_groups(slot);
+        self.epoch += 1;
+        self.wake(slot, false);
+    }
+
+    fn add_node(&mut self, view: NodeView) {
+        let was_empty = self.nodes.len() == 0 && self.node_types.is_empty();
+        let id = view.id;
+        let free = view.total.clone();
+        let slot = self.nodes.insert(Node {
+            view,
+            free,
+            schedulable: true,
+            groups: Vec::new(),
+        });
+        self.node_slots.insert(id, slot);
+        self.join_groups(slot);
+        if was_empty {
+            // Tasks waited because nothing could be judged; now every class can be.
+            self.wake_all();
+        } else {
+            self.wake(slot, false);
         }
     }
 
     /// Forgets a node and everything allocated on it.
     pub fn remove_node(&mut self, id: NodeId) {
-        self.nodes.remove(&id);
+        let Some(slot) = self.node_slots.remove(&id) else {
+            return;
+        };
+        self.wake(slot, false);
+        self.leave_groups(slot);
+        self.nodes.remove(slot);
+        self.epoch += 1;
     }
 
-    /// Suspect, draining or dead nodes get no new work.
+    /// Suspect, draining or dead nodes get no new work; they count for feasibility all the same.
     pub fn set_schedulable(&mut self, id: NodeId, schedulable: bool) {
-        if let Some(slot) = self.nodes.get_mut(&id) {
-            slot.schedulable = schedulable;
+        let Some(&slot) = self.node_slots.get(&id) else {
+            return;
+        };
+        if std::mem::replace(&mut self.nodes[slot].schedulable, schedulable) == schedulable {
+            return;
         }
+        self.refresh(slot);
+        self.wake(slot, true);
     }
 
     /// Node types the autoscaler could provision: a task that fits one of them is never
     /// unschedulable.
     pub fn set_node_types(&mut self, types: Vec<NodeView>) {
         self.node_types = types;
+        self.epoch += 1;
+        self.wake_all();
     }
 
     /// Reserves `resources` on `node` outside of [`Scheduler::schedule`] (re-adopting an attempt
-    /// that was already running).
+    /// that was already running). Fails, changing nothing, when the node is unknown or short.
     pub fn allocate(&mut self, node: NodeId, resources: &Resources) -> Result<(), ResourceError> {
-        let slot = self.nodes.get_mut(&node).ok_or(ResourceError::Insufficient {
-            resource: format!("node {node}"),
-            available: 0,
-            requested: 1,
-        })?;
-        slot.free = slot.free.checked_sub(resources)?;
+        let slot = *self
+            .node_slots
+            .get(&node)
+            .ok_or(ResourceError::Insufficient {
+                resource: format!("node {node}"),
+                available: 0,
+                requested: 1,
+            })?;
+        let entry = &mut self.nodes[slot];
+        entry.free = entry.free.checked_sub(resources)?;
+        self.refresh(slot);
         Ok(())
     }
 
-    /// Returns what an attempt held on `node`. Never exceeds the node's totals.
+    /// Returns what an attempt held on `node`. Free amounts never exceed the node's totals.
     pub fn release(&mut self, node: NodeId, resources: &Resources) {
-        if let Some(slot) = self.nodes.get_mut(&node) {
-            if let Ok(free) = slot.free.checked_add(resources) {
-                if slot.view.total.fits(&free) {
-                    slot.free = free;
-                }
-            }
-        }
+        let Some(&slot) = self.node_slots.get(&node) else {
+            return;
+        };
+        let entry = &mut self.nodes[slot];
+        let sum = combine(&entry.free, resources, u64::saturating_add);
+        entry.free = combine(&sum, &entry.view.total, u64::min);
+        self.refresh(slot);
+        self.wake(slot, true);
     }
 
     /// The free resources of a node.
     pub fn free(&self, node: NodeId) -> Option<&Resources> {
-        self.nodes.get(&node).map(|slot| &slot.free)
+        let slot = *self.node_slots.get(&node)?;
+        Some(&self.nodes[slot].free)
     }
 
     /// Queues a ready task. A task already queued is left as it is.
     pub fn enqueue(&mut self, task: QueuedTask) {
-        if self.task_shape.contains_key(&task.id) {
+        if self.tasks.contains_key(&task.id) {
             return;
         }
         let shape = Shape {
@@ -175,267 +350,316 @@ impl Scheduler {
             constraints: task.constraints,
             strategy: task.strategy,
         };
-        let seq = self.next_seq;
+        let class = match self.class_ids.get(&shape) {
+            Some(&class) => class,
+            None => self.add_class(shape),
+        };
+        let key = QueueKey {
+            priority: Reverse(task.priority),
+            seq: self.next_seq,
+        };
         self.next_seq += 1;
-        self.task_shape.insert(task.id, shape.clone());
-        let class = self.classes.entry(shape.clone()).or_insert_with(|| Class {
-            shape,
-            tasks: VecDeque::new(),
-        });
-        let key = (task.priority, seq);
-        let at = class
-            .tasks
-            .partition_point(|(p, s, _)| (-p, *s) <= (-key.0, key.1));
-        class.tasks.insert(at, (task.priority, seq, task.id));
+        self.classes[class].tasks.insert(key, task.id);
+        self.tasks.insert(task.id, (class, key));
     }
 
     /// Removes a queued task (cancelled). Returns whether it was queued.
     pub fn dequeue(&mut self, task: TaskId) -> bool {
-        let Some(shape) = self.task_shape.remove(&task) else {
+        let Some((class, key)) = self.tasks.remove(&task) else {
             return false;
         };
-        if let Some(class) = self.classes.get_mut(&shape) {
-            class.tasks.retain(|(_, _, id)| *id != task);
-            if class.tasks.is_empty() {
-                self.classes.remove(&shape);
-            }
-        }
+        self.classes[class].tasks.remove(&key);
+        self.drop_class_if_empty(class);
         true
     }
 
     /// Number of queued tasks.
     pub fn queued(&self) -> usize {
-        self.task_shape.len()
+        self.tasks.len()
     }
 
-    /// Places every queued task that fits somewhere now; reports the ones that can never fit.
+    /// Places every queued task that fits somewhere now, highest priority first within a shape
+    /// and first task first across shapes; reports the ones that can never fit. Only shapes that
+    /// are new or may fit since the last call are looked at.
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut decisions = Vec::new();
-        let shapes: Vec<Shape> = self.classes.keys().cloned().collect();
-        for shape in shapes {
-            let Some(mut class) = self.classes.remove(&shape) else {
-                continue;
-            };
-            if let Some(reason) = self.infeasible(&class.shape) {
-                for (_, _, task) in class.tasks.drain(..) {
-                    self.task_shape.remove(&task);
-                    decisions.push(Decision::Unschedulable {
-                        task,
-                        reason: reason.clone(),
-                    });
+        let mut turns: BinaryHeap<(Reverse<QueueKey>, ClassId)> = std::mem::take(&mut self.ready)
+            .into_iter()
+            .filter_map(|class| Some((Reverse(self.head(class)?), class)))
+            .collect();
+        while let Some((_, class)) = turns.pop() {
+            match self.place_first(class) {
+                Some(decision) => {
+                    decisions.push(decision);
+                    if let Some(key) = self.head(class) {
+                        turns.push((Reverse(key), class));
+                    }
                 }
-                continue;
-            }
-            while let Some(&(_, _, task)) = class.tasks.front() {
-                let Some(node) = self.pick(&class.shape) else {
-                    break;
-                };
-                if self.allocate(node, &class.shape.resources).is_err() {
-                    break;
-                }
-                class.tasks.pop_front();
-                self.task_shape.remove(&task);
-                decisions.push(Decision::Place { task, node });
-            }
-            if !class.tasks.is_empty() {
-                self.classes.insert(shape, class);
+                None => self.set_aside(class, &mut decisions),
             }
         }
         decisions
     }
 
-    fn pick(&self, shape: &Shape) -> Option<NodeId> {
-        let candidates = self.nodes.values().filter(|slot| {
-            slot.schedulable
-                && slot.free.fits(&shape.resources)
-                && satisfies(&slot.view, &shape.constraints)
+    /// Queued shapes that fit no node now but could fit one, as of the last
+    /// [`Scheduler::schedule`].
+    pub fn waiting(&self) -> impl Iterator<Item = Waiting<'_>> {
+        let classes = self.groups.iter().flat_map(|(_, group)| &group.waiting);
+        classes.map(|&class| {
+            let class = &self.classes[class];
+            Waiting {
+                resources: &class.shape.resources,
+                constraints: &class.shape.constraints,
+                tasks: class.tasks.len(),
+            }
+        })
+    }
+
+    fn head(&self, class: ClassId) -> Option<QueueKey> {
+        let (key, _) = self.classes.get(class)?.tasks.first_key_value()?;
+        Some(*key)
+    }
+
+    /// Places the first task of `class` if a node fits it now.
+    fn place_first(&mut self, class: ClassId) -> Option<Decision> {
+        let slot = self.pick(&self.classes[class])?;
+        let entry = &mut self.classes[class];
+        let free = self.nodes[slot]
+            .free
+            .checked_sub(&entry.shape.resources)
+            .ok()?;
+        let (_, task) = entry.tasks.pop_first()?;
+        self.tasks.remove(&task);
+        self.nodes[slot].free = free;
+        self.refresh(slot);
+        self.drop_class_if_empty(class);
+        Some(Decision::Place {
+            task,
+            node: self.nodes[slot].view.id,
+        })
+    }
+
+    /// The node for the next task of `class`, if one fits now.
+    fn pick(&self, class: &Class) -> Option<Slot> {
+        let usable = |slot: Slot| {
+            let node = &self.nodes[slot];
+            node.schedulable && fits(&node.free, &class.shape.resources)
+        };
+        let pinned = |id: &NodeId| {
+            let slot = *self.node_slots.get(id)?;
+            (self.nodes[slot].in_group(class.group) && usable(slot)).then_some(slot)
+        };
+        match &class.shape.constraints.affinity {
+            Some(Affinity::Hard(id)) => return pinned(id),
+            Some(Affinity::Soft(id)) => {
+                if let Some(slot) = pinned(id) {
+                    return Some(slot);
+                }
+            }
+            None => {}
+        }
+        let index = &self.groups[class.group].index;
+        let need = class.need;
+        let most_idle = || index.most_idle(|b| b.covers(&need), usable);
+        match class.shape.strategy {
+            Strategy::Pack => index.first(|b| b.has_room(&need), usable).or_else(most_idle),
+            Strategy::Spread => most_idle(),
+        }
+    }
+
+    /// `class` fits nowhere now: rejects its tasks if nothing could ever fit them, else parks it
+    /// in its group until capacity grows there.
+    fn set_aside(&mut self, class: ClassId, decisions: &mut Vec<Decision>) {
+        let entry = &self.classes[class];
+        if entry.feasible_in != Some(self.epoch) {
+            match self.verdict(&entry.shape) {
+                Verdict::Never(reason) => return self.reject(class, &reason, decisions),
+                Verdict::Possible => self.classes[class].feasible_in = Some(self.epoch),
+                Verdict::Unknown => {}
+            }
+        }
+        let group = self.classes[class].group;
+        self.groups[group].waiting.insert(class);
+    }
+
+    fn reject(&mut self, class: ClassId, reason: &str, decisions: &mut Vec<Decision>) {
+        for task in std::mem::take(&mut self.classes[class].tasks).into_values() {
+            self.tasks.remove(&task);
+            decisions.push(Decision::Unschedulable {
+                task,
+                reason: reason.to_owned(),
+            });
+        }
+        self.drop_class_if_empty(class);
+    }
+
+    fn add_class(&mut self, shape: Shape) -> ClassId {
+        let group = self.group_for(GroupKey::of(&shape));
+        let class = self.classes.insert(Class {
+            need: Need::of(&shape.resources),
+            shape: shape.clone(),
+            group,
+            tasks: BTreeMap::new(),
+            feasible_in: None,
         });
-        let threshold = self.config.pack_threshold;
-        let soft = match &shape.constraints.affinity {
-            Some(Affinity::Soft(node)) => Some(*node),
-            _ => None,
-        };
-        let score = |slot: &NodeSlot| -> (bool, bool, f64, NodeId) {
-            let after = utilisation(&slot.view.total, &slot.free, &shape.resources);
-            let preferred = soft == Some(slot.view.id);
-            match shape.strategy {
-                // Pack: among nodes that stay under the threshold, the fullest; else the emptiest.
-                Strategy::Pack => (preferred, after <= threshold, after, slot.view.id),
-                Strategy::Spread => (preferred, true, -after, slot.view.id),
-            }
-        };
-        candidates
-            .map(|slot| {
-                let s = score(slot);
-                let key = if s.1 { s.2 } else { -s.2 };
-                ((s.0, s.1, key), slot.view.id)
-            })
-            .max_by(|a, b| {
-                a.0.partial_cmp(&b.0)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-                    .then(b.1.cmp(&a.1))
-            })
-            .map(|(_, id)| id)
+        self.class_ids.insert(shape, class);
+        self.ready.insert(class);
+        class
     }
 
-    /// `Some(reason)` when no node and no node type could ever fit the shape. While the cluster
-    /// has no node at all and no node types, tasks wait instead (a node may join).
-    fn infeasible(&self, shape: &Shape) -> Option<String> {
-        if self.nodes.is_empty() && self.node_types.is_empty() {
-            return None;
+    /// Forgets a class once its last task has left.
+    fn drop_class_if_empty(&mut self, class: ClassId) {
+        if !self.classes[class].tasks.is_empty() {
+            return;
         }
-        let all = self
-            .nodes
-            .values()
-            .map(|slot| &slot.view)
-            .chain(self.node_types.iter());
-        let mut reason = None;
-        for view in all {
-            if !satisfies(view, &shape.constraints) {
-                reason.get_or_insert_with(|| constraint_mismatch(view, &shape.constraints));
+        let Some(entry) = self.classes.remove(class) else {
+            return;
+        };
+        self.class_ids.remove(&entry.shape);
+        self.ready.remove(&class);
+        let group = &mut self.groups[entry.group];
+        group.waiting.remove(&class);
+        group.users -= 1;
+    }
+
+    /// The group for `key`, made (visiting every node) if there is none yet.
+    fn group_for(&mut self, key: GroupKey) -> GroupId {
+        if let Some(&id) = self.group_ids.get(&key) {
+            self.groups[id].users += 1;
+            return id;
+        }
+        if self.groups.len() >= GROUPS_KEPT {
+            self.drop_unused_groups();
+        }
+        let id = self.groups.insert(Group {
+            key: key.clone(),
+            index: FitIndex::new(),
+            waiting: BTreeSet::new(),
+            users: 1,
+        });
+        let group = &mut self.groups[id];
+        for (slot, node) in self.nodes.iter_mut() {
+            admit(id, group, slot, node, self.config.pack_threshold);
+        }
+        self.group_ids.insert(key, id);
+        id
+    }
+
+    fn drop_unused_groups(&mut self) {
+        let unused: Vec<GroupId> = (self.groups.iter())
+            .filter(|(_, group)| group.users == 0)
+            .map(|(id, _)| id)
+            .collect();
+        for id in unused {
+            let Some(group) = self.groups.remove(id) else {
                 continue;
-            }
-            match view.total.first_shortfall(&shape.resources) {
-                None => return None,
-                Some(err) => reason = Some(format!("no node has enough resources: {err}")),
+            };
+            self.group_ids.remove(&group.key);
+            for &slot in group.index.members() {
+                self.nodes[slot].groups.retain(|&(g, _)| g != id);
             }
         }
-        Some(reason.unwrap_or_else(|| "no node matches".to_owned()))
+    }
+
+    fn join_groups(&mut self, slot: Slot) {
+        let node = &mut self.nodes[slot];
+        for (id, group) in self.groups.iter_mut() {
+            admit(id, group, slot, node, self.config.pack_threshold);
+        }
+    }
+
+    fn leave_groups(&mut self, slot: Slot) {
+        for (group, pos) in std::mem::take(&mut self.nodes[slot].groups) {
+            let Some(moved) = self.groups[group].index.swap_remove(pos) else {
+                continue;
+            };
+            if let Some(entry) = (self.nodes[moved].groups.iter_mut()).find(|(g, _)| *g == group) {
+                entry.1 = pos;
+            }
+        }
+    }
+
+    /// Brings the node's entries in the fit indexes up to date.
+    fn refresh(&mut self, slot: Slot) {
+        let node = &self.nodes[slot];
+        let bound = node.bound(self.config.pack_threshold);
+        for &(group, pos) in &node.groups {
+            self.groups[group].index.set(pos, bound);
+        }
+    }
+
+    /// Capacity grew on `slot` (or the cluster changed around it): the waiting classes of its
+    /// groups get another turn — with `only_fitting`, only those that fit its free resources.
+    fn wake(&mut self, slot: Slot, only_fitting: bool) {
+        let node = &self.nodes[slot];
+        if only_fitting && !node.schedulable {
+            return;
+        }
+        for &(group, _) in &node.groups {
+            let (classes, ready) = (&self.classes, &mut self.ready);
+            self.groups[group].waiting.retain(|&class| {
+                let wake = !only_fitting || fits(&node.free, &classes[class].shape.resources);
+                if wake {
+                    ready.insert(class);
+                }
+                !wake
+            });
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for (_, group) in self.groups.iter_mut() {
+            self.ready.append(&mut group.waiting);
+        }
     }
 }
 
-/// Fraction of the node's cpu or memory (whichever is higher) in use after placing `request`.
-fn utilisation(total: &Resources, free: &Resources, request: &Resources) -> f64 {
-    let frac = |total: u64, free: u64, want: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            (total.saturating_sub(free) + want) as f64 / total as f64
-        }
-    };
-    frac(total.cpu_millis, free.cpu_millis, request.cpu_millis).max(frac(
-        total.memory_bytes,
-        free.memory_bytes,
-        request.memory_bytes,
-    ))
+/// Makes `node` a member of `group` if the group admits it.
+fn admit(id: GroupId, group: &mut Group, slot: Slot, node: &mut Node, threshold: f64) {
+    if group.key.admits(&node.view) {
+        let pos = group.index.push(slot, node.bound(threshold));
+        node.groups.push((id, pos));
+    }
 }
 
-/// Hard constraints: labels, capabilities, hard affinity.
+fn has_labels_and_capabilities(
+    node: &NodeView,
+    selector: &[LabelRequirement],
+    capabilities: &[String],
+) -> bool {
+    (selector.iter()).all(|req| req.matches(|k| node.labels.get(k).map(String::as_str)))
+        && capabilities.iter().all(|c| node.capabilities.contains(c))
+}
+
+/// Hard constraints: label selector, capabilities, hard affinity.
 fn satisfies(node: &NodeView, constraints: &Constraints) -> bool {
-    constraints
-        .selector
-        .iter()
-        .all(|req| req.matches(|k| node.labels.get(k).map(String::as_str)))
-        && constraints
-            .capabilities
-            .iter()
-            .all(|c| node.capabilities.contains(c))
+    has_labels_and_capabilities(node, &constraints.selector, &constraints.capabilities)
         && match &constraints.affinity {
             Some(Affinity::Hard(id)) => *id == node.id,
             _ => true,
         }
 }
 
-fn constraint_mismatch(node: &NodeView, constraints: &Constraints) -> String {
-    if let Some(req) = constraints
-        .selector
-        .iter()
-        .find(|req| !req.matches(|k| node.labels.get(k).map(String::as_str)))
-    {
-        return format!("no node matches the label selector {req}");
-    }
-    if let Some(cap) = constraints
-        .capabilities
-        .iter()
-        .find(|c| !node.capabilities.contains(*c))
-    {
-        return format!("no node has the capability {cap:?}");
-    }
-    "the node it is pinned to (hard affinity) is not in the cluster".to_owned()
+/// `request` fits in `free` ([`Resources::fits`] without building an error for the shortfall).
+fn fits(free: &Resources, request: &Resources) -> bool {
+    free.cpu_millis >= request.cpu_millis
+        && free.memory_bytes >= request.memory_bytes
+        && free.gpus >= request.gpus
+        && (request.custom.iter())
+            .all(|(name, &want)| want <= free.custom.get(name).copied().unwrap_or(0))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(cpu: u64, mem: u64) -> NodeView {
-        NodeView {
-            id: NodeId::new(),
-            total: Resources::new(cpu, mem),
-            labels: BTreeMap::new(),
-            capabilities: BTreeSet::from(["docker".to_owned()]),
-        }
-    }
-
-    fn task(cpu: u64, mem: u64) -> QueuedTask {
-        QueuedTask {
-            id: TaskId::new(),
-            resources: Resources::new(cpu, mem),
-            constraints: Constraints::default(),
-            strategy: Strategy::Pack,
-            priority: 0,
-        }
-    }
-
-    #[test]
-    fn big_task_does_not_block_small_ones() {
-        let mut s = Scheduler::new(SchedulerConfig::default());
-        let n = node(2000, 1 << 30);
-        s.upsert_node(n.clone());
-        s.allocate(n.id, &Resources::new(1000, 0)).unwrap();
-        let big = task(2000, 1 << 20);
-        let small = task(500, 1 << 20);
-        s.enqueue(big.clone());
-        s.enqueue(small.clone());
-        let d = s.schedule();
-        assert_eq!(d, vec![Decision::Place { task: small.id, node: n.id }]);
-        assert_eq!(s.queued(), 1);
-        s.release(n.id, &Resources::new(1000, 0));
-        s.release(n.id, &small.resources);
-        assert_eq!(s.schedule(), vec![Decision::Place { task: big.id, node: n.id }]);
-    }
-
-    #[test]
-    fn impossible_task_is_unschedulable_with_reason() {
-        let mut s = Scheduler::new(SchedulerConfig::default());
-        s.upsert_node(node(2000, 1 << 30));
-        let t = task(1000, 1 << 40);
-        s.enqueue(t.clone());
-        match s.schedule().as_slice() {
-            [Decision::Unschedulable { task, reason }] => {
-                assert_eq!(*task, t.id);
-                assert!(reason.contains("memory"), "{reason}");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn no_nodes_means_wait_not_unschedulable() {
-        let mut s = Scheduler::new(SchedulerConfig::default());
-        s.enqueue(task(1000, 1 << 40));
-        assert!(s.schedule().is_empty());
-        assert_eq!(s.queued(), 1);
-    }
-
-    #[test]
-    fn priority_then_submission_order() {
-        let mut s = Scheduler::new(SchedulerConfig::default());
-        let a = task(1000, 1 << 20);
-        let mut b = a.clone();
-        b.id = TaskId::new();
-        b.priority = 5;
-        let mut c = a.clone();
-        c.id = TaskId::new();
-        s.enqueue(a.clone());
-        s.enqueue(b.clone());
-        s.enqueue(c.clone());
-        let n = node(1000, 1 << 30);
-        s.upsert_node(n.clone());
-        assert_eq!(s.schedule(), vec![Decision::Place { task: b.id, node: n.id }]);
-        s.release(n.id, &a.resources);
-        assert_eq!(s.schedule(), vec![Decision::Place { task: a.id, node: n.id }]);
-        s.release(n.id, &a.resources);
-        assert_eq!(s.schedule(), vec![Decision::Place { task: c.id, node: n.id }]);
+/// Applies `op` to each amount of `a` and the same amount of `b`. The custom resources are those
+/// of `a`; a name missing from `b` counts as 0.
+fn combine(a: &Resources, b: &Resources, op: impl Fn(u64, u64) -> u64) -> Resources {
+    let custom = a.custom.iter().map(|(name, &amount)| {
+        let other = b.custom.get(name).copied().unwrap_or(0);
+        (name.clone(), op(amount, other))
+    });
+    Resources {
+        cpu_millis: op(a.cpu_millis, b.cpu_millis),
+        memory_bytes: op(a.memory_bytes, b.memory_bytes),
+        gpus: u32::try_from(op(a.gpus.into(), b.gpus.into())).unwrap_or(u32::MAX),
+        custom: custom.collect(),
     }
 }

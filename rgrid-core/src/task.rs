@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::id::TaskId;
 use crate::resources::Resources;
 
+/// Docker refuses memory limits below 6 MiB.
+pub const MIN_MEMORY_BYTES: u64 = 6 << 20;
+
 /// A containerized task with its resource requirements.
 ///
 /// Wire type: fields are only ever appended.
@@ -129,9 +132,9 @@ impl TaskSpec {
         if self.resources.cpu_millis == 0 {
             return Err("task requests no cpu: ask for at least 1 millicore".into());
         }
-        if self.resources.memory_bytes < 4 << 20 {
+        if self.resources.memory_bytes < MIN_MEMORY_BYTES {
             return Err(format!(
-                "task requests {} bytes of memory; containers need at least 4M",
+                "task requests {} bytes of memory; containers need at least 6M",
                 self.resources.memory_bytes
             ));
         }

@@ -91,17 +91,7 @@ impl ClusterCa {
 
     /// SHA-256 of the CA's public key (hex): what a join token pins.
     pub fn fingerprint(&self) -> Result<String, TlsError> {
-        let der = pem_certs(&self.pem, "CA certificate")?;
-        let first = der.first().ok_or(TlsError::Pem {
-            what: "CA certificate",
-            detail: "no certificate".into(),
-        })?;
-        spki_sha256(first)
-            .map(hex::encode)
-            .ok_or(TlsError::Pem {
-                what: "CA certificate",
-                detail: "cannot parse".into(),
-            })
+        ca_pin(&self.pem)
     }
 
     /// The head's server certificate for [`HEAD_SERVER_NAME`] (and `localhost`), with a fresh key.
@@ -158,6 +148,30 @@ pub fn node_csr() -> Result<(String, String), TlsError> {
 pub struct Identity {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+/// The credentials file a client connects with (`client.toml`, written by the head).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// The head's address, `HOST:PORT`.
+    pub head: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
+    /// The client's certificate (PEM).
+    pub cert_pem: String,
+    /// The client's private key (PEM).
+    pub key_pem: String,
+}
+
+impl ClientFile {
+    /// The client's identity.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
 }
 
 /// Who is on the other end of an authenticated connection.
@@ -258,6 +272,34 @@ fn random_bytes<const N: usize>() -> [u8; N] {
         }
     }
     buf
+}
+
+/// SHA-256 (hex) of the public key of the first certificate in `ca_pem`: a join token's pin.
+pub fn ca_pin(ca_pem: &str) -> Result<String, TlsError> {
+    let der = pem_certs(ca_pem, "CA certificate")?;
+    der.first()
+        .and_then(|cert| spki_sha256(cert))
+        .map(hex::encode)
+        .ok_or(TlsError::Pem {
+            what: "CA certificate",
+            detail: "cannot parse its public key".into(),
+        })
+}
+
+/// Writes a file readable by its owner only (keys, tokens, credentials), atomically and durably.
+pub fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo.
@@ -429,7 +471,10 @@ mod tests {
         let node = NodeId::new();
         let cert = again.sign_node_csr(&csr, node).unwrap();
         let der = pem_certs(&cert, "node").unwrap();
-        assert_eq!(PeerIdentity::from_cert(&der[0]), Some(PeerIdentity::Node(node)));
+        assert_eq!(
+            PeerIdentity::from_cert(&der[0]),
+            Some(PeerIdentity::Node(node))
+        );
     }
 
     #[test]

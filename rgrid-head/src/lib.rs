@@ -1,1 +1,179 @@
-//! placeholder
+//! The rgrid head daemon, as a library: [`start`] binds the QUIC endpoint, recovers state from
+//! the database and serves until the shutdown token is cancelled. The `rgrid-head` binary and
+//! the in-process `LocalCluster` both call it.
+//!
+//! - [`config`]: the configuration.
+//! - `credentials`: the CA, the join token and `client.toml` in the state dir.
+//! - `store`: persistence (SQLite through sqlx, group commit).
+//! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
+//! - `server`: QUIC connections and requests.
+//! - `outputs`: content-addressed task outputs.
+
+mod cluster;
+pub mod config;
+mod credentials;
+mod outputs;
+mod server;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rgrid_core::tls::ClusterCa;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub use config::HeadConfig;
+pub use credentials::CredentialsError;
+pub use store::StoreError;
+
+use crate::cluster::{Cluster, Liveness};
+use crate::server::Shared;
+use crate::store::Store;
+
+/// Why the head could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] rgrid_core::tls::TlsError),
+    #[error(transparent)]
+    Transport(#[from] rgrid_core::transport::TransportError),
+}
+
+/// A head that is serving.
+pub struct RunningHead {
+    /// The address the endpoint is bound to (the real port when the config asked for port 0).
+    pub local_addr: SocketAddr,
+    /// The state dir, holding `ca.pem`, `join-token` and `client.toml`.
+    pub state_dir: PathBuf,
+    store: Store,
+    ca: Arc<ClusterCa>,
+    tracker: TaskTracker,
+}
+
+impl RunningHead {
+    /// Path of the admin credentials file.
+    pub fn client_file(&self) -> PathBuf {
+        self.state_dir.join("client.toml")
+    }
+
+    /// Path of the join token file.
+    pub fn join_token_file(&self) -> PathBuf {
+        self.state_dir.join("join-token")
+    }
+
+    /// Creates another join token (`ttl` `None` = never expires).
+    pub async fn create_join_token(
+        &self,
+        ttl: Option<Duration>,
+        single_use: bool,
+    ) -> Result<String, CredentialsError> {
+        credentials::create_join_token(&self.store, &self.ca, ttl, single_use)
+            .await
+            .map(|t| t.encode())
+    }
+
+    /// Waits until every task of the head has stopped (after the shutdown token was cancelled).
+    pub async fn wait(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Starts the head: state dir, credentials, database, endpoint, cluster loop.
+pub async fn start(
+    config: HeadConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningHead, StartError> {
+    config.validate()?;
+    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| StartError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let tracker = TaskTracker::new();
+    let ca = credentials::load_or_create_ca(&state_dir)?;
+    let store = Store::open(&config.database_url(), &tracker).await?;
+    credentials::ensure_join_token_file(&state_dir, &store, &ca, config.join_token_ttl).await?;
+
+    let server_identity = ca.issue_server()?;
+    let tls = rgrid_core::tls::server_config(ca.cert_pem(), &server_identity)?;
+    let endpoint = rgrid_core::transport::server_endpoint(config.listen, tls)?;
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(|source| StartError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        let mut addr = local_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        addr.to_string()
+    });
+    credentials::write_client_file(&state_dir, &ca, &advertise)?;
+
+    let outputs = outputs::OutputStore::new(state_dir.join("outputs")).map_err(|source| {
+        StartError::StateDir {
+            path: state_dir.join("outputs"),
+            source,
+        }
+    })?;
+    let nodes = store.nodes().await?;
+    let tasks = store.open_tasks().await?;
+    tracing::info!(%local_addr, state_dir = %state_dir.display(), nodes = nodes.len(), open_tasks = tasks.len(), "head started");
+
+    let (events, event_rx) = tokio::sync::mpsc::unbounded_channel();
+    let liveness = Liveness {
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
+    };
+    let cluster = Cluster::new(store.clone(), liveness, events.clone(), nodes, tasks);
+    tracker.spawn(
+        cluster
+            .run(event_rx, shutdown.clone())
+            .instrument(tracing::info_span!("cluster")),
+    );
+    let ca = Arc::new(ca);
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        outputs,
+        ca: ca.clone(),
+        events,
+        next_session: AtomicU64::new(1),
+        tracker: tracker.clone(),
+        shutdown,
+    });
+    tracker.spawn(server::serve(endpoint, shared));
+    Ok(RunningHead {
+        local_addr,
+        state_dir,
+        store,
+        ca,
+        tracker,
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,521 @@
+//! One test per policy rule, on hand-built snapshots with a fixed clock.
+
+use super::*;
+use crate::config::AutoscalerConfig;
+use std::time::UNIX_EPOCH;
+
+const GIB: u64 = 1 << 30;
+
+fn t(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn cfg() -> AutoscalerConfig {
+    AutoscalerConfig {
+        enabled: true,
+        scale_up_delay: Duration::ZERO,
+        ..AutoscalerConfig::default()
+    }
+}
+
+fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
+    Demand {
+        resources: Resources::new(cpus * 1000, mem_gib * GIB),
+        selector: BTreeMap::new(),
+        count,
+        oldest,
+    }
+}
+
+fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
+    let config = cfg();
+    let capacity = config.node_type(ty).map(|t| t.capacity()).unwrap_or_default();
+    let labels = config
+        .node_type(ty)
+        .map(|t| type_labels(&config, t))
+        .unwrap_or_default();
+    NodeView {
+        server: Some(ServerId(id)),
+        name: format!("n{id}"),
+        node_type: ty.into(),
+        state,
+        created,
+        labels,
+        free: capacity.clone(),
+        capacity,
+        running: 0,
+        idle_since: Some(created),
+    }
+}
+
+fn busy(mut n: NodeView, running: u32, free_cpus: u64) -> NodeView {
+    n.running = running;
+    n.idle_since = None;
+    n.free = Resources::new(free_cpus * 1000, free_cpus * 2 * GIB);
+    n
+}
+
+fn creates(d: &Decision) -> Vec<(&str, &str)> {
+    d.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create {
+                node_type,
+                location,
+            } => Some((node_type.as_str(), location.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prov(ty: &str, eta: u64) -> Wait {
+    Wait::Provisioning {
+        node_type: ty.into(),
+        eta: Duration::from_secs(eta),
+    }
+}
+
+#[test]
+fn packs_queued_tasks_into_the_cheapest_type_mix() {
+    // 10 × (1 cpu, 2G): cx43 (8) + cx23 (2) costs 0.0208/h, cheaper than 5 × cx23 (0.028),
+    // 2 × cx33 + cx23 (0.0232) or one cx53 (0.028).
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 10, t(0))],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(30));
+    assert_eq!(creates(&d), [("cx43", "fsn1"), ("cx23", "fsn1")]);
+    assert_eq!(d.waits[0], [(prov("cx43", 90), 8), (prov("cx23", 90), 2)]);
+    assert_eq!(d.wait_for(0, 9), Some(&prov("cx23", 90)));
+}
+
+#[test]
+fn large_and_small_tasks_share_nodes() {
+    // One 6-cpu task and four 1-cpu tasks: 10 cpus → cx53 would waste; cx43 + cx23 fits exactly.
+    let snap = Snapshot {
+        demand: vec![demand(1, 1, 4, t(0)), demand(6, 8, 1, t(0))],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(30));
+    assert_eq!(creates(&d), [("cx43", "fsn1"), ("cx23", "fsn1")]);
+}
+
+#[test]
+fn free_capacity_and_provisioning_nodes_absorb_demand_first() {
+    let snap = Snapshot {
+        demand: vec![demand(1, 1, 6, t(0))],
+        nodes: vec![
+            busy(node(1, "cx33", NodeState::Ready, t(0)), 2, 2),
+            node(2, "cx33", NodeState::Provisioning, t(0)),
+        ],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(30));
+    assert!(creates(&d).is_empty(), "{:?}", d.actions);
+    assert_eq!(d.waits[0], [(Wait::Placing, 2), (prov("cx33", 60), 4)]);
+    assert_eq!(
+        d.wait_for(0, 3).map(ToString::to_string).as_deref(),
+        Some("waiting for a node of type cx33 (provisioning, ~60 s left)")
+    );
+}
+
+#[test]
+fn never_provisions_for_unschedulable_tasks() {
+    let mut gpu = demand(1, 1, 3, t(0));
+    gpu.resources.gpus = 1;
+    let snap = Snapshot {
+        demand: vec![demand(64, 1, 2, t(0)), gpu],
+        ..Snapshot::default()
+    };
+    let config = cfg();
+    let d = decide(&config, &snap, t(30));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.waits[0], [(Wait::Unschedulable, 2)]);
+    assert_eq!(d.waits[1], [(Wait::Unschedulable, 3)]);
+    assert!(!fits_some_node_type(
+        &config,
+        &Resources::new(64_000, GIB),
+        &BTreeMap::new()
+    ));
+
+    // A static node big enough makes it a matter of waiting, not unschedulable.
+    let mut big = busy(node(9, "cx53", NodeState::Ready, t(0)), 1, 0);
+    big.server = None;
+    big.capacity = Resources::new(128_000, 512 * GIB);
+    let snap = Snapshot {
+        demand: vec![demand(64, 1, 1, t(0))],
+        nodes: vec![big],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(30));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.waits[0], [(Wait::Placing, 1)]);
+}
+
+#[test]
+fn creation_is_bounded_by_max_nodes_per_type_and_concurrent_provisioning() {
+    let mut config = cfg();
+    config.max_concurrent_provisioning = 2;
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 100, t(0))],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(30));
+    assert_eq!(creates(&d), [("cx53", "fsn1"), ("cx53", "fsn1")]);
+    assert_eq!(
+        d.waits[0].last(),
+        Some(&(
+            Wait::AtCapacity {
+                limit: Limit::Provisioning(2)
+            },
+            68
+        ))
+    );
+
+    // max_nodes counts existing servers, draining ones included.
+    let mut config = cfg();
+    config.max_nodes = 3;
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 100, t(0))],
+        nodes: vec![
+            busy(node(1, "cx23", NodeState::Ready, t(0)), 2, 0),
+            busy(node(2, "cx23", NodeState::Draining, t(0)), 2, 0),
+        ],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(30));
+    assert_eq!(creates(&d).len(), 1);
+    assert!(d.waits[0].iter().any(|(w, _)| *w
+        == Wait::AtCapacity {
+            limit: Limit::MaxNodes(3)
+        }));
+
+    // A per-type cap moves the rest to the next best type.
+    let mut config = cfg();
+    config.node_types.retain(|t| t.name != "cx43");
+    if let Some(t) = config.node_types.iter_mut().find(|t| t.name == "cx53") {
+        t.max_nodes = Some(1);
+    }
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 32, t(0))],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(30));
+    let made = creates(&d);
+    assert_eq!(made.iter().filter(|(t, _)| *t == "cx53").count(), 1);
+    assert_eq!(made.iter().filter(|(t, _)| *t == "cx33").count(), 4, "{made:?}");
+}
+
+#[test]
+fn selectors_restrict_creation_to_labelled_types() {
+    let mut config = cfg();
+    let mut gpu_type = config.node_types[0].clone();
+    gpu_type.name = "gex44".into();
+    gpu_type.gpus = 1;
+    gpu_type.hourly_price = 0.3;
+    gpu_type.labels.insert("gpu".into(), "rtx4000".into());
+    config.node_types.push(gpu_type);
+    let mut gpu = demand(1, 1, 1, t(0));
+    gpu.resources.gpus = 1;
+    gpu.selector.insert("gpu".into(), "rtx4000".into());
+    let mut on_cx33 = demand(1, 1, 1, t(0));
+    on_cx33
+        .selector
+        .insert(NODE_TYPE_LABEL.into(), "cx33".into());
+    let snap = Snapshot {
+        demand: vec![gpu, on_cx33, demand(1, 1, 1, t(0))],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(30));
+    let mut made = creates(&d);
+    made.sort();
+    assert_eq!(made, [("cx23", "fsn1"), ("cx33", "fsn1"), ("gex44", "fsn1")]);
+}
+
+#[test]
+fn sold_out_falls_back_to_another_location_then_another_type() {
+    let config = cfg();
+    let sold = |loc: &str| ProvisionFailure {
+        node_type: "cx43".into(),
+        location: loc.into(),
+        kind: FailureKind::Unavailable,
+        at: t(0),
+    };
+    let mut snap = Snapshot {
+        demand: vec![demand(1, 2, 10, t(0))],
+        failures: vec![sold("fsn1")],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(60));
+    assert_eq!(creates(&d), [("cx43", "nbg1"), ("cx23", "fsn1")]);
+    assert_eq!(d.next_wakeup, Some(t(600)));
+
+    snap.failures = vec![sold("fsn1"), sold("nbg1"), sold("hel1")];
+    let d = decide(&config, &snap, t(60));
+    assert_eq!(
+        creates(&d),
+        [("cx33", "fsn1"), ("cx33", "fsn1"), ("cx23", "fsn1")]
+    );
+
+    // After the cooldown, the sold-out pair is tried again.
+    let d = decide(&config, &snap, t(601));
+    assert_eq!(creates(&d), [("cx43", "fsn1"), ("cx23", "fsn1")]);
+}
+
+#[test]
+fn sold_out_everywhere_says_so() {
+    let mut config = cfg();
+    config.node_types.retain(|t| t.name == "cx23");
+    config.locations = vec!["fsn1".into()];
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 2, t(0))],
+        failures: vec![ProvisionFailure {
+            node_type: "cx23".into(),
+            location: "fsn1".into(),
+            kind: FailureKind::Unavailable,
+            at: t(0),
+        }],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(60));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.waits[0], [(Wait::SoldOut { until: t(600) }, 2)]);
+}
+
+#[test]
+fn quota_errors_pause_creation() {
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 4, t(0))],
+        failures: vec![ProvisionFailure {
+            node_type: "cx33".into(),
+            location: "fsn1".into(),
+            kind: FailureKind::Quota,
+            at: t(10),
+        }],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(60));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.waits[0], [(Wait::Paused { until: t(610) }, 4)]);
+    assert_eq!(d.next_wakeup, Some(t(610)));
+    assert_eq!(creates(&decide(&cfg(), &snap, t(611))).len(), 1);
+}
+
+#[test]
+fn scale_up_waits_for_scale_up_delay() {
+    let mut config = cfg();
+    config.scale_up_delay = Duration::from_secs(20);
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 4, t(100))],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(105));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.waits[0], [(Wait::Delayed { until: t(120) }, 4)]);
+    assert_eq!(d.next_wakeup, Some(t(120)));
+    assert_eq!(creates(&decide(&config, &snap, t(120))), [("cx33", "fsn1")]);
+}
+
+#[test]
+fn idle_nodes_drain_just_before_their_next_billed_hour() {
+    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    n.idle_since = Some(t(600));
+    let snap = Snapshot {
+        nodes: vec![n],
+        ..Snapshot::default()
+    };
+    // Minute 50: the hour is paid anyway; keep it, look again when the window opens.
+    let d = decide(&cfg(), &snap, t(3000));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next_wakeup, Some(t(3600 - 240)));
+    // Minute 57: drain.
+    let d = decide(&cfg(), &snap, t(3420));
+    assert_eq!(
+        d.actions,
+        [Action::Drain {
+            server: ServerId(1),
+            name: "n1".into(),
+            reason: Reason::Idle
+        }]
+    );
+    // Same in a later hour.
+    let d = decide(&cfg(), &snap, t(3 * 3600 + 3500));
+    assert_eq!(d.actions.len(), 1);
+}
+
+#[test]
+fn drained_nodes_are_deleted_once_empty() {
+    let snap = Snapshot {
+        nodes: vec![
+            node(1, "cx33", NodeState::Draining, t(0)),
+            busy(node(2, "cx33", NodeState::Draining, t(0)), 1, 3),
+        ],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(3500));
+    assert_eq!(
+        d.actions,
+        [Action::Delete {
+            server: ServerId(1),
+            name: "n1".into(),
+            reason: Reason::Drained
+        }]
+    );
+}
+
+#[test]
+fn min_idle_protects_nodes_that_just_finished() {
+    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    n.idle_since = Some(t(3400));
+    let snap = Snapshot {
+        nodes: vec![n],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(3420));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next_wakeup, Some(t(3460)));
+    assert_eq!(decide(&cfg(), &snap, t(3460)).actions.len(), 1);
+}
+
+#[test]
+fn min_nodes_are_kept() {
+    let mut config = cfg();
+    config.min_nodes = 1;
+    let snap = Snapshot {
+        nodes: vec![
+            node(1, "cx33", NodeState::Ready, t(0)),
+            node(2, "cx33", NodeState::Ready, t(60)),
+        ],
+        ..Snapshot::default()
+    };
+    let d = decide(&config, &snap, t(3500));
+    assert_eq!(d.actions.len(), 1, "{:?}", d.actions);
+
+    // Below min_nodes, the cheapest type is created.
+    config.min_nodes = 2;
+    let d = decide(&config, &Snapshot::default(), t(0));
+    assert_eq!(creates(&d), [("cx23", "fsn1"), ("cx23", "fsn1")]);
+}
+
+#[test]
+fn idle_node_is_kept_when_queued_work_fits_it() {
+    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    n.idle_since = Some(t(600));
+    let snap = Snapshot {
+        demand: vec![demand(1, 1, 1, t(3400))],
+        nodes: vec![n],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(3420));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.waits[0], [(Wait::Placing, 1)]);
+}
+
+#[test]
+fn old_nodes_are_drained_and_replaced() {
+    let old = busy(node(1, "cx23", NodeState::Ready, t(0)), 2, 0);
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 2, t(0))],
+        nodes: vec![old],
+        ..Snapshot::default()
+    };
+    let now = t(25 * 3600);
+    let d = decide(&cfg(), &snap, now);
+    assert_eq!(
+        d.actions,
+        [
+            Action::Drain {
+                server: ServerId(1),
+                name: "n1".into(),
+                reason: Reason::Lifetime
+            },
+            Action::Create {
+                node_type: "cx23".into(),
+                location: "fsn1".into()
+            }
+        ]
+    );
+    // Disabled with a zero lifetime.
+    let mut config = cfg();
+    config.max_lifetime = Duration::ZERO;
+    let d = decide(&config, &snap, now);
+    assert!(!d
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Drain { .. })));
+}
+
+#[test]
+fn failed_nodes_are_deleted_and_replaced() {
+    let snap = Snapshot {
+        demand: vec![demand(2, 4, 1, t(0))],
+        nodes: vec![busy(node(1, "cx23", NodeState::Failed, t(0)), 1, 0)],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(100));
+    assert_eq!(
+        d.actions,
+        [
+            Action::Delete {
+                server: ServerId(1),
+                name: "n1".into(),
+                reason: Reason::Failed
+            },
+            Action::Create {
+                node_type: "cx23".into(),
+                location: "fsn1".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn servers_that_never_join_are_deleted() {
+    let mut unmanaged = node(2, "cx23", NodeState::Failed, t(0));
+    unmanaged.server = None;
+    let snap = Snapshot {
+        nodes: vec![node(1, "cx23", NodeState::Provisioning, t(0)), unmanaged],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(300));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next_wakeup, Some(t(600)));
+    let d = decide(&cfg(), &snap, t(600));
+    assert_eq!(
+        d.actions,
+        [Action::Delete {
+            server: ServerId(1),
+            name: "n1".into(),
+            reason: Reason::NeverJoined
+        }]
+    );
+}
+
+#[test]
+fn wait_messages_read_well() {
+    assert_eq!(
+        prov("cx33", 90).to_string(),
+        "waiting for a node of type cx33 (provisioning, ~90 s left)"
+    );
+    assert_eq!(
+        prov("cx33", 0).to_string(),
+        "waiting for a node of type cx33 (provisioning, due now)"
+    );
+    assert!(Wait::Unschedulable.to_string().contains("no node type"));
+}
+
+#[test]
+fn decisions_are_deterministic() {
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 37, t(0)), demand(3, 6, 5, t(5))],
+        nodes: vec![
+            busy(node(1, "cx33", NodeState::Ready, t(0)), 2, 1),
+            node(2, "cx43", NodeState::Provisioning, t(100)),
+        ],
+        ..Snapshot::default()
+    };
+    let a = decide(&cfg(), &snap, t(120));
+    for _ in 0..5 {
+        assert_eq!(decide(&cfg(), &snap, t(120)), a);
+    }
+}

@@ -1,0 +1,248 @@
+//! The fit index of one feasibility group: its member nodes in a segment tree whose inner entries
+//! hold the component-wise maximum of their subtree's free capacity. A query descends only into
+//! subtrees whose maximum covers the request, so finding a node costs about `log n` steps instead
+//! of a scan, and "nothing fits" is usually answered by the root alone.
+
+use crate::resources::Resources;
+
+/// Where a node stands in the scheduler's node table.
+pub(super) type Slot = usize;
+
+/// What one tree entry knows of a node (a leaf) or of every node under it (the maximum of each
+/// field). The maxima of different fields may come from different nodes: a covering bound means
+/// "maybe", an uncovering one means "certainly not".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Bound {
+    /// Free cpu millicores, memory bytes and gpus.
+    free: [i64; 3],
+    /// Cpu and memory left before the node crosses the pack threshold (negative above it).
+    room: [i64; 2],
+    /// How idle the node is, in millionths: one million minus its highest utilisation.
+    idle: i64,
+}
+
+impl Bound {
+    /// A node that takes no work (suspect, draining, dead) or an unused leaf: covers nothing.
+    pub(super) const ABSENT: Bound = Bound {
+        free: [i64::MIN; 3],
+        room: [i64::MIN; 2],
+        idle: i64::MIN,
+    };
+
+    /// The bound of a node with these totals and free amounts; `threshold` is the pack
+    /// threshold (fraction of cpu and memory).
+    pub(super) fn of(total: &Resources, free: &Resources, threshold: f64) -> Bound {
+        let room = |total: u64, free: u64| {
+            let cap = (total as f64 * threshold) as i64;
+            cap.saturating_sub(clamp(total.saturating_sub(free)))
+        };
+        let busy = |total: u64, free: u64| -> i64 {
+            let used = u128::from(total.saturating_sub(free));
+            match u128::from(total) {
+                0 => 0,
+                total => clamp_u128(used * 1_000_000 / total),
+            }
+        };
+        let (gpu_total, gpu_free) = (u64::from(total.gpus), u64::from(free.gpus));
+        let busiest = busy(total.cpu_millis, free.cpu_millis)
+            .max(busy(total.memory_bytes, free.memory_bytes))
+            .max(busy(gpu_total, gpu_free));
+        Bound {
+            free: [
+                clamp(free.cpu_millis),
+                clamp(free.memory_bytes),
+                clamp(gpu_free),
+            ],
+            room: [
+                room(total.cpu_millis, free.cpu_millis),
+                room(total.memory_bytes, free.memory_bytes),
+            ],
+            idle: 1_000_000 - busiest,
+        }
+    }
+
+    fn max(self, other: Bound) -> Bound {
+        Bound {
+            free: [0, 1, 2].map(|i| self.free[i].max(other.free[i])),
+            room: [0, 1].map(|i| self.room[i].max(other.room[i])),
+            idle: self.idle.max(other.idle),
+        }
+    }
+
+    /// Could a node under this bound have `need` free?
+    pub(super) fn covers(&self, need: &Need) -> bool {
+        self.free
+            .iter()
+            .zip(&need.0)
+            .all(|(have, want)| have >= want)
+    }
+
+    /// Could a node under this bound take `need` and stay under the pack threshold?
+    pub(super) fn has_room(&self, need: &Need) -> bool {
+        self.covers(need)
+            && self
+                .room
+                .iter()
+                .zip(&need.0)
+                .all(|(have, want)| have >= want)
+    }
+}
+
+/// A request in the units of [`Bound`]: cpu millicores, memory bytes, gpus.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Need([i64; 3]);
+
+impl Need {
+    pub(super) fn of(request: &Resources) -> Need {
+        Need([
+            clamp(request.cpu_millis),
+            clamp(request.memory_bytes),
+            clamp(u64::from(request.gpus)),
+        ])
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn clamp_u128(v: u128) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The members of a feasibility group and their segment tree. Leaf `i` is `members[i]`; the
+/// root is entry 1, the children of entry `e` are `2e` and `2e + 1`, leaves start at `width`.
+pub(super) struct FitIndex {
+    members: Vec<Slot>,
+    width: usize,
+    tree: Vec<Bound>,
+}
+
+impl FitIndex {
+    pub(super) fn new() -> Self {
+        Self {
+            members: Vec::new(),
+            width: 1,
+            tree: vec![Bound::ABSENT; 2],
+        }
+    }
+
+    /// The member nodes, in first-fit order.
+    pub(super) fn members(&self) -> &[Slot] {
+        &self.members
+    }
+
+    /// Adds a node; returns its position.
+    pub(super) fn push(&mut self, slot: Slot, bound: Bound) -> usize {
+        if self.members.len() == self.width {
+            self.grow();
+        }
+        self.members.push(slot);
+        let pos = self.members.len() - 1;
+        self.set(pos, bound);
+        pos
+    }
+
+    /// Removes the node at `pos` by moving the last member there; returns the moved node, whose
+    /// position is now `pos`.
+    pub(super) fn swap_remove(&mut self, pos: usize) -> Option<Slot> {
+        let last = self.members.len().checked_sub(1)?;
+        let moved_bound = self.tree[self.width + last];
+        self.members.swap_remove(pos);
+        self.set(last, Bound::ABSENT);
+        if pos == last {
+            return None;
+        }
+        self.set(pos, moved_bound);
+        Some(self.members[pos])
+    }
+
+    /// Updates the bound of the node at `pos` and of every subtree above it.
+    pub(super) fn set(&mut self, pos: usize, bound: Bound) {
+        let mut e = self.width + pos;
+        self.tree[e] = bound;
+        while e > 1 {
+            e /= 2;
+            self.tree[e] = self.tree[2 * e].max(self.tree[2 * e + 1]);
+        }
+    }
+
+    /// The first member (in join order) whose bound passes `bound_ok` and that `node_ok`
+    /// accepts (the exact check, custom resources included).
+    pub(super) fn first(
+        &self,
+        bound_ok: impl Fn(&Bound) -> bool,
+        mut node_ok: impl FnMut(Slot) -> bool,
+    ) -> Option<Slot> {
+        self.first_under(1, &bound_ok, &mut node_ok)
+    }
+
+    fn first_under(
+        &self,
+        e: usize,
+        bound_ok: &impl Fn(&Bound) -> bool,
+        node_ok: &mut impl FnMut(Slot) -> bool,
+    ) -> Option<Slot> {
+        if !bound_ok(&self.tree[e]) {
+            return None;
+        }
+        if e >= self.width {
+            let slot = self.members[e - self.width];
+            return node_ok(slot).then_some(slot);
+        }
+        self.first_under(2 * e, bound_ok, node_ok)
+            .or_else(|| self.first_under(2 * e + 1, bound_ok, node_ok))
+    }
+
+    /// The most idle member whose bound passes `bound_ok` and that `node_ok` accepts (branch and
+    /// bound: subtrees that cannot beat the best found so far are skipped).
+    pub(super) fn most_idle(
+        &self,
+        bound_ok: impl Fn(&Bound) -> bool,
+        mut node_ok: impl FnMut(Slot) -> bool,
+    ) -> Option<Slot> {
+        let mut best = None;
+        self.most_idle_under(1, &bound_ok, &mut node_ok, &mut best);
+        best.map(|(_, slot)| slot)
+    }
+
+    fn most_idle_under(
+        &self,
+        e: usize,
+        bound_ok: &impl Fn(&Bound) -> bool,
+        node_ok: &mut impl FnMut(Slot) -> bool,
+        best: &mut Option<(i64, Slot)>,
+    ) {
+        let bound = &self.tree[e];
+        if !bound_ok(bound) || best.is_some_and(|(idle, _)| bound.idle <= idle) {
+            return;
+        }
+        if e >= self.width {
+            let slot = self.members[e - self.width];
+            if node_ok(slot) {
+                *best = Some((bound.idle, slot));
+            }
+            return;
+        }
+        let (left, right) = (2 * e, 2 * e + 1);
+        let (a, b) = if self.tree[right].idle > self.tree[left].idle {
+            (right, left)
+        } else {
+            (left, right)
+        };
+        self.most_idle_under(a, bound_ok, node_ok, best);
+        self.most_idle_under(b, bound_ok, node_ok, best);
+    }
+
+    /// Doubles the number of leaves and rebuilds the inner entries.
+    fn grow(&mut self) {
+        let width = self.width * 2;
+        let mut tree = vec![Bound::ABSENT; 2 * width];
+        tree[width..width + self.width].copy_from_slice(&self.tree[self.width..]);
+        for e in (1..width).rev() {
+            tree[e] = tree[2 * e].max(tree[2 * e + 1]);
+        }
+        self.width = width;
+        self.tree = tree;
+    }
+}

@@ -1,0 +1,848 @@
+//! The one owner of scheduling state: an event loop that owns the node table, the task table and
+//! the scheduler. Connection handlers send it [`Event`]s (with a oneshot for the reply when they
+//! need one); it never awaits I/O itself: writes go to the store's group-commit writer, and what
+//! must wait for durability (results acknowledged to nodes, outcomes shown to clients) waits in a
+//! small spawned task that reports back with [`Event::Committed`].
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rgrid_core::protocol::{
+    AttemptInfo, ExitStatus, HeadMessage, NodeHello, NodeInfo, NodeMessage, TaskInfo,
+};
+use rgrid_core::scheduler::{Decision, NodeView, QueuedTask, Scheduler, SchedulerConfig};
+use rgrid_core::{AttemptId, NodeId, Resources, TaskId, TaskSpec, TaskState};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, StoredNode, StoredTask, Write};
+use crate::unix_ms;
+
+/// A finished task's outcome as the loop knows it (outputs by hash; the handler loads them).
+#[derive(Clone, Debug)]
+pub(crate) struct Outcome {
+    pub state: TaskState,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub stdout_hash: Option<String>,
+    pub stderr_hash: Option<String>,
+    pub attempts: Vec<AttemptInfo>,
+}
+
+impl Outcome {
+    pub(crate) fn from_stored(task: StoredTask) -> Self {
+        Self {
+            state: task.state,
+            exit_code: task.exit_code,
+            reason: task.reason,
+            stdout_hash: task.stdout_hash,
+            stderr_hash: task.stderr_hash,
+            attempts: task.attempts,
+        }
+    }
+}
+
+/// How an attempt ended, with its outputs already stored.
+#[derive(Debug)]
+pub(crate) struct AttemptResult {
+    pub attempt: AttemptId,
+    pub exit: ExitStatus,
+    pub stdout_hash: Option<String>,
+    pub stderr_hash: Option<String>,
+    pub finished_at_ms: u64,
+}
+
+/// Where a node's control messages go.
+pub(crate) type NodeSender = mpsc::UnboundedSender<HeadMessage>;
+
+/// Everything that changes scheduling state.
+pub(crate) enum Event {
+    /// Tasks were durably stored; queue the new ones.
+    Submitted {
+        specs: Vec<TaskSpec>,
+        submitted_at_ms: u64,
+        reply: oneshot::Sender<()>,
+    },
+    /// Reply when the task is terminal (and durable); `None` when the loop does not know it.
+    Get {
+        task: TaskId,
+        reply: oneshot::Sender<Option<Outcome>>,
+    },
+    Cancel {
+        task: TaskId,
+        reply: oneshot::Sender<Option<TaskState>>,
+    },
+    ListNodes {
+        reply: oneshot::Sender<Vec<NodeInfo>>,
+    },
+    ListTasks {
+        reply: oneshot::Sender<Vec<TaskInfo>>,
+    },
+    /// A node opened its control stream.
+    NodeConnected {
+        node: NodeId,
+        hello: NodeHello,
+        session: u64,
+        sender: NodeSender,
+    },
+    NodeMessage {
+        node: NodeId,
+        session: u64,
+        message: NodeMessage,
+    },
+    NodeDisconnected {
+        node: NodeId,
+        session: u64,
+    },
+    /// A node reported how an attempt ended. `reply` is answered once the outcome is durable (or
+    /// at once when the result is stale and ignored).
+    AttemptEnded {
+        node: NodeId,
+        result: AttemptResult,
+        reply: oneshot::Sender<()>,
+    },
+    /// The writes for a finished task are durable: its waiters may see it.
+    Committed {
+        task: TaskId,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeState {
+    Ready,
+    /// Disconnected or silent: no new work, not yet declared dead.
+    Suspect,
+    Draining,
+    Dead,
+}
+
+impl NodeState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Suspect => "suspect",
+            Self::Draining => "draining",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    hello: Option<NodeHello>,
+    state: NodeState,
+    /// The live session: its id (to ignore events from replaced sessions) and sender.
+    session: Option<(u64, NodeSender)>,
+    last_seen: Instant,
+    /// Attempts placed here that have not reported an end, with what they hold.
+    running: HashMap<AttemptId, Resources>,
+}
+
+struct Task {
+    spec: TaskSpec,
+    state: TaskState,
+    /// Number of the latest attempt (0 before the first placement).
+    attempt: u32,
+    node: Option<NodeId>,
+    node_losses: u32,
+    submitted_at_ms: u64,
+    attempts: Vec<AttemptInfo>,
+    outcome: Option<Outcome>,
+    /// False between a terminal transition and its commit: waiters wait for durability.
+    durable: bool,
+    /// Why it waits or why it ended, for listings.
+    detail: Option<String>,
+    waiters: Vec<oneshot::Sender<Option<Outcome>>>,
+}
+
+/// Liveness settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Liveness {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+/// The loop's state.
+pub(crate) struct Cluster {
+    store: Store,
+    liveness: Liveness,
+    scheduler: Scheduler,
+    nodes: HashMap<NodeId, Node>,
+    tasks: HashMap<TaskId, Task>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Something changed that may let queued tasks run.
+    dirty: bool,
+}
+
+impl Cluster {
+    /// A loop over the state recovered from the store: nodes come back as suspect (they have one
+    /// timeout to reconnect and re-adopt their attempts), open tasks are queued or wait for them.
+    pub(crate) fn new(
+        store: Store,
+        liveness: Liveness,
+        events: mpsc::UnboundedSender<Event>,
+        nodes: Vec<StoredNode>,
+        tasks: Vec<StoredTask>,
+    ) -> Self {
+        let mut cluster = Self {
+            store,
+            liveness,
+            scheduler: Scheduler::new(SchedulerConfig::default()),
+            nodes: HashMap::new(),
+            tasks: HashMap::new(),
+            events,
+            dirty: true,
+        };
+        let now = Instant::now();
+        for stored in nodes {
+            if let Some(hello) = &stored.hello {
+                cluster.scheduler.upsert_node(node_view(stored.id, hello));
+                cluster.scheduler.set_schedulable(stored.id, false);
+            }
+            cluster.nodes.insert(
+                stored.id,
+                Node {
+                    name: stored.name,
+                    hello: stored.hello,
+                    state: NodeState::Suspect,
+                    session: None,
+                    last_seen: now,
+                    running: HashMap::new(),
+                },
+            );
+        }
+        for stored in tasks {
+            cluster.recover_task(stored);
+        }
+        cluster
+    }
+
+    fn recover_task(&mut self, stored: StoredTask) {
+        let id = stored.spec.id;
+        let mut task = Task {
+            spec: stored.spec,
+            state: stored.state,
+            attempt: stored.attempt,
+            node: stored.node,
+            node_losses: stored.node_losses,
+            submitted_at_ms: stored.submitted_at_ms,
+            attempts: stored.attempts,
+            outcome: None,
+            durable: true,
+            detail: None,
+            waiters: Vec::new(),
+        };
+        let placed = matches!(task.state, TaskState::Assigned | TaskState::Running);
+        let attempt = AttemptId {
+            task: id,
+            attempt: task.attempt,
+        };
+        match task
+            .node
+            .and_then(|n| self.nodes.get_mut(&n).map(|node| (n, node)))
+        {
+            Some((node_id, node)) if placed => {
+                // Hold its resources until the node re-adopts it or is declared dead.
+                let _ = self.scheduler.allocate(node_id, &task.spec.resources);
+                node.running.insert(attempt, task.spec.resources.clone());
+            }
+            _ => {
+                task.state = TaskState::Queued;
+                task.node = None;
+                self.scheduler.enqueue(queued(&task.spec));
+            }
+        }
+        self.tasks.insert(id, task);
+    }
+
+    /// Runs until `shutdown`.
+    pub(crate) async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.liveness.heartbeat_interval / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.check_liveness(Instant::now()),
+                n = events.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for event in batch.drain(..) {
+                        self.handle(event);
+                    }
+                }
+            }
+            if self.dirty {
+                self.dirty = false;
+                self.schedule();
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submitted {
+                specs,
+                submitted_at_ms,
+                reply,
+            } => {
+                for spec in specs {
+                    self.submit(spec, submitted_at_ms);
+                }
+                let _ = reply.send(());
+            }
+            Event::Get { task, reply } => match self.tasks.get_mut(&task) {
+                None => {
+                    let _ = reply.send(None);
+                }
+                Some(t) => match &t.outcome {
+                    Some(outcome) if t.durable => {
+                        let _ = reply.send(Some(outcome.clone()));
+                    }
+                    _ => t.waiters.push(reply),
+                },
+            },
+            Event::Cancel { task, reply } => {
+                let state = self.cancel(task);
+                let _ = reply.send(state);
+            }
+            Event::ListNodes { reply } => {
+                let _ = reply.send(self.list_nodes());
+            }
+            Event::ListTasks { reply } => {
+                let _ = reply.send(self.list_tasks());
+            }
+            Event::NodeConnected {
+                node,
+                hello,
+                session,
+                sender,
+            } => self.node_connected(node, hello, session, sender),
+            Event::NodeMessage {
+                node,
+                session,
+                message,
+            } => self.node_message(node, session, message),
+            Event::NodeDisconnected { node, session } => self.node_disconnected(node, session),
+            Event::AttemptEnded {
+                node,
+                result,
+                reply,
+            } => self.attempt_ended(node, result, reply),
+            Event::Committed { task } => {
+                if let Some(t) = self.tasks.get_mut(&task) {
+                    t.durable = true;
+                    let outcome = t.outcome.clone();
+                    for waiter in t.waiters.drain(..) {
+                        let _ = waiter.send(outcome.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, spec: TaskSpec, submitted_at_ms: u64) {
+        if self.tasks.contains_key(&spec.id) {
+            return; // a resubmission: idempotent
+        }
+        self.scheduler.enqueue(queued(&spec));
+        self.tasks.insert(
+            spec.id,
+            Task {
+                spec,
+                state: TaskState::Queued,
+                attempt: 0,
+                node: None,
+                node_losses: 0,
+                submitted_at_ms,
+                attempts: Vec::new(),
+                outcome: None,
+                durable: true,
+                detail: Some("waiting for resources".into()),
+                waiters: Vec::new(),
+            },
+        );
+        self.dirty = true;
+    }
+
+    fn schedule(&mut self) {
+        for decision in self.scheduler.schedule() {
+            match decision {
+                Decision::Place { task, node } => self.place(task, node),
+                Decision::Unschedulable { task, reason } => {
+                    tracing::info!(task = %task, %reason, "task is unschedulable");
+                    self.finish(
+                        task,
+                        TaskState::Unschedulable,
+                        None,
+                        Some(reason),
+                        (None, None),
+                    );
+                }
+            }
+        }
+    }
+
+    fn place(&mut self, task_id: TaskId, node_id: NodeId) {
+        let (Some(task), Some(node)) = (self.tasks.get_mut(&task_id), self.nodes.get_mut(&node_id))
+        else {
+            return;
+        };
+        let Some((_, sender)) = &node.session else {
+            // The scheduler only picks schedulable nodes, which have a session; put it back.
+            self.scheduler.release(node_id, &task.spec.resources);
+            self.scheduler.enqueue(queued(&task.spec));
+            return;
+        };
+        task.attempt += 1;
+        task.state = TaskState::Assigned;
+        task.node = Some(node_id);
+        task.detail = None;
+        let attempt = AttemptId {
+            task: task_id,
+            attempt: task.attempt,
+        };
+        let info = AttemptInfo {
+            attempt: task.attempt,
+            node: node_id,
+            node_name: node.name.clone(),
+            started_at_ms: unix_ms(),
+            ended_at_ms: None,
+            outcome: None,
+        };
+        task.attempts.push(info.clone());
+        node.running.insert(attempt, task.spec.resources.clone());
+        tracing::debug!(task = %task_id, attempt = attempt.attempt, node = %node_id, "assigned");
+        self.store.push(vec![
+            Write::StartAttempt {
+                task: task_id,
+                info,
+            },
+            update_write(task),
+        ]);
+        let _ = sender.send(HeadMessage::Assign {
+            attempt,
+            spec: task.spec.clone(),
+        });
+    }
+
+    /// Moves a task to a terminal state: persists it, and once durable lets waiters see it.
+    fn finish(
+        &mut self,
+        task_id: TaskId,
+        state: TaskState,
+        exit_code: Option<i64>,
+        reason: Option<String>,
+        outputs: (Option<String>, Option<String>),
+    ) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let task = self.tasks.get_mut(&task_id)?;
+        if let Err(err) = task.state.transition(state) {
+            tracing::warn!(task = %task_id, error = %err, "ignored an illegal transition");
+            return None;
+        }
+        task.state = state;
+        task.detail = reason.clone();
+        task.durable = false;
+        let (stdout_hash, stderr_hash) = outputs;
+        task.outcome = Some(Outcome {
+            state,
+            exit_code,
+            reason: reason.clone(),
+            stdout_hash: stdout_hash.clone(),
+            stderr_hash: stderr_hash.clone(),
+            attempts: task.attempts.clone(),
+        });
+        let mut writes = vec![Write::FinishTask {
+            task: task_id,
+            state,
+            finished_at_ms: unix_ms(),
+            exit_code,
+            reason,
+            stdout_hash,
+            stderr_hash,
+        }];
+        writes.push(update_write(task));
+        let committed = self.store.submit(writes);
+        let (forward, rx) = oneshot::channel();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = committed
+                .await
+                .unwrap_or_else(|_| Err("database writer stopped".into()));
+            if result.is_ok() {
+                let _ = events.send(Event::Committed { task: task_id });
+            }
+            let _ = forward.send(result);
+        });
+        Some(rx)
+    }
+
+    fn attempt_ended(
+        &mut self,
+        node_id: NodeId,
+        result: AttemptResult,
+        reply: oneshot::Sender<()>,
+    ) {
+        let attempt = result.attempt;
+        // Whatever the task's fate, the node no longer holds this attempt.
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            if let Some(resources) = node.running.remove(&attempt) {
+                self.scheduler.release(node_id, &resources);
+                self.dirty = true;
+            }
+        }
+        let current = self.tasks.get(&attempt.task).is_some_and(|t| {
+            t.attempt == attempt.attempt
+                && t.node == Some(node_id)
+                && matches!(t.state, TaskState::Assigned | TaskState::Running)
+        });
+        if !current {
+            tracing::info!(%attempt, node = %node_id, "ignored the result of a superseded or finished attempt");
+            let _ = reply.send(());
+            return;
+        }
+        let (state, exit_code, reason) = match &result.exit {
+            ExitStatus::Exited(0) => (TaskState::Succeeded, Some(0), None),
+            ExitStatus::Exited(code) => (
+                TaskState::Failed,
+                Some(*code),
+                Some(format!("exited with code {code}")),
+            ),
+            ExitStatus::Killed => (TaskState::Cancelled, None, Some(result.exit.to_string())),
+            other => (TaskState::Failed, None, Some(other.to_string())),
+        };
+        if let Some(task) = self.tasks.get_mut(&attempt.task) {
+            if let Some(info) = task
+                .attempts
+                .iter_mut()
+                .find(|a| a.attempt == attempt.attempt)
+            {
+                info.ended_at_ms = Some(result.finished_at_ms);
+                info.outcome = Some(result.exit.to_string());
+            }
+        }
+        self.store.push(vec![Write::EndAttempt {
+            task: attempt.task,
+            attempt: attempt.attempt,
+            ended_at_ms: result.finished_at_ms,
+            outcome: result.exit.to_string(),
+        }]);
+        tracing::info!(task = %attempt.task, attempt = attempt.attempt, node = %node_id, %state, "task ended");
+        let committed = self.finish(
+            attempt.task,
+            state,
+            exit_code,
+            reason,
+            (result.stdout_hash, result.stderr_hash),
+        );
+        tokio::spawn(async move {
+            if let Some(committed) = committed {
+                // The node keeps the result until we acknowledge; only acknowledge durable ones.
+                if !matches!(committed.await, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            let _ = reply.send(());
+        });
+    }
+
+    fn cancel(&mut self, task_id: TaskId) -> Option<TaskState> {
+        let task = self.tasks.get(&task_id)?;
+        let state = task.state;
+        if state.is_terminal() {
+            return Some(state);
+        }
+        if state == TaskState::Queued {
+            self.scheduler.dequeue(task_id);
+        }
+        if let (Some(node_id), TaskState::Assigned | TaskState::Running) = (task.node, state) {
+            let attempt = AttemptId {
+                task: task_id,
+                attempt: task.attempt,
+            };
+            if let Some((_, sender)) = self.nodes.get(&node_id).and_then(|n| n.session.as_ref()) {
+                let _ = sender.send(HeadMessage::Kill { attempt });
+            }
+        }
+        self.finish(
+            task_id,
+            TaskState::Cancelled,
+            None,
+            Some("cancelled by a client".into()),
+            (None, None),
+        );
+        Some(TaskState::Cancelled)
+    }
+
+    fn node_connected(
+        &mut self,
+        node_id: NodeId,
+        hello: NodeHello,
+        session: u64,
+        sender: NodeSender,
+    ) {
+        tracing::info!(node = %node_id, name = %hello.name, resources = %hello.resources, "node session opened");
+        self.scheduler.upsert_node(node_view(node_id, &hello));
+        let node = self.nodes.entry(node_id).or_insert_with(|| Node {
+            name: hello.name.clone(),
+            hello: None,
+            state: NodeState::Ready,
+            session: None,
+            last_seen: Instant::now(),
+            running: HashMap::new(),
+        });
+        node.name = hello.name.clone();
+        node.state = NodeState::Ready;
+        node.last_seen = Instant::now();
+        node.session = Some((session, sender.clone()));
+        // Re-adopt what it still runs if that is the current attempt; the rest is superseded.
+        let reported: Vec<AttemptId> = hello.running.clone();
+        let mut superseded = Vec::new();
+        for attempt in &reported {
+            let current = self.tasks.get(&attempt.task).is_some_and(|t| {
+                t.attempt == attempt.attempt
+                    && t.node == Some(node_id)
+                    && matches!(t.state, TaskState::Assigned | TaskState::Running)
+            });
+            if !current {
+                superseded.push(*attempt);
+            }
+        }
+        // Attempts we placed there that it no longer runs were lost with its previous life.
+        let forgotten: Vec<AttemptId> = node
+            .running
+            .keys()
+            .filter(|a| !reported.contains(a))
+            .copied()
+            .collect();
+        node.hello = Some(hello);
+        self.store.push(vec![Write::UpsertNode(Box::new(StoredNode {
+            id: node_id,
+            name: node.name.clone(),
+            hello: node.hello.clone(),
+            state: NodeState::Ready.as_str(),
+            joined_at_ms: unix_ms(),
+        }))]);
+        let _ = sender.send(HeadMessage::Welcome {
+            node_id,
+            heartbeat_interval_ms: self.liveness.heartbeat_interval.as_millis() as u64,
+            superseded,
+        });
+        for attempt in forgotten {
+            self.orphan(node_id, attempt, "the node restarted without it");
+        }
+        self.scheduler.set_schedulable(node_id, true);
+        self.dirty = true;
+    }
+
+    fn node_message(&mut self, node_id: NodeId, session: u64, message: NodeMessage) {
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
+        if node.session.as_ref().map(|(s, _)| *s) != Some(session) {
+            return; // from a replaced session
+        }
+        node.last_seen = Instant::now();
+        match message {
+            NodeMessage::Heartbeat => {}
+            NodeMessage::Started { attempt } => {
+                if let Some(task) = self.tasks.get_mut(&attempt.task) {
+                    if task.attempt == attempt.attempt && task.state == TaskState::Assigned {
+                        task.state = TaskState::Running;
+                        self.store.push(vec![update_write(task)]);
+                    }
+                }
+            }
+            NodeMessage::Draining => {
+                node.state = NodeState::Draining;
+                self.scheduler.set_schedulable(node_id, false);
+                self.store.push(vec![Write::NodeState {
+                    node: node_id,
+                    state: NodeState::Draining.as_str(),
+                }]);
+            }
+        }
+    }
+
+    fn node_disconnected(&mut self, node_id: NodeId, session: u64) {
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
+        if node.session.as_ref().map(|(s, _)| *s) != Some(session) {
+            return;
+        }
+        node.session = None;
+        if node.state != NodeState::Dead {
+            tracing::info!(node = %node_id, "node disconnected; suspect until it returns or times out");
+            node.state = NodeState::Suspect;
+        }
+        self.scheduler.set_schedulable(node_id, false);
+    }
+
+    /// Suspects nodes that went quiet and declares dead the ones past the timeout.
+    fn check_liveness(&mut self, now: Instant) {
+        let suspect_after = self.liveness.heartbeat_interval * 3;
+        let mut dead = Vec::new();
+        for (id, node) in &mut self.nodes {
+            let silent = now.saturating_duration_since(node.last_seen);
+            match node.state {
+                NodeState::Ready | NodeState::Draining if silent > suspect_after => {
+                    tracing::info!(node = %id, ?silent, "node missed heartbeats; suspect");
+                    node.state = NodeState::Suspect;
+                    self.scheduler.set_schedulable(*id, false);
+                }
+                NodeState::Suspect if silent > self.liveness.heartbeat_timeout => dead.push(*id),
+                _ => {}
+            }
+        }
+        for id in dead {
+            self.node_dead(id);
+        }
+    }
+
+    fn node_dead(&mut self, node_id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
+        tracing::warn!(node = %node_id, name = %node.name, attempts = node.running.len(), "node is dead; requeueing its tasks");
+        node.state = NodeState::Dead;
+        let attempts: Vec<AttemptId> = node.running.keys().copied().collect();
+        self.store.push(vec![Write::NodeState {
+            node: node_id,
+            state: NodeState::Dead.as_str(),
+        }]);
+        for attempt in attempts {
+            self.orphan(node_id, attempt, "node lost");
+        }
+        self.scheduler.remove_node(node_id);
+        self.dirty = true;
+    }
+
+    /// An attempt's node lost it: requeue the task as a new attempt while its node-loss budget
+    /// lasts, else it is `Lost`.
+    fn orphan(&mut self, node_id: NodeId, attempt: AttemptId, why: &str) {
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            if let Some(resources) = node.running.remove(&attempt) {
+                self.scheduler.release(node_id, &resources);
+            }
+        }
+        let Some(task) = self.tasks.get_mut(&attempt.task) else {
+            return;
+        };
+        if task.attempt != attempt.attempt || task.state.is_terminal() {
+            return;
+        }
+        let now = unix_ms();
+        if let Some(info) = task
+            .attempts
+            .iter_mut()
+            .find(|a| a.attempt == attempt.attempt)
+        {
+            info.ended_at_ms = Some(now);
+            info.outcome = Some(why.to_owned());
+        }
+        self.store.push(vec![Write::EndAttempt {
+            task: attempt.task,
+            attempt: attempt.attempt,
+            ended_at_ms: now,
+            outcome: why.to_owned(),
+        }]);
+        task.node_losses += 1;
+        if task.node_losses > task.spec.retry.node_loss {
+            let reason = format!(
+                "lost its node {} times (node-loss retries: {})",
+                task.node_losses, task.spec.retry.node_loss
+            );
+            self.finish(
+                attempt.task,
+                TaskState::Lost,
+                None,
+                Some(reason),
+                (None, None),
+            );
+            return;
+        }
+        tracing::info!(%attempt, node = %node_id, why, "requeueing orphaned attempt");
+        task.state = TaskState::Queued;
+        task.node = None;
+        task.detail = Some(format!("requeued: {why}"));
+        self.store.push(vec![update_write(task)]);
+        self.scheduler.enqueue(queued(&task.spec));
+        self.dirty = true;
+    }
+
+    fn list_nodes(&self) -> Vec<NodeInfo> {
+        let mut nodes: Vec<NodeInfo> = self
+            .nodes
+            .iter()
+            .map(|(id, node)| {
+                let hello = node.hello.as_ref();
+                NodeInfo {
+                    id: *id,
+                    name: node.name.clone(),
+                    state: node.state.as_str().to_owned(),
+                    total: hello.map(|h| h.resources.clone()).unwrap_or_default(),
+                    free: self.scheduler.free(*id).cloned().unwrap_or_default(),
+                    labels: hello.map(|h| h.labels.clone()).unwrap_or_default(),
+                    capabilities: hello.map(|h| h.capabilities.clone()).unwrap_or_default(),
+                    running: node.running.len() as u32,
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        nodes
+    }
+
+    fn list_tasks(&self) -> Vec<TaskInfo> {
+        let mut tasks: Vec<TaskInfo> = self
+            .tasks
+            .iter()
+            .map(|(id, task)| TaskInfo {
+                task: *id,
+                image: task.spec.image.clone(),
+                state: task.state,
+                attempt: task.attempt,
+                node: task.node,
+                submitted_at_ms: task.submitted_at_ms,
+                detail: task.detail.clone(),
+            })
+            .collect();
+        tasks.sort_by_key(|t| t.task);
+        tasks
+    }
+}
+
+fn queued(spec: &TaskSpec) -> QueuedTask {
+    QueuedTask {
+        id: spec.id,
+        resources: spec.resources.clone(),
+        constraints: spec.constraints.clone(),
+        strategy: spec.strategy,
+        priority: spec.priority,
+    }
+}
+
+fn node_view(id: NodeId, hello: &NodeHello) -> NodeView {
+    NodeView {
+        id,
+        total: hello.resources.clone(),
+        labels: hello.labels.clone(),
+        capabilities: hello.capabilities.iter().cloned().collect(),
+    }
+}
+
+fn update_write(task: &Task) -> Write {
+    Write::UpdateTask {
+        task: task.spec.id,
+        state: task.state,
+        attempt: task.attempt,
+        node: task.node,
+        node_losses: task.node_losses,
+        reason: task.detail.clone(),
+    }
+}

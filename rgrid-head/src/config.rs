@@ -1,0 +1,119 @@
+//! The head's configuration: a TOML file (`--config`), overridden by `RGRID_*` environment
+//! variables, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the head can be configured with. Every field has a default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadConfig {
+    /// UDP address the QUIC endpoint listens on. Default `0.0.0.0:7070`.
+    pub listen: SocketAddr,
+    /// Where the CA, the join token, `client.toml`, the SQLite database and outputs live.
+    /// Default `./rgrid-state`.
+    pub state_dir: PathBuf,
+    /// Database URL. Default `sqlite://STATE_DIR/rgrid.db`.
+    pub database_url: Option<String>,
+    /// Address written into `client.toml` for clients to reach the head. Default: the listen
+    /// address (`127.0.0.1` when listening on all interfaces).
+    pub advertise: Option<String>,
+    /// How often nodes heartbeat. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A node silent (or disconnected) this long is dead and its tasks are requeued. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How long the join token written to `STATE_DIR/join-token` stays valid. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub join_token_ttl: Duration,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7070)),
+            state_dir: PathBuf::from("rgrid-state"),
+            database_url: None,
+            advertise: None,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
+            join_token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl HeadConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval must be above 0".into(),
+            ));
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat_timeout ({:?}) must be longer than heartbeat_interval ({:?})",
+                self.heartbeat_timeout, self.heartbeat_interval
+            )));
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.state_dir.join("rgrid.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_rejects_unknown_keys() {
+        let config: HeadConfig = toml::from_str("heartbeat_timeout = \"10s\"").unwrap();
+        assert_eq!(config.heartbeat_timeout, Duration::from_secs(10));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+        assert!(toml::from_str::<HeadConfig>("heartbeat = 1").is_err());
+        let bad = HeadConfig {
+            heartbeat_timeout: Duration::from_millis(500),
+            ..HeadConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! The head's credentials in its state dir: the cluster CA (`ca.pem`, `ca.key`), the join token
+//! (`join-token`) and the admin client credentials (`client.toml`). Created on first start,
+//! reused after.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rgrid_core::tls::{ClientFile, ClusterCa, JoinToken, TlsError};
+
+use crate::store::{Store, StoreError, StoredToken, Write};
+use crate::unix_ms;
+
+/// Credentials that could not be created or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("client.toml: {0}")]
+    ClientFile(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CredentialsError + '_ {
+    move |source| CredentialsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path`, readable by the owner only (keys and tokens).
+fn write_private(path: &Path, contents: &str) -> Result<(), CredentialsError> {
+    rgrid_core::tls::write_private_file(path, contents).map_err(io(path))
+}
+
+/// Loads the CA from the state dir, creating it on first start.
+pub(crate) fn load_or_create_ca(state_dir: &Path) -> Result<ClusterCa, CredentialsError> {
+    let cert_path = state_dir.join("ca.pem");
+    let key_path = state_dir.join("ca.key");
+    if cert_path.exists() {
+        let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        return Ok(ClusterCa::load(&cert, &key)?);
+    }
+    let ca = ClusterCa::generate("rgrid")?;
+    write_private(&key_path, &ca.key_pem())?;
+    write_private(&cert_path, ca.cert_pem())?;
+    tracing::info!(path = %cert_path.display(), "created the cluster CA");
+    Ok(ca)
+}
+
+/// Creates a join token valid for `ttl` and stores the hash of its secret.
+pub(crate) async fn create_join_token(
+    store: &Store,
+    ca: &ClusterCa,
+    ttl: Option<Duration>,
+    single_use: bool,
+) -> Result<JoinToken, CredentialsError> {
+    let token = JoinToken::generate(&ca.fingerprint()?);
+    let now = unix_ms();
+    store
+        .write(vec![Write::InsertToken(StoredToken {
+            id: token.id.clone(),
+            secret_hash: token.secret_hash(),
+            created_at_ms: now,
+            expires_at_ms: ttl.map(|ttl| now.saturating_add(ttl.as_millis() as u64)),
+            single_use,
+            used: false,
+            revoked: false,
+        })])
+        .await?;
+    Ok(token)
+}
+
+/// Keeps `STATE_DIR/join-token` valid: a new token when the file is missing or its token expired.
+pub(crate) async fn ensure_join_token_file(
+    state_dir: &Path,
+    store: &Store,
+    ca: &ClusterCa,
+    ttl: Duration,
+) -> Result<PathBuf, CredentialsError> {
+    let path = state_dir.join("join-token");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(token) = JoinToken::parse(&text) {
+            let stored = store.token(&token.id).await?;
+            if stored.is_some_and(|t| !t.revoked && t.expires_at_ms.is_none_or(|e| e > unix_ms())) {
+                return Ok(path);
+            }
+        }
+    }
+    let token = create_join_token(store, ca, Some(ttl), false).await?;
+    write_private(&path, &format!("{}\n", token.encode()))?;
+    tracing::info!(path = %path.display(), valid_for = ?ttl, "wrote a new join token");
+    Ok(path)
+}
+
+/// Writes `STATE_DIR/client.toml` with admin credentials (kept across restarts) and the address
+/// clients should use.
+pub(crate) fn write_client_file(
+    state_dir: &Path,
+    ca: &ClusterCa,
+    head: &str,
+) -> Result<PathBuf, CredentialsError> {
+    let path = state_dir.join("client.toml");
+    let existing = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| toml::from_str::<ClientFile>(&text).ok())
+        .filter(|file| file.ca_pem == ca.cert_pem());
+    let file = match existing {
+        Some(file) => ClientFile {
+            head: head.to_owned(),
+            ..file
+        },
+        None => {
+            let identity = ca.issue_client("client:admin")?;
+            ClientFile {
+                head: head.to_owned(),
+                ca_pem: ca.cert_pem().to_owned(),
+                cert_pem: identity.cert_pem,
+                key_pem: identity.key_pem,
+            }
+        }
+    };
+    let text = toml::to_string(&file).map_err(|e| CredentialsError::ClientFile(e.to_string()))?;
+    write_private(&path, &text)?;
+    Ok(path)
+}

@@ -1,0 +1,100 @@
+//! `rgrid-node`: parses arguments, sets up logging, runs the node until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use rgrid_node::{ExecutorKind, NodeConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "rgrid-node", version, about = "The rgrid node daemon")]
+struct Args {
+    /// The head's address, HOST:PORT.
+    #[arg(long, env = "RGRID_NODE_HEAD")]
+    head: Option<String>,
+    /// File holding the join token (needed on first start only).
+    #[arg(long, env = "RGRID_NODE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Where the node keeps its key and certificate.
+    #[arg(long, env = "RGRID_NODE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Name shown in listings (default: host name).
+    #[arg(long, env = "RGRID_NODE_NAME")]
+    name: Option<String>,
+    /// Label K=V, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// How tasks run.
+    #[arg(long, value_enum, env = "RGRID_NODE_EXECUTOR")]
+    executor: Option<ExecutorKind>,
+    /// Millicores offered (default: all cpus).
+    #[arg(long, env = "RGRID_NODE_CPU_MILLIS")]
+    cpu_millis: Option<u64>,
+    /// Memory offered, like 8G (default: all memory).
+    #[arg(long, env = "RGRID_NODE_MEMORY")]
+    memory: Option<String>,
+    /// TOML config file.
+    #[arg(long, env = "RGRID_NODE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not a label: use K=V"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => NodeConfig::from_file(path)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(head) = args.head {
+        config.head = head;
+    }
+    anyhow::ensure!(!config.head.is_empty(), "--head ADDR:PORT is required");
+    if args.token_file.is_some() {
+        config.token_file = args.token_file;
+    }
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    if args.name.is_some() {
+        config.name = args.name;
+    }
+    config.labels.extend(args.labels);
+    if let Some(executor) = args.executor {
+        config.executor = executor;
+    }
+    if args.cpu_millis.is_some() {
+        config.cpu_millis = args.cpu_millis;
+    }
+    if args.memory.is_some() {
+        config.memory = args.memory;
+    }
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        stop.cancel();
+    });
+    rgrid_node::run(config, shutdown)
+        .await
+        .context("rgrid-node stopped")
+}
