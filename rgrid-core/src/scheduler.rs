@@ -462,7 +462,9 @@ impl Scheduler {
         let need = class.need;
         let most_idle = || index.most_idle(|b| b.covers(&need), usable);
         match class.shape.strategy {
-            Strategy::Pack => index.first(|b| b.has_room(&need), usable).or_else(most_idle),
+            Strategy::Pack => index
+                .first(|b| b.has_room(&need), usable)
+                .or_else(most_idle),
             Strategy::Spread => most_idle(),
         }
     }

@@ -90,8 +90,11 @@ impl RunningHead {
 
     /// Waits until every task of the head has stopped (after the shutdown token was cancelled).
     pub async fn wait(self) {
-        self.tracker.close();
-        self.tracker.wait().await;
+        let Self { store, tracker, .. } = self;
+        // The database writer stops once every handle is gone, after its last commit.
+        drop(store);
+        tracker.close();
+        tracker.wait().await;
     }
 }
 

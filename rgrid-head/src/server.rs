@@ -76,6 +76,9 @@ async fn handle_connection(connection: Connection, shared: Arc<Shared>) {
         Ok(agent) => agent,
         Err(err) => {
             tracing::info!(error = %err, "handshake failed");
+            // Give the peer time to read the refusal before the connection goes.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), connection.closed()).await;
             connection.close(1u32.into(), b"handshake failed");
             return;
         }

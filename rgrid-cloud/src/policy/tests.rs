@@ -29,7 +29,10 @@ fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
 
 fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
     let config = cfg();
-    let capacity = config.node_type(ty).map(|t| t.capacity()).unwrap_or_default();
+    let capacity = config
+        .node_type(ty)
+        .map(|t| t.capacity())
+        .unwrap_or_default();
     let labels = config
         .node_type(ty)
         .map(|t| type_labels(&config, t))
@@ -203,7 +206,11 @@ fn creation_is_bounded_by_max_nodes_per_type_and_concurrent_provisioning() {
     let d = decide(&config, &snap, t(30));
     let made = creates(&d);
     assert_eq!(made.iter().filter(|(t, _)| *t == "cx53").count(), 1);
-    assert_eq!(made.iter().filter(|(t, _)| *t == "cx33").count(), 4, "{made:?}");
+    assert_eq!(
+        made.iter().filter(|(t, _)| *t == "cx33").count(),
+        4,
+        "{made:?}"
+    );
 }
 
 #[test]
@@ -229,7 +236,10 @@ fn selectors_restrict_creation_to_labelled_types() {
     let d = decide(&config, &snap, t(30));
     let mut made = creates(&d);
     made.sort();
-    assert_eq!(made, [("cx23", "fsn1"), ("cx33", "fsn1"), ("gex44", "fsn1")]);
+    assert_eq!(
+        made,
+        [("cx23", "fsn1"), ("cx33", "fsn1"), ("gex44", "fsn1")]
+    );
 }
 
 #[test]
@@ -439,10 +449,7 @@ fn old_nodes_are_drained_and_replaced() {
     let mut config = cfg();
     config.max_lifetime = Duration::ZERO;
     let d = decide(&config, &snap, now);
-    assert!(!d
-        .actions
-        .iter()
-        .any(|a| matches!(a, Action::Drain { .. })));
+    assert!(!d.actions.iter().any(|a| matches!(a, Action::Drain { .. })));
 }
 
 #[test]

@@ -156,7 +156,12 @@ struct Sim<'a> {
 }
 
 /// Runs `trace` under `policy` and reports cost and queue wait.
-pub fn simulate(trace: &Trace, policy: &SimPolicy, types: &[NodeTypeConfig], opts: &SimOptions) -> Report {
+pub fn simulate(
+    trace: &Trace,
+    policy: &SimPolicy,
+    types: &[NodeTypeConfig],
+    opts: &SimOptions,
+) -> Report {
     let mut sim = Sim {
         types,
         opts,
@@ -357,9 +362,10 @@ impl Sim<'_> {
                 rest.push(t);
                 continue;
             }
-            let slot = self.nodes.iter().position(|n| {
-                n.state == State::Ready && n.slots != Some(0) && n.free.fits(need)
-            });
+            let slot = self
+                .nodes
+                .iter()
+                .position(|n| n.state == State::Ready && n.slots != Some(0) && n.free.fits(need));
             let Some(n) = slot else {
                 stuck.push(need.clone());
                 rest.push(t);

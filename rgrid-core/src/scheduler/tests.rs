@@ -580,13 +580,19 @@ impl Model {
                 }
                 Decision::Unschedulable { reason, .. } => {
                     prop_assert!(!(self.nodes.is_empty() && self.types.is_empty()));
-                    prop_assert!(!self.could_ever_fit(&task), "unschedulable but fits: {reason}");
+                    prop_assert!(
+                        !self.could_ever_fit(&task),
+                        "unschedulable but fits: {reason}"
+                    );
                 }
             }
         }
         for task in &self.queued {
             let unknown = self.nodes.is_empty() && self.types.is_empty();
-            prop_assert!(unknown || self.could_ever_fit(task), "an infeasible task waits");
+            prop_assert!(
+                unknown || self.could_ever_fit(task),
+                "an infeasible task waits"
+            );
             for (view, schedulable) in &self.nodes {
                 let free = found(self.s.free(view.id), "node forgotten")?;
                 prop_assert!(

@@ -1,0 +1,230 @@
+//! Bad input and bad credentials against a real head: each gets a clear error, changes nothing,
+//! and the head keeps serving.
+
+mod common;
+
+use rgrid::Client;
+use rgrid_core::frame::MAX_FRAME_BYTES;
+use rgrid_core::protocol::{ErrorKind, JoinRequest, Request, Response};
+use rgrid_core::tls::{client_config, join_config, node_csr, ClientFile, ClusterCa, JoinToken};
+use rgrid_core::transport::{call, connect, handshake, TransportError};
+use rgrid_head::{HeadConfig, RunningHead};
+use tokio_util::sync::CancellationToken;
+
+struct Head {
+    head: RunningHead,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+async fn head() -> Head {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let config = HeadConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().join("head"),
+        ..HeadConfig::default()
+    };
+    let head = rgrid_head::start(config, shutdown.clone()).await.unwrap();
+    Head {
+        head,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+impl Head {
+    fn token(&self) -> JoinToken {
+        JoinToken::parse(&std::fs::read_to_string(self.head.join_token_file()).unwrap()).unwrap()
+    }
+
+    fn client_file(&self) -> ClientFile {
+        toml::from_str(&std::fs::read_to_string(self.head.client_file()).unwrap()).unwrap()
+    }
+
+    async fn join(&self, token: &JoinToken) -> Response {
+        let (_endpoint, conn) = connect(self.head.local_addr, join_config(token).unwrap(), "test")
+            .await
+            .unwrap();
+        let (_, csr_pem) = node_csr().unwrap();
+        call(
+            &conn,
+            &Request::Join(JoinRequest {
+                token: token.encode(),
+                csr_pem,
+                name: "n".into(),
+            }),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.head.wait().await;
+    }
+}
+
+fn refusal(response: Response) -> (ErrorKind, String) {
+    match response {
+        Response::Error(e) => (e.kind, e.message),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn first_start_writes_credentials_and_a_join_works() {
+    let h = head().await;
+    for file in ["ca.pem", "ca.key", "join-token", "client.toml"] {
+        assert!(h.head.state_dir.join(file).exists(), "{file}");
+    }
+    match h.join(&h.token()).await {
+        Response::Joined(reply) => {
+            assert!(reply.cert_pem.contains("BEGIN CERTIFICATE"));
+            assert_eq!(
+                reply.ca_pem,
+                std::fs::read_to_string(h.head.state_dir.join("ca.pem")).unwrap()
+            );
+        }
+        other => panic!("join failed: {other:?}"),
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn peers_without_a_client_certificate_can_only_join() {
+    let h = head().await;
+    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+        .await
+        .unwrap();
+    for request in [
+        Request::ListNodes,
+        Request::Submit(vec![]),
+        Request::ListTasks,
+    ] {
+        let (kind, message) = refusal(call(&conn, &request).await.unwrap());
+        assert_eq!(kind, ErrorKind::Unauthorized);
+        assert!(message.contains("only join"), "{message}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_and_expired_tokens_are_refused() {
+    let h = head().await;
+    let mut wrong = h.token();
+    wrong.secret = "00".repeat(16);
+    let (kind, message) = refusal(h.join(&wrong).await);
+    assert_eq!(kind, ErrorKind::Unauthorized);
+    assert!(message.contains("join token refused"), "{message}");
+
+    let expired = h
+        .head
+        .create_join_token(Some(std::time::Duration::from_millis(1)), false)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (_, message) = refusal(h.join(&JoinToken::parse(&expired).unwrap()).await);
+    assert!(message.contains("expired"), "{message}");
+
+    let single = h.head.create_join_token(None, true).await.unwrap();
+    let single = JoinToken::parse(&single).unwrap();
+    assert!(matches!(h.join(&single).await, Response::Joined(_)));
+    let (_, message) = refusal(h.join(&single).await);
+    assert!(message.contains("single-use"), "{message}");
+
+    // Nothing joined with the refused tokens: one node per accepted join.
+    let client = Client::connect_file(h.head.client_file()).await.unwrap();
+    assert!(
+        client.nodes().await.unwrap().is_empty(),
+        "joined nodes have no session yet"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_pinning_another_ca_fails() {
+    let h = head().await;
+    let other = ClusterCa::generate("other").unwrap();
+    let mut token = h.token();
+    token.ca_hash = other.fingerprint().unwrap();
+    let err = connect(h.head.local_addr, join_config(&token).unwrap(), "test")
+        .await
+        .err()
+        .expect("must not connect");
+    assert!(matches!(err, TransportError::Connect { .. }), "{err}");
+
+    // A client certificate from another cluster is refused too, and so is the head by its CA.
+    let mut file = h.client_file();
+    let identity = other.issue_client("client:intruder").unwrap();
+    file.cert_pem = identity.cert_pem;
+    file.key_pem = identity.key_pem;
+    assert!(Client::connect(&file).await.is_err());
+    let mut file = h.client_file();
+    file.ca_pem = other.cert_pem().to_owned();
+    assert!(Client::connect(&file).await.is_err());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_protocol_version_mismatch_names_both_versions() {
+    let h = head().await;
+    let file = h.client_file();
+    let tls = client_config(&file.ca_pem, &file.identity()).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint
+        .connect(h.head.local_addr, rgrid_core::protocol::HEAD_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    match handshake(&conn, 99, "future-client").await {
+        Err(TransportError::Refused(message)) => {
+            assert!(message.contains("version 1"), "{message}");
+            assert!(message.contains("version 99"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_frames_close_only_their_stream() {
+    let h = head().await;
+    let file = h.client_file();
+    let (_endpoint, conn) = connect(
+        h.head.local_addr,
+        client_config(&file.ca_pem, &file.identity()).unwrap(),
+        "test",
+    )
+    .await
+    .unwrap();
+
+    // Oversize: only the length prefix is sent.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(MAX_FRAME_BYTES as u32 + 1).to_be_bytes())
+        .await
+        .unwrap();
+    let mut reader = rgrid_core::frame::FrameReader::<_, Response>::new(recv);
+    let (kind, message) = refusal(reader.expect().await.unwrap());
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(message.contains("maximum"), "{message}");
+
+    // Undecodable.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    let mut reader = rgrid_core::frame::FrameReader::<_, Response>::new(recv);
+    let (kind, message) = refusal(reader.expect().await.unwrap());
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(message.contains("decode"), "{message}");
+
+    // The same connection, and the head, still serve.
+    assert!(
+        matches!(call(&conn, &Request::ListTasks).await.unwrap(), Response::Tasks(t) if t.is_empty())
+    );
+    h.stop().await;
+}

@@ -1,0 +1,135 @@
+//! Containerized tasks end to end: a real head and node in process, real QUIC on loopback, real
+//! SQLite, real Docker.
+
+mod common;
+
+use std::time::Duration;
+
+use rgrid::{ClientError, TaskSpec, TaskState};
+
+fn sh(script: &str) -> TaskSpec {
+    TaskSpec::new(common::demo_image())
+        .command(["sh", "-c", script])
+        .cpu_millis(250)
+        .memory_bytes(64 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_exit_codes_and_oom() {
+    let cluster = common::docker_cluster().await;
+    let client = cluster.client().await.unwrap();
+
+    let ok = client
+        .submit(sh("echo hello; echo warn >&2"))
+        .await
+        .unwrap();
+    let failing = client.submit(sh("echo partial; exit 3")).await.unwrap();
+    // dd's 200M buffer cannot fit in a 32M limit without swap: the kernel kills it.
+    let oom = client
+        .submit(sh("dd if=/dev/zero of=/dev/null bs=200M count=1").memory_bytes(32 << 20))
+        .await
+        .unwrap();
+
+    let out = client.get(&ok).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded);
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.stdout, b"hello\n");
+    assert_eq!(out.stderr, b"warn\n");
+    assert_eq!(out.attempts.len(), 1);
+    assert!(out.attempts[0].ended_at_ms.is_some());
+
+    let out = client.get(&failing).await.unwrap();
+    assert_eq!(out.state, TaskState::Failed);
+    assert_eq!(out.exit_code, Some(3));
+    assert_eq!(out.stdout, b"partial\n");
+    assert!(out.reason.unwrap().contains("code 3"));
+
+    let out = client.get(&oom).await.unwrap();
+    assert_eq!(out.state, TaskState::Failed);
+    assert!(
+        out.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("out of memory"),
+        "{:?}",
+        out.reason
+    );
+
+    let tasks = client.tasks().await.unwrap();
+    assert_eq!(tasks.len(), 3);
+    let nodes = client.nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].capabilities.contains(&"docker".to_owned()));
+    assert_eq!(
+        nodes[0].free, nodes[0].total,
+        "every attempt released its resources"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tasks_end_with_clear_errors() {
+    let cluster = common::docker_cluster().await;
+    let client = cluster.client().await.unwrap();
+
+    let missing = client
+        .submit(TaskSpec::new("rgrid-test-no-such-image:never").command(["true"]))
+        .await
+        .unwrap();
+    let huge = client
+        .submit(sh("true").memory_bytes(100 << 40))
+        .await
+        .unwrap();
+    let slow = client
+        .submit(sh("sleep 30").timeout(Duration::from_millis(500)))
+        .await
+        .unwrap();
+
+    let out = client.get(&missing).await.unwrap();
+    assert_eq!(out.state, TaskState::Failed);
+    let reason = out.reason.unwrap();
+    assert!(reason.contains("could not be pulled"), "{reason}");
+    assert!(reason.contains("rgrid-test-no-such-image"), "{reason}");
+
+    let out = client.get(&huge).await.unwrap();
+    assert_eq!(out.state, TaskState::Unschedulable);
+    assert!(out.reason.unwrap().contains("memory"));
+
+    let out = client.get(&slow).await.unwrap();
+    assert_eq!(out.state, TaskState::Failed);
+    assert!(out.reason.unwrap().contains("timed out"));
+
+    // Rejected before anything is stored.
+    match client.submit(sh("true").cpu_millis(0)).await {
+        Err(ClientError::Rejected { message, .. }) => assert!(message.contains("cpu"), "{message}"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(client.tasks().await.unwrap().len(), 3);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmission_is_idempotent_and_tasks_run_in_parallel() {
+    let cluster = common::docker_cluster().await;
+    let client = cluster.client().await.unwrap();
+    // Four tasks of 500m on a 2000m node are placed at once: their attempts overlap in time.
+    let specs: Vec<TaskSpec> = (0..4)
+        .map(|i| sh(&format!("sleep 1; echo {i}")).cpu_millis(500))
+        .collect();
+    let refs = client.submit_batch(specs.clone()).await.unwrap();
+    let again = client.submit_batch(specs).await.unwrap();
+    assert_eq!(refs, again);
+    let mut spans = Vec::new();
+    for (i, task) in refs.iter().enumerate() {
+        let out = client.get(task).await.unwrap();
+        assert_eq!(out.stdout, format!("{i}\n").into_bytes());
+        assert_eq!(out.attempts.len(), 1, "ran once");
+        let attempt = &out.attempts[0];
+        spans.push((attempt.started_at_ms, attempt.ended_at_ms.unwrap()));
+    }
+    let last_start = spans.iter().map(|s| s.0).max().unwrap();
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(last_start < first_end, "all four ran at once: {spans:?}");
+    assert_eq!(client.tasks().await.unwrap().len(), 4);
+    cluster.stop().await;
+}
