@@ -58,11 +58,29 @@ pub struct AutoscalerConfig {
     /// short blip that running nodes absorb does not buy a billed hour. Default: `"20s"`.
     #[serde(with = "humantime_serde")]
     pub scale_up_delay: Duration,
+    /// When the head knows how long queued tasks run, it buys capacity to finish the queue
+    /// within this time rather than to start every task at once; a node is paid for a whole
+    /// hour, so work spread over it costs less than many nodes busy for minutes. `"0s"` starts
+    /// every task at once. Default: `"30m"`.
+    #[serde(with = "humantime_serde")]
+    pub drain_target: Duration,
+    /// New nodes are at least this fraction of the cpu busy or queued in the cluster (bigger
+    /// types are cheaper per core; a busy cluster fills them), unless no type is that large.
+    /// `0` picks purely by the queued tasks. Default: `0.5`.
+    pub growth: f64,
     /// An idle node is drained and deleted when its next billed hour starts within this window
     /// (Hetzner bills every started hour until deletion). It must cover a drain plus a delete
     /// request. Default: `"4m"`.
     #[serde(with = "humantime_serde")]
     pub scale_down_window: Duration,
+    /// A busy node whose next billed hour starts within this window is drained when the rest
+    /// of the cluster can carry the current load plus `headroom`, so it empties and is deleted
+    /// instead of paying for another hour. `"0s"` disables. Default: `"15m"`.
+    #[serde(with = "humantime_serde")]
+    pub drain_ahead: Duration,
+    /// Spare cpu, as a fraction of the current load, that must remain after a surplus drain.
+    /// Default: `0.25`.
+    pub headroom: f64,
     /// How long a node must have been idle before it may be drained. Default: `"1m"`.
     #[serde(with = "humantime_serde")]
     pub min_idle: Duration,
@@ -124,7 +142,11 @@ impl Default for AutoscalerConfig {
             max_nodes: 10,
             max_concurrent_provisioning: 5,
             scale_up_delay: Duration::from_secs(20),
+            drain_target: Duration::from_secs(30 * 60),
+            growth: 0.5,
             scale_down_window: Duration::from_secs(4 * 60),
+            drain_ahead: Duration::from_secs(15 * 60),
+            headroom: 0.25,
             min_idle: Duration::from_secs(60),
             max_lifetime: Duration::from_secs(24 * 3600),
             join_timeout: Duration::from_secs(10 * 60),

@@ -281,8 +281,9 @@ pub enum NetworkMode {
     Host,
 }
 
-/// The life of a task.
+/// The life of a task. (Names are lower-case in JSON; postcard encodes the variant index.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Waiting for dependencies.
     Pending,

@@ -50,6 +50,10 @@ pub struct Demand {
     pub count: u32,
     /// When the oldest of them was queued.
     pub oldest: SystemTime,
+    /// How long one of them is expected to run, if the head knows (e.g. the mean runtime of
+    /// finished tasks of this shape). With it, capacity is sized to finish the queue within
+    /// `drain_target` instead of starting every task at once.
+    pub expected_runtime: Option<Duration>,
 }
 
 /// Where a node is in its life, as the head sees it.
@@ -128,6 +132,9 @@ pub enum Reason {
     NeverJoined,
     /// Drained and now empty.
     Drained,
+    /// Busy, but the rest of the cluster can carry the load: drained before its next billed
+    /// hour.
+    Surplus,
 }
 
 impl fmt::Display for Reason {
@@ -138,6 +145,7 @@ impl fmt::Display for Reason {
             Reason::Failed => "failed",
             Reason::NeverJoined => "never joined",
             Reason::Drained => "drained",
+            Reason::Surplus => "not needed for another billed hour",
         })
     }
 }
@@ -464,8 +472,13 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     });
     let mut items: Vec<Item> = Vec::new();
     let mut budget = MAX_PLANNED_TASKS;
+    // Tasks that will run after others on the same capacity (known runtimes).
+    let mut queued_behind = vec![0u32; snapshot.demand.len()];
     for &d in &order {
-        let n = u64::from(snapshot.demand[d].count).min(budget);
+        let demand = &snapshot.demand[d];
+        let slots = slots_needed(demand, config.drain_target);
+        queued_behind[d] = demand.count - slots;
+        let n = u64::from(slots).min(budget);
         budget -= n;
         items.extend((0..n).map(|_| Item {
             demand: d,
@@ -587,9 +600,23 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         }
     }
 
+    // New nodes grow with the cluster: at least `growth` × the cpu busy or queued now.
+    let busy: u64 = snapshot
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| !leaving.contains(i) && n.state == NodeState::Ready)
+        .map(|(_, n)| n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis))
+        .sum();
+    let queued: u64 = items
+        .iter()
+        .map(|it| snapshot.demand[it.demand].resources.cpu_millis)
+        .sum();
+    let min_cpu = (config.growth.max(0.0) * busy.saturating_add(queued) as f64) as u64;
+
     let mut creates: Vec<(String, String)> = Vec::new();
     for (selector, group) in groups {
-        let all = candidates(config, selector, &sold_out);
+        let all = candidates(config, selector, &sold_out, min_cpu);
         let mut remaining = group.clone();
         let mut stopped: Option<Limit> = None;
         // Fund the fullest planned node, then plan again: a type that reached its cap drops
@@ -676,6 +703,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
             creates.push((t.name.clone(), loc));
         }
     }
+    let creates_made = !creates.is_empty();
     for (node_type, location) in creates {
         actions.push(Action::Create {
             node_type,
@@ -725,6 +753,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         }
     }
     idle.sort();
+    let mut draining_now: BTreeSet<usize> = BTreeSet::new();
     for (_, i) in idle {
         if alive <= config.min_nodes {
             break;
@@ -736,7 +765,67 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
                 name: node.name.clone(),
                 reason: Reason::Idle,
             });
+            draining_now.insert(i);
             alive -= 1;
+        }
+    }
+
+    // --- Drain surplus busy nodes ahead of their next billed hour. ---
+    // When the rest of the cluster holds the current load plus `headroom`, a busy node whose
+    // next hour starts within `drain_ahead` takes no new work, so it can empty and be deleted
+    // instead of paying another hour. Only when nothing waits for new capacity.
+    let nothing_waits = outcomes
+        .iter()
+        .all(|o| matches!(o, Outcome::Done(Wait::Placing)));
+    if !config.drain_ahead.is_zero() && nothing_waits && !creates_made {
+        let serving_ready = |i: usize, n: &NodeView| {
+            !leaving.contains(&i) && !draining_now.contains(&i) && n.state == NodeState::Ready
+        };
+        let mut capacity: u64 = 0;
+        let mut load: u64 = queued;
+        for (i, n) in snapshot.nodes.iter().enumerate() {
+            if serving_ready(i, n) {
+                capacity += n.capacity.cpu_millis;
+                load += n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis);
+            }
+        }
+        let needed = (load as f64 * (1.0 + config.headroom.max(0.0))) as u64;
+        let mut surplus: Vec<(std::cmp::Reverse<u64>, u32, usize)> = Vec::new();
+        for (b, &i) in bin_node.iter().enumerate() {
+            let node = &snapshot.nodes[i];
+            if node.server.is_none() || !serving_ready(i, node) || node.running == 0 || used_bin[b]
+            {
+                continue;
+            }
+            let age = since(now, node.created);
+            let into_hour = Duration::from_secs(age.as_secs() % BILLING_PERIOD.as_secs());
+            let to_boundary = BILLING_PERIOD - into_hour;
+            if to_boundary <= config.drain_ahead {
+                let price_per_core = config
+                    .node_type(&node.node_type)
+                    .map(|t| (t.hourly_price / f64::from(t.cpus.max(1)) * 1e9) as u64)
+                    .unwrap_or(0);
+                surplus.push((std::cmp::Reverse(price_per_core), node.running, i));
+            } else {
+                wake.at(now + to_boundary - config.drain_ahead);
+            }
+        }
+        surplus.sort();
+        for (_, _, i) in surplus {
+            let node = &snapshot.nodes[i];
+            let rest = capacity.saturating_sub(node.capacity.cpu_millis);
+            if alive <= config.min_nodes || rest < needed {
+                continue;
+            }
+            if let Some(server) = node.server {
+                actions.push(Action::Drain {
+                    server,
+                    name: node.name.clone(),
+                    reason: Reason::Surplus,
+                });
+                capacity = rest;
+                alive -= 1;
+            }
         }
     }
 
@@ -754,6 +843,9 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         }
     }
     for (d, demand) in snapshot.demand.iter().enumerate() {
+        if let Some((_, n)) = waits[d].last_mut() {
+            *n += queued_behind[d];
+        }
         let planned: u32 = waits[d].iter().map(|(_, n)| *n).sum();
         if planned < demand.count {
             let rest = demand.count - planned;
@@ -814,8 +906,9 @@ fn candidates<'a>(
     config: &'a AutoscalerConfig,
     selector: &BTreeMap<String, String>,
     sold_out: &BTreeMap<(&str, &str), SystemTime>,
+    min_cpu: u64,
 ) -> Vec<Candidate<'a>> {
-    config
+    let all: Vec<Candidate<'a>> = config
         .node_types
         .iter()
         .filter_map(|ty| {
@@ -832,7 +925,25 @@ fn candidates<'a>(
                 location: location.clone(),
             })
         })
+        .collect();
+    // Types below the growth step are skipped, unless that leaves none: then the largest.
+    let largest = all.iter().map(|c| c.capacity.cpu_millis).max().unwrap_or(0);
+    let floor = min_cpu.min(largest);
+    all.into_iter()
+        .filter(|c| c.capacity.cpu_millis >= floor)
         .collect()
+}
+
+/// Slots to plan for `demand`: one per task, or — when runtimes are known — enough to run
+/// them all within `target` (a slot runs `target / runtime` tasks in turn).
+fn slots_needed(demand: &Demand, target: Duration) -> u32 {
+    match demand.expected_runtime {
+        Some(runtime) if !target.is_zero() && runtime < target => {
+            let share = runtime.as_secs_f64() / target.as_secs_f64();
+            ((f64::from(demand.count) * share).ceil() as u32).clamp(1.min(demand.count), demand.count)
+        }
+        _ => demand.count,
+    }
 }
 
 /// A new node planned for some items.

@@ -24,6 +24,7 @@ fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
         selector: BTreeMap::new(),
         count,
         oldest,
+        expected_runtime: None,
     }
 }
 

@@ -149,6 +149,8 @@ struct Sim<'a> {
     nodes: Vec<Node>,
     failures: Vec<ProvisionFailure>,
     finished: usize,
+    /// Runtime of finished tasks per shape (sum, count): the head's estimate for the policy.
+    runtimes: Vec<(Resources, Duration, u32)>,
     cost: f64,
     node_hours: u64,
     created: u32,
@@ -185,6 +187,7 @@ pub fn simulate(
         nodes: Vec::new(),
         failures: Vec::new(),
         finished: 0,
+        runtimes: Vec::new(),
         cost: 0.0,
         node_hours: 0,
         created: 0,
@@ -346,6 +349,15 @@ impl Sim<'_> {
         }
         self.tasks[t].end = Some(self.now);
         self.finished += 1;
+        let task = &self.tasks[t];
+        let ran = self.now - task.start.unwrap_or(self.now);
+        match self.runtimes.iter_mut().find(|r| r.0 == task.resources) {
+            Some(r) => {
+                r.1 += ran;
+                r.2 += 1;
+            }
+            None => self.runtimes.push((task.resources.clone(), ran, 1)),
+        }
     }
 
     /// FIFO placement, skipping shapes that fit nowhere right now.
@@ -401,6 +413,10 @@ impl Sim<'_> {
             }
             outcome => {
                 self.created += 1;
+                if std::env::var_os("SIMDBG").is_some() {
+                    let busy: u32 = self.nodes.iter().filter(|n| n.state != State::Deleted).map(|n| n.running).sum();
+                    eprintln!("{:>6}s create {} queue={} running={} live={}", self.now.as_secs(), self.types[ty].name, self.queue.len(), busy, self.nodes.iter().filter(|n| n.state != State::Deleted).count());
+                }
                 let n = self.nodes.len();
                 self.nodes.push(Node {
                     ty,
@@ -425,6 +441,9 @@ impl Sim<'_> {
             return;
         }
         node.state = State::Deleted;
+        if std::env::var_os("SIMDBG").is_some() {
+            eprintln!("{:>6}s delete {} age={}s", self.now.as_secs(), self.types[node.ty].name, (self.now - node.created).as_secs());
+        }
         let hours = self.opts.model.billed_periods(self.now - node.created);
         self.node_hours += hours;
         self.cost += hours as f64 * self.types[node.ty].hourly_price;
@@ -445,6 +464,11 @@ impl Sim<'_> {
                     selector: BTreeMap::new(),
                     count: 1,
                     oldest: epoch() + task.arrival,
+                    expected_runtime: self
+                        .runtimes
+                        .iter()
+                        .find(|r| r.0 == task.resources)
+                        .map(|r| r.1 / r.2),
                 }),
             }
         }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs and starts what rgrid's quickstart and tests need on a fresh Debian machine:
+# a Docker engine that answers, Debian's static busybox (the local demo image is built from it,
+# since no registry is assumed), and PostgreSQL for the persistence tests.
+# Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+# 1. Docker engine.
+if ! docker info >/dev/null 2>&1; then
+  if ! command -v dockerd >/dev/null 2>&1; then
+    echo "setup: installing docker.io"
+    apt_install docker.io
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    echo "setup: starting the Docker engine"
+    $SUDO service docker start >/dev/null 2>&1 || ($SUDO dockerd >/tmp/rgrid-dockerd.log 2>&1 &)
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+  fi
+  docker info >/dev/null 2>&1 || { echo "setup: the Docker engine does not answer" >&2; exit 1; }
+fi
+
+# 2. A static busybox for the FROM-scratch demo image.
+if ! dpkg -s busybox-static >/dev/null 2>&1; then
+  echo "setup: installing busybox-static"
+  apt_install busybox-static
+fi
+
+echo "setup: ready (docker $(docker version --format '{{.Server.Version}}' 2>/dev/null))"
