@@ -28,7 +28,12 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..=rounds {
         let t = Instant::now();
         let task = client
-            .submit(TaskSpec::new(image).command(["true"]).cpu_millis(100).memory_bytes(16 << 20))
+            .submit(
+                TaskSpec::new(image)
+                    .command(["true"])
+                    .cpu_millis(100)
+                    .memory_bytes(16 << 20),
+            )
             .await?;
         let outcome = client.get(&task).await?;
         anyhow::ensure!(outcome.exit_code == Some(0), "task failed: {outcome:?}");
@@ -36,7 +41,16 @@ async fn main() -> anyhow::Result<()> {
 
         let t = Instant::now();
         let status = Command::new("docker")
-            .args(["run", "--rm", "--network", "none", "--memory", "16m", image, "true"])
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--memory",
+                "16m",
+                image,
+                "true",
+            ])
             .status()?;
         anyhow::ensure!(status.success(), "docker run failed");
         let docker_time = t.elapsed();
@@ -48,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
     cluster.stop().await;
     println!("{rounds} rounds, trivial task (`true`) in {image}");
     println!("{:<28} {:>10} {:>10} {:>10}", "", "p50", "p90", "min");
-    for (name, times) in [("rgrid submit→result", &mut rgrid_times), ("docker run --rm (CLI)", &mut docker_times)] {
+    for (name, times) in [
+        ("rgrid submit→result", &mut rgrid_times),
+        ("docker run --rm (CLI)", &mut docker_times),
+    ] {
         times.sort();
         println!(
             "{name:<28} {:>10.1?} {:>10.1?} {:>10.1?}",

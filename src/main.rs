@@ -47,9 +47,12 @@ enum Command {
         /// Node label the task requires: K=V, K!=V, 'K in (A,B)' or K. Repeatable.
         #[arg(long = "selector")]
         selectors: Vec<String>,
-        /// Node-loss retries.
+        /// Node-loss retries (default 3).
         #[arg(long)]
         retries: Option<u32>,
+        /// Reruns after a non-zero exit, OOM or timeout (default 0).
+        #[arg(long, default_value_t = 0)]
+        retry_on_failure: u32,
         /// Timeout of one attempt, in seconds.
         #[arg(long)]
         timeout: Option<f64>,
@@ -115,6 +118,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             gpus,
             selectors,
             retries,
+            retry_on_failure,
             timeout,
             wait,
             command,
@@ -135,6 +139,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             if let Some(retries) = retries {
                 spec = spec.node_loss_retries(retries);
             }
+            spec.retry.on_failure = retry_on_failure;
             if let Some(secs) = timeout {
                 if !(secs > 0.0 && secs.is_finite()) {
                     bail!("--timeout must be a positive number of seconds");

@@ -133,3 +133,28 @@ async fn resubmission_is_idempotent_and_tasks_run_in_parallel() {
     assert_eq!(client.tasks().await.unwrap().len(), 4);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_retries_are_opt_in_and_bounded() {
+    let cluster = common::docker_cluster().await;
+    let client = cluster.client().await.unwrap();
+    let plain = client.submit(sh("exit 7")).await.unwrap();
+    let retried = client
+        .submit(sh("exit 7").retry_on_failure(2, Duration::from_millis(100)))
+        .await
+        .unwrap();
+
+    let out = client.get(&plain).await.unwrap();
+    assert_eq!(out.attempts.len(), 1, "no retries by default");
+
+    let out = client.get(&retried).await.unwrap();
+    assert_eq!(out.state, TaskState::Failed);
+    assert_eq!(out.exit_code, Some(7));
+    let numbers: Vec<u32> = out.attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1, 2, 3], "the first run and two retries");
+    assert!(out
+        .attempts
+        .iter()
+        .all(|a| a.outcome.as_deref() == Some("exited with code 7")));
+    cluster.stop().await;
+}

@@ -58,15 +58,20 @@ pub struct AutoscalerConfig {
     /// short blip that running nodes absorb does not buy a billed hour. Default: `"20s"`.
     #[serde(with = "humantime_serde")]
     pub scale_up_delay: Duration,
+    /// When the head knows how long queued tasks run, tasks that running nodes are expected to
+    /// start within this time get no new node: a node bought for them would hardly arrive
+    /// sooner. Default: `"5m"`.
+    #[serde(with = "humantime_serde")]
+    pub max_queue_wait: Duration,
     /// When the head knows how long queued tasks run, it buys capacity to finish the queue
     /// within this time rather than to start every task at once; a node is paid for a whole
     /// hour, so work spread over it costs less than many nodes busy for minutes. `"0s"` starts
-    /// every task at once. Default: `"30m"`.
+    /// every task at once. Default: `"45m"`.
     #[serde(with = "humantime_serde")]
     pub drain_target: Duration,
     /// New nodes are at least this fraction of the cpu busy or queued in the cluster (bigger
     /// types are cheaper per core; a busy cluster fills them), unless no type is that large.
-    /// `0` picks purely by the queued tasks. Default: `0.5`.
+    /// `0` picks purely by the queued tasks. Default: `1.0` (double the cluster).
     pub growth: f64,
     /// An idle node is drained and deleted when its next billed hour starts within this window
     /// (Hetzner bills every started hour until deletion). It must cover a drain plus a delete
@@ -142,8 +147,9 @@ impl Default for AutoscalerConfig {
             max_nodes: 10,
             max_concurrent_provisioning: 5,
             scale_up_delay: Duration::from_secs(20),
-            drain_target: Duration::from_secs(30 * 60),
-            growth: 0.5,
+            max_queue_wait: Duration::from_secs(300),
+            drain_target: Duration::from_secs(45 * 60),
+            growth: 1.0,
             scale_down_window: Duration::from_secs(4 * 60),
             drain_ahead: Duration::from_secs(15 * 60),
             headroom: 0.25,

@@ -25,6 +25,7 @@
 //!   changed, the node types were replaced).
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use crate::id::{NodeId, TaskId};
@@ -107,6 +108,9 @@ pub struct Waiting<'a> {
 /// Unused feasibility groups are kept for the next class with the same constraints (building one
 /// visits every node) until there are this many groups.
 const GROUPS_KEPT: usize = 256;
+
+/// Empty classes are kept for the next task of the same shape until there are this many classes.
+const CLASSES_KEPT: usize = 1024;
 
 type GroupId = usize;
 type ClassId = usize;
@@ -192,8 +196,20 @@ struct Class {
     need: Need,
     group: GroupId,
     tasks: BTreeMap<QueueKey, TaskId>,
+    /// In [`Scheduler::ready`]: the next `schedule()` tries it.
+    ready: bool,
     /// The feasibility epoch in which some node or node type was known to fit the class.
     feasible_in: Option<u64>,
+}
+
+/// A class's turn in `schedule()`, ordered by its first task.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Turn {
+    key: Reverse<QueueKey>,
+    class: ClassId,
+    /// Whether a node may still have room under the pack threshold. Within one `schedule()`
+    /// capacity only shrinks, so once no node has room for the class, none will.
+    room: bool,
 }
 
 /// The scheduler: node capacities, the feasibility groups and their fit indexes, and the queue.
@@ -207,8 +223,11 @@ pub struct Scheduler {
     classes: Slab<Class>,
     class_ids: HashMap<Shape, ClassId>,
     tasks: HashMap<TaskId, (ClassId, QueueKey)>,
-    /// Classes the next `schedule()` tries: new ones and woken ones.
-    ready: BTreeSet<ClassId>,
+    /// Classes the next `schedule()` tries: new ones and woken ones (each once, see
+    /// [`Class::ready`]).
+    ready: Vec<ClassId>,
+    /// The turns of one `schedule()`, kept to reuse the allocation.
+    turns: BinaryHeap<Turn>,
     /// Bumped when the cluster loses something, which may make a feasible class infeasible.
     epoch: u64,
     next_seq: u64,
@@ -227,7 +246,8 @@ impl Scheduler {
             classes: Slab::new(),
             class_ids: HashMap::new(),
             tasks: HashMap::new(),
-            ready: BTreeSet::new(),
+            ready: Vec::new(),
+            turns: BinaryHeap::new(),
             epoch: 0,
             next_seq: 0,
         }
@@ -342,9 +362,6 @@ impl Scheduler {
 
     /// Queues a ready task. A task already queued is left as it is.
     pub fn enqueue(&mut self, task: QueuedTask) {
-        if self.tasks.contains_key(&task.id) {
-            return;
-        }
         let shape = Shape {
             resources: task.resources,
             constraints: task.constraints,
@@ -358,9 +375,17 @@ impl Scheduler {
             priority: Reverse(task.priority),
             seq: self.next_seq,
         };
+        match self.tasks.entry(task.id) {
+            Entry::Occupied(_) => return,
+            Entry::Vacant(entry) => entry.insert((class, key)),
+        };
         self.next_seq += 1;
-        self.classes[class].tasks.insert(key, task.id);
-        self.tasks.insert(task.id, (class, key));
+        let entry = &mut self.classes[class];
+        entry.tasks.insert(key, task.id);
+        if entry.tasks.len() == 1 {
+            // A class that had no task waits nowhere: give it a turn.
+            make_ready(&mut self.classes, &mut self.ready, class);
+        }
     }
 
     /// Removes a queued task (cancelled). Returns whether it was queued.
@@ -369,7 +394,7 @@ impl Scheduler {
             return false;
         };
         self.classes[class].tasks.remove(&key);
-        self.drop_class_if_empty(class);
+        self.stop_waiting_if_empty(class);
         true
     }
 
@@ -383,21 +408,34 @@ impl Scheduler {
     /// are new or may fit since the last call are looked at.
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut decisions = Vec::new();
-        let mut turns: BinaryHeap<(Reverse<QueueKey>, ClassId)> = std::mem::take(&mut self.ready)
-            .into_iter()
-            .filter_map(|class| Some((Reverse(self.head(class)?), class)))
-            .collect();
-        while let Some((_, class)) = turns.pop() {
-            match self.place_first(class) {
+        let mut turns = std::mem::take(&mut self.turns);
+        for class in self.ready.drain(..) {
+            let entry = &mut self.classes[class];
+            entry.ready = false;
+            if let Some((&key, _)) = entry.tasks.first_key_value() {
+                let (key, room) = (Reverse(key), true);
+                turns.push(Turn { key, class, room });
+            }
+        }
+        while let Some(Turn {
+            class, mut room, ..
+        }) = turns.pop()
+        {
+            match self.place_first(class, &mut room) {
                 Some(decision) => {
                     decisions.push(decision);
-                    if let Some(key) = self.head(class) {
-                        turns.push((Reverse(key), class));
+                    if let Some((&key, _)) = self.classes[class].tasks.first_key_value() {
+                        turns.push(Turn {
+                            key: Reverse(key),
+                            class,
+                            room,
+                        });
                     }
                 }
                 None => self.set_aside(class, &mut decisions),
             }
         }
+        self.turns = turns;
         decisions
     }
 
@@ -415,14 +453,9 @@ impl Scheduler {
         })
     }
 
-    fn head(&self, class: ClassId) -> Option<QueueKey> {
-        let (key, _) = self.classes.get(class)?.tasks.first_key_value()?;
-        Some(*key)
-    }
-
     /// Places the first task of `class` if a node fits it now.
-    fn place_first(&mut self, class: ClassId) -> Option<Decision> {
-        let slot = self.pick(&self.classes[class])?;
+    fn place_first(&mut self, class: ClassId, room: &mut bool) -> Option<Decision> {
+        let slot = self.pick(&self.classes[class], room)?;
         let entry = &mut self.classes[class];
         let free = self.nodes[slot]
             .free
@@ -432,15 +465,15 @@ impl Scheduler {
         self.tasks.remove(&task);
         self.nodes[slot].free = free;
         self.refresh(slot);
-        self.drop_class_if_empty(class);
         Some(Decision::Place {
             task,
             node: self.nodes[slot].view.id,
         })
     }
 
-    /// The node for the next task of `class`, if one fits now.
-    fn pick(&self, class: &Class) -> Option<Slot> {
+    /// The node for the next task of `class`, if one fits now. `room` says whether a node may
+    /// have room under the pack threshold; it is cleared when none has.
+    fn pick(&self, class: &Class, room: &mut bool) -> Option<Slot> {
         let usable = |slot: Slot| {
             let node = &self.nodes[slot];
             node.schedulable && fits(&node.free, &class.shape.resources)
@@ -460,13 +493,14 @@ impl Scheduler {
         }
         let index = &self.groups[class.group].index;
         let need = class.need;
-        let most_idle = || index.most_idle(|b| b.covers(&need), usable);
-        match class.shape.strategy {
-            Strategy::Pack => index
-                .first(|b| b.has_room(&need), usable)
-                .or_else(most_idle),
-            Strategy::Spread => most_idle(),
+        if class.shape.strategy == Strategy::Pack && *room {
+            let first = index.first(|b| b.has_room(&need), usable);
+            if first.is_some() {
+                return first;
+            }
+            *room = false;
         }
+        index.most_idle(|b| b.covers(&need), usable)
     }
 
     /// `class` fits nowhere now: rejects its tasks if nothing could ever fit them, else parks it
@@ -492,36 +526,48 @@ impl Scheduler {
                 reason: reason.to_owned(),
             });
         }
-        self.drop_class_if_empty(class);
     }
 
+    /// A new, empty class (its first task makes it ready).
     fn add_class(&mut self, shape: Shape) -> ClassId {
+        if self.classes.len() >= CLASSES_KEPT {
+            self.drop_empty_classes();
+        }
         let group = self.group_for(GroupKey::of(&shape));
         let class = self.classes.insert(Class {
             need: Need::of(&shape.resources),
             shape: shape.clone(),
             group,
             tasks: BTreeMap::new(),
+            ready: false,
             feasible_in: None,
         });
         self.class_ids.insert(shape, class);
-        self.ready.insert(class);
         class
     }
 
-    /// Forgets a class once its last task has left.
-    fn drop_class_if_empty(&mut self, class: ClassId) {
-        if !self.classes[class].tasks.is_empty() {
-            return;
+    /// A class without tasks waits for nothing (it stays, empty, for the next task of its shape).
+    fn stop_waiting_if_empty(&mut self, class: ClassId) {
+        let entry = &self.classes[class];
+        if entry.tasks.is_empty() {
+            self.groups[entry.group].waiting.remove(&class);
         }
-        let Some(entry) = self.classes.remove(class) else {
-            return;
-        };
-        self.class_ids.remove(&entry.shape);
-        self.ready.remove(&class);
-        let group = &mut self.groups[entry.group];
-        group.waiting.remove(&class);
-        group.users -= 1;
+    }
+
+    fn drop_empty_classes(&mut self) {
+        let empty: Vec<ClassId> = (self.classes.iter())
+            .filter(|(_, class)| class.tasks.is_empty())
+            .map(|(id, _)| id)
+            .collect();
+        for id in empty {
+            let Some(class) = self.classes.remove(id) else {
+                continue;
+            };
+            self.class_ids.remove(&class.shape);
+            self.groups[class.group].users -= 1;
+        }
+        let classes = &self.classes;
+        self.ready.retain(|&class| classes.get(class).is_some());
     }
 
     /// The group for `key`, made (visiting every node) if there is none yet.
@@ -598,11 +644,11 @@ impl Scheduler {
             return;
         }
         for &(group, _) in &node.groups {
-            let (classes, ready) = (&self.classes, &mut self.ready);
+            let (classes, ready) = (&mut self.classes, &mut self.ready);
             self.groups[group].waiting.retain(|&class| {
                 let wake = !only_fitting || fits(&node.free, &classes[class].shape.resources);
                 if wake {
-                    ready.insert(class);
+                    make_ready(classes, ready, class);
                 }
                 !wake
             });
@@ -611,8 +657,19 @@ impl Scheduler {
 
     fn wake_all(&mut self) {
         for (_, group) in self.groups.iter_mut() {
-            self.ready.append(&mut group.waiting);
+            for class in std::mem::take(&mut group.waiting) {
+                make_ready(&mut self.classes, &mut self.ready, class);
+            }
         }
+    }
+}
+
+/// Gives `class` a turn in the next `schedule()`, once.
+fn make_ready(classes: &mut Slab<Class>, ready: &mut Vec<ClassId>, class: ClassId) {
+    let entry = &mut classes[class];
+    if !entry.ready {
+        entry.ready = true;
+        ready.push(class);
     }
 }
 

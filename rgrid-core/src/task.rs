@@ -118,6 +118,14 @@ impl TaskSpec {
         self
     }
 
+    /// Reruns the task up to `retries` times after a non-zero exit, OOM or timeout, waiting
+    /// `backoff` before the first rerun and twice as long before each next one.
+    pub fn retry_on_failure(mut self, retries: u32, backoff: Duration) -> Self {
+        self.retry.on_failure = retries;
+        self.retry.backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
     /// Sets the task's priority among tasks of the same shape.
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = priority;

@@ -262,7 +262,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest(&SHA256, data))
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` random bytes from the system's secure RNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut buf = [0u8; N];
     // The system RNG failing is not recoverable; fall back to a v4 UUID's randomness.

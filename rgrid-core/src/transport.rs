@@ -26,6 +26,8 @@ pub enum TransportError {
         addr: SocketAddr,
         source: quinn::ConnectError,
     },
+    #[error("cannot connect to the head at {0}: no answer within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout(SocketAddr),
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("handshake refused by the head: {0}")]
@@ -33,6 +35,10 @@ pub enum TransportError {
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
+
+/// How long a connection attempt may take, handshake included. QUIC to a silent address would
+/// otherwise wait for the whole idle timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Idle timeout and keep-alive: the keep-alive must be shorter than the idle timeout or a quiet
 /// connection silently dies (quinn's defaults are a 30 s timeout and no keep-alive).
@@ -48,16 +54,38 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
 }
 
 /// The head's endpoint, listening on `addr`.
+///
+/// `reset_secret` keys QUIC stateless resets. Kept across restarts (in the state dir), it lets a
+/// restarted head tell peers of the previous process at once that their connection is gone, so
+/// they reconnect in milliseconds instead of waiting for the idle timeout.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
+    reset_secret: &[u8],
 ) -> Result<Endpoint, TransportError> {
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config());
-    Endpoint::server(config, addr)
-        .map_err(|e| TransportError::Setup(format!("cannot listen on {addr}: {e}")))
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection ids signed with a key derived from the same secret, so the restarted head
+    // recognises its predecessor's ids as its own and answers them with a reset.
+    let cid_key = reset_secret.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let setup = |e: std::io::Error| TransportError::Setup(format!("cannot listen on {addr}: {e}"));
+    let socket = std::net::UdpSocket::bind(addr).map_err(setup)?;
+    Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(setup)
 }
 
 /// Connects to the head at `addr` with `tls` and completes the handshake.
@@ -77,13 +105,19 @@ pub async fn connect(
     };
     let endpoint = Endpoint::client(bind)
         .map_err(|e| TransportError::Setup(format!("cannot bind a UDP socket: {e}")))?;
-    let connection = endpoint
+    let connecting = endpoint
         .connect_with(config, addr, HEAD_SERVER_NAME)
-        .map_err(|source| TransportError::ConnectConfig { addr, source })?
+        .map_err(|source| TransportError::ConnectConfig { addr, source })?;
+    let connected = async {
+        let connection = connecting
+            .await
+            .map_err(|source| TransportError::Connect { addr, source })?;
+        handshake(&connection, PROTOCOL_VERSION, agent).await?;
+        Ok((endpoint, connection))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connected)
         .await
-        .map_err(|source| TransportError::Connect { addr, source })?;
-    handshake(&connection, PROTOCOL_VERSION, agent).await?;
-    Ok((endpoint, connection))
+        .map_err(|_| TransportError::ConnectTimeout(addr))?
 }
 
 /// The connecting side of the handshake, with an explicit version (tests use a wrong one).

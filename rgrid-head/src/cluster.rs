@@ -145,6 +145,8 @@ struct Task {
     attempt: u32,
     node: Option<NodeId>,
     node_losses: u32,
+    /// Exit-code retries used.
+    failures: u32,
     submitted_at_ms: u64,
     attempts: Vec<AttemptInfo>,
     outcome: Option<Outcome>,
@@ -160,6 +162,8 @@ struct Task {
 pub(crate) struct Liveness {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// Nodes recovered from the database have this long to reconnect.
+    pub recovery_grace: Duration,
 }
 
 /// The loop's state.
@@ -170,6 +174,8 @@ pub(crate) struct Cluster {
     nodes: HashMap<NodeId, Node>,
     tasks: HashMap<TaskId, Task>,
     events: mpsc::UnboundedSender<Event>,
+    /// Tasks waiting out an exit-code retry backoff, with when they may run again.
+    delayed: Vec<(Instant, TaskId)>,
     /// Something changed that may let queued tasks run.
     dirty: bool,
 }
@@ -191,9 +197,15 @@ impl Cluster {
             nodes: HashMap::new(),
             tasks: HashMap::new(),
             events,
+            delayed: Vec::new(),
             dirty: true,
         };
-        let now = Instant::now();
+        // Recovered nodes count as last seen so that they are declared dead only once the
+        // recovery grace is over.
+        let now = Instant::now()
+            + liveness
+                .recovery_grace
+                .saturating_sub(liveness.heartbeat_timeout);
         for stored in nodes {
             if let Some(hello) = &stored.hello {
                 cluster.scheduler.upsert_node(node_view(stored.id, hello));
@@ -225,6 +237,7 @@ impl Cluster {
             attempt: stored.attempt,
             node: stored.node,
             node_losses: stored.node_losses,
+            failures: stored.failures,
             submitted_at_ms: stored.submitted_at_ms,
             attempts: stored.attempts,
             outcome: None,
@@ -261,13 +274,20 @@ impl Cluster {
         mut events: mpsc::UnboundedReceiver<Event>,
         shutdown: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(self.liveness.heartbeat_interval / 2);
+        // Fine-grained enough that a dead node is noticed within 100 ms of its timeout.
+        let mut tick = tokio::time::interval(
+            (self.liveness.heartbeat_interval / 2).min(Duration::from_millis(100)),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => self.check_liveness(Instant::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.check_liveness(now);
+                    self.release_delayed(now);
+                }
                 n = events.recv_many(&mut batch, 256) => {
                     if n == 0 {
                         break;
@@ -359,6 +379,7 @@ impl Cluster {
                 attempt: 0,
                 node: None,
                 node_losses: 0,
+                failures: 0,
                 submitted_at_ms,
                 attempts: Vec::new(),
                 outcome: None,
@@ -506,16 +527,6 @@ impl Cluster {
             let _ = reply.send(());
             return;
         }
-        let (state, exit_code, reason) = match &result.exit {
-            ExitStatus::Exited(0) => (TaskState::Succeeded, Some(0), None),
-            ExitStatus::Exited(code) => (
-                TaskState::Failed,
-                Some(*code),
-                Some(format!("exited with code {code}")),
-            ),
-            ExitStatus::Killed => (TaskState::Cancelled, None, Some(result.exit.to_string())),
-            other => (TaskState::Failed, None, Some(other.to_string())),
-        };
         if let Some(task) = self.tasks.get_mut(&attempt.task) {
             if let Some(info) = task
                 .attempts
@@ -532,14 +543,30 @@ impl Cluster {
             ended_at_ms: result.finished_at_ms,
             outcome: result.exit.to_string(),
         }]);
-        tracing::info!(task = %attempt.task, attempt = attempt.attempt, node = %node_id, %state, "task ended");
-        let committed = self.finish(
-            attempt.task,
-            state,
-            exit_code,
-            reason,
-            (result.stdout_hash, result.stderr_hash),
-        );
+        let committed = if self.retry_after_failure(&result) {
+            self.tasks
+                .get(&attempt.task)
+                .map(|task| self.store.submit(vec![update_write(task)]))
+        } else {
+            let (state, exit_code, reason) = match &result.exit {
+                ExitStatus::Exited(0) => (TaskState::Succeeded, Some(0), None),
+                ExitStatus::Exited(code) => (
+                    TaskState::Failed,
+                    Some(*code),
+                    Some(format!("exited with code {code}")),
+                ),
+                ExitStatus::Killed => (TaskState::Cancelled, None, Some(result.exit.to_string())),
+                other => (TaskState::Failed, None, Some(other.to_string())),
+            };
+            tracing::info!(task = %attempt.task, attempt = attempt.attempt, node = %node_id, %state, "task ended");
+            self.finish(
+                attempt.task,
+                state,
+                exit_code,
+                reason,
+                (result.stdout_hash, result.stderr_hash),
+            )
+        };
         tokio::spawn(async move {
             if let Some(committed) = committed {
                 // The node keeps the result until we acknowledge; only acknowledge durable ones.
@@ -549,6 +576,48 @@ impl Cluster {
             }
             let _ = reply.send(());
         });
+    }
+
+    /// A failed attempt (non-zero exit, OOM, timeout) of a task with exit-code retries left is
+    /// requeued after its backoff (doubling each time) instead of failing the task.
+    fn retry_after_failure(&mut self, result: &AttemptResult) -> bool {
+        let failed = match result.exit {
+            ExitStatus::Exited(code) => code != 0,
+            ExitStatus::OutOfMemory | ExitStatus::TimedOut => true,
+            ExitStatus::StartFailed(_) | ExitStatus::Killed => false,
+        };
+        let attempt = result.attempt;
+        let Some(task) = self.tasks.get_mut(&attempt.task) else {
+            return false;
+        };
+        if !failed || task.failures >= task.spec.retry.on_failure {
+            return false;
+        }
+        task.failures += 1;
+        let backoff = Duration::from_millis(task.spec.retry.backoff_ms)
+            .saturating_mul(1 << (task.failures - 1).min(16));
+        task.state = TaskState::Queued;
+        task.node = None;
+        task.detail = Some(format!(
+            "retrying after failure {}/{} ({}) in {:?}",
+            task.failures, task.spec.retry.on_failure, result.exit, backoff
+        ));
+        tracing::info!(%attempt, exit = %result.exit, ?backoff, "retrying a failed attempt");
+        self.delayed.push((Instant::now() + backoff, attempt.task));
+        true
+    }
+
+    /// Queues the tasks whose retry backoff is over.
+    fn release_delayed(&mut self, now: Instant) {
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.delayed.drain(..).partition(|(at, _)| *at <= now);
+        self.delayed = waiting;
+        for (_, id) in due {
+            if let Some(task) = self.tasks.get(&id).filter(|t| t.state == TaskState::Queued) {
+                self.scheduler.enqueue(queued(&task.spec));
+                self.dirty = true;
+            }
+        }
     }
 
     fn cancel(&mut self, task_id: TaskId) -> Option<TaskState> {
@@ -711,6 +780,9 @@ impl Cluster {
         };
         tracing::warn!(node = %node_id, name = %node.name, attempts = node.running.len(), "node is dead; requeueing its tasks");
         node.state = NodeState::Dead;
+        // Dropping the session's sender ends it: if the node is alive after all (a network cut),
+        // it reconnects, re-registers and learns which of its attempts were superseded.
+        node.session = None;
         let attempts: Vec<AttemptId> = node.running.keys().copied().collect();
         self.store.push(vec![Write::NodeState {
             node: node_id,
@@ -843,6 +915,7 @@ fn update_write(task: &Task) -> Write {
         attempt: task.attempt,
         node: task.node,
         node_losses: task.node_losses,
+        failures: task.failures,
         reason: task.detail.clone(),
     }
 }

@@ -27,6 +27,10 @@ pub struct HeadConfig {
     /// A node silent (or disconnected) this long is dead and its tasks are requeued. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
+    /// After a restart, how long nodes have to reconnect and re-adopt the attempts they were
+    /// running before those count as orphaned. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub recovery_grace: Duration,
     /// How long the join token written to `STATE_DIR/join-token` stays valid. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub join_token_ttl: Duration,
@@ -41,6 +45,7 @@ impl Default for HeadConfig {
             advertise: None,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(5),
+            recovery_grace: Duration::from_secs(10),
             join_token_ttl: Duration::from_secs(24 * 3600),
         }
     }

@@ -54,6 +54,19 @@ pub(crate) fn load_or_create_ca(state_dir: &Path) -> Result<ClusterCa, Credentia
     Ok(ca)
 }
 
+/// The secret that keys QUIC stateless resets (`STATE_DIR/reset-key`), created on first start.
+pub(crate) fn load_or_create_reset_secret(state_dir: &Path) -> Result<Vec<u8>, CredentialsError> {
+    let path = state_dir.join("reset-key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Some(secret) = hex::decode(text.trim()).ok().filter(|s| s.len() == 32) {
+            return Ok(secret);
+        }
+    }
+    let secret = rgrid_core::tls::random_bytes::<32>();
+    write_private(&path, &hex::encode(secret))?;
+    Ok(secret.to_vec())
+}
+
 /// Creates a join token valid for `ttl` and stores the hash of its secret.
 pub(crate) async fn create_join_token(
     store: &Store,

@@ -116,7 +116,8 @@ pub async fn start(
 
     let server_identity = ca.issue_server()?;
     let tls = rgrid_core::tls::server_config(ca.cert_pem(), &server_identity)?;
-    let endpoint = rgrid_core::transport::server_endpoint(config.listen, tls)?;
+    let reset_secret = credentials::load_or_create_reset_secret(&state_dir)?;
+    let endpoint = rgrid_core::transport::server_endpoint(config.listen, tls, &reset_secret)?;
     let local_addr = endpoint
         .local_addr()
         .map_err(|source| StartError::StateDir {
@@ -146,6 +147,7 @@ pub async fn start(
     let liveness = Liveness {
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
+        recovery_grace: config.recovery_grace,
     };
     let cluster = Cluster::new(store.clone(), liveness, events.clone(), nodes, tasks);
     tracker.spawn(

@@ -43,6 +43,7 @@ pub(crate) enum Write {
         attempt: u32,
         node: Option<NodeId>,
         node_losses: u32,
+        failures: u32,
         reason: Option<String>,
     },
     FinishTask {
@@ -106,6 +107,7 @@ pub(crate) struct StoredTask {
     pub attempt: u32,
     pub node: Option<NodeId>,
     pub node_losses: u32,
+    pub failures: u32,
     pub submitted_at_ms: u64,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
@@ -314,6 +316,7 @@ fn task_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredTask, StoreError
             .map(|n| parse_id(n, "task node"))
             .transpose()?,
         node_losses: to_u32(row.get("node_losses")),
+        failures: to_u32(row.get("failures")),
         submitted_at_ms: to_u64(row.get("submitted_at_ms")),
         exit_code: row.get("exit_code"),
         reason: row.get("reason"),
@@ -402,17 +405,19 @@ async fn apply(
             attempt,
             node,
             node_losses,
+            failures,
             reason,
         } => {
             sqlx::query(
-                "UPDATE tasks SET state = $2, attempt = $3, node = $4, node_losses = $5, reason = $6
-                 WHERE id = $1",
+                "UPDATE tasks SET state = $2, attempt = $3, node = $4, node_losses = $5,
+                 failures = $6, reason = $7 WHERE id = $1",
             )
             .bind(task.to_string())
             .bind(state.as_str())
             .bind(i64::from(*attempt))
             .bind(node.map(|n| n.to_string()))
             .bind(i64::from(*node_losses))
+            .bind(i64::from(*failures))
             .bind(reason)
             .execute(conn)
             .await?;

@@ -55,7 +55,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
             .await?;
     let executor = match config.executor {
         ExecutorKind::Docker => {
-            let docker = DockerExecutor::connect(config.max_output_bytes).await?;
+            let docker =
+                DockerExecutor::connect(creds.node_id.to_string(), config.max_output_bytes).await?;
+            docker.remove_leftovers().await;
             for image in &config.pre_pull {
                 if let Err(message) = docker.ensure_image(image).await {
                     tracing::warn!(%image, %message, "pre-pull failed");

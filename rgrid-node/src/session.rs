@@ -52,7 +52,9 @@ pub(crate) enum SessionError {
     Refused(String),
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between reconnect attempts: with the 3 s connect timeout, a node finds a head
+/// that came back within 5 s, inside the head's recovery grace.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Keeps a session open until shutdown; returns an error only when the head refuses the node.
 pub(crate) async fn run(

@@ -38,3 +38,125 @@ pub async fn docker_cluster() -> LocalCluster {
     .await
     .expect("local cluster starts")
 }
+
+/// Real daemons as separate processes, and the CLI.
+pub mod process {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A daemon process, killed when dropped.
+    pub struct Daemon(pub Child);
+
+    impl Daemon {
+        /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`).
+        pub fn signal(&self, signal: &str) {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.0.id().to_string())
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -{signal} failed");
+        }
+    }
+
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// `rgrid-head` and `rgrid-node` are built next to `rgrid` by `cargo test --workspace`.
+    pub fn binary(name: &str) -> PathBuf {
+        let path = Path::new(env!("CARGO_BIN_EXE_rgrid")).with_file_name(name);
+        assert!(
+            path.exists(),
+            "{} is missing: run the suite with `cargo test --workspace`",
+            path.display()
+        );
+        path
+    }
+
+    pub fn free_udp_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    }
+
+    pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn rgrid(config: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_rgrid"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// A head process on a fixed port with its state in `dir/head`; logs to `dir/head.log`.
+    pub fn start_head(dir: &Path, listen: &str) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("head.log"))
+            .unwrap();
+        Daemon(
+            Command::new(binary("rgrid-head"))
+                .arg("--state-dir")
+                .arg(dir.join("head"))
+                .args(["--listen", listen])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// A node process named `name` offering `cpu_millis`; state in `dir/name`.
+    pub fn start_node(dir: &Path, listen: &str, name: &str, cpu_millis: u32) -> Daemon {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        Daemon(
+            Command::new(binary("rgrid-node"))
+                .args(["--head", listen, "--token-file"])
+                .arg(dir.join("head").join("join-token"))
+                .arg("--state-dir")
+                .arg(dir.join(name))
+                .args([
+                    "--name",
+                    name,
+                    "--cpu-millis",
+                    &cpu_millis.to_string(),
+                    "--memory",
+                    "1G",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// The nodes as `rgrid nodes -o json` shows them.
+    pub fn nodes(config: &Path) -> Vec<serde_json::Value> {
+        let out = rgrid(config, &["nodes", "-o", "json"]);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
+    }
+
+    /// Waits until the node called `name` is `ready`.
+    pub fn wait_ready(config: &Path, name: &str) {
+        wait_for(&format!("node {name} to be ready"), || {
+            nodes(config)
+                .iter()
+                .any(|n| n["name"] == name && n["state"] == "ready")
+        });
+    }
+}

@@ -37,6 +37,7 @@ pub const BILLING_PERIOD: Duration = Duration::from_secs(3600);
 const MAX_PLANNED_TASKS: u64 = 20_000;
 
 /// After a rate-limit failure, creation pauses this long.
+
 const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
 
 /// Queued tasks of one shape that no node can run right now.
@@ -186,6 +187,11 @@ pub enum Action {
 pub enum Wait {
     /// A running node has room; the scheduler will start them shortly.
     Placing,
+    /// Running nodes are expected to free room for them soon (runtimes known).
+    FreeingUp {
+        /// Expected time until they start.
+        eta: Duration,
+    },
     /// A node of this type is being provisioned for them.
     Provisioning {
         /// Its type.
@@ -232,6 +238,11 @@ impl fmt::Display for Wait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Wait::Placing => f.write_str("waiting for a slot on a running node"),
+            Wait::FreeingUp { eta } => write!(
+                f,
+                "waiting for a running node to free up (~{} s)",
+                eta.as_secs().max(1)
+            ),
             Wait::Provisioning { node_type, eta } if eta.is_zero() => {
                 write!(
                     f,
@@ -340,6 +351,8 @@ impl Wakeup {
 #[derive(Clone, Debug, PartialEq)]
 enum Outcome {
     Pending,
+    /// Will run after other queued tasks of its shape, on the capacity they get.
+    Behind,
     Done(Wait),
 }
 
@@ -439,6 +452,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         })
         .collect();
     provisioning.sort();
+    let provisioning_bins = provisioning.len();
     for (eta, i) in provisioning {
         let node = &snapshot.nodes[i];
         let (labels, capacity) = match config.node_type(&node.node_type) {
@@ -472,13 +486,8 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     });
     let mut items: Vec<Item> = Vec::new();
     let mut budget = MAX_PLANNED_TASKS;
-    // Tasks that will run after others on the same capacity (known runtimes).
-    let mut queued_behind = vec![0u32; snapshot.demand.len()];
     for &d in &order {
-        let demand = &snapshot.demand[d];
-        let slots = slots_needed(demand, config.drain_target);
-        queued_behind[d] = demand.count - slots;
-        let n = u64::from(slots).min(budget);
+        let n = u64::from(snapshot.demand[d].count).min(budget);
         budget -= n;
         items.extend((0..n).map(|_| Item {
             demand: d,
@@ -490,6 +499,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     // Whether a running node could ever hold the item (then it is never unschedulable).
     let mut node_could: Vec<bool> = vec![false; items.len()];
 
+    let ready_bins = bins.len() - provisioning_bins;
     for (k, item) in items.iter().enumerate() {
         let demand = &snapshot.demand[item.demand];
         let node_fits = snapshot.nodes.iter().enumerate().any(|(i, n)| {
@@ -503,15 +513,67 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
             outcomes[k] = Outcome::Done(Wait::Unschedulable);
             continue;
         }
-        for (b, bin) in bins.iter_mut().enumerate() {
-            if satisfies(&bin.labels, &demand.selector) {
-                if let Ok(rest) = bin.free.checked_sub(&demand.resources) {
-                    bin.free = rest;
-                    used_bin[b] = true;
-                    outcomes[k] = Outcome::Done(bin.wait.clone());
-                    break;
-                }
+        if let Some(b) = pack(&mut bins[..ready_bins], demand) {
+            used_bin[b] = true;
+            outcomes[k] = Outcome::Done(Wait::Placing);
+        }
+    }
+
+    // With known runtimes: tasks that running nodes will start within `max_queue_wait` need no
+    // new capacity (a new node would hardly come sooner), and the rest need only enough
+    // capacity to finish within `drain_target`; the others queue behind them.
+    let mut pending_of: Vec<Vec<usize>> = vec![Vec::new(); snapshot.demand.len()];
+    for (k, item) in items.iter().enumerate() {
+        if outcomes[k] == Outcome::Pending {
+            pending_of[item.demand].push(k);
+        }
+    }
+    for (d, pending) in pending_of.iter().enumerate() {
+        let demand = &snapshot.demand[d];
+        let Some(runtime) = demand.expected_runtime.filter(|r| !r.is_zero()) else {
+            continue;
+        };
+        let running: u32 = snapshot
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| {
+                !leaving.contains(i)
+                    && n.state == NodeState::Ready
+                    && n.capacity.fits(&demand.resources)
+                    && satisfies(&n.labels, &demand.selector)
+            })
+            .map(|(_, n)| n.running)
+            .sum();
+        let mut rest = pending.as_slice();
+        if running > 0 {
+            // Completions come about every runtime / running.
+            let every = runtime / running;
+            let tolerated = (config.max_queue_wait.as_secs_f64() / every.as_secs_f64().max(1e-3))
+                .floor() as usize;
+            let (soon, later) = rest.split_at(tolerated.min(rest.len()));
+            for (j, &k) in soon.iter().enumerate() {
+                outcomes[k] = Outcome::Done(Wait::FreeingUp {
+                    eta: every * (j as u32 + 1),
+                });
             }
+            rest = later;
+        }
+        let keep = slots_needed(rest.len(), runtime, config.drain_target);
+        for &k in &rest[keep..] {
+            outcomes[k] = Outcome::Behind;
+        }
+    }
+
+    // Servers being provisioned take what they can of the rest.
+    for (k, item) in items.iter().enumerate() {
+        if outcomes[k] != Outcome::Pending {
+            continue;
+        }
+        let demand = &snapshot.demand[item.demand];
+        if let Some(b) = pack(&mut bins[ready_bins..], demand) {
+            used_bin[ready_bins + b] = true;
+            outcomes[k] = Outcome::Done(bins[ready_bins + b].wait.clone());
         }
     }
 
@@ -610,9 +672,12 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         .sum();
     let queued: u64 = items
         .iter()
-        .map(|it| snapshot.demand[it.demand].resources.cpu_millis)
+        .enumerate()
+        .filter(|(k, _)| outcomes[*k] == Outcome::Pending)
+        .map(|(_, it)| snapshot.demand[it.demand].resources.cpu_millis)
         .sum();
-    let min_cpu = (config.growth.max(0.0) * busy.saturating_add(queued) as f64) as u64;
+    let min_cpu =
+        (config.growth.max(0.0) * busy.saturating_add(queued) as f64) as u64;
 
     let mut creates: Vec<(String, String)> = Vec::new();
     for (selector, group) in groups {
@@ -832,20 +897,18 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     // --- Waits per demand, in queue order. ---
     let mut waits: Vec<Vec<(Wait, u32)>> = vec![Vec::new(); snapshot.demand.len()];
     for (k, item) in items.iter().enumerate() {
+        let runs = &mut waits[item.demand];
         let wait = match &outcomes[k] {
             Outcome::Done(w) => w.clone(),
+            Outcome::Behind => runs.last().map(|(w, _)| w.clone()).unwrap_or(Wait::Placing),
             Outcome::Pending => Wait::Unschedulable,
         };
-        let runs = &mut waits[item.demand];
         match runs.last_mut() {
             Some((w, n)) if *w == wait => *n += 1,
             _ => runs.push((wait, 1)),
         }
     }
     for (d, demand) in snapshot.demand.iter().enumerate() {
-        if let Some((_, n)) = waits[d].last_mut() {
-            *n += queued_behind[d];
-        }
         let planned: u32 = waits[d].iter().map(|(_, n)| *n).sum();
         if planned < demand.count {
             let rest = demand.count - planned;
@@ -934,16 +997,28 @@ fn candidates<'a>(
         .collect()
 }
 
-/// Slots to plan for `demand`: one per task, or — when runtimes are known — enough to run
-/// them all within `target` (a slot runs `target / runtime` tasks in turn).
-fn slots_needed(demand: &Demand, target: Duration) -> u32 {
-    match demand.expected_runtime {
-        Some(runtime) if !target.is_zero() && runtime < target => {
-            let share = runtime.as_secs_f64() / target.as_secs_f64();
-            ((f64::from(demand.count) * share).ceil() as u32).clamp(1.min(demand.count), demand.count)
+/// Packs one task into the first bin that takes it.
+fn pack(bins: &mut [Bin], demand: &Demand) -> Option<usize> {
+    for (b, bin) in bins.iter_mut().enumerate() {
+        if satisfies(&bin.labels, &demand.selector) {
+            if let Ok(rest) = bin.free.checked_sub(&demand.resources) {
+                bin.free = rest;
+                return Some(b);
+            }
         }
-        _ => demand.count,
     }
+    None
+}
+
+/// New slots to plan for `count` queued tasks that run `runtime` each: enough to run them all
+/// within `target` (a slot runs `target / runtime` of them in turn); one per task when the
+/// target is off or shorter than a task.
+fn slots_needed(count: usize, runtime: Duration, target: Duration) -> usize {
+    if target.is_zero() || runtime >= target {
+        return count;
+    }
+    let share = runtime.as_secs_f64() / target.as_secs_f64();
+    ((count as f64 * share).ceil() as usize).min(count)
 }
 
 /// A new node planned for some items.

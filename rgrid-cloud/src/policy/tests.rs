@@ -14,6 +14,7 @@ fn cfg() -> AutoscalerConfig {
     AutoscalerConfig {
         enabled: true,
         scale_up_delay: Duration::ZERO,
+        growth: 0.0,
         ..AutoscalerConfig::default()
     }
 }
@@ -526,4 +527,90 @@ fn decisions_are_deterministic() {
     for _ in 0..5 {
         assert_eq!(decide(&cfg(), &snap, t(120)), a);
     }
+}
+
+#[test]
+fn new_nodes_grow_with_the_cluster() {
+    let mut config = cfg();
+    config.growth = 1.0;
+    // 12 cpus busy and one task queued: the next node is a big one, not a cx23.
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 1, t(0))],
+        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 12, 0)],
+        ..Snapshot::default()
+    };
+    assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx53", "fsn1")]);
+    // An empty cluster starts small.
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 1, t(0))],
+        ..Snapshot::default()
+    };
+    assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx23", "fsn1")]);
+}
+
+#[test]
+fn known_runtimes_let_running_nodes_and_the_drain_target_absorb_queues() {
+    let mut queued = demand(1, 2, 10, t(0));
+    queued.expected_runtime = Some(Duration::from_secs(600));
+    let snap = Snapshot {
+        demand: vec![queued],
+        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        ..Snapshot::default()
+    };
+    // 16 running 10-minute tasks free a slot every 37.5 s: within max_queue_wait (5 min) they
+    // start 8 queued tasks; the other 2 need ceil(2 × 10 / 45) = 1 new slot, run in turn.
+    let d = decide(&cfg(), &snap, t(60));
+    assert_eq!(creates(&d), [("cx23", "fsn1")]);
+    let waits = &d.waits[0];
+    assert!(
+        matches!(waits[0], (Wait::FreeingUp { eta }, 1) if eta == Duration::from_millis(37_500))
+    );
+    assert_eq!(waits.iter().map(|(_, n)| n).sum::<u32>(), 10);
+    assert_eq!(waits.last(), Some(&(prov("cx23", 90), 2)));
+    assert!(waits[7]
+        .0
+        .to_string()
+        .starts_with("waiting for a running node to free up"));
+
+    // Without a runtime estimate every task gets a slot now.
+    let mut snap = snap;
+    snap.demand[0].expected_runtime = None;
+    let d = decide(&cfg(), &snap, t(60));
+    assert_eq!(creates(&d), [("cx43", "fsn1"), ("cx23", "fsn1")]);
+}
+
+#[test]
+fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
+    let snap = Snapshot {
+        nodes: vec![
+            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        ],
+        ..Snapshot::default()
+    };
+    // Node 2's next hour starts in 10 min; node 1 alone holds the load (8) plus headroom.
+    let d = decide(&cfg(), &snap, t(3000));
+    assert_eq!(
+        d.actions,
+        [Action::Drain {
+            server: ServerId(2),
+            name: "n2".into(),
+            reason: Reason::Surplus
+        }]
+    );
+    // Not when the rest could not carry the load.
+    let mut heavy = snap.clone();
+    heavy.nodes[0] = busy(node(1, "cx53", NodeState::Ready, t(1200)), 14, 2);
+    assert!(decide(&cfg(), &heavy, t(3000)).actions.is_empty());
+    // Not when tasks wait for capacity.
+    let mut waiting = heavy.clone();
+    waiting.demand = vec![demand(4, 8, 1, t(2990))];
+    assert!(!decide(&cfg(), &waiting, t(3000))
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Drain { .. })));
+    // Earlier in the hour: wake up when the drain window opens.
+    let d = decide(&cfg(), &snap, t(600));
+    assert!(d.actions.is_empty());
+    assert_eq!(d.next_wakeup, Some(t(2700)));
 }

@@ -413,10 +413,7 @@ impl Sim<'_> {
             }
             outcome => {
                 self.created += 1;
-                if std::env::var_os("SIMDBG").is_some() {
-                    let busy: u32 = self.nodes.iter().filter(|n| n.state != State::Deleted).map(|n| n.running).sum();
-                    eprintln!("{:>6}s create {} queue={} running={} live={}", self.now.as_secs(), self.types[ty].name, self.queue.len(), busy, self.nodes.iter().filter(|n| n.state != State::Deleted).count());
-                }
+                tracing::trace!(at = self.now.as_secs(), node_type = %self.types[ty].name, queued = self.queue.len(), "sim: create");
                 let n = self.nodes.len();
                 self.nodes.push(Node {
                     ty,
@@ -441,9 +438,7 @@ impl Sim<'_> {
             return;
         }
         node.state = State::Deleted;
-        if std::env::var_os("SIMDBG").is_some() {
-            eprintln!("{:>6}s delete {} age={}s", self.now.as_secs(), self.types[node.ty].name, (self.now - node.created).as_secs());
-        }
+        tracing::trace!(at = self.now.as_secs(), node_type = %self.types[node.ty].name, age = (self.now - node.created).as_secs(), "sim: delete");
         let hours = self.opts.model.billed_periods(self.now - node.created);
         self.node_hours += hours;
         self.cost += hours as f64 * self.types[node.ty].hourly_price;

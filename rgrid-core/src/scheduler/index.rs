@@ -37,10 +37,9 @@ impl Bound {
             cap.saturating_sub(clamp(total.saturating_sub(free)))
         };
         let busy = |total: u64, free: u64| -> i64 {
-            let used = u128::from(total.saturating_sub(free));
-            match u128::from(total) {
+            match total {
                 0 => 0,
-                total => clamp_u128(used * 1_000_000 / total),
+                _ => (total.saturating_sub(free) as f64 / total as f64 * 1e6) as i64,
             }
         };
         let (gpu_total, gpu_free) = (u64::from(total.gpus), u64::from(free.gpus));
@@ -106,10 +105,6 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn clamp_u128(v: u128) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 /// The members of a feasibility group and their segment tree. Leaf `i` is `members[i]`; the
 /// root is entry 1, the children of entry `e` are `2e` and `2e + 1`, leaves start at `width`.
 pub(super) struct FitIndex {
@@ -157,13 +152,18 @@ impl FitIndex {
         Some(self.members[pos])
     }
 
-    /// Updates the bound of the node at `pos` and of every subtree above it.
+    /// Updates the bound of the node at `pos` and of the subtrees above it, up to the first one
+    /// whose bound does not change.
     pub(super) fn set(&mut self, pos: usize, bound: Bound) {
         let mut e = self.width + pos;
         self.tree[e] = bound;
         while e > 1 {
             e /= 2;
-            self.tree[e] = self.tree[2 * e].max(self.tree[2 * e + 1]);
+            let merged = self.tree[2 * e].max(self.tree[2 * e + 1]);
+            if self.tree[e] == merged {
+                return;
+            }
+            self.tree[e] = merged;
         }
     }
 

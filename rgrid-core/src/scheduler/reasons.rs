@@ -43,7 +43,7 @@ impl Scheduler {
     pub fn explain(&self, task: TaskId) -> Option<String> {
         let &(class_id, key) = self.tasks.get(&task)?;
         let class = &self.classes[class_id];
-        let why = if self.ready.contains(&class_id) {
+        let why = if class.ready {
             "not tried yet: the next schedule() will try it".to_owned()
         } else {
             self.why_waiting(class)

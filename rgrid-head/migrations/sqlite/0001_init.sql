@@ -18,6 +18,7 @@ CREATE TABLE tasks (
     attempt INTEGER NOT NULL DEFAULT 0,
     node TEXT,
     node_losses INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
     submitted_at_ms INTEGER NOT NULL,
     finished_at_ms INTEGER,
     exit_code INTEGER,

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::container::{
-    Config, CreateContainerOptions, KillContainerOptions, LogOutput, LogsOptions,
-    RemoveContainerOptions, WaitContainerOptions,
+    Config, CreateContainerOptions, KillContainerOptions, ListContainersOptions, LogOutput,
+    LogsOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::errors::Error as DockerError;
 use bollard::image::CreateImageOptions;
@@ -26,10 +26,15 @@ use super::{append_capped, sleep_or_forever, Execution};
 /// Label on every container rgrid starts, so leftovers can be found and removed.
 pub const MANAGED_LABEL: &str = "rgrid.managed";
 
+/// Label naming the node that started a container.
+const NODE_LABEL: &str = "rgrid.node";
+
 /// Runs attempts as Docker containers.
 pub struct DockerExecutor {
     docker: Docker,
     max_output_bytes: usize,
+    /// This node's id, put on its containers.
+    node: String,
 }
 
 /// Why the Docker engine cannot be used.
@@ -40,7 +45,7 @@ pub struct DockerUnavailable(String);
 impl DockerExecutor {
     /// Connects to the local engine and negotiates the API version (older engines refuse a newer
     /// client version).
-    pub async fn connect(max_output_bytes: usize) -> Result<Self, DockerUnavailable> {
+    pub async fn connect(node: String, max_output_bytes: usize) -> Result<Self, DockerUnavailable> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| DockerUnavailable(e.to_string()))?
             .negotiate_version()
@@ -53,7 +58,29 @@ impl DockerExecutor {
         Ok(Self {
             docker,
             max_output_bytes,
+            node,
         })
+    }
+
+    /// Removes containers this node left behind (it was killed while they ran): a node that
+    /// starts runs nothing yet, and the head has requeued or will requeue those attempts.
+    pub async fn remove_leftovers(&self) {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{NODE_LABEL}={}", self.node)],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters,
+            ..Default::default()
+        };
+        let Ok(containers) = self.docker.list_containers(Some(options)).await else {
+            return;
+        };
+        for id in containers.into_iter().filter_map(|c| c.id) {
+            tracing::info!(container = %id, "removing a container left by an earlier run");
+            let _ = self.remove(&id).await;
+        }
     }
 
     /// Pulls `image` unless it is present.
@@ -176,13 +203,23 @@ impl DockerExecutor {
         };
         let labels = HashMap::from([
             (MANAGED_LABEL.to_owned(), "true".to_owned()),
+            (NODE_LABEL.to_owned(), self.node.clone()),
             ("rgrid.task".to_owned(), attempt.task.to_string()),
             ("rgrid.attempt".to_owned(), attempt.attempt.to_string()),
         ]);
         let config = Config {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain([
+                        format!("RGRID_TASK_ID={}", attempt.task),
+                        format!("RGRID_ATTEMPT={}", attempt.attempt),
+                    ])
+                    .collect(),
+            ),
             working_dir: spec.workdir.clone(),
             labels: Some(labels),
             host_config: Some(HostConfig {

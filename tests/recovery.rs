@@ -1,0 +1,248 @@
+//! Nothing lost: real `rgrid-head` and `rgrid-node` processes killed, frozen and restarted while
+//! they run container tasks (SQLite, default liveness settings: 1 s heartbeats, 5 s timeout).
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::process::{free_udp_port, start_head, start_node, wait_for, wait_ready, Daemon};
+use rgrid::{Client, TaskOutcome, TaskRef, TaskSpec, TaskState};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn sh(script: &str) -> TaskSpec {
+    TaskSpec::new(common::demo_image())
+        .command(["sh", "-c", script])
+        .cpu_millis(500)
+        .memory_bytes(32 << 20)
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    listen: String,
+    head: Option<Daemon>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        common::demo_image();
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let head = start_head(dir.path(), &listen);
+        let cluster = Self {
+            dir,
+            listen,
+            head: Some(head),
+        };
+        wait_for("client.toml", || cluster.client_toml().exists());
+        cluster
+    }
+
+    fn client_toml(&self) -> std::path::PathBuf {
+        self.dir.path().join("head").join("client.toml")
+    }
+
+    fn node(&self, name: &str, cpu_millis: u32) -> Daemon {
+        let node = start_node(self.dir.path(), &self.listen, name, cpu_millis);
+        wait_ready(&self.client_toml(), name);
+        node
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect_file(self.client_toml()).await.unwrap()
+    }
+
+    async fn wait_running(&self, tasks: &[TaskRef], node: &str) {
+        let client = self.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = client.tasks().await.unwrap();
+            let running = listed
+                .iter()
+                .filter(|t| tasks.iter().any(|r| r.id == t.task) && t.state == TaskState::Running)
+                .count();
+            if running == tasks.len() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "tasks did not start on {node}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    /// A failing test shows what the daemons logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    println!("==== {} ====\n{text}", path.display());
+                }
+            }
+        }
+    }
+}
+
+fn docker_containers_of(task: &TaskRef, attempt: u32) -> usize {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=rgrid.task={}", task.id))
+        .args(["--filter"])
+        .arg(format!("label=rgrid.attempt={attempt}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+async fn outcomes(client: &Client, tasks: &[TaskRef]) -> Vec<TaskOutcome> {
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(client.get(task).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_tasks_complete_on_another_node() {
+    let cluster = Cluster::start();
+    let node_a = cluster.node("node-a", 2000);
+    let client = cluster.client().await;
+    let tasks = client
+        .submit_batch(
+            (0..3)
+                .map(|i| sh(&format!("sleep 3; echo task-{i}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    cluster.wait_running(&tasks, "node-a").await;
+    let _node_b = cluster.node("node-b", 2000);
+
+    node_a.signal("KILL");
+    let killed_at = now_ms();
+    let done = outcomes(&client, &tasks).await;
+    for (i, out) in done.iter().enumerate() {
+        assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+        assert_eq!(out.stdout, format!("task-{i}\n").into_bytes());
+        assert_eq!(out.attempts.len(), 2, "{:?}", out.attempts);
+        assert_eq!(out.attempts[0].node_name, "node-a");
+        assert_eq!(out.attempts[0].outcome.as_deref(), Some("node lost"));
+        assert_eq!(out.attempts[1].node_name, "node-b");
+    }
+    let requeued_after = done
+        .iter()
+        .map(|o| o.attempts[1].started_at_ms.saturating_sub(killed_at))
+        .max()
+        .unwrap();
+    println!("SIGKILL of a node → its tasks running elsewhere: {requeued_after} ms");
+    // Exactly one outcome each: the listing agrees with what get returned.
+    let listed = client.tasks().await.unwrap();
+    assert!(listed
+        .iter()
+        .all(|t| t.state == TaskState::Succeeded && t.attempt == 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_head_restarts_and_every_task_completes() {
+    let mut cluster = Cluster::start();
+    // 1000m fits two 500m tasks at once: two run, four wait in the queue.
+    let _node = cluster.node("node-a", 1000);
+    let client = cluster.client().await;
+    let tasks = client
+        .submit_batch(
+            (0..6)
+                .map(|i| sh(&format!("sleep 2; echo task-{i}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    cluster.wait_running(&tasks[..2], "node-a").await;
+
+    drop(cluster.head.take()); // SIGKILL
+    cluster.head = Some(start_head(cluster.dir.path(), &cluster.listen));
+    let client = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect_file(cluster.client_toml()).await {
+                Ok(client) => break client,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(err) => panic!("head did not come back: {err}"),
+            }
+        }
+    };
+    let done = outcomes(&client, &tasks).await;
+    for (i, out) in done.iter().enumerate() {
+        assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+        assert_eq!(out.stdout, format!("task-{i}\n").into_bytes());
+    }
+    // The two that were running were re-adopted when the node reconnected, not rerun.
+    assert_eq!(done[0].attempts.len(), 1, "{:?}", done[0].attempts);
+    assert_eq!(done[1].attempts.len(), 1, "{:?}", done[1].attempts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_cut_reruns_nothing() {
+    let cluster = Cluster::start();
+    let node = cluster.node("node-a", 2000);
+    let client = cluster.client().await;
+    let task = client.submit(sh("sleep 4; echo once")).await.unwrap();
+    cluster.wait_running(&[task], "node-a").await;
+    // Frozen for less than the 5 s timeout: no heartbeats, no traffic at all.
+    node.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.signal("CONT");
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded);
+    assert_eq!(out.stdout, b"once\n");
+    assert_eq!(out.attempts.len(), 1, "{:?}", out.attempts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_cut_reruns_elsewhere_and_fences_the_old_attempt() {
+    let cluster = Cluster::start();
+    let node_a = cluster.node("node-a", 2000);
+    let client = cluster.client().await;
+    // The first attempt would run for a minute; any later one ends at once.
+    let task = client
+        .submit(sh(
+            "if [ \"$RGRID_ATTEMPT\" = 1 ]; then sleep 60; fi; echo attempt-$RGRID_ATTEMPT",
+        ))
+        .await
+        .unwrap();
+    cluster.wait_running(&[task], "node-a").await;
+    let _node_b = cluster.node("node-b", 2000);
+    node_a.signal("STOP");
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded);
+    assert_eq!(out.stdout, b"attempt-2\n");
+    assert_eq!(out.attempts[0].outcome.as_deref(), Some("node lost"));
+    assert_eq!(out.attempts[1].node_name, "node-b");
+    assert_eq!(
+        docker_containers_of(&task, 1),
+        1,
+        "the old container still runs while its node is cut off"
+    );
+
+    node_a.signal("CONT");
+    wait_ready(&cluster.client_toml(), "node-a");
+    wait_for("the superseded container to be killed", || {
+        docker_containers_of(&task, 1) == 0
+    });
+    // Its late result changed nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = client.get(&task).await.unwrap();
+    assert_eq!(again, out);
+}
