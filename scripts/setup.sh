@@ -39,4 +39,28 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
   apt_install busybox-static
 fi
 
+# 3. PostgreSQL for the persistence tests, with a login role the tests use
+#    (RGRID_TEST_POSTGRES_URL, default postgres://rgrid:rgrid@127.0.0.1:5432/postgres).
+if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+  echo "setup: installing postgresql"
+  apt_install postgresql
+fi
+if ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
+  echo "setup: starting PostgreSQL"
+  $SUDO service postgresql start >/dev/null 2>&1 || {
+    version=$(ls /etc/postgresql | sort -n | tail -1)
+    $SUDO pg_ctlcluster "$version" main start
+  }
+  for _ in $(seq 1 60); do
+    pg_isready -q -h 127.0.0.1 && break
+    sleep 0.5
+  done
+fi
+pg_isready -q -h 127.0.0.1 || { echo "setup: PostgreSQL does not answer" >&2; exit 1; }
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+as_postgres psql -q -v ON_ERROR_STOP=1 -c \
+  "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rgrid') THEN CREATE ROLE rgrid LOGIN SUPERUSER PASSWORD 'rgrid'; END IF; END \$\$;" >/dev/null
+
 echo "setup: ready (docker $(docker version --format '{{.Server.Version}}' 2>/dev/null))"

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::process::{free_udp_port, start_head, start_node, wait_for, wait_ready, Daemon};
+use common::process::{free_udp_port, start_head_with, start_node, wait_for, wait_ready, Daemon};
 use rgrid::{Client, TaskOutcome, TaskRef, TaskSpec, TaskState};
 
 fn now_ms() -> u64 {
@@ -25,22 +25,36 @@ fn sh(script: &str) -> TaskSpec {
 struct Cluster {
     dir: tempfile::TempDir,
     listen: String,
+    /// Extra head arguments (`--database-url …`).
+    head_args: Vec<String>,
     head: Option<Daemon>,
 }
 
 impl Cluster {
-    fn start() -> Self {
+    /// A head process on SQLite (`None`) or on the PostgreSQL database `database_url`.
+    fn start(database_url: Option<String>) -> Self {
         common::demo_image();
         let dir = tempfile::tempdir().unwrap();
         let listen = format!("127.0.0.1:{}", free_udp_port());
-        let head = start_head(dir.path(), &listen);
-        let cluster = Self {
+        let head_args = database_url
+            .map(|url| vec!["--database-url".to_owned(), url])
+            .unwrap_or_default();
+        let mut cluster = Self {
             dir,
             listen,
-            head: Some(head),
+            head_args,
+            head: None,
         };
+        cluster.restart_head();
         wait_for("client.toml", || cluster.client_toml().exists());
         cluster
+    }
+
+    /// Starts the head (again: SIGKILLs the one running).
+    fn restart_head(&mut self) {
+        drop(self.head.take());
+        let args: Vec<&str> = self.head_args.iter().map(String::as_str).collect();
+        self.head = Some(start_head_with(self.dir.path(), &self.listen, &args));
     }
 
     fn client_toml(&self) -> std::path::PathBuf {
@@ -115,7 +129,7 @@ async fn outcomes(client: &Client, tasks: &[TaskRef]) -> Vec<TaskOutcome> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_tasks_complete_on_another_node() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(None);
     let node_a = cluster.node("node-a", 2000);
     let client = cluster.client().await;
     let tasks = client
@@ -155,7 +169,19 @@ async fn a_killed_nodes_tasks_complete_on_another_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_head_restarts_and_every_task_completes() {
-    let mut cluster = Cluster::start();
+    head_restart(Cluster::start(None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_head_restarts_and_every_task_completes_on_postgres() {
+    let Some(url) = common::postgres_database().await else {
+        return;
+    };
+    head_restart(Cluster::start(Some(url))).await;
+}
+
+/// Six tasks, two running and four queued, when the head is SIGKILLed and restarted.
+async fn head_restart(mut cluster: Cluster) {
     // 1000m fits two 500m tasks at once: two run, four wait in the queue.
     let _node = cluster.node("node-a", 1000);
     let client = cluster.client().await;
@@ -169,8 +195,7 @@ async fn a_killed_head_restarts_and_every_task_completes() {
         .unwrap();
     cluster.wait_running(&tasks[..2], "node-a").await;
 
-    drop(cluster.head.take()); // SIGKILL
-    cluster.head = Some(start_head(cluster.dir.path(), &cluster.listen));
+    cluster.restart_head();
     let client = {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -195,7 +220,7 @@ async fn a_killed_head_restarts_and_every_task_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_cut_reruns_nothing() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(None);
     let node = cluster.node("node-a", 2000);
     let client = cluster.client().await;
     let task = client.submit(sh("sleep 4; echo once")).await.unwrap();
@@ -212,7 +237,7 @@ async fn a_short_cut_reruns_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_cut_reruns_elsewhere_and_fences_the_old_attempt() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(None);
     let node_a = cluster.node("node-a", 2000);
     let client = cluster.client().await;
     // The first attempt would run for a minute; any later one ends at once.

@@ -104,6 +104,11 @@ pub mod process {
 
     /// A head process on a fixed port with its state in `dir/head`; logs to `dir/head.log`.
     pub fn start_head(dir: &Path, listen: &str) -> Daemon {
+        start_head_with(dir, listen, &[])
+    }
+
+    /// [`start_head`] with extra arguments (`--database-url URL`).
+    pub fn start_head_with(dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -114,6 +119,7 @@ pub mod process {
                 .arg("--state-dir")
                 .arg(dir.join("head"))
                 .args(["--listen", listen])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -159,4 +165,33 @@ pub mod process {
                 .any(|n| n["name"] == name && n["state"] == "ready")
         });
     }
+}
+
+/// A fresh, empty PostgreSQL database for one test: its URL. The server comes from
+/// `RGRID_TEST_POSTGRES_URL` (default `postgres://rgrid:rgrid@127.0.0.1:5432/postgres`, as
+/// `scripts/setup.sh` makes it). Without a server the test is skipped (`None`) — except under
+/// `CI=true`, where a missing PostgreSQL fails the test.
+pub async fn postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let server = std::env::var("RGRID_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://rgrid:rgrid@127.0.0.1:5432/postgres".to_owned());
+    let mut conn = match sqlx::PgConnection::connect(&server).await {
+        Ok(conn) => conn,
+        Err(err) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("PostgreSQL at {server} is required under CI=true: {err}; run scripts/setup.sh")
+        }
+        Err(err) => {
+            eprintln!("skipping: no PostgreSQL at {server} ({err}); run scripts/setup.sh");
+            return None;
+        }
+    };
+    let name = format!("rgrid_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let base = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(base, _)| base);
+    Some(format!("{base}/{name}"))
 }

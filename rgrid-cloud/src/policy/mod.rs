@@ -37,7 +37,6 @@ pub const BILLING_PERIOD: Duration = Duration::from_secs(3600);
 const MAX_PLANNED_TASKS: u64 = 20_000;
 
 /// After a rate-limit failure, creation pauses this long.
-
 const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
 
 /// Queued tasks of one shape that no node can run right now.
@@ -676,8 +675,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         .filter(|(k, _)| outcomes[*k] == Outcome::Pending)
         .map(|(_, it)| snapshot.demand[it.demand].resources.cpu_millis)
         .sum();
-    let min_cpu =
-        (config.growth.max(0.0) * busy.saturating_add(queued) as f64) as u64;
+    let min_cpu = (config.growth.max(0.0) * busy.saturating_add(queued) as f64) as u64;
 
     let mut creates: Vec<(String, String)> = Vec::new();
     for (selector, group) in groups {
@@ -1072,7 +1070,7 @@ fn plan_bins(
         remaining.retain(|k| !packed.contains(k));
         out.extend(planned);
     }
-    out.sort_by(|a, b| b.items.len().cmp(&a.items.len()));
+    out.sort_by_key(|b| std::cmp::Reverse(b.items.len()));
     out
 }
 

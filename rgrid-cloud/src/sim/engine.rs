@@ -251,6 +251,11 @@ pub fn simulate(
         }
     }
     let end = sim.now.min(horizon);
+    let left = sim
+        .nodes
+        .iter()
+        .filter(|n| n.state != State::Deleted)
+        .count() as u32;
     for n in 0..sim.nodes.len() {
         if sim.nodes[n].state != State::Deleted {
             sim.now = end;
@@ -274,6 +279,7 @@ pub fn simulate(
         sim.created,
         sim.unavailable,
     )
+    .with_servers_left(left)
 }
 
 /// The cheapest type holding `tasks_per_worker` of the trace's largest task.

@@ -29,6 +29,8 @@ pub struct Report {
     pub servers_created: u32,
     /// Creates refused as sold out.
     pub unavailable: u32,
+    /// Servers still alive when the run ended (0 unless it hit the time limit).
+    pub servers_left: u32,
 }
 
 impl Report {
@@ -67,7 +69,13 @@ impl Report {
             makespan: last.saturating_sub(first),
             servers_created,
             unavailable,
+            servers_left: 0,
         }
+    }
+
+    pub(crate) fn with_servers_left(mut self, left: u32) -> Self {
+        self.servers_left = left;
+        self
     }
 }
 
