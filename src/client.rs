@@ -117,6 +117,23 @@ impl Client {
         }
     }
 
+    /// Drains a node (by name or id): it takes no new work, its running tasks get `deadline` to
+    /// finish (the rest are requeued), then it leaves the cluster.
+    pub async fn drain_node(
+        &self,
+        node: &str,
+        deadline: std::time::Duration,
+    ) -> Result<rgrid_core::NodeId, ClientError> {
+        let request = Request::DrainNode {
+            node: node.to_owned(),
+            deadline_secs: deadline.as_secs(),
+        };
+        match self.call(request).await? {
+            Response::Draining { node } => Ok(node),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The cluster's nodes.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         match self.call(Request::ListNodes).await? {

@@ -86,6 +86,23 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Node operations.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// No new work for NODE (name or id); its running tasks get the deadline to finish, the rest
+    /// are requeued; then it leaves.
+    Drain {
+        node: String,
+        /// Seconds running tasks may go on.
+        #[arg(long, default_value_t = 60)]
+        deadline: u64,
+    },
 }
 
 #[tokio::main]
@@ -209,6 +226,15 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Node {
+            command: NodeCommand::Drain { node, deadline },
+        } => {
+            let id = client
+                .drain_node(&node, Duration::from_secs(deadline))
+                .await?;
+            println!("draining {node} ({id}), deadline {deadline}s");
+            Ok(0)
+        }
         Command::Tasks { output } => {
             let tasks = client.tasks().await?;
             match output {
@@ -240,6 +266,22 @@ async fn print_outcome(client: &Client, task: &TaskRef) -> anyhow::Result<i32> {
     let outcome = client.get(task).await?;
     std::io::stdout().write_all(&outcome.stdout)?;
     std::io::stderr().write_all(&outcome.stderr)?;
+    if outcome.attempts.len() > 1 || outcome.state != TaskState::Succeeded {
+        for a in &outcome.attempts {
+            let ran = a.ended_at_ms.map_or("-".to_owned(), |end| {
+                format!(
+                    "{:.1}s",
+                    end.saturating_sub(a.started_at_ms) as f64 / 1000.0
+                )
+            });
+            eprintln!(
+                "attempt {} on {} ({ran}): {}",
+                a.attempt,
+                a.node_name,
+                a.outcome.as_deref().unwrap_or("running")
+            );
+        }
+    }
     if outcome.state != TaskState::Succeeded {
         eprintln!(
             "task {} {}: {}",

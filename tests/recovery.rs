@@ -271,3 +271,77 @@ async fn a_long_cut_reruns_elsewhere_and_fences_the_old_attempt() {
     let again = client.get(&task).await.unwrap();
     assert_eq!(again, out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_node_and_it_leaves_cleanly() {
+    let cluster = Cluster::start(None);
+    let mut node_a = cluster.node("node-a", 2000);
+    let client = cluster.client().await;
+    let task = client.submit(sh("sleep 2; echo finished")).await.unwrap();
+    cluster.wait_running(&[task], "node-a").await;
+
+    node_a.signal("TERM");
+    wait_for("node-a to drain", || {
+        common::process::nodes(&cluster.client_toml())
+            .iter()
+            .any(|n| n["name"] == "node-a" && n["state"] == "draining")
+    });
+    // No new work for a draining node: this one waits for another node.
+    let later = client.submit(sh("echo later")).await.unwrap();
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(
+        out.stdout, b"finished\n",
+        "the running task finished on the draining node"
+    );
+    assert_eq!(out.attempts.len(), 1);
+    let status = node_a.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "the node exits cleanly after its drain: {status}"
+    );
+    let _node_b = cluster.node("node-b", 2000);
+    let out = client.get(&later).await.unwrap();
+    assert_eq!(out.attempts[0].node_name, "node-b");
+    assert!(common::process::nodes(&cluster.client_toml())
+        .iter()
+        .any(|n| n["name"] == "node-a" && n["state"] == "left"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_hands_unfinished_tasks_back() {
+    let cluster = Cluster::start(None);
+    let mut node_a = cluster.node("node-a", 2000);
+    let client = cluster.client().await;
+    let task = client
+        .submit(sh(
+            "if [ \"$RGRID_ATTEMPT\" = 1 ]; then sleep 60; fi; echo attempt-$RGRID_ATTEMPT",
+        ))
+        .await
+        .unwrap();
+    cluster.wait_running(&[task], "node-a").await;
+    let _node_b = cluster.node("node-b", 2000);
+
+    let out = common::process::rgrid(
+        &cluster.client_toml(),
+        &["node", "drain", "node-a", "--deadline", "1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.stdout, b"attempt-2\n");
+    assert_eq!(out.attempts[0].outcome.as_deref(), Some("node drained"));
+    assert_eq!(out.attempts[1].node_name, "node-b");
+    let status = node_a.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        docker_containers_of(&task, 1),
+        0,
+        "the drained attempt's container is gone"
+    );
+
+    let out = common::process::rgrid(&cluster.client_toml(), &["node", "drain", "no-such-node"]);
+    assert_eq!(out.status.code(), Some(2));
+}

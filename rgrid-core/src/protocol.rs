@@ -59,6 +59,9 @@ pub enum Request {
     ListTasks,
     /// A client cancels a task.
     Cancel { task: TaskId },
+    /// A client drains a node (by name or id): no new work; running attempts get until the
+    /// deadline to finish, then are requeued; the node leaves.
+    DrainNode { node: String, deadline_secs: u64 },
 }
 
 /// Answers to [`Request`]s.
@@ -75,6 +78,10 @@ pub enum Response {
     Tasks(Vec<TaskInfo>),
     Cancelled {
         state: TaskState,
+    },
+    /// The node was told to drain.
+    Draining {
+        node: NodeId,
     },
 }
 
@@ -143,6 +150,8 @@ pub enum HeadMessage {
     Kill { attempt: AttemptId },
     /// The session is refused (e.g. an unknown node id); the node should not retry as-is.
     Refused { message: String },
+    /// Drain: take no new work, let running attempts finish within the deadline, then leave.
+    Drain { deadline_ms: u64 },
 }
 
 /// Node → head on the control stream.
@@ -155,6 +164,10 @@ pub enum NodeMessage {
     },
     /// The node is draining: no new work.
     Draining,
+    /// The node leaves the cluster now; these attempts did not finish and must be requeued.
+    Leaving {
+        unfinished: Vec<AttemptId>,
+    },
 }
 
 /// How an attempt ended, sent on its own stream.

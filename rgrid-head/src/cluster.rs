@@ -78,6 +78,12 @@ pub(crate) enum Event {
     ListTasks {
         reply: oneshot::Sender<Vec<TaskInfo>>,
     },
+    /// Drain a node by name or id; `None` when there is no such live node.
+    Drain {
+        node: String,
+        deadline: Duration,
+        reply: oneshot::Sender<Option<NodeId>>,
+    },
     /// A node opened its control stream.
     NodeConnected {
         node: NodeId,
@@ -114,6 +120,8 @@ enum NodeState {
     Suspect,
     Draining,
     Dead,
+    /// Drained and gone.
+    Left,
 }
 
 impl NodeState {
@@ -123,6 +131,7 @@ impl NodeState {
             Self::Suspect => "suspect",
             Self::Draining => "draining",
             Self::Dead => "dead",
+            Self::Left => "left",
         }
     }
 }
@@ -336,6 +345,13 @@ impl Cluster {
             }
             Event::ListTasks { reply } => {
                 let _ = reply.send(self.list_tasks());
+            }
+            Event::Drain {
+                node,
+                deadline,
+                reply,
+            } => {
+                let _ = reply.send(self.drain(&node, deadline));
             }
             Event::NodeConnected {
                 node,
@@ -728,6 +744,7 @@ impl Cluster {
                 }
             }
             NodeMessage::Draining => {
+                tracing::info!(node = %node_id, "node is draining");
                 node.state = NodeState::Draining;
                 self.scheduler.set_schedulable(node_id, false);
                 self.store.push(vec![Write::NodeState {
@@ -735,6 +752,7 @@ impl Cluster {
                     state: NodeState::Draining.as_str(),
                 }]);
             }
+            NodeMessage::Leaving { unfinished } => self.node_left(node_id, unfinished),
         }
     }
 
@@ -751,6 +769,38 @@ impl Cluster {
             node.state = NodeState::Suspect;
         }
         self.scheduler.set_schedulable(node_id, false);
+    }
+
+    /// Tells a live node to drain. `node` is a name or an id.
+    fn drain(&mut self, node: &str, deadline: Duration) -> Option<NodeId> {
+        let (id, entry) = self
+            .nodes
+            .iter_mut()
+            .find(|(id, n)| (n.name == node || id.to_string() == node) && n.session.is_some())?;
+        let (_, sender) = entry.session.as_ref()?;
+        let _ = sender.send(HeadMessage::Drain {
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        });
+        Some(*id)
+    }
+
+    /// A drained node leaves: what it could not finish is requeued without counting as a node
+    /// loss; it gets no more work.
+    fn node_left(&mut self, node_id: NodeId, unfinished: Vec<AttemptId>) {
+        tracing::info!(node = %node_id, requeued = unfinished.len(), "node left the cluster");
+        for attempt in unfinished {
+            self.requeue(node_id, attempt, "node drained", false);
+        }
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            node.state = NodeState::Left;
+            node.session = None;
+        }
+        self.scheduler.remove_node(node_id);
+        self.store.push(vec![Write::NodeState {
+            node: node_id,
+            state: NodeState::Left.as_str(),
+        }]);
+        self.dirty = true;
     }
 
     /// Suspects nodes that went quiet and declares dead the ones past the timeout.
@@ -798,6 +848,12 @@ impl Cluster {
     /// An attempt's node lost it: requeue the task as a new attempt while its node-loss budget
     /// lasts, else it is `Lost`.
     fn orphan(&mut self, node_id: NodeId, attempt: AttemptId, why: &str) {
+        self.requeue(node_id, attempt, why, true);
+    }
+
+    /// Ends an attempt that did not finish on its node and queues the task again; a node loss
+    /// counts against the task's node-loss retries.
+    fn requeue(&mut self, node_id: NodeId, attempt: AttemptId, why: &str, node_lost: bool) {
         if let Some(node) = self.nodes.get_mut(&node_id) {
             if let Some(resources) = node.running.remove(&attempt) {
                 self.scheduler.release(node_id, &resources);
@@ -824,7 +880,9 @@ impl Cluster {
             ended_at_ms: now,
             outcome: why.to_owned(),
         }]);
-        task.node_losses += 1;
+        if node_lost {
+            task.node_losses += 1;
+        }
         if task.node_losses > task.spec.retry.node_loss {
             let reason = format!(
                 "lost its node {} times (node-loss retries: {})",

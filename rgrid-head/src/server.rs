@@ -150,6 +150,21 @@ async fn handle_stream(
                 .await
                 .map_or_else(|e| e, Response::Nodes)
         }
+        (Request::DrainNode { node, deadline_secs }, Some(PeerIdentity::Client(_))) => {
+            let deadline = std::time::Duration::from_secs(deadline_secs);
+            let name = node.clone();
+            match ask(&shared, |reply| Event::Drain {
+                node,
+                deadline,
+                reply,
+            })
+            .await
+            {
+                Ok(Some(node)) => Response::Draining { node },
+                Ok(None) => error(ErrorKind::NotFound, format!("no connected node {name:?}")),
+                Err(e) => e,
+            }
+        }
         (Request::ListTasks, Some(PeerIdentity::Client(_))) => {
             ask(&shared, |reply| Event::ListTasks { reply })
                 .await

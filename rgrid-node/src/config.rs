@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub max_output_bytes: usize,
     /// Images pulled at start so the first task does not wait. Default none.
     pub pre_pull: Vec<String>,
+    /// On SIGTERM, how long running attempts may go on before they are handed back. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_deadline: std::time::Duration,
 }
 
 impl Default for NodeConfig {
@@ -59,6 +62,7 @@ impl Default for NodeConfig {
             gpus: 0,
             max_output_bytes: 16 << 20,
             pre_pull: Vec::new(),
+            drain_deadline: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -14,6 +14,7 @@ mod resources;
 mod session;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use rgrid_core::protocol::NodeHello;
@@ -42,7 +43,9 @@ pub enum NodeError {
     Refused(String),
 }
 
-/// Runs the node until `shutdown` is cancelled (or the head refuses it).
+/// Runs the node until it has left the cluster: cancelling `shutdown` drains it (no new work;
+/// running attempts get `drain_deadline` to finish, the rest is handed back to the head), and
+/// so does a drain request from the head. Returns an error when the head refuses the node.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     let head = tokio::net::lookup_host(&config.head)
         .await
@@ -89,7 +92,11 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         connection: watch::channel(None).0,
         control,
         tracker: tracker.clone(),
-        shutdown,
+        drain: shutdown,
+        drain_deadline: config.drain_deadline,
+        drain_until: Mutex::new(None),
+        leaving: AtomicBool::new(false),
+        stopped: CancellationToken::new(),
     });
     let result = session::run(node, control_rx).await;
     tracker.close();

@@ -34,6 +34,9 @@ struct Args {
     /// Memory offered, like 8G (default: all memory).
     #[arg(long, env = "RGRID_NODE_MEMORY")]
     memory: Option<String>,
+    /// On SIGTERM, how long running tasks may go on before they are handed back (like 60s).
+    #[arg(long, env = "RGRID_NODE_DRAIN_DEADLINE", value_parser = humantime::parse_duration)]
+    drain_deadline: Option<std::time::Duration>,
     /// TOML config file.
     #[arg(long, env = "RGRID_NODE_CONFIG")]
     config: Option<PathBuf>,
@@ -82,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.memory.is_some() {
         config.memory = args.memory;
+    }
+    if let Some(deadline) = args.drain_deadline {
+        config.drain_deadline = deadline;
     }
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::Connection;
 use rgrid_core::protocol::{AttemptReport, HeadMessage, NodeHello, NodeMessage, Request, Response};
@@ -35,7 +36,50 @@ pub(crate) struct Node {
     /// Control messages (`Started`) for the session to forward.
     pub control: mpsc::UnboundedSender<NodeMessage>,
     pub tracker: TaskTracker,
-    pub shutdown: CancellationToken,
+    /// Cancelled to drain (SIGTERM): no new work, then leave within `drain_deadline`.
+    pub drain: CancellationToken,
+    /// How long a drain started by `drain` lets attempts run.
+    pub drain_deadline: Duration,
+    /// When the drain in progress ends (set by `drain` or by the head).
+    pub drain_until: Mutex<Option<Instant>>,
+    /// Set when the node leaves with attempts unfinished: their kills are not their outcome.
+    pub leaving: AtomicBool,
+    /// Cancelled once the node has left: stops result deliveries.
+    pub stopped: CancellationToken,
+}
+
+impl Node {
+    /// Starts draining (once): the head hears it, and the drain ends at `now + deadline`.
+    fn start_drain(&self, deadline: Duration) -> bool {
+        let mut until = lock(&self.drain_until);
+        if until.is_some() {
+            return false;
+        }
+        tracing::info!(
+            ?deadline,
+            "draining: no new work; leaving once running attempts end"
+        );
+        *until = Some(Instant::now() + deadline);
+        true
+    }
+
+    /// `Some(unfinished attempts)` when the drain is over: nothing left to run, or the deadline
+    /// passed (the rest is killed and handed back).
+    fn drain_over(&self) -> Option<Vec<AttemptId>> {
+        let until = (*lock(&self.drain_until))?;
+        let attempts = lock(&self.attempts);
+        if attempts.is_empty() {
+            return Some(Vec::new());
+        }
+        if Instant::now() < until {
+            return None;
+        }
+        self.leaving.store(true, Ordering::SeqCst);
+        for token in attempts.values() {
+            token.cancel();
+        }
+        Some(attempts.keys().copied().collect())
+    }
 }
 
 /// Why a session ended.
@@ -56,29 +100,32 @@ pub(crate) enum SessionError {
 /// that came back within 5 s, inside the head's recovery grace.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Keeps a session open until shutdown; returns an error only when the head refuses the node.
+/// Keeps a session open until the node has drained and left; returns an error only when the
+/// head refuses the node.
 pub(crate) async fn run(
     node: Arc<Node>,
     mut control: mpsc::UnboundedReceiver<NodeMessage>,
 ) -> Result<(), SessionError> {
     let mut backoff = Duration::from_millis(100);
-    while !node.shutdown.is_cancelled() {
+    let result = loop {
         match session(&node, &mut control, &mut backoff).await {
-            Ok(()) => break,
-            Err(SessionError::Refused(message)) => return Err(SessionError::Refused(message)),
+            Ok(()) => break Ok(()),
+            Err(SessionError::Refused(message)) => break Err(SessionError::Refused(message)),
             Err(err) => {
                 node.connection.send_replace(None);
+                // Without the head, a drain still ends at its deadline.
+                if node.drain_over().is_some() {
+                    break Ok(());
+                }
                 let wait = jitter(backoff);
                 tracing::warn!(error = %err, retry_in = ?wait, "lost the head; reconnecting");
-                tokio::select! {
-                    _ = node.shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                }
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-    }
-    Ok(())
+    };
+    node.stopped.cancel();
+    result
 }
 
 /// Half to full of `base`, so that nodes that lost the head together do not return together.
@@ -125,11 +172,27 @@ async fn session(
     *backoff = Duration::from_millis(100);
     node.connection.send_replace(Some(connection.clone()));
     let mut heartbeat = tokio::time::interval(interval);
+    let mut drain_check = tokio::time::interval(Duration::from_millis(100));
+    if lock(&node.drain_until).is_some() {
+        send.send(&NodeMessage::Draining).await?;
+    }
     loop {
         tokio::select! {
-            _ = node.shutdown.cancelled() => {
-                connection.close(0u32.into(), b"node shutting down");
-                return Ok(());
+            _ = node.drain.cancelled(), if lock(&node.drain_until).is_none() => {
+                if node.start_drain(node.drain_deadline) {
+                    send.send(&NodeMessage::Draining).await?;
+                }
+            }
+            _ = drain_check.tick(), if lock(&node.drain_until).is_some() => {
+                if let Some(unfinished) = node.drain_over() {
+                    tracing::info!(unfinished = unfinished.len(), "drained; leaving the cluster");
+                    send.send(&NodeMessage::Leaving { unfinished }).await?;
+                    let _ = send.get_mut().finish();
+                    // Let the head read it before the connection goes.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+                    connection.close(0u32.into(), b"node left");
+                    return Ok(());
+                }
             }
             _ = heartbeat.tick() => send.send(&NodeMessage::Heartbeat).await?,
             Some(message) = control.recv() => send.send(&message).await?,
@@ -138,6 +201,11 @@ async fn session(
                 Some(HeadMessage::Kill { attempt }) => kill(node, attempt),
                 Some(HeadMessage::Refused { message }) => return Err(SessionError::Refused(message)),
                 Some(HeadMessage::Welcome { .. }) => {}
+                Some(HeadMessage::Drain { deadline_ms }) => {
+                    if node.start_drain(Duration::from_millis(deadline_ms)) {
+                        send.send(&NodeMessage::Draining).await?;
+                    }
+                }
                 None => return Err(SessionError::Closed),
             },
         }
@@ -157,7 +225,7 @@ fn kill(node: &Node, attempt: AttemptId) {
 }
 
 fn start_attempt(node: &Arc<Node>, attempt: AttemptId, spec: TaskSpec) {
-    let cancel = node.shutdown.child_token();
+    let cancel = CancellationToken::new();
     {
         let mut attempts = lock(&node.attempts);
         if attempts.contains_key(&attempt) {
@@ -175,8 +243,9 @@ fn start_attempt(node: &Arc<Node>, attempt: AttemptId, spec: TaskSpec) {
                 let _ = control.send(NodeMessage::Started { attempt });
             };
             let execution = node.executor.run(attempt, &spec, cancel, started).await;
-            if node.shutdown.is_cancelled() {
-                // Killed because the node stops: not the task's outcome; the head requeues it.
+            if node.leaving.load(Ordering::SeqCst) {
+                // Killed because the node left: not the task's outcome; the head requeues it.
+                lock(&node.attempts).remove(&attempt);
                 return;
             }
             tracing::info!(exit = %execution.exit, "attempt ended");
@@ -212,7 +281,7 @@ async fn deliver(node: &Node, report: AttemptReport) {
             }
         }
         tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = node.stopped.cancelled() => return,
             _ = connection.changed() => {}
             _ = tokio::time::sleep(backoff) => {}
         }
