@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rgrid_head::HeadConfig;
-use rgrid_node::{ExecutorKind, NodeConfig};
+use rgrid_node::NodeConfig;
+pub use rgrid_node::ExecutorKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
