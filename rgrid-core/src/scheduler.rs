@@ -263,8 +263,10 @@ impl Scheduler {
         if node.view == view {
             return;
         }
-        let used = combine(&node.view.total, &node.free, u64::saturating_sub);
-        node.free = combine(&view.total, &used, u64::saturating_sub);
+        let mut used = node.view.total.clone();
+        apply(&mut used, &node.free, u64::saturating_sub);
+        node.free = view.total.clone();
+        apply(&mut node.free, &used, u64::saturating_sub);
         node.view = view;
         // Classes of the groups it leaves may have become infeasible, those it joins may fit.
         self.wake(slot, false);
@@ -348,8 +350,8 @@ impl Scheduler {
             return;
         };
         let entry = &mut self.nodes[slot];
-        let sum = combine(&entry.free, resources, u64::saturating_add);
-        entry.free = combine(&sum, &entry.view.total, u64::min);
+        apply(&mut entry.free, resources, u64::saturating_add);
+        apply(&mut entry.free, &entry.view.total, u64::min);
         self.refresh(slot);
         self.wake(slot, true);
     }
@@ -457,13 +459,10 @@ impl Scheduler {
     fn place_first(&mut self, class: ClassId, room: &mut bool) -> Option<Decision> {
         let slot = self.pick(&self.classes[class], room)?;
         let entry = &mut self.classes[class];
-        let free = self.nodes[slot]
-            .free
-            .checked_sub(&entry.shape.resources)
-            .ok()?;
         let (_, task) = entry.tasks.pop_first()?;
         self.tasks.remove(&task);
-        self.nodes[slot].free = free;
+        // `pick` chose a node that fits: nothing saturates.
+        apply(&mut self.nodes[slot].free, &entry.shape.resources, u64::saturating_sub);
         self.refresh(slot);
         Some(Decision::Place {
             task,
@@ -708,17 +707,14 @@ fn fits(free: &Resources, request: &Resources) -> bool {
             .all(|(name, &want)| want <= free.custom.get(name).copied().unwrap_or(0))
 }
 
-/// Applies `op` to each amount of `a` and the same amount of `b`. The custom resources are those
-/// of `a`; a name missing from `b` counts as 0.
-fn combine(a: &Resources, b: &Resources, op: impl Fn(u64, u64) -> u64) -> Resources {
-    let custom = a.custom.iter().map(|(name, &amount)| {
-        let other = b.custom.get(name).copied().unwrap_or(0);
-        (name.clone(), op(amount, other))
-    });
-    Resources {
-        cpu_millis: op(a.cpu_millis, b.cpu_millis),
-        memory_bytes: op(a.memory_bytes, b.memory_bytes),
-        gpus: u32::try_from(op(a.gpus.into(), b.gpus.into())).unwrap_or(u32::MAX),
-        custom: custom.collect(),
+/// `target = op(target, other)` for each amount. The custom resources are those of `target`; a
+/// name missing from `other` counts as 0.
+fn apply(target: &mut Resources, other: &Resources, op: impl Fn(u64, u64) -> u64) {
+    target.cpu_millis = op(target.cpu_millis, other.cpu_millis);
+    target.memory_bytes = op(target.memory_bytes, other.memory_bytes);
+    let gpus = op(target.gpus.into(), other.gpus.into());
+    target.gpus = u32::try_from(gpus).unwrap_or(u32::MAX);
+    for (name, amount) in &mut target.custom {
+        *amount = op(*amount, other.custom.get(name).copied().unwrap_or(0));
     }
 }

@@ -10,23 +10,32 @@ pub(super) type Slot = usize;
 
 /// What one tree entry knows of a node (a leaf) or of every node under it (the maximum of each
 /// field). The maxima of different fields may come from different nodes: a covering bound means
-/// "maybe", an uncovering one means "certainly not".
+/// "maybe", an uncovering one means "certainly not"; the scheduler checks the node itself.
+///
+/// Fields are 32-bit and memory is counted in whole MiB (rounded down, for requests too: rounding
+/// both sides the same way never turns away a node that fits) so that an entry takes 24 bytes
+/// and the tree of 10,000 nodes stays in cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Bound {
-    /// Free cpu millicores, memory bytes and gpus.
-    free: [i64; 3],
+    cpu: i32,
+    memory: i32,
+    gpus: i32,
     /// Cpu and memory left before the node crosses the pack threshold (negative above it).
-    room: [i64; 2],
+    room_cpu: i32,
+    room_memory: i32,
     /// How idle the node is, in millionths: one million minus its highest utilisation.
-    idle: i64,
+    idle: i32,
 }
 
 impl Bound {
     /// A node that takes no work (suspect, draining, dead) or an unused leaf: covers nothing.
     pub(super) const ABSENT: Bound = Bound {
-        free: [i64::MIN; 3],
-        room: [i64::MIN; 2],
-        idle: i64::MIN,
+        cpu: i32::MIN,
+        memory: i32::MIN,
+        gpus: i32::MIN,
+        room_cpu: i32::MIN,
+        room_memory: i32::MIN,
+        idle: i32::MIN,
     };
 
     /// The bound of a node with these totals and free amounts; `threshold` is the pack
@@ -34,75 +43,79 @@ impl Bound {
     pub(super) fn of(total: &Resources, free: &Resources, threshold: f64) -> Bound {
         let room = |total: u64, free: u64| {
             let cap = (total as f64 * threshold) as i64;
-            cap.saturating_sub(clamp(total.saturating_sub(free)))
+            cap.saturating_sub(signed(total.saturating_sub(free)))
         };
-        let busy = |total: u64, free: u64| -> i64 {
-            match total {
-                0 => 0,
-                _ => (total.saturating_sub(free) as f64 / total as f64 * 1e6) as i64,
-            }
+        let busy = |total: u64, free: u64| match total {
+            0 => 0,
+            _ => (total.saturating_sub(free) as f64 / total as f64 * 1e6) as i32,
         };
         let (gpu_total, gpu_free) = (u64::from(total.gpus), u64::from(free.gpus));
         let busiest = busy(total.cpu_millis, free.cpu_millis)
             .max(busy(total.memory_bytes, free.memory_bytes))
             .max(busy(gpu_total, gpu_free));
         Bound {
-            free: [
-                clamp(free.cpu_millis),
-                clamp(free.memory_bytes),
-                clamp(gpu_free),
-            ],
-            room: [
-                room(total.cpu_millis, free.cpu_millis),
-                room(total.memory_bytes, free.memory_bytes),
-            ],
+            cpu: narrow(signed(free.cpu_millis)),
+            memory: mib(signed(free.memory_bytes)),
+            gpus: narrow(signed(gpu_free)),
+            room_cpu: narrow(room(total.cpu_millis, free.cpu_millis)),
+            room_memory: mib(room(total.memory_bytes, free.memory_bytes)),
             idle: 1_000_000 - busiest,
         }
     }
 
     fn max(self, other: Bound) -> Bound {
         Bound {
-            free: [0, 1, 2].map(|i| self.free[i].max(other.free[i])),
-            room: [0, 1].map(|i| self.room[i].max(other.room[i])),
+            cpu: self.cpu.max(other.cpu),
+            memory: self.memory.max(other.memory),
+            gpus: self.gpus.max(other.gpus),
+            room_cpu: self.room_cpu.max(other.room_cpu),
+            room_memory: self.room_memory.max(other.room_memory),
             idle: self.idle.max(other.idle),
         }
     }
 
     /// Could a node under this bound have `need` free?
     pub(super) fn covers(&self, need: &Need) -> bool {
-        self.free
-            .iter()
-            .zip(&need.0)
-            .all(|(have, want)| have >= want)
+        self.cpu >= need.cpu && self.memory >= need.memory && self.gpus >= need.gpus
     }
 
-    /// Could a node under this bound take `need` and stay under the pack threshold?
+    /// Could a node under this bound take `need` and stay under the pack threshold (to the
+    /// MiB)?
     pub(super) fn has_room(&self, need: &Need) -> bool {
-        self.covers(need)
-            && self
-                .room
-                .iter()
-                .zip(&need.0)
-                .all(|(have, want)| have >= want)
+        self.covers(need) && self.room_cpu >= need.cpu && self.room_memory >= need.memory
     }
 }
 
-/// A request in the units of [`Bound`]: cpu millicores, memory bytes, gpus.
+/// A request in the units of [`Bound`].
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Need([i64; 3]);
+pub(super) struct Need {
+    cpu: i32,
+    memory: i32,
+    gpus: i32,
+}
 
 impl Need {
     pub(super) fn of(request: &Resources) -> Need {
-        Need([
-            clamp(request.cpu_millis),
-            clamp(request.memory_bytes),
-            clamp(u64::from(request.gpus)),
-        ])
+        Need {
+            cpu: narrow(signed(request.cpu_millis)),
+            memory: mib(signed(request.memory_bytes)),
+            gpus: narrow(signed(u64::from(request.gpus))),
+        }
     }
 }
 
-fn clamp(v: u64) -> i64 {
+// The conversions saturate and never decrease: a ≤ b stays true of the converted values.
+
+fn signed(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn narrow(v: i64) -> i32 {
+    i32::try_from(v).unwrap_or(if v < 0 { i32::MIN } else { i32::MAX })
+}
+
+fn mib(bytes: i64) -> i32 {
+    narrow(bytes >> 20)
 }
 
 /// The members of a feasibility group and their segment tree. Leaf `i` is `members[i]`; the
@@ -211,7 +224,7 @@ impl FitIndex {
         e: usize,
         bound_ok: &impl Fn(&Bound) -> bool,
         node_ok: &mut impl FnMut(Slot) -> bool,
-        best: &mut Option<(i64, Slot)>,
+        best: &mut Option<(i32, Slot)>,
     ) {
         let bound = &self.tree[e];
         if !bound_ok(bound) || best.is_some_and(|(idle, _)| bound.idle <= idle) {

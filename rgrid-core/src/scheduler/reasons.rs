@@ -131,7 +131,7 @@ fn too_big(matching: &[&NodeView], request: &Resources) -> String {
         ..Resources::default()
     };
     for view in matching {
-        largest = super::combine(&largest, &view.total, u64::max);
+        super::apply(&mut largest, &view.total, u64::max);
     }
     match largest.first_shortfall(request) {
         Some(err) => {
