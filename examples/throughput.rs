@@ -39,7 +39,12 @@ async fn main() -> anyhow::Result<()> {
             let mut refs = Vec::new();
             for _ in 0..tasks / CLIENTS / BATCH {
                 let batch = (0..BATCH)
-                    .map(|_| TaskSpec::new("none").command(["true"]).cpu_millis(100).memory_bytes(8 << 20))
+                    .map(|_| {
+                        TaskSpec::new("none")
+                            .command(["true"])
+                            .cpu_millis(100)
+                            .memory_bytes(8 << 20)
+                    })
                     .collect();
                 refs.extend(client.submit_batch(batch).await?);
             }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rgrid_head::HeadConfig;
-use rgrid_node::NodeConfig;
 pub use rgrid_node::ExecutorKind;
+use rgrid_node::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;

@@ -149,10 +149,9 @@ async fn a_peer_pinning_another_ca_fails() {
     let other = ClusterCa::generate("other").unwrap();
     let mut token = h.token();
     token.ca_hash = other.fingerprint().unwrap();
-    let err = connect(h.head.local_addr, join_config(&token).unwrap(), "test")
-        .await
-        .err()
-        .expect("must not connect");
+    let Err(err) = connect(h.head.local_addr, join_config(&token).unwrap(), "test").await else {
+        panic!("must not connect");
+    };
     assert!(matches!(err, TransportError::Connect { .. }), "{err}");
 
     // A client certificate from another cluster is refused too, and so is the head by its CA.

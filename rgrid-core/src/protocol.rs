@@ -145,7 +145,10 @@ pub enum HeadMessage {
         superseded: Vec<AttemptId>,
     },
     /// Run this attempt.
-    Assign { attempt: AttemptId, spec: TaskSpec },
+    Assign {
+        attempt: AttemptId,
+        spec: Box<TaskSpec>,
+    },
     /// Stop this attempt (cancelled or superseded).
     Kill { attempt: AttemptId },
     /// The session is refused (e.g. an unknown node id); the node should not retry as-is.

@@ -99,7 +99,9 @@ impl Default for SchedulerConfig {
 /// demand the autoscaler can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Waiting<'a> {
+    /// What each of these tasks needs.
     pub resources: &'a Resources,
+    /// Where they may run.
     pub constraints: &'a Constraints,
     /// How many tasks of this shape wait.
     pub tasks: usize,
@@ -410,34 +412,24 @@ impl Scheduler {
     /// are new or may fit since the last call are looked at.
     pub fn schedule(&mut self) -> Vec<Decision> {
         let mut decisions = Vec::new();
+        let mut ready = std::mem::take(&mut self.ready);
         let mut turns = std::mem::take(&mut self.turns);
-        for class in self.ready.drain(..) {
-            let entry = &mut self.classes[class];
-            entry.ready = false;
-            if let Some((&key, _)) = entry.tasks.first_key_value() {
-                let (key, room) = (Reverse(key), true);
-                turns.push(Turn { key, class, room });
-            }
+        for class in ready.drain(..) {
+            self.classes[class].ready = false;
+            turns.extend(self.turn(class, true));
         }
-        while let Some(Turn {
-            class, mut room, ..
-        }) = turns.pop()
-        {
+        while let Some(turn) = turns.pop() {
+            let (class, mut room) = (turn.class, turn.room);
             match self.place_first(class, &mut room) {
                 Some(decision) => {
                     decisions.push(decision);
-                    if let Some((&key, _)) = self.classes[class].tasks.first_key_value() {
-                        turns.push(Turn {
-                            key: Reverse(key),
-                            class,
-                            room,
-                        });
-                    }
+                    turns.extend(self.turn(class, room));
                 }
                 None => self.set_aside(class, &mut decisions),
             }
         }
-        self.turns = turns;
+        // Keep the allocations for the next call.
+        (self.ready, self.turns) = (ready, turns);
         decisions
     }
 
@@ -455,6 +447,13 @@ impl Scheduler {
         })
     }
 
+    /// The turn of the first task of `class`, if it has one.
+    fn turn(&self, class: ClassId, room: bool) -> Option<Turn> {
+        let (&key, _) = self.classes[class].tasks.first_key_value()?;
+        let key = Reverse(key);
+        Some(Turn { key, class, room })
+    }
+
     /// Places the first task of `class` if a node fits it now.
     fn place_first(&mut self, class: ClassId, room: &mut bool) -> Option<Decision> {
         let slot = self.pick(&self.classes[class], room)?;
@@ -462,7 +461,11 @@ impl Scheduler {
         let (_, task) = entry.tasks.pop_first()?;
         self.tasks.remove(&task);
         // `pick` chose a node that fits: nothing saturates.
-        apply(&mut self.nodes[slot].free, &entry.shape.resources, u64::saturating_sub);
+        apply(
+            &mut self.nodes[slot].free,
+            &entry.shape.resources,
+            u64::saturating_sub,
+        );
         self.refresh(slot);
         Some(Decision::Place {
             task,

@@ -464,7 +464,7 @@ impl Cluster {
         ]);
         let _ = sender.send(HeadMessage::Assign {
             attempt,
-            spec: task.spec.clone(),
+            spec: Box::new(task.spec.clone()),
         });
     }
 

@@ -31,7 +31,11 @@ fn a_bad_config_file_is_a_clear_error_and_creates_nothing() {
 fn an_impossible_liveness_setting_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("head.toml");
-    std::fs::write(&config, "heartbeat_interval = \"5s\"\nheartbeat_timeout = \"1s\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "heartbeat_interval = \"5s\"\nheartbeat_timeout = \"1s\"\n",
+    )
+    .unwrap();
     let out = head()
         .arg("--config")
         .arg(&config)

@@ -197,7 +197,7 @@ async fn session(
             _ = heartbeat.tick() => send.send(&NodeMessage::Heartbeat).await?,
             Some(message) = control.recv() => send.send(&message).await?,
             message = recv.next() => match message? {
-                Some(HeadMessage::Assign { attempt, spec }) => start_attempt(node, attempt, spec),
+                Some(HeadMessage::Assign { attempt, spec }) => start_attempt(node, attempt, *spec),
                 Some(HeadMessage::Kill { attempt }) => kill(node, attempt),
                 Some(HeadMessage::Refused { message }) => return Err(SessionError::Refused(message)),
                 Some(HeadMessage::Welcome { .. }) => {}

@@ -19,7 +19,13 @@ fn the_head_address_is_required() {
 fn a_first_start_without_a_token_says_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let out = node()
-        .args(["--head", "127.0.0.1:9", "--executor", "process", "--state-dir"])
+        .args([
+            "--head",
+            "127.0.0.1:9",
+            "--executor",
+            "process",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -34,7 +40,13 @@ fn a_malformed_token_is_refused_before_any_connection() {
     let token = dir.path().join("token");
     std::fs::write(&token, "not-a-token\n").unwrap();
     let out = node()
-        .args(["--head", "127.0.0.1:9", "--executor", "process", "--token-file"])
+        .args([
+            "--head",
+            "127.0.0.1:9",
+            "--executor",
+            "process",
+            "--token-file",
+        ])
         .arg(&token)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
@@ -42,5 +54,8 @@ fn a_malformed_token_is_refused_before_any_connection() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("join token") && stderr.contains("malformed"), "{stderr}");
+    assert!(
+        stderr.contains("join token") && stderr.contains("malformed"),
+        "{stderr}"
+    );
 }

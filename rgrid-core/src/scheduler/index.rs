@@ -259,3 +259,53 @@ impl FitIndex {
         self.tree = tree;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::{any, prop_assert_eq, proptest};
+
+    use super::*;
+
+    proptest! {
+        /// The index answers like a scan of its members: `first` finds the first node with room
+        /// under the threshold, `most_idle` a most idle node that fits — after removals too.
+        #[test]
+        fn index_answers_like_a_scan(
+            nodes in vec((1u64..8, 1u64..8, 0u64..=100), 0..40),
+            removals in vec(any::<usize>(), 0..5),
+            (cpu, mem) in (0u64..8000, 0u64..8 << 10),
+        ) {
+            let free: Vec<Resources> = (nodes.iter())
+                .map(|&(cpu, gib, used)| Resources::new(cpu * 10 * (100 - used), (gib << 30) / 100 * (100 - used)))
+                .collect();
+            let bounds: Vec<Bound> = (nodes.iter().zip(&free))
+                .map(|(&(cpu, gib, _), free)| Bound::of(&Resources::new(cpu * 1000, gib << 30), free, 0.5))
+                .collect();
+            let mut index = FitIndex::new();
+            let mut live: Vec<Slot> = (0..nodes.len()).collect();
+            for &slot in &live {
+                index.push(slot, bounds[slot]);
+            }
+            for removal in removals {
+                if live.is_empty() {
+                    break;
+                }
+                let pos = removal % live.len();
+                live.swap_remove(pos);
+                prop_assert_eq!(index.swap_remove(pos), live.get(pos).copied());
+            }
+            let request = Resources::new(cpu, mem << 20);
+            let need = Need::of(&request);
+            let fits = |slot: Slot| free[slot].fits(&request);
+            let first = live.iter().copied().find(|&s| bounds[s].has_room(&need) && fits(s));
+            prop_assert_eq!(index.first(|b| b.has_room(&need), fits), first);
+            let most_idle = (live.iter().copied())
+                .filter(|&s| bounds[s].covers(&need) && fits(s))
+                .map(|s| bounds[s].idle)
+                .max();
+            let found = index.most_idle(|b| b.covers(&need), fits);
+            prop_assert_eq!(found.map(|s| bounds[s].idle), most_idle);
+        }
+    }
+}
