@@ -1,5 +1,6 @@
 //! rgrid's shared model: what the head, the nodes and the clients agree on.
 //!
+//! - [`config`]: reading the daemons' TOML config files.
 //! - [`id`]: task ids (client-generated, time-ordered), node ids, attempts.
 //! - [`resources`]: cpu, memory, gpus and custom resources with checked arithmetic.
 //! - [`task`]: the task spec a client submits and the task state machine.
@@ -7,6 +8,7 @@
 //! - [`tls`]: the cluster CA, certificates, join tokens; [`transport`]: QUIC endpoints with mutual TLS.
 //! - [`scheduler`]: placement of queued tasks on nodes (pure, synchronous, time passed in).
 
+pub mod config;
 pub mod frame;
 pub mod id;
 pub mod protocol;

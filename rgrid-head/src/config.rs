@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use rgrid_core::config::{read_toml, ConfigFileError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -51,19 +53,11 @@ impl Default for HeadConfig {
     }
 }
 
-/// A config file that cannot be used.
+/// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is invalid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -71,14 +65,7 @@ pub enum ConfigError {
 impl HeadConfig {
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(read_toml(path)?)
     }
 
     /// Checks values that parse but make no sense.

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rgrid_core::config::{read_toml, ConfigFileError};
+
 use serde::Deserialize;
 
 /// How tasks are run.
@@ -67,31 +69,9 @@ impl Default for NodeConfig {
     }
 }
 
-/// A config file that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is invalid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-}
-
 impl NodeConfig {
     /// Reads a TOML config file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+    pub fn from_file(path: &Path) -> Result<Self, ConfigFileError> {
+        read_toml(path)
     }
 }

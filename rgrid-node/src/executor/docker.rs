@@ -120,11 +120,7 @@ impl DockerExecutor {
         cancel: CancellationToken,
         started: impl FnOnce(),
     ) -> Execution {
-        let start_failed = |message: String| Execution {
-            exit: ExitStatus::StartFailed(message),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
+        let start_failed = Execution::start_failed;
         if let Err(message) = self.ensure_image(&spec.image).await {
             return start_failed(message);
         }

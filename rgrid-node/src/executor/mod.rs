@@ -16,6 +16,17 @@ pub struct Execution {
     pub stderr: Vec<u8>,
 }
 
+impl Execution {
+    /// The workload never ran.
+    pub(crate) fn start_failed(message: String) -> Self {
+        Self {
+            exit: ExitStatus::StartFailed(message),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+}
+
 /// One of the executors.
 pub enum Executor {
     Docker(docker::DockerExecutor),

@@ -24,7 +24,7 @@ impl ProcessExecutor {
         started: impl FnOnce(),
     ) -> Execution {
         let Some((program, args)) = spec.command.split_first() else {
-            return failed("the process executor needs a command".into());
+            return Execution::start_failed("the process executor needs a command".into());
         };
         let mut command = tokio::process::Command::new(program);
         command
@@ -39,7 +39,7 @@ impl ProcessExecutor {
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
-            Err(err) => return failed(format!("cannot start {program:?}: {err}")),
+            Err(err) => return Execution::start_failed(format!("cannot start {program:?}: {err}")),
         };
         started();
         let max = self.max_output_bytes;
@@ -64,14 +64,6 @@ impl ProcessExecutor {
             stdout,
             stderr,
         }
-    }
-}
-
-fn failed(message: String) -> Execution {
-    Execution {
-        exit: ExitStatus::StartFailed(message),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
     }
 }
 
