@@ -11,6 +11,11 @@ use rgrid::{LocalCluster, TaskSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let rounds: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())

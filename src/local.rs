@@ -107,7 +107,8 @@ impl LocalCluster {
             memory: options.memory.clone(),
             ..NodeConfig::default()
         };
-        let shutdown = self.shutdown.child_token();
+        // Not a child of the head's token: on stop the nodes drain while the head still runs.
+        let shutdown = CancellationToken::new();
         let task = tokio::spawn(rgrid_node::run(config, shutdown.clone()));
         self.nodes.push(LocalNode { shutdown, task });
         Ok(())
@@ -125,13 +126,16 @@ impl LocalCluster {
             .context("cannot connect to the local head")
     }
 
-    /// Stops the nodes and the head and waits for them.
+    /// Drains the nodes, then stops the head, and waits for all of them.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        for node in self.nodes.drain(..) {
+        let nodes: Vec<LocalNode> = self.nodes.drain(..).collect();
+        for node in &nodes {
             node.shutdown.cancel();
+        }
+        for node in nodes {
             let _ = node.task.await;
         }
+        self.shutdown.cancel();
         if let Some(head) = self.head.take() {
             head.wait().await;
         }
@@ -140,6 +144,9 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        for node in &self.nodes {
+            node.shutdown.cancel();
+        }
         self.shutdown.cancel();
     }
 }

@@ -158,3 +158,60 @@ async fn exit_code_retries_are_opt_in_and_bounded() {
         .all(|a| a.outcome.as_deref() == Some("exited with code 7")));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_running_and_queued_tasks() {
+    let cluster = common::docker_cluster().await;
+    let client = cluster.client().await.unwrap();
+    // 2000m node: the first takes it all, the second waits in the queue.
+    let running = client
+        .submit(sh("sleep 60").cpu_millis(2000))
+        .await
+        .unwrap();
+    let queued = client
+        .submit(sh("echo never").cpu_millis(2000))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !client
+        .tasks()
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.task == running.id && t.state == TaskState::Running)
+    {
+        assert!(std::time::Instant::now() < deadline, "task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.cancel(&queued).await.unwrap(), TaskState::Cancelled);
+    assert_eq!(client.cancel(&running).await.unwrap(), TaskState::Cancelled);
+    assert_eq!(
+        client.get(&running).await.unwrap().state,
+        TaskState::Cancelled
+    );
+    let out = client.get(&queued).await.unwrap();
+    assert_eq!(out.state, TaskState::Cancelled);
+    assert!(out.attempts.is_empty(), "a cancelled queued task never ran");
+    // The killed container gives its resources back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let node = &client.nodes().await.unwrap()[0];
+        if node.free == node.total {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resources not released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cancelling a finished task changes nothing; an unknown one is an error.
+    assert_eq!(client.cancel(&running).await.unwrap(), TaskState::Cancelled);
+    assert!(client
+        .cancel(&rgrid::TaskRef {
+            id: rgrid::TaskId::new()
+        })
+        .await
+        .is_err());
+    cluster.stop().await;
+}

@@ -494,7 +494,7 @@ impl Cluster {
             stderr_hash: stderr_hash.clone(),
             attempts: task.attempts.clone(),
         });
-        let mut writes = vec![Write::FinishTask {
+        let committed = self.store.submit(vec![Write::FinishTask {
             task: task_id,
             state,
             finished_at_ms: unix_ms(),
@@ -502,9 +502,9 @@ impl Cluster {
             reason,
             stdout_hash,
             stderr_hash,
-        }];
-        writes.push(update_write(task));
-        let committed = self.store.submit(writes);
+            node_losses: task.node_losses,
+            failures: task.failures,
+        }]);
         let (forward, rx) = oneshot::channel();
         let events = self.events.clone();
         tokio::spawn(async move {

@@ -114,6 +114,9 @@ pub(crate) async fn run(
             Err(err) => {
                 node.connection.send_replace(None);
                 // Without the head, a drain still ends at its deadline.
+                if node.drain.is_cancelled() {
+                    node.start_drain(node.drain_deadline);
+                }
                 if node.drain_over().is_some() {
                     break Ok(());
                 }

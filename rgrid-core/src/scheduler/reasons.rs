@@ -23,15 +23,11 @@ impl Scheduler {
         if self.nodes.len() == 0 && self.node_types.is_empty() {
             return Verdict::Unknown;
         }
-        let views = || self.views();
-        let fit =
-            |v: &NodeView| satisfies(v, &shape.constraints) && fits(&v.total, &shape.resources);
-        if views().any(fit) {
+        let matches = |v: &&NodeView| satisfies(v, &shape.constraints);
+        if (self.views().filter(matches)).any(|v| fits(&v.total, &shape.resources)) {
             return Verdict::Possible;
         }
-        let matching: Vec<&NodeView> = (views())
-            .filter(|v| satisfies(v, &shape.constraints))
-            .collect();
+        let matching: Vec<&NodeView> = self.views().filter(matches).collect();
         Verdict::Never(if matching.is_empty() {
             self.unmatched_constraint(&shape.constraints)
         } else {

@@ -218,10 +218,13 @@ macro_rules! backend {
                         reason,
                         stdout_hash,
                         stderr_hash,
+                        node_losses,
+                        failures,
                     } => {
                         sqlx::query(
                             "UPDATE tasks SET state = $2, finished_at_ms = $3, exit_code = $4, reason = $5,
-                             stdout_hash = $6, stderr_hash = $7 WHERE id = $1",
+                             stdout_hash = $6, stderr_hash = $7, node_losses = $8, failures = $9
+                             WHERE id = $1",
                         )
                         .bind(task.to_string())
                         .bind(state.as_str())
@@ -230,6 +233,8 @@ macro_rules! backend {
                         .bind(reason)
                         .bind(stdout_hash)
                         .bind(stderr_hash)
+                        .bind(i64::from(*node_losses))
+                        .bind(i64::from(*failures))
                         .execute(conn)
                         .await?;
                     }
