@@ -183,6 +183,12 @@ async fn cancel_stops_running_and_queued_tasks() {
         assert!(std::time::Instant::now() < deadline, "task never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The listing says why the queued one waits.
+    let listed = client.tasks().await.unwrap();
+    let waiting = listed.iter().find(|t| t.task == queued.id).unwrap();
+    assert_eq!(waiting.state, TaskState::Queued);
+    let detail = waiting.detail.as_deref().unwrap_or("");
+    assert!(detail.contains("cpu=2000m"), "{detail}");
     assert_eq!(client.cancel(&queued).await.unwrap(), TaskState::Cancelled);
     assert_eq!(client.cancel(&running).await.unwrap(), TaskState::Cancelled);
     assert_eq!(

@@ -939,7 +939,8 @@ impl Cluster {
                 attempt: task.attempt,
                 node: task.node,
                 submitted_at_ms: task.submitted_at_ms,
-                detail: task.detail.clone(),
+                // A queued task says why it waits (the scheduler knows); others keep their note.
+                detail: self.scheduler.explain(*id).or_else(|| task.detail.clone()),
             })
             .collect();
         tasks.sort_by_key(|t| t.task);
