@@ -24,9 +24,7 @@ pub fn ensure_demo_image() -> anyhow::Result<bool> {
         return Ok(false);
     }
     let busybox = Path::new(BUSYBOX);
-    let static_binary = std::fs::read(busybox)
-        .map(|bytes| !bytes.windows(11).any(|w| w == b"ld-linux-x8"))
-        .unwrap_or(false);
+    let static_binary = std::fs::read(busybox).is_ok_and(|elf| is_static_elf64(&elf));
     if !static_binary {
         bail!("{DEMO_IMAGE} is missing and {BUSYBOX} is not a static busybox; install Debian's busybox-static package (apt-get install busybox-static)");
     }
@@ -54,4 +52,49 @@ pub fn ensure_demo_image() -> anyhow::Result<bool> {
         bail!("docker build of {DEMO_IMAGE} failed");
     }
     Ok(true)
+}
+
+/// A 64-bit little-endian ELF executable without a program interpreter (`PT_INTERP`): it runs in
+/// an image that has no dynamic loader and no libc.
+fn is_static_elf64(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    (0..usize::from(count)).all(|i| {
+        let at = usize::try_from(phoff)
+            .unwrap_or(usize::MAX)
+            .saturating_add(i * usize::from(size));
+        u32_at(at).is_some_and(|kind| kind != PT_INTERP)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tells_static_from_dynamic_executables() {
+        // /bin/sh is dynamic on Debian; the static busybox (when installed) is not.
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(!super::is_static_elf64(&sh));
+        if let Ok(busybox) = std::fs::read("/bin/busybox") {
+            assert!(super::is_static_elf64(&busybox));
+        }
+        assert!(!super::is_static_elf64(b"not an elf"));
+    }
 }
