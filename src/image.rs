@@ -42,14 +42,16 @@ pub fn ensure_demo_image() -> anyhow::Result<bool> {
         context.path().join("Dockerfile"),
         "FROM scratch\nCOPY bin /bin\nENV PATH=/bin\nCMD [\"/bin/sh\"]\n",
     )?;
-    let status = Command::new("docker")
+    let build = Command::new("docker")
         .args(["build", "-q", "-t", DEMO_IMAGE])
         .arg(context.path())
-        .stdout(std::process::Stdio::null())
-        .status()
+        .output()
         .context("cannot run docker build")?;
-    if !status.success() {
-        bail!("docker build of {DEMO_IMAGE} failed");
+    if !build.status.success() {
+        bail!(
+            "docker build of {DEMO_IMAGE} failed: {}",
+            String::from_utf8_lossy(&build.stderr).trim()
+        );
     }
     Ok(true)
 }
