@@ -36,6 +36,9 @@ pub struct HeadConfig {
     /// How long the join token written to `STATE_DIR/join-token` stays valid. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub join_token_ttl: Duration,
+    /// Auto-scaling on Hetzner Cloud (`[autoscaler]`; see `rgrid_cloud::AutoscalerConfig` for
+    /// every key). Default: disabled.
+    pub autoscaler: rgrid_cloud::AutoscalerConfig,
 }
 
 impl Default for HeadConfig {
@@ -49,6 +52,7 @@ impl Default for HeadConfig {
             heartbeat_timeout: Duration::from_secs(5),
             recovery_grace: Duration::from_secs(10),
             join_token_ttl: Duration::from_secs(24 * 3600),
+            autoscaler: rgrid_cloud::AutoscalerConfig::default(),
         }
     }
 }
@@ -82,6 +86,19 @@ impl HeadConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The address provisioned nodes reach the head at: `advertise`, else the listen address
+    /// when it is a specific one.
+    pub fn node_facing_address(&self) -> Result<String, ConfigError> {
+        match &self.advertise {
+            Some(addr) => Ok(addr.clone()),
+            None if !self.listen.ip().is_unspecified() => Ok(self.listen.to_string()),
+            None => Err(ConfigError::Invalid(format!(
+                "listen = {} says nothing about where nodes reach the head: set `advertise` to the head's public or private address",
+                self.listen
+            ))),
+        }
     }
 
     /// The database URL in effect.

@@ -21,8 +21,43 @@ struct Args {
     #[arg(long, env = "RGRID_DATABASE_URL")]
     database_url: Option<String>,
     /// TOML config file.
-    #[arg(long, env = "RGRID_CONFIG")]
+    #[arg(long, env = "RGRID_CONFIG", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the cloud-init user data a provisioned node boots with (from `[autoscaler]`).
+    CloudInit {
+        /// Node type (default: the first configured one).
+        #[arg(long)]
+        node_type: Option<String>,
+    },
+}
+
+/// Stands in for the single-use join token the head mints for each server it creates.
+const PREVIEW_TOKEN: &str = "PREVIEW-single-use-join-token-minted-per-server";
+
+/// Prints what `rgrid-head cloud-init` shows.
+fn print_cloud_init(config: &HeadConfig, node_type: Option<String>) -> anyhow::Result<()> {
+    let autoscaler = &config.autoscaler;
+    let node_type = match node_type {
+        Some(name) => name,
+        None => autoscaler
+            .node_types
+            .first()
+            .map(|t| t.name.clone())
+            .context("[autoscaler] has no node_types")?,
+    };
+    let head = config.node_facing_address()?;
+    let user_data =
+        rgrid_cloud::cloud_init::render(autoscaler, &node_type, &head, PREVIEW_TOKEN)
+            .with_context(|| format!("cannot render the user data for node type {node_type}"))?;
+    print!("{user_data}");
+    eprintln!("(the join token above is a placeholder: each server gets its own single-use, expiring token)");
+    Ok(())
 }
 
 #[tokio::main]
@@ -47,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(url) = args.database_url {
         config.database_url = Some(url);
+    }
+    if let Some(Command::CloudInit { node_type }) = args.command {
+        return print_cloud_init(&config, node_type);
     }
     let shutdown = CancellationToken::new();
     let head = rgrid_head::start(config, shutdown.clone())

@@ -46,3 +46,38 @@ fn an_impossible_liveness_setting_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be longer than heartbeat_interval"));
 }
+
+#[test]
+fn cloud_init_prints_what_a_node_boots_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("head.toml");
+    std::fs::write(&config, "advertise = \"203.0.113.7:7070\"\n[autoscaler]\n").unwrap();
+    let out = head()
+        .args(["cloud-init", "--config"])
+        .arg(&config)
+        .args(["--node-type", "cx33"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let user_data = String::from_utf8(out.stdout).unwrap();
+    assert!(user_data.starts_with("#cloud-config"), "{user_data}");
+    assert!(user_data.contains("rgrid-node"));
+    assert!(user_data.contains("203.0.113.7:7070"));
+    assert!(
+        !user_data.to_lowercase().contains("database"),
+        "never database credentials"
+    );
+
+    let out = head()
+        .args(["cloud-init", "--config"])
+        .arg(&config)
+        .args(["--node-type", "no-such-type"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-type"));
+}
