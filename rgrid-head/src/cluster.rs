@@ -11,6 +11,7 @@ use rgrid_core::protocol::{
     AttemptInfo, ExitStatus, HeadMessage, NodeHello, NodeInfo, NodeMessage, TaskInfo,
 };
 use rgrid_core::scheduler::{Decision, NodeView, QueuedTask, Scheduler, SchedulerConfig};
+use rgrid_core::task::Constraints;
 use rgrid_core::{AttemptId, NodeId, Resources, TaskId, TaskSpec, TaskState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -929,18 +930,29 @@ impl Cluster {
     }
 
     fn list_tasks(&self) -> Vec<TaskInfo> {
+        // Why a queued task waits depends only on its shape: worked out once per shape, so a
+        // listing stays linear however many tasks are queued.
+        let mut reasons: HashMap<(&Resources, &Constraints), Option<String>> = HashMap::new();
         let mut tasks: Vec<TaskInfo> = self
             .tasks
             .iter()
-            .map(|(id, task)| TaskInfo {
-                task: *id,
-                image: task.spec.image.clone(),
-                state: task.state,
-                attempt: task.attempt,
-                node: task.node,
-                submitted_at_ms: task.submitted_at_ms,
-                // A queued task says why it waits (the scheduler knows); others keep their note.
-                detail: self.scheduler.explain(*id).or_else(|| task.detail.clone()),
+            .map(|(id, task)| {
+                let waiting = (task.state == TaskState::Queued).then(|| {
+                    let shape = (&task.spec.resources, &task.spec.constraints);
+                    reasons
+                        .entry(shape)
+                        .or_insert_with(|| self.scheduler.waiting_reason(*id))
+                        .clone()
+                });
+                TaskInfo {
+                    task: *id,
+                    image: task.spec.image.clone(),
+                    state: task.state,
+                    attempt: task.attempt,
+                    node: task.node,
+                    submitted_at_ms: task.submitted_at_ms,
+                    detail: waiting.flatten().or_else(|| task.detail.clone()),
+                }
             })
             .collect();
         tasks.sort_by_key(|t| t.task);

@@ -80,23 +80,36 @@ pub(crate) fn lognormal(rng: &mut ChaCha8Rng, median: f64, sigma: f64, lo: f64, 
     (median * (sigma * z).exp()).clamp(lo, hi)
 }
 
+/// Calls `arrive(rng, minute)` for each arrival of a Poisson process with `mean_gap` minutes
+/// between arrivals, until minute `end`. (Gaps and what `arrive` draws interleave on one rng.)
+fn poisson(
+    rng: &mut ChaCha8Rng,
+    mean_gap: f64,
+    end: f64,
+    mut arrive: impl FnMut(&mut ChaCha8Rng, f64),
+) {
+    let mut at = 0.0;
+    loop {
+        at += exponential(rng, mean_gap);
+        if at > end {
+            break;
+        }
+        arrive(rng, at);
+    }
+}
+
 /// 24 hours of Poisson arrivals, one a minute on average; runtimes log-normal around
 /// 10 minutes (1–60); all 1 cpu / 2 GiB.
 pub fn steady(seed: u64) -> Trace {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0001);
     let mut tasks = Vec::new();
-    let mut at = 0.0;
-    loop {
-        at += exponential(&mut rng, 1.0);
-        if at > 24.0 * 60.0 {
-            break;
-        }
+    poisson(&mut rng, 1.0, 24.0 * 60.0, |rng, at| {
         tasks.push(TraceTask {
             arrival: minutes(at),
-            duration: minutes(lognormal(&mut rng, 10.0, 0.6, 1.0, 60.0)),
+            duration: minutes(lognormal(rng, 10.0, 0.6, 1.0, 60.0)),
             resources: small(),
         });
-    }
+    });
     Trace::new("steady", tasks)
 }
 
@@ -117,18 +130,13 @@ pub fn bursty(seed: u64) -> Trace {
         }
         at += exponential(&mut rng, 120.0).max(20.0);
     }
-    let mut t = 0.0;
-    loop {
-        t += exponential(&mut rng, 20.0);
-        if t > 24.0 * 60.0 {
-            break;
-        }
+    poisson(&mut rng, 20.0, 24.0 * 60.0, |rng, at| {
         tasks.push(TraceTask {
-            arrival: minutes(t),
-            duration: minutes(lognormal(&mut rng, 6.0, 0.5, 1.0, 40.0)),
+            arrival: minutes(at),
+            duration: minutes(lognormal(rng, 6.0, 0.5, 1.0, 40.0)),
             resources: small(),
         });
-    }
+    });
     Trace::new("bursty", tasks)
 }
 
@@ -139,23 +147,18 @@ pub fn diurnal(seed: u64) -> Trace {
     let mut tasks = Vec::new();
     // Thinning of a Poisson process with the peak rate.
     let peak = 2.5;
-    let mut at = 0.0;
-    loop {
-        at += exponential(&mut rng, 1.0 / peak);
-        if at > 48.0 * 60.0 {
-            break;
-        }
+    poisson(&mut rng, 1.0 / peak, 48.0 * 60.0, |rng, at| {
         let hour = (at / 60.0) % 24.0;
         let day = ((hour - 8.0) / 12.0 * std::f64::consts::PI).sin().max(0.0);
         let rate = 0.1 + (peak - 0.1) * day * day;
         if rng.gen_range(0.0..1.0) < rate / peak {
             tasks.push(TraceTask {
                 arrival: minutes(at),
-                duration: minutes(lognormal(&mut rng, 15.0, 0.7, 2.0, 90.0)),
+                duration: minutes(lognormal(rng, 15.0, 0.7, 2.0, 90.0)),
                 resources: small(),
             });
         }
-    }
+    });
     Trace::new("diurnal", tasks)
 }
 
@@ -164,12 +167,7 @@ pub fn diurnal(seed: u64) -> Trace {
 pub fn mixed_shapes(seed: u64) -> Trace {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0004);
     let mut tasks = Vec::new();
-    let mut at = 0.0;
-    loop {
-        at += exponential(&mut rng, 1.0);
-        if at > 24.0 * 60.0 {
-            break;
-        }
+    poisson(&mut rng, 1.0, 24.0 * 60.0, |rng, at| {
         let pick: f64 = rng.gen_range(0.0..1.0);
         let cpus = if pick < 0.7 {
             1
@@ -180,10 +178,10 @@ pub fn mixed_shapes(seed: u64) -> Trace {
         };
         tasks.push(TraceTask {
             arrival: minutes(at),
-            duration: minutes(lognormal(&mut rng, 10.0, 0.6, 1.0, 60.0)),
+            duration: minutes(lognormal(rng, 10.0, 0.6, 1.0, 60.0)),
             resources: Resources::new(cpus * 1000, cpus * 2 * GIB),
         });
-    }
+    });
     Trace::new("mixed", tasks)
 }
 

@@ -38,15 +38,22 @@ impl Scheduler {
     /// Says why a queued task is not running yet; `None` when it is not queued.
     pub fn explain(&self, task: TaskId) -> Option<String> {
         let &(class_id, key) = self.tasks.get(&task)?;
+        let why = self.waiting_reason(task)?;
+        Some(match self.classes[class_id].tasks.range(..key).count() {
+            0 => why,
+            ahead => format!("{ahead} tasks of the same shape are ahead of it; {why}"),
+        })
+    }
+
+    /// Why tasks of this queued task's shape wait (the same for all of them; [`Self::explain`]
+    /// adds the task's place in its queue, which costs a walk of the queue).
+    pub fn waiting_reason(&self, task: TaskId) -> Option<String> {
+        let &(class_id, _) = self.tasks.get(&task)?;
         let class = &self.classes[class_id];
-        let why = if class.ready {
+        Some(if class.ready {
             "not tried yet: the next schedule() will try it".to_owned()
         } else {
             self.why_waiting(class)
-        };
-        Some(match class.tasks.range(..key).count() {
-            0 => why,
-            ahead => format!("{ahead} tasks of the same shape are ahead of it; {why}"),
         })
     }
 
