@@ -83,7 +83,7 @@ async fn demand_becomes_servers_and_servers_that_never_join_go_away() -> anyhow:
     fake.set_sold_out("cx33", "fsn1", true);
     let demand = vec![Demand {
         resources: Resources::new(3000, 6 << 30),
-        selector: BTreeMap::new(),
+        selector: Vec::new(),
         count: 1,
         oldest: t0,
         expected_runtime: None,

@@ -165,7 +165,7 @@ pub struct Constraints {
 }
 
 /// One requirement on a node label.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LabelRequirement {
     /// `key=value`
     Equals { key: String, value: String },

@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{Store, StoredNode, StoredTask, Write};
 use crate::unix_ms;
 
+mod demand;
+
+pub(crate) use demand::{AutoscaleView, NodeSummary, Shape, WaitRuns};
+
 /// A finished task's outcome as the loop knows it (outputs by hash; the handler loads them).
 #[derive(Clone, Debug)]
 pub(crate) struct Outcome {
@@ -112,10 +116,18 @@ pub(crate) enum Event {
     Committed {
         task: TaskId,
     },
+    /// The autoscaler asks for the queued demand and the nodes.
+    Autoscale {
+        reply: oneshot::Sender<AutoscaleView>,
+    },
+    /// The autoscaler says why queued tasks of each shape wait (shown in listings).
+    Waits {
+        waits: Vec<(Shape, WaitRuns)>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum NodeState {
+pub(crate) enum NodeState {
     Ready,
     /// Disconnected or silent: no new work, not yet declared dead.
     Suspect,
@@ -126,6 +138,11 @@ enum NodeState {
 }
 
 impl NodeState {
+    /// Serving work, or out of touch but expected back.
+    pub(crate) fn is_alive(self) -> bool {
+        matches!(self, Self::Ready | Self::Suspect | Self::Draining)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Ready => "ready",
@@ -146,6 +163,19 @@ struct Node {
     last_seen: Instant,
     /// Attempts placed here that have not reported an end, with what they hold.
     running: HashMap<AttemptId, Resources>,
+    /// Since when it has run nothing; `None` while busy.
+    idle_since: Option<Instant>,
+}
+
+impl Node {
+    /// Forgets an attempt; returns what it held.
+    fn end(&mut self, attempt: &AttemptId) -> Option<Resources> {
+        let held = self.running.remove(attempt)?;
+        if self.running.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+        Some(held)
+    }
 }
 
 struct Task {
@@ -158,6 +188,8 @@ struct Task {
     /// Exit-code retries used.
     failures: u32,
     submitted_at_ms: u64,
+    /// When it last entered the queue.
+    queued_at: Instant,
     attempts: Vec<AttemptInfo>,
     outcome: Option<Outcome>,
     /// False between a terminal transition and its commit: waiters wait for durability.
@@ -188,6 +220,12 @@ pub(crate) struct Cluster {
     delayed: Vec<(Instant, TaskId)>,
     /// Something changed that may let queued tasks run.
     dirty: bool,
+    /// Mean run time of successful attempts, per shape (for the autoscaler).
+    runtimes: HashMap<Shape, Duration>,
+    /// Why queued tasks wait, per shape, from the autoscaler.
+    waits: Vec<(Shape, WaitRuns)>,
+    /// Woken when demand or nodes change, if an autoscaler listens.
+    autoscaler: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Cluster {
@@ -209,6 +247,9 @@ impl Cluster {
             events,
             delayed: Vec::new(),
             dirty: true,
+            runtimes: HashMap::new(),
+            waits: Vec::new(),
+            autoscaler: None,
         };
         // Recovered nodes count as last seen so that they are declared dead only once the
         // recovery grace is over.
@@ -230,6 +271,7 @@ impl Cluster {
                     session: None,
                     last_seen: now,
                     running: HashMap::new(),
+                    idle_since: Some(Instant::now()),
                 },
             );
         }
@@ -249,6 +291,7 @@ impl Cluster {
             node_losses: stored.node_losses,
             failures: stored.failures,
             submitted_at_ms: stored.submitted_at_ms,
+            queued_at: Instant::now(),
             attempts: stored.attempts,
             outcome: None,
             durable: true,
@@ -268,6 +311,7 @@ impl Cluster {
                 // Hold its resources until the node re-adopts it or is declared dead.
                 let _ = self.scheduler.allocate(node_id, &task.spec.resources);
                 node.running.insert(attempt, task.spec.resources.clone());
+                node.idle_since = None;
             }
             _ => {
                 task.state = TaskState::Queued;
@@ -310,6 +354,9 @@ impl Cluster {
             if self.dirty {
                 self.dirty = false;
                 self.schedule();
+                if let Some(autoscaler) = &self.autoscaler {
+                    autoscaler.notify_one();
+                }
             }
         }
     }
@@ -371,6 +418,10 @@ impl Cluster {
                 result,
                 reply,
             } => self.attempt_ended(node, result, reply),
+            Event::Autoscale { reply } => {
+                let _ = reply.send(self.autoscale_view());
+            }
+            Event::Waits { waits } => self.waits = waits,
             Event::Committed { task } => {
                 if let Some(t) = self.tasks.get_mut(&task) {
                     t.durable = true;
@@ -398,6 +449,7 @@ impl Cluster {
                 node_losses: 0,
                 failures: 0,
                 submitted_at_ms,
+                queued_at: Instant::now(),
                 attempts: Vec::new(),
                 outcome: None,
                 durable: true,
@@ -437,6 +489,7 @@ impl Cluster {
             self.scheduler.enqueue(queued(&task.spec));
             return;
         };
+        node.idle_since = None;
         task.attempt += 1;
         task.state = TaskState::Assigned;
         task.node = Some(node_id);
@@ -528,11 +581,9 @@ impl Cluster {
     ) {
         let attempt = result.attempt;
         // Whatever the task's fate, the node no longer holds this attempt.
-        if let Some(node) = self.nodes.get_mut(&node_id) {
-            if let Some(resources) = node.running.remove(&attempt) {
-                self.scheduler.release(node_id, &resources);
-                self.dirty = true;
-            }
+        if let Some(resources) = self.nodes.get_mut(&node_id).and_then(|n| n.end(&attempt)) {
+            self.scheduler.release(node_id, &resources);
+            self.dirty = true;
         }
         let current = self.tasks.get(&attempt.task).is_some_and(|t| {
             t.attempt == attempt.attempt
@@ -565,6 +616,9 @@ impl Cluster {
                 .get(&attempt.task)
                 .map(|task| self.store.submit(vec![update_write(task)]))
         } else {
+            if result.exit == ExitStatus::Exited(0) {
+                self.learn_runtime(attempt, result.finished_at_ms);
+            }
             let (state, exit_code, reason) = match &result.exit {
                 ExitStatus::Exited(0) => (TaskState::Succeeded, Some(0), None),
                 ExitStatus::Exited(code) => (
@@ -615,6 +669,7 @@ impl Cluster {
             .saturating_mul(1 << (task.failures - 1).min(16));
         task.state = TaskState::Queued;
         task.node = None;
+        task.queued_at = Instant::now() + backoff;
         task.detail = Some(format!(
             "retrying after failure {}/{} ({}) in {:?}",
             task.failures, task.spec.retry.on_failure, result.exit, backoff
@@ -681,6 +736,7 @@ impl Cluster {
             session: None,
             last_seen: Instant::now(),
             running: HashMap::new(),
+            idle_since: Some(Instant::now()),
         });
         node.name = hello.name.clone();
         node.state = NodeState::Ready;
@@ -744,15 +800,7 @@ impl Cluster {
                     }
                 }
             }
-            NodeMessage::Draining => {
-                tracing::info!(node = %node_id, "node is draining");
-                node.state = NodeState::Draining;
-                self.scheduler.set_schedulable(node_id, false);
-                self.store.push(vec![Write::NodeState {
-                    node: node_id,
-                    state: NodeState::Draining.as_str(),
-                }]);
-            }
+            NodeMessage::Draining => self.set_draining(node_id),
             NodeMessage::Leaving { unfinished } => self.node_left(node_id, unfinished),
         }
     }
@@ -782,7 +830,29 @@ impl Cluster {
         let _ = sender.send(HeadMessage::Drain {
             deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
         });
-        Some(*id)
+        let id = *id;
+        // No new work from now on; the node's `Draining` confirms it.
+        self.set_draining(id);
+        Some(id)
+    }
+
+    fn set_draining(&mut self, node_id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
+        if node.state == NodeState::Draining {
+            return;
+        }
+        tracing::info!(node = %node_id, name = %node.name, "node is draining");
+        node.state = NodeState::Draining;
+        self.scheduler.set_schedulable(node_id, false);
+        self.store.push(vec![Write::NodeState {
+            node: node_id,
+            state: NodeState::Draining.as_str(),
+        }]);
+        if let Some(autoscaler) = &self.autoscaler {
+            autoscaler.notify_one();
+        }
     }
 
     /// A drained node leaves: what it could not finish is requeued without counting as a node
@@ -855,10 +925,8 @@ impl Cluster {
     /// Ends an attempt that did not finish on its node and queues the task again; a node loss
     /// counts against the task's node-loss retries.
     fn requeue(&mut self, node_id: NodeId, attempt: AttemptId, why: &str, node_lost: bool) {
-        if let Some(node) = self.nodes.get_mut(&node_id) {
-            if let Some(resources) = node.running.remove(&attempt) {
-                self.scheduler.release(node_id, &resources);
-            }
+        if let Some(resources) = self.nodes.get_mut(&node_id).and_then(|n| n.end(&attempt)) {
+            self.scheduler.release(node_id, &resources);
         }
         let Some(task) = self.tasks.get_mut(&attempt.task) else {
             return;
@@ -901,6 +969,7 @@ impl Cluster {
         tracing::info!(%attempt, node = %node_id, why, "requeueing orphaned attempt");
         task.state = TaskState::Queued;
         task.node = None;
+        task.queued_at = Instant::now();
         task.detail = Some(format!("requeued: {why}"));
         self.store.push(vec![update_write(task)]);
         self.scheduler.enqueue(queued(&task.spec));
@@ -956,6 +1025,7 @@ impl Cluster {
             })
             .collect();
         tasks.sort_by_key(|t| t.task);
+        self.explain_waits(&mut tasks);
         tasks
     }
 }

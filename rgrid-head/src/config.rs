@@ -88,12 +88,12 @@ impl HeadConfig {
         Ok(())
     }
 
-    /// The address provisioned nodes reach the head at: `advertise`, else the listen address
-    /// when it is a specific one.
-    pub fn node_facing_address(&self) -> Result<String, ConfigError> {
+    /// The address provisioned nodes reach the head at: `advertise`, else the address the
+    /// endpoint is bound to (`bound`) when it is a specific one.
+    pub fn node_facing_address(&self, bound: SocketAddr) -> Result<String, ConfigError> {
         match &self.advertise {
             Some(addr) => Ok(addr.clone()),
-            None if !self.listen.ip().is_unspecified() => Ok(self.listen.to_string()),
+            None if !bound.ip().is_unspecified() => Ok(bound.to_string()),
             None => Err(ConfigError::Invalid(format!(
                 "listen = {} says nothing about where nodes reach the head: set `advertise` to the head's public or private address",
                 self.listen

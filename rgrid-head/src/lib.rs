@@ -8,7 +8,10 @@
 //! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
 //! - `server`: QUIC connections and requests.
 //! - `outputs`: content-addressed task outputs.
+//! - `autoscaler`: the driver that turns demand into Hetzner servers and idle ones back into
+//!   nothing, when `[autoscaler]` is enabled.
 
+mod autoscaler;
 mod cluster;
 pub mod config;
 mod credentials;
@@ -27,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use autoscaler::AutoscalerError;
 pub use config::HeadConfig;
 pub use credentials::CredentialsError;
 pub use store::StoreError;
@@ -53,6 +57,8 @@ pub enum StartError {
     Tls(#[from] rgrid_core::tls::TlsError),
     #[error(transparent)]
     Transport(#[from] rgrid_core::transport::TransportError),
+    #[error(transparent)]
+    Autoscaler(#[from] AutoscalerError),
 }
 
 /// A head that is serving.
@@ -149,13 +155,35 @@ pub async fn start(
         heartbeat_timeout: config.heartbeat_timeout,
         recovery_grace: config.recovery_grace,
     };
-    let cluster = Cluster::new(store.clone(), liveness, events.clone(), nodes, tasks);
+    let mut cluster = Cluster::new(store.clone(), liveness, events.clone(), nodes, tasks);
+    let ca = Arc::new(ca);
+    if config.autoscaler.enabled {
+        let token = rgrid_cloud::HcloudToken::from_env().map_err(AutoscalerError::from)?;
+        let provider = rgrid_cloud::HetznerProvider::new(&config.autoscaler, token)
+            .map_err(AutoscalerError::from)?;
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let driver = autoscaler::Autoscaler::new(autoscaler::Parts {
+            config: config.autoscaler.clone(),
+            provider: Arc::new(provider),
+            events: events.clone(),
+            wake: wake.clone(),
+            store: store.clone(),
+            ca: ca.clone(),
+            head_addr: config.node_facing_address(local_addr)?,
+            tracker: tracker.clone(),
+        })?;
+        cluster = cluster.with_autoscaler(wake, autoscaler::node_type_views(&config.autoscaler));
+        tracker.spawn(
+            driver
+                .run(shutdown.clone())
+                .instrument(tracing::info_span!("autoscaler")),
+        );
+    }
     tracker.spawn(
         cluster
             .run(event_rx, shutdown.clone())
             .instrument(tracing::info_span!("cluster")),
     );
-    let ca = Arc::new(ca);
     let shared = Arc::new(Shared {
         store: store.clone(),
         outputs,

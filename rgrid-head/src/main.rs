@@ -51,7 +51,7 @@ fn print_cloud_init(config: &HeadConfig, node_type: Option<String>) -> anyhow::R
             .map(|t| t.name.clone())
             .context("[autoscaler] has no node_types")?,
     };
-    let head = config.node_facing_address()?;
+    let head = config.node_facing_address(config.listen)?;
     let user_data =
         rgrid_cloud::cloud_init::render(autoscaler, &node_type, &head, PREVIEW_TOKEN)
             .with_context(|| format!("cannot render the user data for node type {node_type}"))?;

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use rgrid_core::task::LabelRequirement;
 use rgrid_core::Resources;
 
 use crate::config::{AutoscalerConfig, NodeTypeConfig, NODE_TYPE_LABEL};
@@ -36,16 +37,17 @@ pub const BILLING_PERIOD: Duration = Duration::from_secs(3600);
 /// `max_nodes` long before it matters.
 const MAX_PLANNED_TASKS: u64 = 20_000;
 
-/// After a rate-limit failure, creation pauses this long.
-const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(60);
+/// After a rate-limit failure or an unclassified one (bad token, invalid request, failed
+/// action…), creation pauses this long: a persistent error costs one request a minute.
+pub const ERROR_PAUSE: Duration = Duration::from_secs(60);
 
 /// Queued tasks of one shape that no node can run right now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Demand {
     /// What one task needs.
     pub resources: Resources,
-    /// Node labels the tasks require (their selector); empty for any node.
-    pub selector: BTreeMap<String, String>,
+    /// What the tasks require of a node's labels (their selector); empty for any node.
+    pub selector: Vec<LabelRequirement>,
     /// How many tasks of this shape are queued.
     pub count: u32,
     /// When the oldest of them was queued.
@@ -213,10 +215,12 @@ pub enum Wait {
         /// When the next retry is allowed.
         until: SystemTime,
     },
-    /// The project's quota (or rate limit) was hit; creation is paused.
+    /// A create failed (quota, rate limit or another error); creation is paused.
     Paused {
         /// Until when.
         until: SystemTime,
+        /// What failed.
+        cause: FailureKind,
     },
     /// No node type can ever run them.
     Unschedulable,
@@ -269,9 +273,17 @@ impl fmt::Display for Wait {
             Wait::SoldOut { .. } => f.write_str(
                 "waiting: every node type that fits is sold out in every location; retrying later",
             ),
-            Wait::Paused { .. } => f.write_str(
-                "waiting: the cloud quota or rate limit was hit; node creation is paused",
-            ),
+            Wait::Paused { cause, .. } => f.write_str(match cause {
+                FailureKind::Quota => {
+                    "waiting: the cloud project's quota is reached; node creation is paused"
+                }
+                FailureKind::RateLimited => {
+                    "waiting: the cloud API's rate limit was hit; node creation is paused"
+                }
+                FailureKind::Unavailable | FailureKind::Other => {
+                    "waiting: creating a node failed (see the head's log); retrying shortly"
+                }
+            }),
             Wait::Unschedulable => f.write_str("no node type can run this task"),
         }
     }
@@ -308,7 +320,7 @@ impl Decision {
 pub fn fits_some_node_type(
     config: &AutoscalerConfig,
     resources: &Resources,
-    selector: &BTreeMap<String, String>,
+    selector: &[LabelRequirement],
 ) -> bool {
     config
         .node_types
@@ -324,8 +336,10 @@ pub fn type_labels(config: &AutoscalerConfig, t: &NodeTypeConfig) -> BTreeMap<St
     labels
 }
 
-fn satisfies(labels: &BTreeMap<String, String>, selector: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+fn satisfies(labels: &BTreeMap<String, String>, selector: &[LabelRequirement]) -> bool {
+    selector
+        .iter()
+        .all(|r| r.matches(|key| labels.get(key).map(String::as_str)))
 }
 
 fn since(now: SystemTime, then: SystemTime) -> Duration {
@@ -615,17 +629,18 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         per_type,
     };
 
-    // Creation pauses after a quota or rate-limit error.
-    let paused_until = snapshot
+    // Creation pauses after a quota, rate-limit or other (non sold-out) error.
+    let paused = snapshot
         .failures
         .iter()
         .filter_map(|f| match f.kind {
-            FailureKind::Quota => Some(f.at + config.unavailable_cooldown),
-            FailureKind::RateLimited => Some(f.at + RATE_LIMIT_PAUSE),
-            _ => None,
+            FailureKind::Quota => Some((f.at + config.unavailable_cooldown, f.kind)),
+            FailureKind::RateLimited | FailureKind::Other => Some((f.at + ERROR_PAUSE, f.kind)),
+            FailureKind::Unavailable => None,
         })
-        .filter(|until| *until > now)
-        .max();
+        .filter(|(until, _)| *until > now)
+        .max_by_key(|(until, _)| *until);
+    let paused_until = paused.map(|(until, _)| until);
     // (type, location) pairs sold out recently.
     let mut sold_out: BTreeMap<(&str, &str), SystemTime> = BTreeMap::new();
     for f in &snapshot.failures {
@@ -643,7 +658,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     let sold_out_until = sold_out.values().min().copied();
 
     // Group pending, old-enough items by selector.
-    let mut groups: BTreeMap<&BTreeMap<String, String>, Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<&[LabelRequirement], Vec<usize>> = BTreeMap::new();
     for (k, item) in items.iter().enumerate() {
         if outcomes[k] != Outcome::Pending {
             continue;
@@ -653,11 +668,11 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         if ready_at > now {
             outcomes[k] = Outcome::Done(Wait::Delayed { until: ready_at });
             wake.at(ready_at);
-        } else if let Some(until) = paused_until {
-            outcomes[k] = Outcome::Done(Wait::Paused { until });
+        } else if let Some((until, cause)) = paused {
+            outcomes[k] = Outcome::Done(Wait::Paused { until, cause });
             wake.at(until);
         } else {
-            groups.entry(&demand.selector).or_default().push(k);
+            groups.entry(&demand.selector[..]).or_default().push(k);
         }
     }
 
@@ -965,7 +980,7 @@ fn holds(capacity: &Resources, members: &[usize], items: &[Item], snapshot: &Sna
 /// not sold out.
 fn candidates<'a>(
     config: &'a AutoscalerConfig,
-    selector: &BTreeMap<String, String>,
+    selector: &[LabelRequirement],
     sold_out: &BTreeMap<(&str, &str), SystemTime>,
     min_cpu: u64,
 ) -> Vec<Candidate<'a>> {

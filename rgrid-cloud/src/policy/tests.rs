@@ -22,7 +22,7 @@ fn cfg() -> AutoscalerConfig {
 fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
     Demand {
         resources: Resources::new(cpus * 1000, mem_gib * GIB),
-        selector: BTreeMap::new(),
+        selector: Vec::new(),
         count,
         oldest,
         expected_runtime: None,
@@ -140,7 +140,7 @@ fn never_provisions_for_unschedulable_tasks() {
     assert!(!fits_some_node_type(
         &config,
         &Resources::new(64_000, GIB),
-        &BTreeMap::new()
+        &[]
     ));
 
     // A static node big enough makes it a matter of waiting, not unschedulable.
@@ -226,11 +226,11 @@ fn selectors_restrict_creation_to_labelled_types() {
     config.node_types.push(gpu_type);
     let mut gpu = demand(1, 1, 1, t(0));
     gpu.resources.gpus = 1;
-    gpu.selector.insert("gpu".into(), "rtx4000".into());
+    gpu.selector.push("gpu=rtx4000".parse().unwrap());
     let mut on_cx33 = demand(1, 1, 1, t(0));
     on_cx33
         .selector
-        .insert(NODE_TYPE_LABEL.into(), "cx33".into());
+        .push(format!("{NODE_TYPE_LABEL} in (cx33)").parse().unwrap());
     let snap = Snapshot {
         demand: vec![gpu, on_cx33, demand(1, 1, 1, t(0))],
         ..Snapshot::default()
@@ -308,9 +308,41 @@ fn quota_errors_pause_creation() {
     };
     let d = decide(&cfg(), &snap, t(60));
     assert!(d.actions.is_empty());
-    assert_eq!(d.waits[0], [(Wait::Paused { until: t(610) }, 4)]);
+    assert_eq!(
+        d.waits[0],
+        [(
+            Wait::Paused {
+                until: t(610),
+                cause: FailureKind::Quota
+            },
+            4
+        )]
+    );
     assert_eq!(d.next_wakeup, Some(t(610)));
     assert_eq!(creates(&decide(&cfg(), &snap, t(611))).len(), 1);
+}
+
+#[test]
+fn other_create_errors_pause_creation_for_a_minute() {
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 4, t(0))],
+        failures: vec![ProvisionFailure {
+            node_type: "cx33".into(),
+            location: "fsn1".into(),
+            kind: FailureKind::Other,
+            at: t(30),
+        }],
+        ..Snapshot::default()
+    };
+    let d = decide(&cfg(), &snap, t(40));
+    assert!(d.actions.is_empty());
+    let wait = d.wait_for(0, 0).unwrap();
+    assert!(
+        wait.to_string().contains("creating a node failed"),
+        "{wait}"
+    );
+    assert_eq!(d.next_wakeup, Some(t(90)));
+    assert_eq!(creates(&decide(&cfg(), &snap, t(90))).len(), 1);
 }
 
 #[test]

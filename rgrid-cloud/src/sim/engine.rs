@@ -462,7 +462,7 @@ impl Sim<'_> {
                 Some(d) => d.count += 1,
                 None => demand.push(Demand {
                     resources: task.resources.clone(),
-                    selector: BTreeMap::new(),
+                    selector: Vec::new(),
                     count: 1,
                     oldest: epoch() + task.arrival,
                     expected_runtime: self

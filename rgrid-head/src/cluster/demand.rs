@@ -1,0 +1,200 @@
+//! What the event loop tells the autoscaler (queued demand by shape, nodes with their load and
+//! idleness) and what it hears back (why each shape's tasks wait, shown in task listings).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rgrid_cloud::Demand;
+use rgrid_core::protocol::TaskInfo;
+use rgrid_core::scheduler::NodeView;
+use rgrid_core::task::{Affinity, Constraints};
+use rgrid_core::{AttemptId, Resources, TaskState};
+use tokio::sync::Notify;
+
+use super::{Cluster, NodeState};
+
+/// A task's shape: tasks of one shape are interchangeable for scheduling and scaling.
+pub(crate) type Shape = (Resources, Constraints);
+
+/// Why the queued tasks of one shape wait, as runs of `(reason, task count)` in queue order;
+/// `None` where the scheduler's own reason applies (a running node has room).
+pub(crate) type WaitRuns = Vec<(Option<String>, u32)>;
+
+/// Queued demand and nodes, as the autoscaler needs them.
+pub(crate) struct AutoscaleView {
+    /// Shapes that fit no node now but could fit a node or a node type, oldest task first in
+    /// each; hard node affinity is left out (no new node can serve it).
+    pub demand: Vec<(Shape, Demand)>,
+    /// Every node the head knows, including ones that left or died.
+    pub nodes: Vec<NodeSummary>,
+}
+
+/// One node, as the autoscaler sees it.
+pub(crate) struct NodeSummary {
+    pub name: String,
+    pub state: NodeState,
+    pub labels: BTreeMap<String, String>,
+    pub total: Resources,
+    pub free: Resources,
+    pub running: u32,
+    pub idle_since: Option<SystemTime>,
+}
+
+/// Weight of the newest run in a shape's mean run time.
+const RUNTIME_WEIGHT: f64 = 0.2;
+
+impl Cluster {
+    /// Hands demand to an autoscaler woken through `wake`; tasks that fit one of `node_types`
+    /// wait for it instead of being unschedulable.
+    pub(crate) fn with_autoscaler(mut self, wake: Arc<Notify>, node_types: Vec<NodeView>) -> Self {
+        self.scheduler.set_node_types(node_types);
+        self.autoscaler = Some(wake);
+        self
+    }
+
+    pub(super) fn autoscale_view(&self) -> AutoscaleView {
+        let mut oldest: HashMap<(&Resources, &Constraints), Instant> = HashMap::new();
+        for task in self.tasks.values() {
+            if task.state == TaskState::Queued {
+                let at = oldest
+                    .entry((&task.spec.resources, &task.spec.constraints))
+                    .or_insert(task.queued_at);
+                *at = (*at).min(task.queued_at);
+            }
+        }
+        let now = (Instant::now(), SystemTime::now());
+        let demand = self
+            .scheduler
+            .waiting()
+            .filter(|w| !matches!(w.constraints.affinity, Some(Affinity::Hard(_))))
+            .map(|w| {
+                let key = (w.resources, w.constraints);
+                let queued_at = oldest.get(&key).copied().unwrap_or(now.0);
+                let shape = (w.resources.clone(), w.constraints.clone());
+                let demand = Demand {
+                    resources: w.resources.clone(),
+                    selector: w.constraints.selector.clone(),
+                    count: u32::try_from(w.tasks).unwrap_or(u32::MAX),
+                    oldest: wall_clock(queued_at, now),
+                    expected_runtime: self.runtimes.get(&shape).copied(),
+                };
+                (shape, demand)
+            })
+            .collect();
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(id, node)| NodeSummary {
+                name: node.name.clone(),
+                state: node.state,
+                labels: node
+                    .hello
+                    .as_ref()
+                    .map(|h| h.labels.clone())
+                    .unwrap_or_default(),
+                total: node
+                    .hello
+                    .as_ref()
+                    .map(|h| h.resources.clone())
+                    .unwrap_or_default(),
+                free: self.scheduler.free(*id).cloned().unwrap_or_default(),
+                running: u32::try_from(node.running.len()).unwrap_or(u32::MAX),
+                idle_since: node.idle_since.map(|at| wall_clock(at, now)),
+            })
+            .collect();
+        AutoscaleView { demand, nodes }
+    }
+
+    /// Folds a successful attempt's run time into its shape's mean.
+    pub(super) fn learn_runtime(&mut self, attempt: AttemptId, finished_at_ms: u64) {
+        let Some(task) = self.tasks.get(&attempt.task) else {
+            return;
+        };
+        let Some(started) = task
+            .attempts
+            .iter()
+            .find(|a| a.attempt == attempt.attempt)
+            .map(|a| a.started_at_ms)
+        else {
+            return;
+        };
+        let ran = Duration::from_millis(finished_at_ms.saturating_sub(started));
+        let shape = (task.spec.resources.clone(), task.spec.constraints.clone());
+        self.runtimes
+            .entry(shape)
+            .and_modify(|mean| {
+                *mean = mean.mul_f64(1.0 - RUNTIME_WEIGHT) + ran.mul_f64(RUNTIME_WEIGHT);
+            })
+            .or_insert(ran);
+    }
+
+    /// Puts the autoscaler's reasons on queued tasks of a listing sorted in queue order.
+    pub(super) fn explain_waits(&self, listing: &mut [TaskInfo]) {
+        if self.waits.is_empty() {
+            return;
+        }
+        let runs: HashMap<(&Resources, &Constraints), &WaitRuns> =
+            self.waits.iter().map(|((r, c), w)| ((r, c), w)).collect();
+        let mut seen: HashMap<(&Resources, &Constraints), u32> = HashMap::new();
+        for info in listing.iter_mut().filter(|t| t.state == TaskState::Queued) {
+            let Some(task) = self.tasks.get(&info.task) else {
+                continue;
+            };
+            let key = (&task.spec.resources, &task.spec.constraints);
+            let Some(runs) = runs.get(&key) else {
+                continue;
+            };
+            let position = seen.entry(key).or_default();
+            if let Some(reason) = run_at(runs, *position) {
+                info.detail = Some(reason.clone());
+            }
+            *position += 1;
+        }
+    }
+}
+
+/// The reason of the `position`-th task (from 0) in `runs`; past the end, the last run's.
+fn run_at(runs: &WaitRuns, position: u32) -> Option<&String> {
+    let mut end = 0u32;
+    for (reason, count) in runs {
+        end = end.saturating_add(*count);
+        if position < end {
+            return reason.as_ref();
+        }
+    }
+    runs.last().and_then(|(reason, _)| reason.as_ref())
+}
+
+/// The wall-clock time of `at`, given one reading of both clocks.
+fn wall_clock(at: Instant, (now, wall): (Instant, SystemTime)) -> SystemTime {
+    if at >= now {
+        wall + (at - now)
+    } else {
+        wall - (now - at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_give_each_position_its_reason() {
+        let runs: WaitRuns = vec![(None, 2), (Some("provisioning".into()), 3)];
+        assert_eq!(run_at(&runs, 0), None);
+        assert_eq!(run_at(&runs, 1), None);
+        assert_eq!(run_at(&runs, 2).map(String::as_str), Some("provisioning"));
+        assert_eq!(run_at(&runs, 4).map(String::as_str), Some("provisioning"));
+        assert_eq!(run_at(&runs, 9).map(String::as_str), Some("provisioning"));
+    }
+
+    #[test]
+    fn wall_clock_keeps_the_offset_both_ways() {
+        let now = (Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+        let past = now.0.checked_sub(Duration::from_secs(5)).unwrap();
+        assert_eq!(wall_clock(past, now), now.1 - Duration::from_secs(5));
+        let future = now.0 + Duration::from_secs(7);
+        assert_eq!(wall_clock(future, now), now.1 + Duration::from_secs(7));
+    }
+}
