@@ -38,8 +38,6 @@ const PENDING: ServerId = ServerId(0);
 /// At most one decision this often, however many events arrive.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
-/// Look again at least this often, to notice servers changed from outside.
-const RESYNC: Duration = Duration::from_secs(30);
 
 /// A drain for lifetime lets running attempts finish for this long.
 const LIFETIME_DRAIN: Duration = Duration::from_secs(3600);
@@ -169,7 +167,10 @@ impl Autoscaler {
             let Some(again) = self.step().await else {
                 break;
             };
-            next = Instant::now() + again.clamp(DEBOUNCE, RESYNC);
+            // Look again at least once per listing lifetime, to notice servers changed from
+            // outside (deleted in the console, or left over from before a restart).
+            let resync = self.config.api.list_cache_ttl.max(DEBOUNCE);
+            next = Instant::now() + again.clamp(DEBOUNCE, resync);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(DEBOUNCE) => {}
@@ -206,7 +207,7 @@ impl Autoscaler {
             decision
                 .next_wakeup
                 .and_then(|at| at.duration_since(now).ok())
-                .unwrap_or(RESYNC),
+                .unwrap_or(Duration::MAX),
         )
     }
 

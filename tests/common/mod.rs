@@ -109,6 +109,16 @@ pub mod process {
 
     /// [`start_head`] with extra arguments (`--database-url URL`).
     pub fn start_head_with(dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
+        start_head_env(dir, listen, extra, &[])
+    }
+
+    /// [`start_head_with`] with extra environment variables.
+    pub fn start_head_env(
+        dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -120,6 +130,7 @@ pub mod process {
                 .arg(dir.join("head"))
                 .args(["--listen", listen])
                 .args(extra)
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

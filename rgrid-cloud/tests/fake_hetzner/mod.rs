@@ -60,6 +60,9 @@ pub struct State {
     pub action_polls: u32,
     /// `RateLimit-Remaining` reported on normal responses.
     pub remaining: u32,
+    /// New servers report a `created` time this long ago (to test billing-hour rules without
+    /// waiting an hour).
+    pub created_ago: Duration,
 }
 
 #[derive(Clone)]
@@ -121,9 +124,27 @@ impl FakeHetzner {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let server = server_json(id, name, "cx23", "fsn1", "running", &labels);
+        let server = server_json(id, name, "cx23", "fsn1", "running", &labels, s.created_ago);
         s.servers.insert(id, server);
         id
+    }
+
+    /// Makes every server, existing and new, report being created `ago` ago.
+    pub fn set_created_ago(&self, ago: Duration) {
+        let mut s = self.state();
+        s.created_ago = ago;
+        for server in s.servers.values_mut() {
+            server["created"] = json!(rfc3339(SystemTime::now() - ago));
+        }
+    }
+
+    /// Servers as `(id, name)`.
+    pub fn servers(&self) -> Vec<(u64, String)> {
+        self.state()
+            .servers
+            .iter()
+            .map(|(id, v)| (*id, v["name"].as_str().unwrap_or_default().to_owned()))
+            .collect()
     }
 
     async fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
@@ -363,12 +384,13 @@ fn server_json(
     location: &str,
     status: &str,
     labels: &BTreeMap<String, String>,
+    created_ago: Duration,
 ) -> Value {
     json!({
         "id": id,
         "name": name,
         "status": status,
-        "created": "2026-03-01T10:00:00+00:00",
+        "created": rfc3339(SystemTime::now() - created_ago),
         "labels": labels,
         "server_type": { "id": 1, "name": ty, "cores": 2, "memory": 4.0 },
         "location": { "id": 1, "name": location, "city": "Falkenstein" },
@@ -530,7 +552,15 @@ fn create_server(s: &mut State, body: Value) -> (u16, Vec<(String, String)>, Val
     s.next_id += 1;
     let labels: BTreeMap<String, String> =
         serde_json::from_value(body["labels"].clone()).unwrap_or_default();
-    let server = server_json(id, &name, &ty, &location, "initializing", &labels);
+    let server = server_json(
+        id,
+        &name,
+        &ty,
+        &location,
+        "initializing",
+        &labels,
+        s.created_ago,
+    );
     s.servers.insert(id, server.clone());
     let fail = s.fail_next_create_action.take();
     let action = new_action(s, "create_server", id, fail);
@@ -566,6 +596,28 @@ pub fn too_many(retry_after: Option<u64>, reset_in: u64) -> Scripted {
         headers,
         body: json!({"error": {"code": "rate_limit_exceeded", "message": "limit of 3600 requests per hour reached", "details": {}}}),
     }
+}
+
+/// `2026-03-01T10:00:00+00:00`, as the API writes times (UTC; days to civil date after
+/// Howard Hinnant's `civil_from_days`).
+pub fn rfc3339(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
 }
 
 pub fn elapsed_between(a: &Logged, b: &Logged) -> Duration {

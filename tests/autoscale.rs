@@ -1,0 +1,297 @@
+//! The autoscaler end to end: a real `rgrid-head` with `[autoscaler]` pointed at a fake Hetzner
+//! Cloud API (the real reqwest client talks to it over HTTP). The fake is the cloud; this test
+//! is the machines: for every server the head creates, it boots a real `rgrid-node` process
+//! with the head address and join token from that server's user data, and it powers the machine
+//! off when the server is deleted. The whole loop runs: demand → servers → join → tasks run in
+//! Docker → idle → drain → delete, and no server is left behind.
+
+mod common;
+#[path = "../rgrid-cloud/tests/fake_hetzner/mod.rs"]
+mod fake_hetzner;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::process::{binary, free_udp_port, rgrid, start_head_env, wait_for, Daemon};
+use fake_hetzner::FakeHetzner;
+use serde_json::Value;
+
+/// One node type: two cpus, two GiB (what the node processes offer).
+const CONFIG: &str = r#"
+[autoscaler]
+enabled = true
+cluster_name = "e2e"
+api_url = "API_URL"
+locations = ["fsn1"]
+max_nodes = 2
+max_concurrent_provisioning = 2
+scale_up_delay = "0s"
+min_idle = "1s"
+drain_ahead = "0s"
+boot_estimate = "90s"
+
+[[autoscaler.node_types]]
+name = "cx23"
+cpus = 2
+memory = "2G"
+hourly_price = 0.0056
+
+[autoscaler.api]
+action_poll = "50ms"
+action_poll_max = "100ms"
+list_cache_ttl = "200ms"
+backoff_base = "50ms"
+"#;
+
+/// What a machine boots with, read from its user data.
+struct Boot {
+    head: String,
+    token: String,
+    labels: Vec<String>,
+}
+
+/// Reads the head address, the token and the node labels out of a server's cloud-config.
+fn boot_of(user_data: &str) -> Boot {
+    let doc: serde_norway::Value = serde_norway::from_str(user_data).expect("user data is YAML");
+    let files = doc["write_files"].as_sequence().expect("write_files");
+    let file = |path: &str| {
+        files
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path))
+            .and_then(|f| f["content"].as_str())
+            .unwrap_or_else(|| panic!("{path} in write_files"))
+            .to_owned()
+    };
+    let script = file(rgrid_cloud::cloud_init::BOOTSTRAP_PATH);
+    let words: Vec<String> = script
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_owned())
+        .collect();
+    let after = |flag: &str| {
+        words
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| *w == flag)
+            .map(|(i, _)| words[i + 1].clone())
+            .collect::<Vec<_>>()
+    };
+    Boot {
+        head: after("--head").remove(0),
+        token: file(rgrid_cloud::cloud_init::TOKEN_PATH),
+        labels: after("--label"),
+    }
+}
+
+/// A machine: the node process booted for a server.
+struct Machine {
+    name: String,
+    node: Daemon,
+    token_file: PathBuf,
+}
+
+/// The machines behind the fake cloud's servers.
+struct Machines {
+    dir: PathBuf,
+    running: BTreeMap<u64, Machine>,
+    /// Servers that were deleted, with how their node process had ended by then.
+    gone: Vec<(String, Option<std::process::ExitStatus>)>,
+}
+
+impl Machines {
+    /// Boots a node for every new server; powers off the machines of deleted servers.
+    fn sync(&mut self, fake: &FakeHetzner) {
+        let servers = fake.servers();
+        let creates = fake.requests("POST", "/v1/servers");
+        for (id, name) in &servers {
+            if self.running.contains_key(id) {
+                continue;
+            }
+            let body = creates
+                .iter()
+                .filter_map(|r| r.body.as_ref())
+                .find(|b| b["name"].as_str() == Some(name))
+                .expect("the create request of a server");
+            let boot = boot_of(body["user_data"].as_str().expect("user_data"));
+            self.running.insert(*id, self.boot(name, &boot));
+        }
+        let deleted: Vec<u64> = (self.running.keys())
+            .filter(|id| !servers.iter().any(|(s, _)| s == *id))
+            .copied()
+            .collect();
+        for id in deleted {
+            if let Some(mut machine) = self.running.remove(&id) {
+                // A node that drained exits on its own right after saying it leaves; give it
+                // the moment a machine takes to power off.
+                let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                let status = loop {
+                    match machine.node.0.try_wait() {
+                        Ok(None) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        other => break other.ok().flatten(),
+                    }
+                };
+                self.gone.push((machine.name.clone(), status));
+            }
+        }
+    }
+
+    fn boot(&self, name: &str, boot: &Boot) -> Machine {
+        let token_file = self.dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, &boot.token).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let mut command = Command::new(binary("rgrid-node"));
+        command
+            .args(["--head", &boot.head, "--token-file"])
+            .arg(&token_file)
+            .arg("--state-dir")
+            .arg(self.dir.join(name))
+            .args(["--name", name, "--cpu-millis", "2000", "--memory", "2G"]);
+        for label in &boot.labels {
+            command.args(["--label", label]);
+        }
+        let node = command
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Machine {
+            name: name.to_owned(),
+            node: Daemon(node),
+            token_file,
+        }
+    }
+}
+
+fn tasks(client: &Path) -> Vec<Value> {
+    let out = rgrid(client, &["tasks", "-o", "json"]);
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap_or_default()
+}
+
+fn submit(client: &Path, args: &[&str]) -> String {
+    let out = rgrid(client, &[&["submit", "--image", common::demo_image()], args].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn state_of(client: &Path, id: &str) -> String {
+    tasks(client)
+        .iter()
+        .find(|t| t["task"] == id)
+        .and_then(|t| t["state"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeHetzner::start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("head.toml");
+    std::fs::write(&config, CONFIG.replace("API_URL", &fake.url())).unwrap();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let config_arg = config.to_str().unwrap();
+    let _head = start_head_env(
+        dir.path(),
+        &listen,
+        &["--config", config_arg],
+        &[("HCLOUD_TOKEN", fake_hetzner::TOKEN), ("RUST_LOG", "info")],
+    );
+    let client = dir.path().join("head").join("client.toml");
+    wait_for("the head's client.toml", || client.exists());
+    let mut machines = Machines {
+        dir: dir.path().to_owned(),
+        running: BTreeMap::new(),
+        gone: Vec::new(),
+    };
+
+    // Tasks no node type can ever run fail at once and buy nothing.
+    let mars = submit(&client, &["--selector", "site=mars", "--", "true"]);
+    let huge = submit(&client, &["--cpus", "64", "--", "true"]);
+    wait_for("impossible tasks to be unschedulable", || {
+        state_of(&client, &mars) == "unschedulable" && state_of(&client, &huge) == "unschedulable"
+    });
+    assert_eq!(fake.requests("POST", "/v1/servers").len(), 0);
+
+    // Three one-cpu tasks on an empty cluster: two two-cpu servers.
+    let ids: Vec<String> = (0..3)
+        .map(|i| submit(&client, &["--", "sh", "-c", &format!("sleep 1; echo task-{i}")]))
+        .collect();
+    wait_for("two servers to be created", || fake.server_count() == 2);
+    // Before any machine boots, the waiting tasks say what they wait for, with an ETA.
+    wait_for("an ETA in the task listing", || {
+        tasks(&client).iter().any(|t| {
+            t["detail"].as_str().is_some_and(|d| {
+                d.starts_with("waiting for a node of type cx23 (provisioning, ~")
+                    && d.ends_with(" s left)")
+            })
+        })
+    });
+    let create = &fake.requests("POST", "/v1/servers")[0];
+    let body = create.body.as_ref().unwrap();
+    assert_eq!(body["labels"]["rgrid-cluster"], "e2e");
+    assert_eq!(body["location"], "fsn1");
+    assert!(body.get("datacenter").is_none());
+
+    machines.sync(&fake);
+    assert_eq!(machines.running.len(), 2);
+    for (i, id) in ids.iter().enumerate() {
+        let out = rgrid(&client, &["get", id]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("task-{i}\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        fake.requests("POST", "/v1/servers").len(),
+        2,
+        "no server beyond the two the demand needed"
+    );
+
+    // A join token is single-use: a second machine booting with it is refused.
+    let first = machines.running.values().next().unwrap();
+    let reuse = Command::new(binary("rgrid-node"))
+        .args(["--head", &listen, "--token-file"])
+        .arg(&first.token_file)
+        .arg("--state-dir")
+        .arg(dir.path().join("intruder"))
+        .args(["--name", "intruder"])
+        .output()
+        .unwrap();
+    assert!(!reuse.status.success());
+    assert!(
+        String::from_utf8_lossy(&reuse.stderr).contains("single-use"),
+        "{}",
+        String::from_utf8_lossy(&reuse.stderr)
+    );
+
+    // An hour of billing goes by in the cloud: the idle nodes' next billed hour starts within
+    // the scale-down window, so they are drained and their servers deleted.
+    fake.set_created_ago(Duration::from_secs(58 * 60));
+    wait_for("every server to be deleted", || {
+        machines.sync(&fake);
+        fake.server_count() == 0
+    });
+    assert_eq!(machines.gone.len(), 2);
+    for (name, status) in &machines.gone {
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} was deleted before its node drained and exited: {status:?}"
+        );
+    }
+    assert_eq!(fake.requests("DELETE", "/v1/servers").len(), 2);
+    let nodes = common::process::nodes(&client);
+    assert!(
+        nodes.iter().all(|n| n["state"] == "left"),
+        "{nodes:#?}"
+    );
+}
