@@ -24,7 +24,7 @@ const CONFIG: &str = r#"
 enabled = true
 cluster_name = "e2e"
 api_url = "API_URL"
-locations = ["fsn1"]
+locations = ["fsn1", "nbg1"]
 max_nodes = 2
 max_concurrent_provisioning = 2
 scale_up_delay = "0s"
@@ -152,11 +152,7 @@ impl Machines {
         for label in &boot.labels {
             command.args(["--label", label]);
         }
-        let node = command
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let node = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Machine {
             name: name.to_owned(),
             node: Daemon(node),
@@ -171,7 +167,10 @@ fn tasks(client: &Path) -> Vec<Value> {
 }
 
 fn submit(client: &Path, args: &[&str]) -> String {
-    let out = rgrid(client, &[&["submit", "--image", common::demo_image()], args].concat());
+    let out = rgrid(
+        client,
+        &[&["submit", "--image", common::demo_image()], args].concat(),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -189,22 +188,49 @@ fn state_of(client: &Path, id: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = runtime.block_on(FakeHetzner::start());
+/// A head process with [`CONFIG`] against the fake cloud.
+struct Setup {
+    dir: tempfile::TempDir,
+    listen: String,
+    client: PathBuf,
+    head: Daemon,
+}
+
+/// Starts a head whose `HCLOUD_TOKEN` is `token` (none when `None`).
+fn start(fake: &FakeHetzner, token: Option<&str>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("head.toml");
     std::fs::write(&config, CONFIG.replace("API_URL", &fake.url())).unwrap();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let config_arg = config.to_str().unwrap();
-    let _head = start_head_env(
+    let mut env = vec![("RUST_LOG", "info")];
+    env.extend(token.map(|t| ("HCLOUD_TOKEN", t)));
+    let head = start_head_env(
         dir.path(),
         &listen,
-        &["--config", config_arg],
-        &[("HCLOUD_TOKEN", fake_hetzner::TOKEN), ("RUST_LOG", "info")],
+        &["--config", config.to_str().unwrap()],
+        &env,
     );
     let client = dir.path().join("head").join("client.toml");
+    Setup {
+        dir,
+        listen,
+        client,
+        head,
+    }
+}
+
+#[test]
+fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeHetzner::start());
+    // The type is sold out in the first location: servers come from the second.
+    (fake.state().sold_out).insert(("cx23".into(), "fsn1".into()));
+    let Setup {
+        dir,
+        listen,
+        client,
+        head: _head,
+    } = start(&fake, Some(fake_hetzner::TOKEN));
     wait_for("the head's client.toml", || client.exists());
     let mut machines = Machines {
         dir: dir.path().to_owned(),
@@ -222,7 +248,12 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
 
     // Three one-cpu tasks on an empty cluster: two two-cpu servers.
     let ids: Vec<String> = (0..3)
-        .map(|i| submit(&client, &["--", "sh", "-c", &format!("sleep 1; echo task-{i}")]))
+        .map(|i| {
+            submit(
+                &client,
+                &["--", "sh", "-c", &format!("sleep 1; echo task-{i}")],
+            )
+        })
         .collect();
     wait_for("two servers to be created", || fake.server_count() == 2);
     // Before any machine boots, the waiting tasks say what they wait for, with an ETA.
@@ -234,11 +265,20 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
             })
         })
     });
-    let create = &fake.requests("POST", "/v1/servers")[0];
-    let body = create.body.as_ref().unwrap();
-    assert_eq!(body["labels"]["rgrid-cluster"], "e2e");
-    assert_eq!(body["location"], "fsn1");
-    assert!(body.get("datacenter").is_none());
+    let creates = fake.requests("POST", "/v1/servers");
+    let locations: Vec<&str> = (creates.iter())
+        .filter_map(|c| c.body.as_ref()?["location"].as_str())
+        .collect();
+    assert_eq!(locations.iter().filter(|l| **l == "nbg1").count(), 2);
+    assert!(
+        locations.contains(&"fsn1"),
+        "fsn1 was tried first: {locations:?}"
+    );
+    for create in &creates {
+        let body = create.body.as_ref().unwrap();
+        assert_eq!(body["labels"]["rgrid-cluster"], "e2e");
+        assert!(body.get("datacenter").is_none());
+    }
 
     machines.sync(&fake);
     assert_eq!(machines.running.len(), 2);
@@ -252,7 +292,7 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
         );
     }
     assert_eq!(
-        fake.requests("POST", "/v1/servers").len(),
+        fake.server_count() + machines.gone.len(),
         2,
         "no server beyond the two the demand needed"
     );
@@ -290,8 +330,48 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
     }
     assert_eq!(fake.requests("DELETE", "/v1/servers").len(), 2);
     let nodes = common::process::nodes(&client);
+    assert!(nodes.iter().all(|n| n["state"] == "left"), "{nodes:#?}");
+}
+
+#[test]
+fn cloud_credentials_are_checked_and_their_failures_explained() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeHetzner::start());
+
+    // No token: the head refuses to start and says where the token comes from.
+    let mut setup = start(&fake, None);
+    let status = setup.head.0.wait().unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(setup.dir.path().join("head.log")).unwrap();
+    assert!(log.contains("HCLOUD_TOKEN is not set"), "{log}");
+
+    // A token the API rejects: the head serves, tasks wait and say why, nothing is created,
+    // and the API is not hammered.
+    let setup = start(&fake, Some("wrong-token"));
+    wait_for("the head's client.toml", || setup.client.exists());
+    let id = submit(&setup.client, &["--", "true"]);
+    wait_for("the task to explain the failed create", || {
+        tasks(&setup.client).iter().any(|t| {
+            t["task"] == id.as_str()
+                && t["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("creating a node failed"))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(state_of(&setup.client, &id), "queued");
+    assert_eq!(fake.server_count(), 0);
+    assert_eq!(
+        fake.requests("POST", "/v1/servers").len(),
+        1,
+        "one failed create, then a pause"
+    );
+    let log = std::fs::read_to_string(setup.dir.path().join("head.log")).unwrap();
+    assert!(log.contains("rejected the API token"), "{log}");
+    let lists = fake.requests("GET", "/v1/servers").len();
+    assert!(lists <= 2, "{lists} listings with a rejected token");
     assert!(
-        nodes.iter().all(|n| n["state"] == "left"),
-        "{nodes:#?}"
+        !log.contains("wrong-token"),
+        "the token never appears in a log line"
     );
 }

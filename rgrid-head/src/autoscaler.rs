@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use rgrid_cloud::policy::{self, ProvisionFailure, Reason, BILLING_PERIOD};
 use rgrid_cloud::provider::ServerStatus;
 use rgrid_cloud::{
-    cloud_init, Action, AutoscalerConfig, CloudServer, CreateServer, NodeState, NodeView,
-    Provider, ProviderError, ServerId, Snapshot, Wait,
+    cloud_init, Action, AutoscalerConfig, CloudServer, CreateServer, NodeState, NodeView, Provider,
+    ProviderError, ServerId, Snapshot, Wait,
 };
 use rgrid_core::scheduler;
 use rgrid_core::tls::ClusterCa;
@@ -37,7 +37,6 @@ const PENDING: ServerId = ServerId(0);
 
 /// At most one decision this often, however many events arrive.
 const DEBOUNCE: Duration = Duration::from_millis(500);
-
 
 /// A drain for lifetime lets running attempts finish for this long.
 const LIFETIME_DRAIN: Duration = Duration::from_secs(3600);
@@ -84,6 +83,8 @@ pub(crate) struct Autoscaler {
     creating: BTreeMap<String, Creating>,
     deleting: BTreeSet<ServerId>,
     failures: Vec<ProvisionFailure>,
+    /// After a failed listing, the next one waits until then (decisions go on with the last).
+    list_again: Instant,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -148,6 +149,7 @@ impl Autoscaler {
             creating: BTreeMap::new(),
             deleting: BTreeSet::new(),
             failures: Vec::new(),
+            list_again: Instant::now(),
             done_tx,
             done_rx,
         })
@@ -183,9 +185,14 @@ impl Autoscaler {
         let (reply, view) = oneshot::channel();
         self.events.send(Event::Autoscale { reply }).ok()?;
         let view = view.await.ok()?;
-        match self.provider.list(&self.config.label_selector()).await {
-            Ok(servers) => self.servers = servers,
-            Err(err) => tracing::warn!(error = %err, "could not list the cluster's servers; deciding on the last listing"),
+        if Instant::now() >= self.list_again {
+            match self.provider.list(&self.config.label_selector()).await {
+                Ok(servers) => self.servers = servers,
+                Err(err) => {
+                    self.list_again = Instant::now() + policy::ERROR_PAUSE;
+                    tracing::warn!(error = %err, retry_in = ?policy::ERROR_PAUSE, "could not list the cluster's servers; deciding on the last listing");
+                }
+            }
         }
         let now = SystemTime::now();
         let keep = self.config.unavailable_cooldown.max(policy::ERROR_PAUSE);
@@ -256,7 +263,11 @@ impl Autoscaler {
                 name,
                 reason,
             } => {
-                let created = self.servers.iter().find(|s| s.id == server).map(|s| s.created);
+                let created = self
+                    .servers
+                    .iter()
+                    .find(|s| s.id == server)
+                    .map(|s| s.created);
                 let deadline = drain_deadline(reason, created.unwrap_or(now), now);
                 tracing::info!(%server, node = %name, %reason, ?deadline, "draining a node");
                 let (reply, _) = oneshot::channel();
@@ -472,9 +483,7 @@ fn from_node(node: &NodeSummary, created: SystemTime) -> NodeView {
             node.idle_since,
         ),
         // Out of touch: no room to count on, and not idle enough to drain.
-        cluster::NodeState::Suspect => {
-            (NodeState::Ready, Resources::default(), node.running, None)
-        }
+        cluster::NodeState::Suspect => (NodeState::Ready, Resources::default(), node.running, None),
         cluster::NodeState::Draining => (
             NodeState::Draining,
             Resources::default(),

@@ -83,13 +83,19 @@ fn node_states_map_to_what_the_policy_acts_on() {
     let v = views(&nodes, &servers);
     let by = |name: &str| v.iter().find(|n| n.name == name).unwrap();
     // Drained and gone: empty draining, so the policy deletes the server.
-    assert_eq!((by("left").state, by("left").running), (NodeState::Draining, 0));
+    assert_eq!(
+        (by("left").state, by("left").running),
+        (NodeState::Draining, 0)
+    );
     assert_eq!(by("dead").state, NodeState::Failed);
     // Out of touch: counted as a node, but with no room and never idle.
     assert_eq!(by("suspect").state, NodeState::Ready);
     assert_eq!(by("suspect").free, Resources::default());
     assert_eq!(by("suspect").idle_since, None);
-    assert_eq!((by("draining").state, by("draining").running), (NodeState::Draining, 2));
+    assert_eq!(
+        (by("draining").state, by("draining").running),
+        (NodeState::Draining, 2)
+    );
 }
 
 #[test]
@@ -168,7 +174,10 @@ fn billing_drains_end_before_the_next_hour_and_lifetime_drains_take_their_time()
         drain_deadline(Reason::Surplus, t(0), t(2 * 3600 + 59 * 60 + 30)),
         Duration::from_secs(10)
     );
-    assert_eq!(drain_deadline(Reason::Lifetime, t(0), t(60)), LIFETIME_DRAIN);
+    assert_eq!(
+        drain_deadline(Reason::Lifetime, t(0), t(60)),
+        LIFETIME_DRAIN
+    );
 }
 
 #[test]

@@ -191,7 +191,10 @@ mod tests {
 
     #[test]
     fn wall_clock_keeps_the_offset_both_ways() {
-        let now = (Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+        let now = (
+            Instant::now(),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
+        );
         let past = now.0.checked_sub(Duration::from_secs(5)).unwrap();
         assert_eq!(wall_clock(past, now), now.1 - Duration::from_secs(5));
         let future = now.0 + Duration::from_secs(7);
