@@ -1,6 +1,6 @@
 //! cloud-init user data for a provisioned node: a `#cloud-config` document that installs Docker,
 //! pulls the `rgrid-node` image, pre-pulls runtime images in parallel, and runs `rgrid-node`
-//! (restart always, Docker socket mounted) with the head address and a single-use, expiring join
+//! (restarted after a crash or a reboot, Docker socket mounted) with the head address and a single-use, expiring join
 //! token — the only secret it carries; never database credentials.
 //!
 //! Every value put into the document is checked against a conservative character set first, so
@@ -130,7 +130,9 @@ fn bootstrap_script(config: &AutoscalerConfig, head_addr: &str, labels: &[(&str,
     let _ = writeln!(s, "pull {image}");
     let _ = writeln!(s, "mkdir -p {STATE_DIR}");
     s.push_str("docker rm -f rgrid-node >/dev/null 2>&1 || true\n");
-    s.push_str("docker run -d --name rgrid-node --restart always --network host \\\n");
+    // Restarted after a crash (non-zero exit) and when Docker starts after a reboot, but not
+    // after a drain: a drained node exits 0 and stays down until its server is deleted.
+    s.push_str("docker run -d --name rgrid-node --restart on-failure --network host \\\n");
     s.push_str("  -v /var/run/docker.sock:/var/run/docker.sock \\\n");
     let _ = writeln!(s, "  -v {TOKEN_PATH}:{TOKEN_PATH}:ro \\");
     let _ = writeln!(s, "  -v {STATE_DIR}:{STATE_DIR} \\");
@@ -243,7 +245,7 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         for needle in [
             "systemctl enable --now docker",
-            "--restart always",
+            "--restart on-failure",
             "-v /var/run/docker.sock:/var/run/docker.sock",
             "--entrypoint rgrid-node 'ghcr.io/rgrid/rgrid-node:latest'",
             "--head '203.0.113.7:7000' --token-file /etc/rgrid/join-token --state-dir /var/lib/rgrid",
