@@ -60,13 +60,16 @@ pub struct AutoscalerConfig {
     pub scale_up_delay: Duration,
     /// When the head knows how long queued tasks run, tasks that running nodes are expected to
     /// start within this time get no new node: a node bought for them would hardly arrive
-    /// sooner. Default: `"5m"`.
+    /// sooner. (When it also knows the arrival rate, `drain_target` decides instead.)
+    /// Default: `"5m"`.
     #[serde(with = "humantime_serde")]
     pub max_queue_wait: Duration,
     /// When the head knows how long queued tasks run, it buys capacity to finish the queue
     /// within this time rather than to start every task at once; a node is paid for a whole
     /// hour, so work spread over it costs less than many nodes busy for minutes. `"0s"` starts
-    /// every task at once. Default: `"45m"`.
+    /// every task at once. When the head also knows the arrival rate, capacity is added only
+    /// where the busy nodes, minus what new arrivals keep busy, would not finish the queue
+    /// within this time. Default: `"45m"`.
     #[serde(with = "humantime_serde")]
     pub drain_target: Duration,
     /// New nodes are at least this fraction of the cpu busy or queued in the cluster (bigger
@@ -199,7 +202,8 @@ pub struct ApiConfig {
     #[serde(with = "humantime_serde")]
     pub action_timeout: Duration,
     /// Server listings are cached this long (creates and deletes invalidate the cache), which
-    /// keeps the project inside its 3,600 requests an hour. Default: `"30s"`.
+    /// keeps the project inside its 3,600 requests an hour; the head's autoscaler also looks
+    /// again at least this often, to notice servers changed from outside. Default: `"30s"`.
     #[serde(with = "humantime_serde")]
     pub list_cache_ttl: Duration,
 }

@@ -222,6 +222,10 @@ pub(crate) struct Cluster {
     dirty: bool,
     /// Mean run time of successful attempts, per shape (for the autoscaler).
     runtimes: HashMap<Shape, Duration>,
+    /// Submissions per shape over the last hour (for the autoscaler).
+    arrivals: HashMap<Shape, demand::Arrivals>,
+    /// When the loop started (arrival buckets count minutes from here).
+    started: Instant,
     /// Why queued tasks wait, per shape, from the autoscaler.
     waits: Vec<(Shape, WaitRuns)>,
     /// Woken when demand or nodes change, if an autoscaler listens.
@@ -248,6 +252,8 @@ impl Cluster {
             delayed: Vec::new(),
             dirty: true,
             runtimes: HashMap::new(),
+            arrivals: HashMap::new(),
+            started: Instant::now(),
             waits: Vec::new(),
             autoscaler: None,
         };
@@ -438,6 +444,7 @@ impl Cluster {
         if self.tasks.contains_key(&spec.id) {
             return; // a resubmission: idempotent
         }
+        self.count_arrival(&spec);
         self.scheduler.enqueue(queued(&spec));
         self.tasks.insert(
             spec.id,

@@ -8,7 +8,10 @@
 //! Rules:
 //! - **Scale up** only for queued demand that existing free capacity and servers already being
 //!   provisioned cannot absorb, that has waited `scale_up_delay`, and that some node type can
-//!   hold (never for unschedulable tasks). The leftover tasks are bin-packed (first fit
+//!   hold (never for unschedulable tasks). With known runtimes, only what running nodes will
+//!   not start within `max_queue_wait` — or, with known arrival rates too, what the busy cpu
+//!   left over by the arrivals will not finish within `drain_target` — needs new capacity,
+//!   and only enough to finish within `drain_target`. The leftover tasks are bin-packed (first fit
 //!   decreasing) into the node-type mix with the lowest hourly price, each bin downsized to the
 //!   cheapest type that holds it; creation is bounded by `max_nodes`, per-type `max_nodes` and
 //!   `max_concurrent_provisioning`. A (type, location) that reported `resource_unavailable` is
@@ -56,6 +59,13 @@ pub struct Demand {
     /// finished tasks of this shape). With it, capacity is sized to finish the queue within
     /// `drain_target` instead of starting every task at once.
     pub expected_runtime: Option<Duration>,
+    /// Tasks of this shape submitted per second, if the head knows: those submitted (queued or
+    /// not, started or not) in the last hour, divided by 3600 s — the simulator's measure.
+    /// With it and `expected_runtime`, the busy cpu of running nodes counts as capacity for the
+    /// whole `drain_target`, minus what the arrivals keep busy, instead of for
+    /// `max_queue_wait` only: a burst no longer buys a node per decision while its own nodes
+    /// work through it. `None` keeps the rule without it.
+    pub arrival_rate: Option<f64>,
 }
 
 /// Where a node is in its life, as the head sees it.
@@ -535,6 +545,18 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     // With known runtimes: tasks that running nodes will start within `max_queue_wait` need no
     // new capacity (a new node would hardly come sooner), and the rest need only enough
     // capacity to finish within `drain_target`; the others queue behind them.
+    // Without an arrival rate, running nodes count only for `max_queue_wait`: arrivals might
+    // keep them busy after that. With it, a shape needs the slots its arrivals keep busy
+    // (rate × runtime, Little's law) plus those that finish its queue within `drain_target`;
+    // the busy cpu of running nodes covers them first, shared out among the shapes in turn (a
+    // slot is the shape's cpu), and only the shortfall gets new capacity.
+    let mut busy_left: u64 = snapshot
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| !leaving.contains(i) && n.state == NodeState::Ready)
+        .map(|(_, n)| n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis))
+        .sum();
     let mut pending_of: Vec<Vec<usize>> = vec![Vec::new(); snapshot.demand.len()];
     for (k, item) in items.iter().enumerate() {
         if outcomes[k] == Outcome::Pending {
@@ -546,33 +568,43 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         let Some(runtime) = demand.expected_runtime.filter(|r| !r.is_zero()) else {
             continue;
         };
-        let running: u32 = snapshot
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| {
-                !leaving.contains(i)
-                    && n.state == NodeState::Ready
-                    && n.capacity.fits(&demand.resources)
-                    && satisfies(&n.labels, &demand.selector)
-            })
-            .map(|(_, n)| n.running)
-            .sum();
-        let mut rest = pending.as_slice();
-        if running > 0 {
-            // Completions come about every runtime / running.
-            let every = runtime / running;
-            let tolerated = (config.max_queue_wait.as_secs_f64() / every.as_secs_f64().max(1e-3))
-                .floor() as usize;
-            let (soon, later) = rest.split_at(tolerated.min(rest.len()));
-            for (j, &k) in soon.iter().enumerate() {
-                outcomes[k] = Outcome::Done(Wait::FreeingUp {
-                    eta: every * (j as u32 + 1),
-                });
+        let fitting = snapshot.nodes.iter().enumerate().filter(|(i, n)| {
+            !leaving.contains(i)
+                && n.state == NodeState::Ready
+                && n.capacity.fits(&demand.resources)
+                && satisfies(&n.labels, &demand.selector)
+        });
+        // Running slots that start queued tasks as they free up, and how many tasks get a new
+        // slot (packed into provisioning servers, else new ones).
+        let (slots, keep) = match demand.arrival_rate {
+            None => {
+                let running: u32 = fitting.map(|(_, n)| n.running).sum();
+                let soon = tolerated(f64::from(running), runtime, config.max_queue_wait);
+                let rest = pending.len() - soon.min(pending.len());
+                let keep = slots_needed(rest, runtime, config.drain_target);
+                (f64::from(running), keep)
             }
-            rest = later;
+            Some(rate) => {
+                let cpu = demand.resources.cpu_millis.max(1);
+                let busy: u64 = fitting
+                    .map(|(_, n)| n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis))
+                    .sum();
+                let slots = busy.min(busy_left) as f64 / cpu as f64;
+                let need = rate.max(0.0) * runtime.as_secs_f64()
+                    + pending.len() as f64 * drain_share(runtime, config.drain_target);
+                busy_left = busy_left.saturating_sub((need.min(slots) * cpu as f64) as u64);
+                let short = (need - slots).ceil().max(0.0) as usize;
+                (slots, short.min(pending.len()))
+            }
+        };
+        let soon = tolerated(slots, runtime, config.max_queue_wait).min(pending.len() - keep);
+        let (soon, rest) = pending.split_at(soon);
+        // Completions come about every runtime / slots.
+        for (j, &k) in soon.iter().enumerate() {
+            outcomes[k] = Outcome::Done(Wait::FreeingUp {
+                eta: runtime.div_f64(slots) * (j as u32 + 1),
+            });
         }
-        let keep = slots_needed(rest.len(), runtime, config.drain_target);
         for &k in &rest[keep..] {
             outcomes[k] = Outcome::Behind;
         }
@@ -1024,14 +1056,28 @@ fn pack(bins: &mut [Bin], demand: &Demand) -> Option<usize> {
 }
 
 /// New slots to plan for `count` queued tasks that run `runtime` each: enough to run them all
-/// within `target` (a slot runs `target / runtime` of them in turn); one per task when the
-/// target is off or shorter than a task.
+/// within `target`.
 fn slots_needed(count: usize, runtime: Duration, target: Duration) -> usize {
+    ((count as f64 * drain_share(runtime, target)).ceil() as usize).min(count)
+}
+
+/// The slots one queued task needs to finish within `target`: a slot runs `target / runtime`
+/// of them in turn; a whole slot when the target is off or shorter than a task.
+fn drain_share(runtime: Duration, target: Duration) -> f64 {
     if target.is_zero() || runtime >= target {
-        return count;
+        return 1.0;
     }
-    let share = runtime.as_secs_f64() / target.as_secs_f64();
-    ((count as f64 * share).ceil() as usize).min(count)
+    runtime.as_secs_f64() / target.as_secs_f64()
+}
+
+/// How many queued tasks `slots` running slots start within `wait`, one every
+/// `runtime / slots`.
+fn tolerated(slots: f64, runtime: Duration, wait: Duration) -> usize {
+    if slots <= 0.0 {
+        return 0;
+    }
+    let every = runtime.as_secs_f64() / slots;
+    (wait.as_secs_f64() / every.max(1e-3)).floor() as usize
 }
 
 /// A new node planned for some items.

@@ -26,6 +26,7 @@ fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
         count,
         oldest,
         expected_runtime: None,
+        arrival_rate: None,
     }
 }
 
@@ -645,4 +646,42 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
     let d = decide(&cfg(), &snap, t(600));
     assert!(d.actions.is_empty());
     assert_eq!(d.next_wakeup, Some(t(2700)));
+}
+
+#[test]
+fn known_arrival_rates_count_busy_nodes_for_the_whole_drain_target() {
+    // A full cx53 runs 16 ten-minute tasks; 30 more are queued.
+    let mut queued = demand(1, 2, 30, t(0));
+    queued.expected_runtime = Some(Duration::from_secs(600));
+    queued.arrival_rate = Some(0.0);
+    let mut snap = Snapshot {
+        demand: vec![queued],
+        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        ..Snapshot::default()
+    };
+    // Nothing else arrives (a burst): the 16 slots finish the 30 within 45 min; no new node.
+    // The first 8 start within max_queue_wait, the others queue behind them.
+    let d = decide(&cfg(), &snap, t(60));
+    assert!(creates(&d).is_empty(), "{d:?}");
+    assert!(matches!(d.waits[0][0], (Wait::FreeingUp { .. }, 1)));
+    assert_eq!(d.waits[0].last(), Some(&(d.waits[0][7].0.clone(), 23)));
+
+    // 1.5 arrivals a minute keep 15 slots busy: the queue needs 30 × 10 / 45 ≈ 6.7 slots
+    // more, the cx53 has 1 to spare: 6 new slots.
+    snap.demand[0].arrival_rate = Some(0.025);
+    let d = decide(&cfg(), &snap, t(60));
+    assert_eq!(creates(&d), [("cx33", "fsn1"), ("cx23", "fsn1")]);
+
+    // The busy cpu is shared out among shapes: alone, a trickle of 2-cpu tasks would fit in
+    // what the 1-cpu arrivals leave, but not after them.
+    let mut small = demand(1, 2, 1, t(0));
+    small.expected_runtime = Some(Duration::from_secs(600));
+    small.arrival_rate = Some(0.02); // 12 slots
+    let mut large = demand(2, 4, 1, t(0));
+    large.expected_runtime = Some(Duration::from_secs(600));
+    large.arrival_rate = Some(0.005); // 3 slots of 2 cpus
+    snap.demand = vec![large.clone()];
+    assert!(creates(&decide(&cfg(), &snap, t(60))).is_empty());
+    snap.demand = vec![small, large];
+    assert_eq!(creates(&decide(&cfg(), &snap, t(60))), [("cx23", "fsn1")]);
 }

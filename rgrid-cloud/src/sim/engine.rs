@@ -5,7 +5,7 @@
 //! ([`BaselineConfig`]) — against the same [`HetznerModel`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::SeedableRng;
@@ -131,6 +131,9 @@ struct Task {
     end: Option<Duration>,
 }
 
+/// The head's arrival rate counts the tasks submitted within this window.
+const ARRIVAL_WINDOW: Duration = Duration::from_secs(3600);
+
 /// Virtual time zero as a wall-clock time, for the policy.
 fn epoch() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_767_225_600)
@@ -151,6 +154,9 @@ struct Sim<'a> {
     finished: usize,
     /// Runtime of finished tasks per shape (sum, count): the head's estimate for the policy.
     runtimes: Vec<(Resources, Duration, u32)>,
+    /// Arrival times per shape within the last [`ARRIVAL_WINDOW`], oldest first: the head's
+    /// arrival rate for the policy.
+    arrivals: Vec<(Resources, VecDeque<Duration>)>,
     cost: f64,
     node_hours: u64,
     created: u32,
@@ -188,6 +194,7 @@ pub fn simulate(
         failures: Vec::new(),
         finished: 0,
         runtimes: Vec::new(),
+        arrivals: Vec::new(),
         cost: 0.0,
         node_hours: 0,
         created: 0,
@@ -217,6 +224,7 @@ pub fn simulate(
         match event {
             Event::Arrive(t) => {
                 sim.queue.push(t);
+                sim.arrived(t);
                 sim.touched(policy);
             }
             Event::Finish(t, n) => {
@@ -366,6 +374,37 @@ impl Sim<'_> {
         }
     }
 
+    /// Records an arrival for the shape's arrival rate, forgetting those out of the window.
+    fn arrived(&mut self, t: usize) {
+        let need = &self.tasks[t].resources;
+        let now = self.now;
+        match self.arrivals.iter_mut().find(|a| &a.0 == need) {
+            Some((_, times)) => {
+                while times.front().is_some_and(|&at| at + ARRIVAL_WINDOW <= now) {
+                    times.pop_front();
+                }
+                times.push_back(now);
+            }
+            None => self.arrivals.push((need.clone(), VecDeque::from([now]))),
+        }
+    }
+
+    /// Tasks of shape `need` submitted in the last [`ARRIVAL_WINDOW`], per second (divided by
+    /// the whole window, also before one has passed).
+    fn arrival_rate(&self, need: &Resources) -> f64 {
+        let recent = self
+            .arrivals
+            .iter()
+            .find(|a| &a.0 == need)
+            .map_or(0, |(_, times)| {
+                times
+                    .iter()
+                    .filter(|&&at| at + ARRIVAL_WINDOW > self.now)
+                    .count()
+            });
+        recent as f64 / ARRIVAL_WINDOW.as_secs_f64()
+    }
+
     /// FIFO placement, skipping shapes that fit nowhere right now.
     fn place(&mut self) {
         if self.queue.is_empty() {
@@ -470,6 +509,7 @@ impl Sim<'_> {
                         .iter()
                         .find(|r| r.0 == task.resources)
                         .map(|r| r.1 / r.2),
+                    arrival_rate: Some(self.arrival_rate(&task.resources)),
                 }),
             }
         }

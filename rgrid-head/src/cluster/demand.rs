@@ -44,6 +44,51 @@ pub(crate) struct NodeSummary {
 /// Weight of the newest run in a shape's mean run time.
 const RUNTIME_WEIGHT: f64 = 0.2;
 
+/// Submissions per shape over the last hour, in one-minute buckets: the arrival rate the
+/// policy sizes capacity with (tasks submitted in the last hour / 3600 s).
+pub(super) struct Arrivals {
+    /// Counts per minute, indexed by minute number modulo the window.
+    buckets: [u32; Self::MINUTES],
+    /// The minute (since the loop started) the buckets were last brought up to date.
+    minute: u64,
+}
+
+impl Default for Arrivals {
+    fn default() -> Self {
+        Self {
+            buckets: [0; Self::MINUTES],
+            minute: 0,
+        }
+    }
+}
+
+impl Arrivals {
+    const MINUTES: usize = 60;
+
+    /// Counts `n` submissions in `minute`.
+    pub(super) fn add(&mut self, minute: u64, n: u32) {
+        self.advance(minute);
+        let slot = (minute % Self::MINUTES as u64) as usize;
+        self.buckets[slot] = self.buckets[slot].saturating_add(n);
+    }
+
+    /// Submissions per second over the hour up to `minute`.
+    fn rate(&mut self, minute: u64) -> f64 {
+        self.advance(minute);
+        let total: u64 = self.buckets.iter().map(|&n| u64::from(n)).sum();
+        total as f64 / (Self::MINUTES * 60) as f64
+    }
+
+    /// Empties the buckets of the minutes that passed since the last update.
+    fn advance(&mut self, minute: u64) {
+        let passed = minute.saturating_sub(self.minute).min(Self::MINUTES as u64);
+        for m in 1..=passed {
+            self.buckets[((self.minute + m) % Self::MINUTES as u64) as usize] = 0;
+        }
+        self.minute = self.minute.max(minute);
+    }
+}
+
 impl Cluster {
     /// Hands demand to an autoscaler woken through `wake`; tasks that fit one of `node_types`
     /// wait for it instead of being unschedulable.
@@ -53,7 +98,22 @@ impl Cluster {
         self
     }
 
-    pub(super) fn autoscale_view(&self) -> AutoscaleView {
+    /// Counts a submission for its shape's arrival rate.
+    pub(super) fn count_arrival(&mut self, spec: &rgrid_core::TaskSpec) {
+        if self.autoscaler.is_none() {
+            return;
+        }
+        let minute = self.minute();
+        let shape = (spec.resources.clone(), spec.constraints.clone());
+        self.arrivals.entry(shape).or_default().add(minute, 1);
+    }
+
+    /// Minutes since the loop started.
+    fn minute(&self) -> u64 {
+        self.started.elapsed().as_secs() / 60
+    }
+
+    pub(super) fn autoscale_view(&mut self) -> AutoscaleView {
         let mut oldest: HashMap<(&Resources, &Constraints), Instant> = HashMap::new();
         for task in self.tasks.values() {
             if task.state == TaskState::Queued {
@@ -64,6 +124,8 @@ impl Cluster {
             }
         }
         let now = (Instant::now(), SystemTime::now());
+        let minute = self.minute();
+        let arrivals = &mut self.arrivals;
         let demand = self
             .scheduler
             .waiting()
@@ -78,6 +140,7 @@ impl Cluster {
                     count: u32::try_from(w.tasks).unwrap_or(u32::MAX),
                     oldest: wall_clock(queued_at, now),
                     expected_runtime: self.runtimes.get(&shape).copied(),
+                    arrival_rate: arrivals.get_mut(&shape).map(|a| a.rate(minute)),
                 };
                 (shape, demand)
             })
@@ -187,6 +250,20 @@ mod tests {
         assert_eq!(run_at(&runs, 2).map(String::as_str), Some("provisioning"));
         assert_eq!(run_at(&runs, 4).map(String::as_str), Some("provisioning"));
         assert_eq!(run_at(&runs, 9).map(String::as_str), Some("provisioning"));
+    }
+
+    #[test]
+    fn arrivals_count_the_last_hour_per_second() {
+        let mut a = Arrivals::default();
+        a.add(0, 1800);
+        a.add(30, 1800);
+        assert_eq!(a.rate(30), 1.0);
+        // Minute 0 leaves the window at minute 60; minute 30 at minute 90.
+        assert_eq!(a.rate(59), 1.0);
+        assert_eq!(a.rate(60), 0.5);
+        assert_eq!(a.rate(200), 0.0);
+        a.add(200, 36);
+        assert_eq!(a.rate(200), 0.01);
     }
 
     #[test]
