@@ -314,6 +314,50 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
         String::from_utf8_lossy(&reuse.stderr)
     );
 
+    // A node dies while a task fills it and the other node is busy: its server is deleted and
+    // a replacement is created, where the requeued task runs. (First attempts run long, the
+    // second one at once.)
+    let script = |i: usize| format!("[ \"$RGRID_ATTEMPT\" = 1 ] && sleep 60; echo big-{i}");
+    let big: Vec<String> = (0..2)
+        .map(|i| submit(&client, &["--cpus", "2", "--", "sh", "-c", &script(i)]))
+        .collect();
+    wait_for("both big tasks to run", || {
+        big.iter().all(|id| state_of(&client, id) == "running")
+    });
+    let on_node = |id: &str| {
+        let node = tasks(&client)
+            .into_iter()
+            .find(|t| t["task"] == id)
+            .map(|t| t["node"].clone())
+            .unwrap();
+        let nodes = common::process::nodes(&client);
+        let name = nodes
+            .iter()
+            .find(|n| n["id"] == node)
+            .map(|n| n["name"].clone());
+        name.and_then(|n| n.as_str().map(str::to_owned)).unwrap()
+    };
+    let victim = on_node(&big[0]);
+    let machine = machines
+        .running
+        .values()
+        .find(|m| m.name == victim)
+        .unwrap();
+    machine.node.signal("KILL");
+    wait_for("the dead node's server to be replaced", || {
+        machines.sync(&fake);
+        machines.gone.iter().any(|(name, _)| *name == victim) && fake.server_count() == 2
+    });
+    let out = rgrid(&client, &["get", &big[0]]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "big-0\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node lost"));
+    assert_ne!(on_node(&big[0]), victim);
+    assert!(rgrid(&client, &["cancel", &big[1]]).status.success());
+    assert_eq!(
+        fake.requests("POST", "/v1/servers").len(),
+        creates.len() + 1
+    );
+
     // An hour of billing goes by in the cloud: the idle nodes' next billed hour starts within
     // the scale-down window, so they are drained and their servers deleted.
     fake.set_created_ago(Duration::from_secs(58 * 60));
@@ -321,16 +365,25 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
         machines.sync(&fake);
         fake.server_count() == 0
     });
-    assert_eq!(machines.gone.len(), 2);
+    assert_eq!(machines.gone.len(), 3);
     for (name, status) in &machines.gone {
+        if *name == victim {
+            continue; // killed: deleted as failed
+        }
         assert!(
             status.is_some_and(|s| s.success()),
             "{name} was deleted before its node drained and exited: {status:?}"
         );
     }
-    assert_eq!(fake.requests("DELETE", "/v1/servers").len(), 2);
-    let nodes = common::process::nodes(&client);
-    assert!(nodes.iter().all(|n| n["state"] == "left"), "{nodes:#?}");
+    assert_eq!(fake.requests("DELETE", "/v1/servers").len(), 3);
+    for node in common::process::nodes(&client) {
+        let expected = if node["name"] == victim.as_str() {
+            "dead"
+        } else {
+            "left"
+        };
+        assert_eq!(node["state"], expected, "{node:#?}");
+    }
 }
 
 #[test]

@@ -88,6 +88,7 @@ async fn demand_becomes_servers_and_servers_that_never_join_go_away() -> anyhow:
         oldest: t0,
         expected_runtime: None,
         arrival_rate: None,
+        running_for: None,
     }];
 
     // cx33 fits best, but is sold out in fsn1: the failure is recorded, the next decision

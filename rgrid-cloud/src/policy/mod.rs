@@ -11,7 +11,10 @@
 //!   hold (never for unschedulable tasks). With known runtimes, only what running nodes will
 //!   not start within `max_queue_wait` — or, with known arrival rates too, what the busy cpu
 //!   left over by the arrivals will not finish within `drain_target` — needs new capacity,
-//!   and only enough to finish within `drain_target`. The leftover tasks are bin-packed (first fit
+//!   and only enough to finish within `drain_target`. Before any task of a shape has
+//!   finished, how long the running ones have run so far is a lower bound on the runtime:
+//!   running nodes then count for nothing, and the queue gets enough to finish within
+//!   `drain_target` at that bound, more as it grows. The leftover tasks are bin-packed (first fit
 //!   decreasing) into the node-type mix with the lowest hourly price, each bin downsized to the
 //!   cheapest type that holds it; creation is bounded by `max_nodes`, per-type `max_nodes` and
 //!   `max_concurrent_provisioning`. A (type, location) that reported `resource_unavailable` is
@@ -44,6 +47,10 @@ const MAX_PLANNED_TASKS: u64 = 20_000;
 /// action…), creation pauses this long: a persistent error costs one request a minute.
 pub const ERROR_PAUSE: Duration = Duration::from_secs(60);
 
+/// While a runtime is only known as a lower bound, the policy looks again when the bound has
+/// doubled, but no sooner than this.
+const MIN_RECHECK: Duration = Duration::from_secs(10);
+
 /// Queued tasks of one shape that no node can run right now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Demand {
@@ -66,6 +73,12 @@ pub struct Demand {
     /// `max_queue_wait` only: a burst no longer buys a node per decision while its own nodes
     /// work through it. `None` keeps the rule without it.
     pub arrival_rate: Option<f64>,
+    /// How long the attempts of this shape running now have been running, on average
+    /// (`None` when none runs). Until one of them finishes, every started task runs at least as
+    /// long as it has so far, so this is a lower bound on their mean runtime: the policy uses
+    /// it in place of `expected_runtime` while that is `None`, and looks again when it has
+    /// doubled. Without either, every queued task gets a slot at once.
+    pub running_for: Option<Duration>,
 }
 
 /// Where a node is in its life, as the head sees it.
@@ -565,9 +578,18 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     }
     for (d, pending) in pending_of.iter().enumerate() {
         let demand = &snapshot.demand[d];
-        let Some(runtime) = demand.expected_runtime.filter(|r| !r.is_zero()) else {
-            continue;
+        let (runtime, lower_bound) = match (demand.expected_runtime, demand.running_for) {
+            (Some(known), _) => (known, false),
+            (None, Some(so_far)) => {
+                // It grows as they run: look again when it has doubled.
+                wake.at(now + so_far.max(MIN_RECHECK));
+                (so_far, true)
+            }
+            (None, None) => continue,
         };
+        if runtime.is_zero() {
+            continue;
+        }
         let fitting = snapshot.nodes.iter().enumerate().filter(|(i, n)| {
             !leaving.contains(i)
                 && n.state == NodeState::Ready
@@ -577,6 +599,13 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
         // Running slots that start queued tasks as they free up, and how many tasks get a new
         // slot (packed into provisioning servers, else new ones).
         let (slots, keep) = match demand.arrival_rate {
+            // A lower bound says nothing about when running nodes free up: they count for
+            // nothing, and the queue gets the slots that finish it within `drain_target` at
+            // the bound (more as the bound grows).
+            _ if lower_bound => (
+                0.0,
+                slots_needed(pending.len(), runtime, config.drain_target),
+            ),
             None => {
                 let running: u32 = fitting.map(|(_, n)| n.running).sum();
                 let soon = tolerated(f64::from(running), runtime, config.max_queue_wait);

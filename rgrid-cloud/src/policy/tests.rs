@@ -27,6 +27,7 @@ fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
         oldest,
         expected_runtime: None,
         arrival_rate: None,
+        running_for: None,
     }
 }
 
@@ -684,4 +685,32 @@ fn known_arrival_rates_count_busy_nodes_for_the_whole_drain_target() {
     assert!(creates(&decide(&cfg(), &snap, t(60))).is_empty());
     snap.demand = vec![small, large];
     assert_eq!(creates(&decide(&cfg(), &snap, t(60))), [("cx23", "fsn1")]);
+}
+
+#[test]
+fn running_times_bound_an_unknown_runtime_from_below() {
+    // A burst of 90 before any task of the shape has finished; the 16 started ones have run
+    // 5 minutes on average, so each queued one needs at least that.
+    let mut queued = demand(1, 2, 90, t(0));
+    queued.arrival_rate = Some(0.0);
+    queued.running_for = Some(Duration::from_secs(300));
+    let mut snap = Snapshot {
+        demand: vec![queued],
+        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        ..Snapshot::default()
+    };
+    // When the running ones free up is unknown, so they count for nothing; the queue needs
+    // ceil(90 × 5 / 45) = 10 new slots. Look again when the bound has doubled.
+    let d = decide(&cfg(), &snap, t(60));
+    assert_eq!(creates(&d), [("cx43", "fsn1"), ("cx23", "fsn1")]);
+    assert_eq!(d.next_wakeup, Some(t(360)));
+
+    // A known runtime of 5 minutes lets the busy cx53 finish the burst within drain_target.
+    snap.demand[0].expected_runtime = Some(Duration::from_secs(300));
+    assert!(creates(&decide(&cfg(), &snap, t(60))).is_empty());
+
+    // Knowing neither, every task gets a slot now (up to max_concurrent_provisioning).
+    snap.demand[0].expected_runtime = None;
+    snap.demand[0].running_for = None;
+    assert_eq!(creates(&decide(&cfg(), &snap, t(60))).len(), 5);
 }

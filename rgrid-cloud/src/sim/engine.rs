@@ -405,6 +405,20 @@ impl Sim<'_> {
         recent as f64 / ARRIVAL_WINDOW.as_secs_f64()
     }
 
+    /// How long the running tasks of shape `need` have been running, on average: the head's
+    /// lower bound on their runtime.
+    fn running_for(&self, need: &Resources) -> Option<Duration> {
+        let (sum, n) = self
+            .tasks
+            .iter()
+            .filter(|t| &t.resources == need && t.end.is_none())
+            .filter_map(|t| t.start)
+            .fold((Duration::ZERO, 0u32), |(sum, n), start| {
+                (sum + (self.now - start), n + 1)
+            });
+        (n > 0).then(|| sum / n)
+    }
+
     /// FIFO placement, skipping shapes that fit nowhere right now.
     fn place(&mut self) {
         if self.queue.is_empty() {
@@ -510,6 +524,7 @@ impl Sim<'_> {
                         .find(|r| r.0 == task.resources)
                         .map(|r| r.1 / r.2),
                     arrival_rate: Some(self.arrival_rate(&task.resources)),
+                    running_for: self.running_for(&task.resources),
                 }),
             }
         }

@@ -115,12 +115,23 @@ impl Cluster {
 
     pub(super) fn autoscale_view(&mut self) -> AutoscaleView {
         let mut oldest: HashMap<(&Resources, &Constraints), Instant> = HashMap::new();
+        // Per shape: how long its running attempts have run, summed, and how many run.
+        let mut running: HashMap<(&Resources, &Constraints), (u64, u64)> = HashMap::new();
+        let now_ms = crate::unix_ms();
         for task in self.tasks.values() {
-            if task.state == TaskState::Queued {
-                let at = oldest
-                    .entry((&task.spec.resources, &task.spec.constraints))
-                    .or_insert(task.queued_at);
-                *at = (*at).min(task.queued_at);
+            let key = (&task.spec.resources, &task.spec.constraints);
+            match task.state {
+                TaskState::Queued => {
+                    let at = oldest.entry(key).or_insert(task.queued_at);
+                    *at = (*at).min(task.queued_at);
+                }
+                TaskState::Assigned | TaskState::Running => {
+                    let started = task.attempts.last().map_or(now_ms, |a| a.started_at_ms);
+                    let (sum, n) = running.entry(key).or_default();
+                    *sum += now_ms.saturating_sub(started);
+                    *n += 1;
+                }
+                _ => {}
             }
         }
         let now = (Instant::now(), SystemTime::now());
@@ -141,6 +152,9 @@ impl Cluster {
                     oldest: wall_clock(queued_at, now),
                     expected_runtime: self.runtimes.get(&shape).copied(),
                     arrival_rate: arrivals.get_mut(&shape).map(|a| a.rate(minute)),
+                    running_for: running
+                        .get(&key)
+                        .map(|(sum, n)| Duration::from_millis(sum / n)),
                 };
                 (shape, demand)
             })
