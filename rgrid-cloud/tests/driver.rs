@@ -65,6 +65,7 @@ fn provisioning(config: &AutoscalerConfig, servers: &[CloudServer]) -> Vec<NodeV
                 capacity,
                 running: 0,
                 idle_since: None,
+                busy_until: None,
             }
         })
         .collect()

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rgrid_cloud::policy::{self, ProvisionFailure, Reason, BILLING_PERIOD};
+use rgrid_cloud::policy::{self, ProvisionFailure, Reason, BILLING_PERIOD, DELETE_MARGIN};
 use rgrid_cloud::provider::ServerStatus;
 use rgrid_cloud::{
     cloud_init, Action, AutoscalerConfig, CloudServer, CreateServer, NodeState, NodeView, Provider,
@@ -40,10 +40,6 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// A drain for lifetime lets running attempts finish for this long.
 const LIFETIME_DRAIN: Duration = Duration::from_secs(3600);
-
-/// A billing-driven drain hands back what still runs this long before the next billed hour,
-/// leaving time for the delete.
-const DELETE_MARGIN: Duration = Duration::from_secs(60);
 
 /// The capability every provisioned node has (it runs tasks in Docker).
 const DOCKER: &str = "docker";
@@ -429,6 +425,7 @@ fn node_views(
                     capacity,
                     running: 0,
                     idle_since: None,
+                    busy_until: None,
                 }
             }
         };
@@ -450,6 +447,7 @@ fn node_views(
             capacity,
             running: 0,
             idle_since: None,
+            busy_until: None,
         });
     }
     // Nodes the autoscaler did not create (joined by hand) that are alive: capacity only.
@@ -505,6 +503,7 @@ fn from_node(node: &NodeSummary, created: SystemTime) -> NodeView {
         free,
         running,
         idle_since,
+        busy_until: node.busy_until,
     }
 }
 

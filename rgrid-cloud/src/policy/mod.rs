@@ -22,7 +22,9 @@
 //!   quota error pauses creation for as long.
 //! - **Scale down**: Hetzner bills every started hour until deletion, so an idle node costs
 //!   nothing more until its next hour starts. Idle nodes are drained when that start is within
-//!   `scale_down_window` (and deleted once drained), keeping `min_nodes`.
+//!   `scale_down_window` (and deleted once drained), keeping `min_nodes`. A busy node whose
+//!   next hour starts within `drain_ahead` is drained when the rest of the cluster carries the
+//!   load plus `headroom` and its attempts are expected to end before that hour.
 //! - **Replace**: failed nodes are deleted (demand then creates replacements), nodes older than
 //!   `max_lifetime` are drained, servers that never joined within `join_timeout` are deleted.
 
@@ -42,6 +44,10 @@ pub const BILLING_PERIOD: Duration = Duration::from_secs(3600);
 /// At most this many queued tasks are planned for individually; beyond it, demand is capped by
 /// `max_nodes` long before it matters.
 const MAX_PLANNED_TASKS: u64 = 20_000;
+
+/// A node must be empty this long before its next billed hour starts, for its delete to land
+/// in time.
+pub const DELETE_MARGIN: Duration = Duration::from_secs(60);
 
 /// After a rate-limit failure or an unclassified one (bad token, invalid request, failed
 /// action…), creation pauses this long: a persistent error costs one request a minute.
@@ -118,6 +124,11 @@ pub struct NodeView {
     pub running: u32,
     /// Since when it has run nothing; `None` while busy.
     pub idle_since: Option<SystemTime>,
+    /// When the attempts running on it are expected to have ended — the latest of each
+    /// attempt's start plus the expected runtime of its shape — if the head knows a runtime for
+    /// every one of them; `None` otherwise. A busy node is drained ahead of its next billed
+    /// hour only when it is expected to empty before that hour starts.
+    pub busy_until: Option<SystemTime>,
 }
 
 /// A create that failed recently; the head keeps those younger than `unavailable_cooldown`.
@@ -939,7 +950,14 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
             let age = since(now, node.created);
             let into_hour = Duration::from_secs(age.as_secs() % BILLING_PERIOD.as_secs());
             let to_boundary = BILLING_PERIOD - into_hour;
-            if to_boundary <= config.drain_ahead {
+            // One whose attempts run past the hour pays it anyway: drained now, it would
+            // either pay a second one or have its work cut off and rerun.
+            let empties_in_time = node
+                .busy_until
+                .is_none_or(|t| t + DELETE_MARGIN <= now + to_boundary);
+            if to_boundary <= config.drain_ahead && !empties_in_time {
+                wake.at(now + to_boundary + BILLING_PERIOD - config.drain_ahead);
+            } else if to_boundary <= config.drain_ahead {
                 let price_per_core = config
                     .node_type(&node.node_type)
                     .map(|t| (t.hourly_price / f64::from(t.cpus.max(1)) * 1e9) as u64)

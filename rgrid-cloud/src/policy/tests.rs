@@ -52,6 +52,7 @@ fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
         capacity,
         running: 0,
         idle_since: Some(created),
+        busy_until: None,
     }
 }
 
@@ -647,6 +648,37 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
     let d = decide(&cfg(), &snap, t(600));
     assert!(d.actions.is_empty());
     assert_eq!(d.next_wakeup, Some(t(2700)));
+}
+
+#[test]
+fn surplus_nodes_are_drained_only_if_they_empty_before_their_next_hour() {
+    let mut snap = Snapshot {
+        nodes: vec![
+            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        ],
+        ..Snapshot::default()
+    };
+    let drains = |snap: &Snapshot| {
+        let d = decide(&cfg(), snap, t(3000));
+        let n = d
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Drain { .. }))
+            .count();
+        (n, d.next_wakeup)
+    };
+    // Node 2's next hour starts at t(3600): its attempts end in time, with a minute to delete.
+    snap.nodes[1].busy_until = Some(t(3540));
+    assert_eq!(drains(&snap).0, 1);
+    // They run past it: it pays that hour anyway, so it keeps working.
+    snap.nodes[1].busy_until = Some(t(3541));
+    assert_eq!(drains(&snap).0, 0);
+    // Alone, the next look is in its next hour's window.
+    snap.nodes.remove(0);
+    snap.nodes[0].free = Resources::new(16_000, 32 * GIB);
+    snap.nodes[0].running = 1;
+    assert_eq!(drains(&snap), (0, Some(t(3600 + 2700))));
 }
 
 #[test]

@@ -129,6 +129,8 @@ struct Task {
     resources: Resources,
     start: Option<Duration>,
     end: Option<Duration>,
+    /// The node it runs or ran on.
+    node: Option<usize>,
 }
 
 /// The head's arrival rate counts the tasks submitted within this window.
@@ -187,6 +189,7 @@ pub fn simulate(
                 resources: t.resources.clone(),
                 start: None,
                 end: None,
+                node: None,
             })
             .collect(),
         queue: Vec::new(),
@@ -419,6 +422,28 @@ impl Sim<'_> {
         (n > 0).then(|| sum / n)
     }
 
+    /// The head's estimate, per node, of when its running tasks end: the latest start plus the
+    /// mean runtime of finished tasks of the same shape; `None` for a node running nothing or
+    /// a task of a shape none of which has finished yet.
+    fn busy_until(&self) -> Vec<Option<Duration>> {
+        // Per node: the latest expected end so far, and whether one is unknown.
+        let mut until = vec![(None, false); self.nodes.len()];
+        for task in self.tasks.iter().filter(|t| t.end.is_none()) {
+            let (Some(n), Some(start)) = (task.node, task.start) else {
+                continue;
+            };
+            let runtime = self.runtimes.iter().find(|r| r.0 == task.resources);
+            match runtime {
+                Some((_, sum, count)) => until[n].0 = until[n].0.max(Some(start + *sum / *count)),
+                None => until[n].1 = true,
+            }
+        }
+        until
+            .into_iter()
+            .map(|(at, unknown)| at.filter(|_| !unknown))
+            .collect()
+    }
+
     /// FIFO placement, skipping shapes that fit nowhere right now.
     fn place(&mut self) {
         if self.queue.is_empty() {
@@ -452,6 +477,7 @@ impl Sim<'_> {
             }
             node.idle_since = None;
             self.tasks[t].start = Some(self.now);
+            self.tasks[t].node = Some(n);
             let end = self.now + self.tasks[t].duration;
             self.push(end, Event::Finish(t, n));
         }
@@ -528,6 +554,7 @@ impl Sim<'_> {
                 }),
             }
         }
+        let busy_until = self.busy_until();
         let nodes = self
             .nodes
             .iter()
@@ -550,6 +577,7 @@ impl Sim<'_> {
                     free: n.free.clone(),
                     running: n.running,
                     idle_since: n.idle_since.map(|t| epoch() + t),
+                    busy_until: busy_until[i].map(|t| epoch() + t),
                 }
             })
             .collect();

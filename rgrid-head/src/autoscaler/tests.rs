@@ -28,6 +28,7 @@ fn node(name: &str, state: cluster::NodeState, running: u32) -> NodeSummary {
         free: Resources::new(1000, 3 * GIB),
         running,
         idle_since: (running == 0).then(|| t(100)),
+        busy_until: (running > 0).then(|| t(900)),
     }
 }
 

@@ -39,6 +39,9 @@ pub(crate) struct NodeSummary {
     pub free: Resources,
     pub running: u32,
     pub idle_since: Option<SystemTime>,
+    /// When its attempts are expected to end: the latest start plus its shape's mean runtime;
+    /// `None` when one of them has a shape with no known runtime (or nothing runs).
+    pub busy_until: Option<SystemTime>,
 }
 
 /// Weight of the newest run in a shape's mean run time.
@@ -178,9 +181,29 @@ impl Cluster {
                 free: self.scheduler.free(*id).cloned().unwrap_or_default(),
                 running: u32::try_from(node.running.len()).unwrap_or(u32::MAX),
                 idle_since: node.idle_since.map(|at| wall_clock(at, now)),
+                busy_until: self.busy_until(node.running.keys()),
             })
             .collect();
         AutoscaleView { demand, nodes }
+    }
+
+    /// When `attempts` are expected to have ended, if every one's shape has a known runtime.
+    fn busy_until<'a>(&self, attempts: impl Iterator<Item = &'a AttemptId>) -> Option<SystemTime> {
+        let mut until: Option<u64> = None;
+        for attempt in attempts {
+            let task = self.tasks.get(&attempt.task)?;
+            let info = task
+                .attempts
+                .iter()
+                .find(|a| a.attempt == attempt.attempt)?;
+            let shape = (task.spec.resources.clone(), task.spec.constraints.clone());
+            let runtime = self.runtimes.get(&shape)?;
+            let end = info
+                .started_at_ms
+                .saturating_add(runtime.as_millis() as u64);
+            until = until.max(Some(end));
+        }
+        until.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     /// Folds a successful attempt's run time into its shape's mean.
