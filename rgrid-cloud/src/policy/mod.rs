@@ -45,6 +45,22 @@ pub const BILLING_PERIOD: Duration = Duration::from_secs(3600);
 /// `max_nodes` long before it matters.
 const MAX_PLANNED_TASKS: u64 = 20_000;
 
+/// The arrival rate is measured over this many blocks of [`RATE_BLOCK`] (the last hour).
+pub const RATE_BLOCKS: usize = 6;
+
+/// One block of the arrival-rate window.
+pub const RATE_BLOCK: Duration = Duration::from_secs(600);
+
+/// The sustained arrival rate, per second, from the number of tasks submitted in each block of
+/// the last hour: the median block. A one-off burst lands in one or two blocks and leaves the
+/// median alone — it is queued demand, sized by `drain_target`, not a rate to keep up with —
+/// while a steady or slowly changing stream moves it as the mean would.
+pub fn sustained_rate(mut blocks: [u32; RATE_BLOCKS]) -> f64 {
+    blocks.sort_unstable();
+    let median = f64::from(blocks[RATE_BLOCKS / 2 - 1] + blocks[RATE_BLOCKS / 2]) / 2.0;
+    median / RATE_BLOCK.as_secs_f64()
+}
+
 /// A node must be empty this long before its next billed hour starts, for its delete to land
 /// in time.
 pub const DELETE_MARGIN: Duration = Duration::from_secs(60);
@@ -72,9 +88,9 @@ pub struct Demand {
     /// finished tasks of this shape). With it, capacity is sized to finish the queue within
     /// `drain_target` instead of starting every task at once.
     pub expected_runtime: Option<Duration>,
-    /// Tasks of this shape submitted per second, if the head knows: those submitted (queued or
-    /// not, started or not) in the last hour, divided by 3600 s — the simulator's measure.
-    /// With it and `expected_runtime`, the busy cpu of running nodes counts as capacity for the
+    /// The sustained rate at which tasks of this shape are submitted, per second, if the head
+    /// knows: [`sustained_rate`] of the tasks submitted (queued or not, started or not) in each
+    /// ten-minute block of the last hour. With it and `expected_runtime`, the busy cpu of running nodes counts as capacity for the
     /// whole `drain_target`, minus what the arrivals keep busy, instead of for
     /// `max_queue_wait` only: a burst no longer buys a node per decision while its own nodes
     /// work through it. `None` keeps the rule without it.

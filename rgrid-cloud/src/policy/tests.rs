@@ -746,3 +746,15 @@ fn running_times_bound_an_unknown_runtime_from_below() {
     snap.demand[0].running_for = None;
     assert_eq!(creates(&decide(&cfg(), &snap, t(60))).len(), 5);
 }
+
+#[test]
+fn the_sustained_rate_is_the_median_block() {
+    // 60 tasks in each ten-minute block: one a ten seconds.
+    assert_eq!(sustained_rate([60; RATE_BLOCKS]), 0.1);
+    // A burst in one block, or two, changes nothing.
+    assert_eq!(sustained_rate([60, 5000, 60, 60, 60, 60]), 0.1);
+    assert_eq!(sustained_rate([60, 5000, 900, 60, 60, 60]), 0.1);
+    // Bursts every other block are a stream of their own.
+    assert_eq!(sustained_rate([0, 600, 0, 600, 0, 600]), 0.5);
+    assert_eq!(sustained_rate([0; RATE_BLOCKS]), 0.0);
+}

@@ -134,7 +134,8 @@ struct Task {
 }
 
 /// The head's arrival rate counts the tasks submitted within this window.
-const ARRIVAL_WINDOW: Duration = Duration::from_secs(3600);
+const ARRIVAL_WINDOW: Duration =
+    Duration::from_secs(policy::RATE_BLOCK.as_secs() * policy::RATE_BLOCKS as u64);
 
 /// Virtual time zero as a wall-clock time, for the policy.
 fn epoch() -> SystemTime {
@@ -392,20 +393,19 @@ impl Sim<'_> {
         }
     }
 
-    /// Tasks of shape `need` submitted in the last [`ARRIVAL_WINDOW`], per second (divided by
-    /// the whole window, also before one has passed).
+    /// The head's sustained arrival rate of shape `need`: the median ten-minute block of the
+    /// last [`ARRIVAL_WINDOW`], per second.
     fn arrival_rate(&self, need: &Resources) -> f64 {
-        let recent = self
-            .arrivals
-            .iter()
-            .find(|a| &a.0 == need)
-            .map_or(0, |(_, times)| {
-                times
-                    .iter()
-                    .filter(|&&at| at + ARRIVAL_WINDOW > self.now)
-                    .count()
-            });
-        recent as f64 / ARRIVAL_WINDOW.as_secs_f64()
+        let mut blocks = [0u32; policy::RATE_BLOCKS];
+        if let Some((_, times)) = self.arrivals.iter().find(|a| &a.0 == need) {
+            for &at in times {
+                let block = ((self.now - at).as_secs() / policy::RATE_BLOCK.as_secs()) as usize;
+                if let Some(count) = blocks.get_mut(block) {
+                    *count += 1;
+                }
+            }
+        }
+        policy::sustained_rate(blocks)
     }
 
     /// How long the running tasks of shape `need` have been running, on average: the head's

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rgrid_cloud::Demand;
+use rgrid_cloud::{policy, Demand};
 use rgrid_core::protocol::TaskInfo;
 use rgrid_core::scheduler::NodeView;
 use rgrid_core::task::{Affinity, Constraints};
@@ -47,8 +47,8 @@ pub(crate) struct NodeSummary {
 /// Weight of the newest run in a shape's mean run time.
 const RUNTIME_WEIGHT: f64 = 0.2;
 
-/// Submissions per shape over the last hour, in one-minute buckets: the arrival rate the
-/// policy sizes capacity with (tasks submitted in the last hour / 3600 s).
+/// Submissions per shape over the last hour, in one-minute buckets, for the sustained arrival
+/// rate the policy sizes capacity with ([`rgrid_cloud::policy::sustained_rate`]).
 pub(super) struct Arrivals {
     /// Counts per minute, indexed by minute number modulo the window.
     buckets: [u32; Self::MINUTES],
@@ -75,11 +75,17 @@ impl Arrivals {
         self.buckets[slot] = self.buckets[slot].saturating_add(n);
     }
 
-    /// Submissions per second over the hour up to `minute`.
+    /// The sustained rate, per second, over the hour up to `minute` (the median of its
+    /// ten-minute blocks, the newest block ending with `minute`).
     fn rate(&mut self, minute: u64) -> f64 {
         self.advance(minute);
-        let total: u64 = self.buckets.iter().map(|&n| u64::from(n)).sum();
-        total as f64 / (Self::MINUTES * 60) as f64
+        let per_block = Self::MINUTES / policy::RATE_BLOCKS;
+        let mut blocks = [0u32; policy::RATE_BLOCKS];
+        for age in 0..Self::MINUTES {
+            let slot = (minute + (Self::MINUTES - age) as u64) % Self::MINUTES as u64;
+            blocks[age / per_block] += self.buckets[slot as usize];
+        }
+        policy::sustained_rate(blocks)
     }
 
     /// Empties the buckets of the minutes that passed since the last update.
@@ -290,17 +296,21 @@ mod tests {
     }
 
     #[test]
-    fn arrivals_count_the_last_hour_per_second() {
+    fn the_arrival_rate_follows_a_stream_and_shrugs_off_a_burst() {
         let mut a = Arrivals::default();
-        a.add(0, 1800);
-        a.add(30, 1800);
-        assert_eq!(a.rate(30), 1.0);
-        // Minute 0 leaves the window at minute 60; minute 30 at minute 90.
-        assert_eq!(a.rate(59), 1.0);
-        assert_eq!(a.rate(60), 0.5);
-        assert_eq!(a.rate(200), 0.0);
-        a.add(200, 36);
-        assert_eq!(a.rate(200), 0.01);
+        // Six a minute for an hour: one a ten seconds.
+        for minute in 0..60 {
+            a.add(minute, 6);
+        }
+        assert_eq!(a.rate(59), 0.1);
+        // A burst of 5,000 in one minute lands in one block: the median stays.
+        a.add(59, 5000);
+        assert_eq!(a.rate(59), 0.1);
+        // The stream stops: the rate falls once half the blocks are empty.
+        assert_eq!(a.rate(80), 0.1);
+        assert_eq!(a.rate(90), 0.1 / 2.0);
+        assert_eq!(a.rate(100), 0.0);
+        assert_eq!(a.rate(500), 0.0);
     }
 
     #[test]
