@@ -394,12 +394,6 @@ fn node_views(
             *entry = node;
         }
     }
-    let type_capacity = |name: &str| {
-        config
-            .node_type(name)
-            .map(|t| t.capacity())
-            .unwrap_or_default()
-    };
     let mut views = Vec::new();
     for server in servers {
         if deleting.contains(&server.id) {
@@ -408,25 +402,17 @@ fn node_views(
         let view = match by_name.remove(server.name.as_str()) {
             Some(node) => managed(server, node),
             None => {
-                let capacity = type_capacity(&server.node_type);
-                let state = if server.status == ServerStatus::Stopped {
-                    NodeState::Failed
-                } else {
-                    NodeState::Provisioning
-                };
-                NodeView {
-                    server: Some(server.id),
-                    name: server.name.clone(),
-                    node_type: server.node_type.clone(),
-                    state,
-                    created: server.created,
-                    labels: BTreeMap::new(),
-                    free: capacity.clone(),
-                    capacity,
-                    running: 0,
-                    idle_since: None,
-                    busy_until: None,
+                let mut view = unjoined(
+                    config,
+                    server.id,
+                    &server.name,
+                    &server.node_type,
+                    server.created,
+                );
+                if server.status == ServerStatus::Stopped {
+                    view.state = NodeState::Failed;
                 }
+                view
             }
         };
         views.push(view);
@@ -435,20 +421,7 @@ fn node_views(
         if servers.iter().any(|s| &s.name == name) {
             continue;
         }
-        let capacity = type_capacity(&c.node_type);
-        views.push(NodeView {
-            server: Some(PENDING),
-            name: name.clone(),
-            node_type: c.node_type.clone(),
-            state: NodeState::Provisioning,
-            created: c.since,
-            labels: BTreeMap::new(),
-            free: capacity.clone(),
-            capacity,
-            running: 0,
-            idle_since: None,
-            busy_until: None,
-        });
+        views.push(unjoined(config, PENDING, name, &c.node_type, c.since));
     }
     // Nodes the autoscaler did not create (joined by hand) that are alive: capacity only.
     let mut unmanaged: Vec<&NodeSummary> = by_name
@@ -462,6 +435,33 @@ fn node_views(
         views.push(view);
     }
     views
+}
+
+/// A server no node has joined from yet: provisioning, with its type's capacity.
+fn unjoined(
+    config: &AutoscalerConfig,
+    server: ServerId,
+    name: &str,
+    node_type: &str,
+    created: SystemTime,
+) -> NodeView {
+    let capacity = config
+        .node_type(node_type)
+        .map(|t| t.capacity())
+        .unwrap_or_default();
+    NodeView {
+        server: Some(server),
+        name: name.to_owned(),
+        node_type: node_type.to_owned(),
+        state: NodeState::Provisioning,
+        created,
+        labels: BTreeMap::new(),
+        free: capacity.clone(),
+        capacity,
+        running: 0,
+        idle_since: None,
+        busy_until: None,
+    }
 }
 
 /// A server whose node has joined.
