@@ -118,6 +118,7 @@ async fn demand_becomes_servers_and_servers_that_never_join_go_away() -> anyhow:
         demand,
         nodes: provisioning(&config, &servers),
         failures: snapshot.failures,
+        arrival_load: None,
     };
     let d = policy::decide(&config, &snapshot, t0 + Duration::from_secs(30));
     assert!(d.actions.is_empty(), "{:?}", d.actions);

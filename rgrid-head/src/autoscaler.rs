@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rgrid_cloud::policy::{self, ProvisionFailure, Reason, BILLING_PERIOD, DELETE_MARGIN};
+use rgrid_cloud::policy::{self, ProvisionFailure};
 use rgrid_cloud::provider::ServerStatus;
 use rgrid_cloud::{
     cloud_init, Action, AutoscalerConfig, CloudServer, CreateServer, NodeState, NodeView, Provider,
@@ -37,9 +37,6 @@ const PENDING: ServerId = ServerId(0);
 
 /// At most one decision this often, however many events arrive.
 const DEBOUNCE: Duration = Duration::from_millis(500);
-
-/// A drain for lifetime lets running attempts finish for this long.
-const LIFETIME_DRAIN: Duration = Duration::from_secs(3600);
 
 /// The capability every provisioned node has (it runs tasks in Docker).
 const DOCKER: &str = "docker";
@@ -234,6 +231,7 @@ impl Autoscaler {
             demand,
             nodes,
             failures: self.failures.clone(),
+            arrival_load: Some(view.arrival_load),
         };
         (snapshot, shapes)
     }
@@ -264,7 +262,10 @@ impl Autoscaler {
                     .iter()
                     .find(|s| s.id == server)
                     .map(|s| s.created);
-                let deadline = drain_deadline(reason, created.unwrap_or(now), now);
+                let age = now
+                    .duration_since(created.unwrap_or(now))
+                    .unwrap_or_default();
+                let deadline = policy::drain_deadline(reason, age);
                 tracing::info!(%server, node = %name, %reason, ?deadline, "draining a node");
                 let (reply, _) = oneshot::channel();
                 let _ = self.events.send(Event::Drain {
@@ -505,19 +506,6 @@ fn from_node(node: &NodeSummary, created: SystemTime) -> NodeView {
         idle_since,
         busy_until: node.busy_until,
     }
-}
-
-/// How long a drained node's attempts may run on: a node drained to save the next billed hour
-/// hands back what still runs shortly before that hour starts.
-fn drain_deadline(reason: Reason, created: SystemTime, now: SystemTime) -> Duration {
-    if reason == Reason::Lifetime {
-        return LIFETIME_DRAIN;
-    }
-    let age = now.duration_since(created).unwrap_or_default().as_secs();
-    let to_next_hour = BILLING_PERIOD - Duration::from_secs(age % BILLING_PERIOD.as_secs());
-    to_next_hour
-        .saturating_sub(DELETE_MARGIN)
-        .max(Duration::from_secs(10))
 }
 
 /// A wait as listings show it; `None` where the scheduler's own reason is the better one.

@@ -24,7 +24,9 @@
 //!   nothing more until its next hour starts. Idle nodes are drained when that start is within
 //!   `scale_down_window` (and deleted once drained), keeping `min_nodes`. A busy node whose
 //!   next hour starts within `drain_ahead` is drained when the rest of the cluster carries the
-//!   load plus `headroom` and its attempts are expected to end before that hour.
+//!   load plus `headroom` and its attempts are expected to end before that hour. The load is
+//!   the busy and queued cpu, but at least what the arrivals keep busy when that is known —
+//!   the capacity scale-up would buy back for them.
 //! - **Replace**: failed nodes are deleted (demand then creates replacements), nodes older than
 //!   `max_lifetime` are drained, servers that never joined within `join_timeout` are deleted.
 
@@ -64,6 +66,20 @@ pub fn sustained_rate(mut blocks: [u32; RATE_BLOCKS]) -> f64 {
 /// A node must be empty this long before its next billed hour starts, for its delete to land
 /// in time.
 pub const DELETE_MARGIN: Duration = Duration::from_secs(60);
+
+/// How long a drained node's attempts may run on before the node hands them back: one drained
+/// to save its next billed hour (idle, surplus) until [`DELETE_MARGIN`] before that hour starts
+/// (at least 10 s); one past its maximum lifetime for an hour. `age` is the server's.
+pub fn drain_deadline(reason: Reason, age: Duration) -> Duration {
+    if reason == Reason::Lifetime {
+        return BILLING_PERIOD;
+    }
+    let period = BILLING_PERIOD.as_secs();
+    let to_next_hour = Duration::from_secs(period - age.as_secs() % period);
+    to_next_hour
+        .saturating_sub(DELETE_MARGIN)
+        .max(Duration::from_secs(10))
+}
 
 /// After a rate-limit failure or an unclassified one (bad token, invalid request, failed
 /// action…), creation pauses this long: a persistent error costs one request a minute.
@@ -169,6 +185,14 @@ pub struct Snapshot {
     pub nodes: Vec<NodeView>,
     /// Recent create failures.
     pub failures: Vec<ProvisionFailure>,
+    /// The cpu, in millis, that arrivals keep busy (Little's law), if the head knows: over the
+    /// shapes submitted in the last hour whose mean runtime is known (some finished), the sum
+    /// of [`sustained_rate`] × mean runtime × cpu per task — what
+    /// [`Demand::arrival_rate`] and [`Demand::expected_runtime`] give a queued shape, for every
+    /// shape, queued or not. Surplus nodes are drained only when the rest of the cluster
+    /// also carries this much, so a lull between arrivals does not drain capacity that
+    /// scale-up buys back for them. `None` counts only the busy and queued cpu.
+    pub arrival_load: Option<u64>,
 }
 
 /// Why a node is drained or deleted.
@@ -939,7 +963,9 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     // --- Drain surplus busy nodes ahead of their next billed hour. ---
     // When the rest of the cluster holds the current load plus `headroom`, a busy node whose
     // next hour starts within `drain_ahead` takes no new work, so it can empty and be deleted
-    // instead of paying another hour. Only when nothing waits for new capacity.
+    // instead of paying another hour. Only when nothing waits for new capacity. The load is at
+    // least what the arrivals keep busy: scale-up plans for that much, so draining below it
+    // buys the capacity back, paying a new hour.
     let nothing_waits = outcomes
         .iter()
         .all(|o| matches!(o, Outcome::Done(Wait::Placing)));
@@ -955,6 +981,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
                 load += n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis);
             }
         }
+        let load = load.max(snapshot.arrival_load.unwrap_or(0));
         let needed = (load as f64 * (1.0 + config.headroom.max(0.0))) as u64;
         let mut surplus: Vec<(std::cmp::Reverse<u64>, u32, usize)> = Vec::new();
         for (b, &i) in bin_node.iter().enumerate() {

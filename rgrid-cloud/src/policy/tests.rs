@@ -651,6 +651,30 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
 }
 
 #[test]
+fn surplus_drains_leave_room_for_what_arrivals_keep_busy() {
+    let mut snap = Snapshot {
+        nodes: vec![
+            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        ],
+        ..Snapshot::default()
+    };
+    let drains = |snap: &Snapshot| {
+        decide(&cfg(), snap, t(3000))
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Drain { .. }))
+            .count()
+    };
+    // 8 cpus busy now, but arrivals keep 14 busy: with headroom, node 1 alone (16) is short.
+    snap.arrival_load = Some(14_000);
+    assert_eq!(drains(&snap), 0);
+    // Arrivals that keep fewer cpus busy than run now change nothing.
+    snap.arrival_load = Some(6_000);
+    assert_eq!(drains(&snap), 1);
+}
+
+#[test]
 fn surplus_nodes_are_drained_only_if_they_empty_before_their_next_hour() {
     let mut snap = Snapshot {
         nodes: vec![
@@ -757,4 +781,16 @@ fn the_sustained_rate_is_the_median_block() {
     // Bursts every other block are a stream of their own.
     assert_eq!(sustained_rate([0, 600, 0, 600, 0, 600]), 0.5);
     assert_eq!(sustained_rate([0; RATE_BLOCKS]), 0.0);
+}
+
+#[test]
+fn drained_nodes_hand_back_work_a_minute_before_their_next_hour() {
+    let min = |m: u64| Duration::from_secs(m * 60);
+    assert_eq!(drain_deadline(Reason::Surplus, min(50)), min(9));
+    assert_eq!(drain_deadline(Reason::Idle, min(110)), min(9));
+    assert_eq!(
+        drain_deadline(Reason::Idle, min(59) + Duration::from_secs(30)),
+        Duration::from_secs(10)
+    );
+    assert_eq!(drain_deadline(Reason::Lifetime, min(1440)), min(60));
 }

@@ -1,6 +1,6 @@
 //! The discrete-event engine: a virtual clock, an event heap (arrivals, task ends, node joins,
-//! policy wake-ups), a FIFO scheduler that places queued tasks on ready nodes (skipping shapes
-//! that do not fit, like the head), and the two autoscalers it can run — rgrid's
+//! drain deadlines, policy wake-ups), a FIFO scheduler that places queued tasks on ready nodes
+//! (skipping shapes that do not fit, like the head), and the two autoscalers it can run — rgrid's
 //! [`policy::decide`](crate::policy::decide) and the earlier Python design
 //! ([`BaselineConfig`]) — against the same [`HetznerModel`].
 
@@ -101,6 +101,7 @@ enum Event {
     Arrive(usize),
     Finish(usize, usize),
     Join(usize),
+    DrainDeadline(usize),
     Decide,
     Tick,
 }
@@ -235,6 +236,10 @@ pub fn simulate(
                 sim.finish(t, n);
                 sim.touched(policy);
             }
+            Event::DrainDeadline(n) => {
+                sim.hand_back(n);
+                sim.touched(policy);
+            }
             Event::Join(n) => {
                 if sim.nodes[n].state == State::Booting {
                     sim.nodes[n].state = State::Ready;
@@ -352,7 +357,8 @@ impl Sim<'_> {
 
     fn finish(&mut self, t: usize, n: usize) {
         let node = &mut self.nodes[n];
-        if node.state == State::Deleted {
+        // Lost with its node, or handed back at the node's drain deadline.
+        if node.state == State::Deleted || self.tasks[t].node != Some(n) {
             return;
         }
         if let Ok(free) = node.free.checked_add(&self.tasks[t].resources) {
@@ -484,6 +490,43 @@ impl Sim<'_> {
         self.queue = rest;
     }
 
+    /// A drained node's deadline has passed: like rgrid's node, it kills what still runs there
+    /// and hands it back; the head requeues it (in submission order) to run again from the
+    /// start. Its wait then counts from its arrival to its last start.
+    fn hand_back(&mut self, n: usize) {
+        if self.nodes[n].state != State::Draining || self.nodes[n].running == 0 {
+            return;
+        }
+        for (t, task) in self.tasks.iter_mut().enumerate() {
+            if task.node == Some(n) && task.end.is_none() {
+                task.start = None;
+                task.node = None;
+                self.queue.push(t);
+            }
+        }
+        let tasks = &self.tasks;
+        self.queue.sort_by_key(|&t| (tasks[t].arrival, t));
+        let node = &mut self.nodes[n];
+        node.free = self.types[node.ty].capacity();
+        node.running = 0;
+        node.idle_since = Some(self.now);
+    }
+
+    /// The head's arrival load: the cpu (millis) the arrivals of every shape with a known
+    /// runtime keep busy, its sustained arrival rate × its mean runtime × its cpu.
+    fn arrival_load(&self) -> u64 {
+        let load: f64 = self
+            .arrivals
+            .iter()
+            .filter_map(|(need, _)| {
+                let (_, sum, n) = self.runtimes.iter().find(|r| &r.0 == need)?;
+                let runtime = (*sum / *n).as_secs_f64();
+                Some(self.arrival_rate(need) * runtime * need.cpu_millis as f64)
+            })
+            .sum();
+        load as u64
+    }
+
     fn create(&mut self, ty: usize, location: &str, slots: Option<u32>) -> bool {
         match self.opts.model.create(&mut self.rng) {
             CreateOutcome::Unavailable => {
@@ -585,6 +628,7 @@ impl Sim<'_> {
             demand,
             nodes,
             failures: self.failures.clone(),
+            arrival_load: Some(self.arrival_load()),
         };
         let decision = policy::decide(config, &snapshot, now);
         let mut again = false;
@@ -600,10 +644,13 @@ impl Sim<'_> {
                         }
                     }
                 }
-                Action::Drain { server, .. } => {
-                    let node = &mut self.nodes[server.0 as usize];
+                Action::Drain { server, reason, .. } => {
+                    let n = server.0 as usize;
+                    let node = &mut self.nodes[n];
                     if node.state == State::Ready {
                         node.state = State::Draining;
+                        let deadline = policy::drain_deadline(reason, self.now - node.created);
+                        self.push(self.now + deadline, Event::DrainDeadline(n));
                         again = true;
                     }
                 }

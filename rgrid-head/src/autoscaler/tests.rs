@@ -166,22 +166,6 @@ fn creates_in_flight_count_once_and_deletes_in_flight_not_at_all() {
 }
 
 #[test]
-fn billing_drains_end_before_the_next_hour_and_lifetime_drains_take_their_time() {
-    assert_eq!(
-        drain_deadline(Reason::Idle, t(0), t(50 * 60)),
-        Duration::from_secs(9 * 60)
-    );
-    assert_eq!(
-        drain_deadline(Reason::Surplus, t(0), t(2 * 3600 + 59 * 60 + 30)),
-        Duration::from_secs(10)
-    );
-    assert_eq!(
-        drain_deadline(Reason::Lifetime, t(0), t(60)),
-        LIFETIME_DRAIN
-    );
-}
-
-#[test]
 fn node_types_tell_the_scheduler_what_could_be_provisioned() {
     let config = AutoscalerConfig::default();
     let types = node_type_views(&config);

@@ -28,6 +28,9 @@ pub(crate) struct AutoscaleView {
     pub demand: Vec<(Shape, Demand)>,
     /// Every node the head knows, including ones that left or died.
     pub nodes: Vec<NodeSummary>,
+    /// Cpu millis the arrivals keep busy: over shapes with a known runtime, sustained arrival
+    /// rate × runtime × cpu ([`rgrid_cloud::Snapshot::arrival_load`]).
+    pub arrival_load: u64,
 }
 
 /// One node, as the autoscaler sees it.
@@ -190,7 +193,18 @@ impl Cluster {
                 busy_until: self.busy_until(node.running.keys()),
             })
             .collect();
-        AutoscaleView { demand, nodes }
+        let arrival_load: f64 = (self.arrivals.iter_mut())
+            .filter_map(|(shape, arrivals)| {
+                let runtime = self.runtimes.get(shape)?;
+                let cpu = shape.0.cpu_millis as f64;
+                Some(arrivals.rate(minute) * runtime.as_secs_f64() * cpu)
+            })
+            .sum();
+        AutoscaleView {
+            demand,
+            nodes,
+            arrival_load: arrival_load as u64,
+        }
     }
 
     /// When `attempts` are expected to have ended, if every one's shape has a known runtime.
