@@ -614,13 +614,15 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     // (rate × runtime, Little's law) plus those that finish its queue within `drain_target`;
     // the busy cpu of running nodes covers them first, shared out among the shapes in turn (a
     // slot is the shape's cpu), and only the shortfall gets new capacity.
-    let mut busy_left: u64 = snapshot
+    // Cpu busy on ready nodes that stay.
+    let busy: u64 = snapshot
         .nodes
         .iter()
         .enumerate()
         .filter(|(i, n)| !leaving.contains(i) && n.state == NodeState::Ready)
         .map(|(_, n)| n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis))
         .sum();
+    let mut busy_left = busy;
     let mut pending_of: Vec<Vec<usize>> = vec![Vec::new(); snapshot.demand.len()];
     for (k, item) in items.iter().enumerate() {
         if outcomes[k] == Outcome::Pending {
@@ -666,10 +668,10 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
             }
             Some(rate) => {
                 let cpu = demand.resources.cpu_millis.max(1);
-                let busy: u64 = fitting
+                let busy_fitting: u64 = fitting
                     .map(|(_, n)| n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis))
                     .sum();
-                let slots = busy.min(busy_left) as f64 / cpu as f64;
+                let slots = busy_fitting.min(busy_left) as f64 / cpu as f64;
                 let need = rate.max(0.0) * runtime.as_secs_f64()
                     + pending.len() as f64 * drain_share(runtime, config.drain_target);
                 busy_left = busy_left.saturating_sub((need.min(slots) * cpu as f64) as u64);
@@ -789,13 +791,6 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     }
 
     // New nodes grow with the cluster: at least `growth` × the cpu busy or queued now.
-    let busy: u64 = snapshot
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, n)| !leaving.contains(i) && n.state == NodeState::Ready)
-        .map(|(_, n)| n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis))
-        .sum();
     let queued: u64 = items
         .iter()
         .enumerate()
