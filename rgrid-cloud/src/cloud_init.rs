@@ -232,16 +232,19 @@ mod tests {
 
     #[test]
     fn renders_valid_cloud_config_with_everything_a_node_needs() {
-        let text = render(&config(), "cx33", "203.0.113.7:7000", TOKEN).unwrap();
+        let text =
+            render(&config(), "cx33", "203.0.113.7:7000", TOKEN).expect("the user data renders");
         assert!(text.starts_with("#cloud-config\n"));
         assert!(text.len() < USER_DATA_LIMIT);
         let doc = parse(&text);
         assert_eq!(doc["packages"][0].as_str(), Some("docker.io"));
-        let files = doc["write_files"].as_sequence().unwrap();
+        let files = doc["write_files"]
+            .as_sequence()
+            .expect("write_files is a list");
         assert_eq!(files[0]["path"].as_str(), Some(TOKEN_PATH));
         assert_eq!(files[0]["content"].as_str(), Some(TOKEN));
         assert_eq!(files[0]["permissions"].as_str(), Some("0600"));
-        let script = files[1]["content"].as_str().unwrap();
+        let script = files[1]["content"].as_str().expect("the script is text");
         assert!(script.starts_with("#!/bin/sh\n"));
         for needle in [
             "systemctl enable --now docker",
@@ -270,7 +273,8 @@ mod tests {
     fn type_labels_and_ipv6_heads() {
         let mut cfg = config();
         cfg.node_types[0].labels.insert("gpu".into(), "true".into());
-        let text = render(&cfg, "cx23", "[2001:db8::1]:7000", TOKEN).unwrap();
+        let text =
+            render(&cfg, "cx23", "[2001:db8::1]:7000", TOKEN).expect("the user data renders");
         parse(&text);
         assert!(text.contains("--label 'gpu=true'"));
         assert!(text.contains("--head '[2001:db8::1]:7000'"));
@@ -304,7 +308,7 @@ mod tests {
         cfg.prepull_images = (0..200)
             .map(|i| format!("registry.example.com/team/image-number-{i}:v1.2.3"))
             .collect();
-        let text = render(&cfg, "cx23", "h:1", TOKEN).unwrap();
+        let text = render(&cfg, "cx23", "h:1", TOKEN).expect("the user data renders");
         parse(&text);
         cfg.prepull_images = (0..400)
             .map(|i| format!("registry.example.com/team/image-number-{i}:v1.2.3"))

@@ -463,12 +463,12 @@ mod tests {
 
     #[test]
     fn empty_section_gives_documented_defaults() {
-        let cfg: AutoscalerConfig = toml::from_str("").unwrap();
+        let cfg: AutoscalerConfig = toml::from_str("").expect("the config parses");
         assert_eq!(cfg, AutoscalerConfig::default());
         assert!(!cfg.enabled);
         assert_eq!(cfg.max_nodes, 10);
         assert_eq!(cfg.scale_down_window, Duration::from_secs(240));
-        cfg.validate().unwrap();
+        cfg.validate().expect("the config is valid");
     }
 
     #[test]
@@ -488,11 +488,11 @@ mod tests {
             [api]
             max_retries = 2
         "#;
-        let cfg: AutoscalerConfig = toml::from_str(text).unwrap();
+        let cfg: AutoscalerConfig = toml::from_str(text).expect("the config parses");
         assert_eq!(cfg.node_types[0].memory, 32 << 30);
         assert_eq!(cfg.scale_up_delay, Duration::from_secs(5));
         assert_eq!(cfg.api.max_retries, 2);
-        cfg.validate().unwrap();
+        cfg.validate().expect("the config is valid");
 
         let err = toml::from_str::<AutoscalerConfig>("token = \"abc\"").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");

@@ -219,29 +219,46 @@ mod tests {
     #[tokio::test]
     async fn creates_lists_deletes_and_fails_on_request() {
         let fake = FakeProvider::new();
-        let a = fake.create(&req("a", "cx23", "fsn1")).await.unwrap();
-        fake.create(&req("b", "cx33", "fsn1")).await.unwrap();
-        assert_eq!(fake.list("rgrid-cluster=c1").await.unwrap().len(), 2);
+        let a = fake
+            .create(&req("a", "cx23", "fsn1"))
+            .await
+            .expect("the fake creates");
+        fake.create(&req("b", "cx33", "fsn1"))
+            .await
+            .expect("the fake creates");
+        assert_eq!(
+            fake.list("rgrid-cluster=c1")
+                .await
+                .expect("the fake lists")
+                .len(),
+            2
+        );
         assert_eq!(
             fake.list("rgrid-cluster=c1,rgrid-node-type=cx33")
                 .await
-                .unwrap()
+                .expect("the fake lists")
                 .len(),
             1
         );
-        assert!(fake.list("rgrid-cluster=other").await.unwrap().is_empty());
+        assert!(fake
+            .list("rgrid-cluster=other")
+            .await
+            .expect("the fake lists")
+            .is_empty());
 
         fake.set_sold_out("cx23", "fsn1", true);
         let err = fake.create(&req("c", "cx23", "fsn1")).await.unwrap_err();
         assert_eq!(err.kind(), FailureKind::Unavailable);
-        fake.create(&req("c", "cx23", "nbg1")).await.unwrap();
+        fake.create(&req("c", "cx23", "nbg1"))
+            .await
+            .expect("the fake creates");
 
         fake.set_quota(Some(3));
         let err = fake.create(&req("d", "cx23", "nbg1")).await.unwrap_err();
         assert_eq!(err.kind(), FailureKind::Quota);
 
-        fake.delete(a.id).await.unwrap();
-        fake.delete(a.id).await.unwrap();
+        fake.delete(a.id).await.expect("the fake deletes");
+        fake.delete(a.id).await.expect("the fake deletes");
         assert_eq!(fake.servers().len(), 2);
         assert_eq!(
             fake.calls(),

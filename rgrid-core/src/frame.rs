@@ -158,12 +158,14 @@ mod tests {
             version: 1,
             agent: "t".into(),
         };
-        w.send(&hello).await.unwrap();
-        assert_eq!(r.next().await.unwrap(), Some(hello));
+        w.send(&hello).await.expect("the frame is written");
+        assert_eq!(r.next().await.expect("the frame is read"), Some(hello));
 
         // Undecodable: a valid length prefix with garbage inside.
         let raw = w.get_mut();
-        raw.write_all(&[0, 0, 0, 1, 0xff]).await.unwrap();
+        raw.write_all(&[0, 0, 0, 1, 0xff])
+            .await
+            .expect("the bytes are written");
         assert!(matches!(r.next().await, Err(FrameError::Decode { .. })));
 
         // Oversize: the length prefix alone is enough to refuse it.
@@ -172,7 +174,7 @@ mod tests {
         let mut a = a;
         a.write_all(&(MAX_FRAME_BYTES as u32 + 1).to_be_bytes())
             .await
-            .unwrap();
+            .expect("the bytes are written");
         assert!(matches!(r.next().await, Err(FrameError::TooLarge)));
     }
 }

@@ -278,21 +278,24 @@ mod tests {
             version: 1,
             agent: "a".into(),
         };
-        assert_eq!(postcard::to_allocvec(&hello).unwrap(), [1, 1, b'a']);
+        assert_eq!(
+            postcard::to_allocvec(&hello).expect("encodes"),
+            [1, 1, b'a']
+        );
         let task = TaskId(Uuid::from_u128(1));
         let get = Request::Get { task };
         let mut expected = vec![4, 16];
         expected.extend_from_slice(&1u128.to_be_bytes());
-        assert_eq!(postcard::to_allocvec(&get).unwrap(), expected);
+        assert_eq!(postcard::to_allocvec(&get).expect("encodes"), expected);
         let msg = NodeMessage::Started {
             attempt: AttemptId { task, attempt: 2 },
         };
         let mut expected = vec![1, 16];
         expected.extend_from_slice(&1u128.to_be_bytes());
         expected.push(2);
-        assert_eq!(postcard::to_allocvec(&msg).unwrap(), expected);
+        assert_eq!(postcard::to_allocvec(&msg).expect("encodes"), expected);
         assert_eq!(
-            postcard::to_allocvec(&ExitStatus::Exited(-1)).unwrap(),
+            postcard::to_allocvec(&ExitStatus::Exited(-1)).expect("encodes"),
             [0, 1]
         );
     }
@@ -300,8 +303,8 @@ mod tests {
     #[test]
     fn task_spec_round_trips() {
         let spec = TaskSpec::new("img").command(["echo", "hi"]).env("A", "B");
-        let bytes = postcard::to_allocvec(&Request::Submit(vec![spec.clone()])).unwrap();
-        let back: Request = postcard::from_bytes(&bytes).unwrap();
+        let bytes = postcard::to_allocvec(&Request::Submit(vec![spec.clone()])).expect("encodes");
+        let back: Request = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(back, Request::Submit(vec![spec]));
     }
 }

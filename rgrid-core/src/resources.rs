@@ -233,9 +233,9 @@ mod tests {
         fn sub_then_add_round_trips(a in 0u64..1 << 40, b in 0u64..1 << 40, c in 0u64..100, d in 0u64..100) {
             let total = res(a.max(b), a.max(b), c.max(d));
             let req = res(a.min(b), a.min(b), c.min(d));
-            let free = total.checked_sub(&req).unwrap();
+            let free = total.checked_sub(&req).expect("the request fits");
             prop_assert!(total.fits(&req));
-            prop_assert_eq!(free.checked_add(&req).unwrap(), total);
+            prop_assert_eq!(free.checked_add(&req).expect("within u64"), total);
         }
 
         #[test]

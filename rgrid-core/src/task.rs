@@ -439,15 +439,17 @@ mod tests {
 
     #[test]
     fn selectors_parse() {
-        let eq: LabelRequirement = "site=eu-1".parse().unwrap();
+        let eq: LabelRequirement = "site=eu-1".parse().expect("a valid label selector");
         let node = |k: &str| (k == "site").then_some("eu-1");
         assert!(eq.matches(node));
-        let ne: LabelRequirement = "site!=eu-1".parse().unwrap();
+        let ne: LabelRequirement = "site!=eu-1".parse().expect("a valid label selector");
         assert!(!ne.matches(node));
-        let inn: LabelRequirement = "site in (us-1, eu-1)".parse().unwrap();
+        let inn: LabelRequirement = "site in (us-1, eu-1)"
+            .parse()
+            .expect("a valid label selector");
         assert!(inn.matches(node));
         assert_eq!(inn.to_string(), "site in (us-1,eu-1)");
-        let ex: LabelRequirement = "gpu".parse().unwrap();
+        let ex: LabelRequirement = "gpu".parse().expect("a valid label selector");
         assert!(!ex.matches(node));
         assert!("a b".parse::<LabelRequirement>().is_err());
     }

@@ -465,13 +465,16 @@ mod tests {
 
     #[test]
     fn ca_round_trips_and_signs_nodes() {
-        let ca = ClusterCa::generate("test").unwrap();
-        let again = ClusterCa::load(ca.cert_pem(), &ca.key_pem()).unwrap();
-        assert_eq!(ca.fingerprint().unwrap(), again.fingerprint().unwrap());
-        let (_key, csr) = node_csr().unwrap();
+        let ca = ClusterCa::generate("test").expect("a CA is generated");
+        let again = ClusterCa::load(ca.cert_pem(), &ca.key_pem()).expect("the CA loads back");
+        assert_eq!(
+            ca.fingerprint().expect("the CA has a fingerprint"),
+            again.fingerprint().expect("the CA has a fingerprint")
+        );
+        let (_key, csr) = node_csr().expect("a CSR is generated");
         let node = NodeId::new();
-        let cert = again.sign_node_csr(&csr, node).unwrap();
-        let der = pem_certs(&cert, "node").unwrap();
+        let cert = again.sign_node_csr(&csr, node).expect("a CSR is generated");
+        let der = pem_certs(&cert, "node").expect("the certificate is PEM");
         assert_eq!(
             PeerIdentity::from_cert(&der[0]),
             Some(PeerIdentity::Node(node))
@@ -481,7 +484,7 @@ mod tests {
     #[test]
     fn tokens_parse_and_hide_their_secret() {
         let token = JoinToken::generate(&"ab".repeat(32));
-        let parsed = JoinToken::parse(&token.encode()).unwrap();
+        let parsed = JoinToken::parse(&token.encode()).expect("the token parses back");
         assert_eq!(parsed, token);
         assert!(!format!("{token:?}").contains(&token.secret));
         assert!(JoinToken::parse("nope").is_err());

@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn parses_durations_and_rejects_unknown_keys() {
-        let config: HeadConfig = toml::from_str("heartbeat_timeout = \"10s\"").unwrap();
+        let config: HeadConfig =
+            toml::from_str("heartbeat_timeout = \"10s\"").expect("the config parses");
         assert_eq!(config.heartbeat_timeout, Duration::from_secs(10));
         assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
         assert!(toml::from_str::<HeadConfig>("heartbeat = 1").is_err());

@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn time_stamps_round_trip() {
-        let t = parse_time("2016-01-30T23:55:00+00:00").unwrap();
+        let t = parse_time("2016-01-30T23:55:00+00:00").expect("a valid RFC 3339 time");
         assert_eq!(t, UNIX_EPOCH + Duration::from_secs(1_454_198_100));
         assert_eq!(parse_time("2016-01-31T00:55:00+01:00"), Some(t));
         assert_eq!(parse_time(&format_time(t)), Some(t));
@@ -293,9 +293,16 @@ mod tests {
             "resources": [{"id": 42, "type": "server"}], "error": null}],
           "root_password": "YItygq1v3GYjjMomLaKc"
         }"#;
-        let r: CreateServerResponse = serde_json::from_str(body).unwrap();
+        let r: CreateServerResponse =
+            serde_json::from_str(body).expect("the documented response parses");
         assert_eq!(r.server.id, 42);
-        assert_eq!(r.server.location.unwrap().name, "fsn1");
+        assert_eq!(
+            r.server
+                .location
+                .expect("the response names a location")
+                .name,
+            "fsn1"
+        );
         assert_eq!(r.action.status, ActionStatus::Running);
         assert_eq!(r.next_actions[0].command, "start_server");
     }

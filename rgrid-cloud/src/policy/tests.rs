@@ -229,11 +229,14 @@ fn selectors_restrict_creation_to_labelled_types() {
     config.node_types.push(gpu_type);
     let mut gpu = demand(1, 1, 1, t(0));
     gpu.resources.gpus = 1;
-    gpu.selector.push("gpu=rtx4000".parse().unwrap());
+    gpu.selector
+        .push("gpu=rtx4000".parse().expect("a valid label selector"));
     let mut on_cx33 = demand(1, 1, 1, t(0));
-    on_cx33
-        .selector
-        .push(format!("{NODE_TYPE_LABEL} in (cx33)").parse().unwrap());
+    on_cx33.selector.push(
+        format!("{NODE_TYPE_LABEL} in (cx33)")
+            .parse()
+            .expect("a valid label selector"),
+    );
     let snap = Snapshot {
         demand: vec![gpu, on_cx33, demand(1, 1, 1, t(0))],
         ..Snapshot::default()
@@ -339,7 +342,7 @@ fn other_create_errors_pause_creation_for_a_minute() {
     };
     let d = decide(&cfg(), &snap, t(40));
     assert!(d.actions.is_empty());
-    let wait = d.wait_for(0, 0).unwrap();
+    let wait = d.wait_for(0, 0).expect("the demand has a wait");
     assert!(
         wait.to_string().contains("creating a node failed"),
         "{wait}"

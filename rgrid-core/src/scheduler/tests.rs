@@ -71,7 +71,8 @@ fn big_task_does_not_block_small_ones() {
     let mut s = scheduler();
     let n = node(2000, 1 << 30);
     s.upsert_node(n.clone());
-    s.allocate(n.id, &Resources::new(1000, 0)).unwrap();
+    s.allocate(n.id, &Resources::new(1000, 0))
+        .expect("the node has room");
     let big = task(2000, 1 << 20);
     let small = task(500, 1 << 20);
     s.enqueue(big.clone());
@@ -122,7 +123,7 @@ fn constraint_failures_name_the_constraint() {
     let mut s = scheduler();
     s.upsert_node(labelled(1000, "eu-1"));
     let selector = Constraints {
-        selector: vec!["site=us-1".parse().unwrap()],
+        selector: vec!["site=us-1".parse().expect("a valid label selector")],
         ..Constraints::default()
     };
     s.enqueue(with(selector, 100));
@@ -142,7 +143,10 @@ fn tasks_wait_for_a_first_node_and_are_judged_when_it_joins() {
     s.enqueue(t.clone());
     assert!(s.schedule().is_empty());
     assert_eq!(s.queued(), 1);
-    assert!(s.explain(t.id).unwrap().contains("no node"));
+    assert!(s
+        .explain(t.id)
+        .expect("the task is queued")
+        .contains("no node"));
     s.upsert_node(node(2000, 1 << 30));
     assert!(reason(&s.schedule()).contains("memory"));
 }
@@ -158,7 +162,10 @@ fn a_provisionable_node_type_makes_a_task_wait_not_fail() {
     let waiting: Vec<Waiting<'_>> = s.waiting().collect();
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0].tasks, 1);
-    assert!(s.explain(t.id).unwrap().contains("node type"));
+    assert!(s
+        .explain(t.id)
+        .expect("the task is queued")
+        .contains("node type"));
     s.set_node_types(Vec::new());
     assert!(reason(&s.schedule()).contains("cpu"));
 }
@@ -185,7 +192,10 @@ fn hard_affinity_uses_only_that_node() {
     let u = pinned(b.id);
     s.enqueue(u.clone());
     assert!(s.schedule().is_empty());
-    assert!(s.explain(u.id).unwrap().contains("suspect"));
+    assert!(s
+        .explain(u.id)
+        .expect("the task is queued")
+        .contains("suspect"));
     s.set_schedulable(b.id, true);
     assert_eq!(s.schedule(), vec![place(&u, &b)]);
     s.enqueue(pinned(NodeId::new()));
@@ -243,7 +253,8 @@ fn spread_prefers_the_least_loaded_node() {
     for n in &nodes {
         s.upsert_node(n.clone());
     }
-    s.allocate(nodes[1].id, &Resources::new(3000, 0)).unwrap();
+    s.allocate(nodes[1].id, &Resources::new(3000, 0))
+        .expect("the node has room");
     for _ in 0..4 {
         s.enqueue(QueuedTask {
             strategy: Strategy::Spread,
@@ -260,8 +271,10 @@ fn a_class_that_fits_nowhere_is_set_aside_until_capacity_grows() {
     let (a, b) = (node(2000, 1 << 30), node(2000, 1 << 30));
     s.upsert_node(a.clone());
     s.upsert_node(b.clone());
-    s.allocate(a.id, &Resources::new(2000, 0)).unwrap();
-    s.allocate(b.id, &Resources::new(1500, 0)).unwrap();
+    s.allocate(a.id, &Resources::new(2000, 0))
+        .expect("the node has room");
+    s.allocate(b.id, &Resources::new(1500, 0))
+        .expect("the node has room");
     let t = task(1000, 1 << 20);
     s.enqueue(t.clone());
     assert!(s.schedule().is_empty());
@@ -302,9 +315,10 @@ fn upsert_keeps_allocations_and_follows_new_labels() {
     let mut s = scheduler();
     let mut n = labelled(4000, "eu-1");
     s.upsert_node(n.clone());
-    s.allocate(n.id, &Resources::new(1000, 0)).unwrap();
+    s.allocate(n.id, &Resources::new(1000, 0))
+        .expect("the node has room");
     let us = Constraints {
-        selector: vec!["site=us-1".parse().unwrap()],
+        selector: vec!["site=us-1".parse().expect("a valid label selector")],
         ..Constraints::default()
     };
     s.set_node_types(vec![labelled(4000, "us-1")]);
@@ -329,12 +343,18 @@ fn explain_counts_the_tasks_ahead() {
     for t in [&a, &b, &c] {
         s.enqueue(t.clone());
     }
-    assert!(s.explain(a.id).unwrap().contains("not tried"));
+    assert!(s
+        .explain(a.id)
+        .expect("the task is queued")
+        .contains("not tried"));
     assert_eq!(s.schedule().len(), 1);
-    assert!(s.explain(c.id).unwrap().starts_with("1 tasks"));
+    assert!(s
+        .explain(c.id)
+        .expect("the task is queued")
+        .starts_with("1 tasks"));
     assert!(s
         .explain(b.id)
-        .unwrap()
+        .expect("the task is queued")
         .contains("none of the 1 schedulable nodes"));
     assert_eq!(s.explain(a.id), None);
     assert!(s.dequeue(b.id));
@@ -475,14 +495,18 @@ impl Model {
         }
         let mut constraints = Constraints::default();
         if let Some(site) = args.site {
-            constraints
-                .selector
-                .push(format!("site={}", SITES[site]).parse().unwrap());
+            constraints.selector.push(
+                format!("site={}", SITES[site])
+                    .parse()
+                    .expect("a valid label selector"),
+            );
         }
         if let Some(site) = args.not_site {
-            constraints
-                .selector
-                .push(format!("site!={}", SITES[site]).parse().unwrap());
+            constraints.selector.push(
+                format!("site!={}", SITES[site])
+                    .parse()
+                    .expect("a valid label selector"),
+            );
         }
         if args.docker {
             constraints.capabilities.push("docker".into());

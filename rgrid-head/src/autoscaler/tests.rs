@@ -82,7 +82,11 @@ fn node_states_map_to_what_the_policy_acts_on() {
         node("draining", cluster::NodeState::Draining, 2),
     ];
     let v = views(&nodes, &servers);
-    let by = |name: &str| v.iter().find(|n| n.name == name).unwrap();
+    let by = |name: &str| {
+        v.iter()
+            .find(|n| n.name == name)
+            .expect("a node of that name")
+    };
     // Drained and gone: empty draining, so the policy deletes the server.
     assert_eq!(
         (by("left").state, by("left").running),

@@ -333,7 +333,10 @@ mod tests {
             Instant::now(),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
         );
-        let past = now.0.checked_sub(Duration::from_secs(5)).unwrap();
+        let past = now
+            .0
+            .checked_sub(Duration::from_secs(5))
+            .expect("the request fits");
         assert_eq!(wall_clock(past, now), now.1 - Duration::from_secs(5));
         let future = now.0 + Duration::from_secs(7);
         assert_eq!(wall_clock(future, now), now.1 + Duration::from_secs(7));
