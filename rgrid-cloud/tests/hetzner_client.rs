@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fake_hetzner::{FakeHetzner, Scripted, TOKEN};
 use rgrid_cloud::config::ApiConfig;
-use rgrid_cloud::hetzner::{HcloudClient, HcloudError, HetznerProvider, ServerSettings};
+use rgrid_cloud::hetzner::{HcloudClient, HcloudError, HetznerProvider};
 use rgrid_cloud::provider::{cluster_labels, CreateServer, FailureKind, Provider, ServerStatus};
 use rgrid_cloud::{AutoscalerConfig, HcloudToken};
 use serde_json::json;
@@ -394,13 +394,10 @@ async fn deleting_a_missing_server_succeeds() -> anyhow::Result<()> {
 #[tokio::test]
 async fn server_settings_come_from_the_config() -> anyhow::Result<()> {
     let fake = FakeHetzner::start().await;
-    let settings = ServerSettings {
+    let settings = AutoscalerConfig {
         image: "debian-12".into(),
-        ssh_keys: vec![],
-        networks: vec![],
-        firewalls: vec![],
-        enable_ipv4: true,
         enable_ipv6: false,
+        ..AutoscalerConfig::default()
     };
     let provider = HetznerProvider::with_client(client(&fake)?, settings);
     let req = provider.request_for(&request("n", "cx23", "fsn1"));

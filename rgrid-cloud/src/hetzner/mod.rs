@@ -15,42 +15,13 @@ use crate::provider::{
 };
 use types::{CreateServerRequest, FirewallRef, PublicNetRequest, Server};
 
-/// Settings applied to every server the provider creates.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServerSettings {
-    /// OS image.
-    pub image: String,
-    /// SSH key names or ids.
-    pub ssh_keys: Vec<String>,
-    /// Private network ids.
-    pub networks: Vec<u64>,
-    /// Firewall ids.
-    pub firewalls: Vec<u64>,
-    /// Public IPv4.
-    pub enable_ipv4: bool,
-    /// Public IPv6.
-    pub enable_ipv6: bool,
-}
-
-impl ServerSettings {
-    /// The settings in an `[autoscaler]` section.
-    pub fn from_config(config: &AutoscalerConfig) -> Self {
-        Self {
-            image: config.image.clone(),
-            ssh_keys: config.ssh_keys.clone(),
-            networks: config.networks.clone(),
-            firewalls: config.firewalls.clone(),
-            enable_ipv4: config.enable_ipv4,
-            enable_ipv6: config.enable_ipv6,
-        }
-    }
-}
-
 /// The Hetzner Cloud [`Provider`].
 #[derive(Debug)]
 pub struct HetznerProvider {
     client: HcloudClient,
-    settings: ServerSettings,
+    /// Where the server-wide settings come from (image, SSH keys, networks, firewalls, public
+    /// addresses).
+    config: AutoscalerConfig,
 }
 
 impl HetznerProvider {
@@ -59,13 +30,13 @@ impl HetznerProvider {
     pub fn new(config: &AutoscalerConfig, token: HcloudToken) -> Result<Self, HcloudError> {
         Ok(Self {
             client: HcloudClient::new(&config.api_url, token, config.api.clone())?,
-            settings: ServerSettings::from_config(config),
+            config: config.clone(),
         })
     }
 
-    /// A provider over an existing client.
-    pub fn with_client(client: HcloudClient, settings: ServerSettings) -> Self {
-        Self { client, settings }
+    /// A provider over an existing client, with the server settings of `config`.
+    pub fn with_client(client: HcloudClient, config: AutoscalerConfig) -> Self {
+        Self { client, config }
     }
 
     /// The underlying client (rate-limit state, raw calls).
@@ -78,22 +49,22 @@ impl HetznerProvider {
         CreateServerRequest {
             name: request.name.clone(),
             server_type: request.node_type.clone(),
-            image: self.settings.image.clone(),
+            image: self.config.image.clone(),
             location: request.location.clone(),
-            ssh_keys: self.settings.ssh_keys.clone(),
+            ssh_keys: self.config.ssh_keys.clone(),
             user_data: (!request.user_data.is_empty()).then(|| request.user_data.clone()),
             labels: request.labels.clone(),
             start_after_create: true,
-            networks: self.settings.networks.clone(),
+            networks: self.config.networks.clone(),
             firewalls: self
-                .settings
+                .config
                 .firewalls
                 .iter()
                 .map(|&firewall| FirewallRef { firewall })
                 .collect(),
             public_net: PublicNetRequest {
-                enable_ipv4: self.settings.enable_ipv4,
-                enable_ipv6: self.settings.enable_ipv6,
+                enable_ipv4: self.config.enable_ipv4,
+                enable_ipv6: self.config.enable_ipv6,
             },
         }
     }
