@@ -1,13 +1,22 @@
 //! The client API: a connection to the head authenticated by a client certificate, one stream
-//! per request.
+//! per request. Requests about many tasks take many at once: `submit_batch`, and the waits
+//! (`get_many`, `as_completed`, `wait`), which are one request answered as the tasks end.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
-use quinn::{Connection, Endpoint};
-use rgrid_core::protocol::{ErrorReply, NodeInfo, Request, Response, TaskInfo, TaskOutcome};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use quinn::{Connection, Endpoint, RecvStream};
+use rgrid_core::frame::FrameReader;
+use rgrid_core::protocol::{
+    ClusterStatus, ErrorReply, NodeInfo, Request, Response, SubmitAnswer, TaskInfo, TaskOutcome,
+    TaskPage, TaskQuery, MAX_PAGE_TASKS, MAX_WAIT_TASKS,
+};
 use rgrid_core::tls::{client_config, ClientFile};
-use rgrid_core::transport::{call, connect, TransportError};
+use rgrid_core::transport::{call, connect, open_request, TransportError};
 use rgrid_core::{TaskId, TaskSpec, TaskState};
 
 /// A submitted task.
@@ -84,19 +93,30 @@ impl Client {
             .ok_or_else(|| ClientError::Unexpected("empty submit answer".into()))
     }
 
-    /// Submits many tasks in one request. Fails if any is rejected (the others are kept: a
-    /// resubmission of the same specs is idempotent).
+    /// Submits many tasks in one request; returns once they are stored durably. Fails if any
+    /// is rejected (the others are kept: a resubmission of the same specs is idempotent).
     pub async fn submit_batch(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskRef>, ClientError> {
+        let answers = self.submit_answers(specs).await?;
+        answers
+            .into_iter()
+            .map(|(task, answer)| match answer {
+                SubmitAnswer::Accepted | SubmitAnswer::Known { .. } => Ok(TaskRef { id: task }),
+                SubmitAnswer::Rejected(message) => Err(ClientError::Rejected { task, message }),
+            })
+            .collect()
+    }
+
+    /// Submits many tasks in one request and returns what the head said of each: accepted,
+    /// known already (a resubmission, with its current state), or rejected and why.
+    pub async fn submit_answers(
+        &self,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<(TaskId, SubmitAnswer)>, ClientError> {
         let ids: Vec<TaskId> = specs.iter().map(|s| s.id).collect();
         match self.call(Request::Submit(specs)).await? {
-            Response::Submitted(answers) => answers
-                .into_iter()
-                .zip(ids)
-                .map(|(answer, task)| match answer {
-                    Ok(id) => Ok(TaskRef { id }),
-                    Err(message) => Err(ClientError::Rejected { task, message }),
-                })
-                .collect(),
+            Response::Submitted(answers) if answers.len() == ids.len() => {
+                Ok(ids.into_iter().zip(answers).collect())
+            }
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -107,6 +127,139 @@ impl Client {
             Response::Task(outcome) => Ok(outcome),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Waits for every task and returns their outcomes in the order of `tasks`: one request per
+    /// [`MAX_WAIT_TASKS`] tasks, answered as they end.
+    pub async fn get_many(&self, tasks: &[TaskRef]) -> Result<Vec<TaskOutcome>, ClientError> {
+        let mut outcomes = std::collections::HashMap::with_capacity(tasks.len());
+        let mut stream = std::pin::pin!(self.as_completed(tasks));
+        while let Some(outcome) = stream.next().await {
+            let outcome = outcome?;
+            outcomes.insert(outcome.task, outcome);
+        }
+        tasks
+            .iter()
+            .map(|t| {
+                outcomes
+                    .get(&t.id)
+                    .cloned()
+                    .ok_or_else(|| ClientError::Unexpected(format!("no outcome for task {}", t.id)))
+            })
+            .collect()
+    }
+
+    /// The outcomes of `tasks` (stdout and stderr included) in the order they end.
+    pub fn as_completed<'a>(
+        &'a self,
+        tasks: &[TaskRef],
+    ) -> impl Stream<Item = Result<TaskOutcome, ClientError>> + 'a {
+        self.outcomes(tasks, true)
+    }
+
+    /// Waits until `num_returns` of `tasks` have ended or `timeout` passes, like `ray.wait`:
+    /// returns the ended ones (in the order they ended) and the others. Outputs are not fetched.
+    pub async fn wait(
+        &self,
+        tasks: &[TaskRef],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<TaskRef>, Vec<TaskRef>), ClientError> {
+        let mut ready = Vec::new();
+        let mut ended = HashSet::new();
+        let wanted = num_returns.min(tasks.len());
+        let collect = async {
+            let mut stream = std::pin::pin!(self.outcomes(tasks, false));
+            while ready.len() < wanted {
+                let Some(outcome) = stream.next().await else {
+                    break;
+                };
+                let outcome = outcome?;
+                if ended.insert(outcome.task) {
+                    ready.push(TaskRef { id: outcome.task });
+                }
+            }
+            Ok::<_, ClientError>(())
+        };
+        match timeout {
+            Some(timeout) => {
+                if let Ok(result) = tokio::time::timeout(timeout, collect).await {
+                    result?;
+                }
+            }
+            None => collect.await?,
+        }
+        let not_ready = tasks
+            .iter()
+            .filter(|t| !ended.contains(&t.id))
+            .copied()
+            .collect();
+        Ok((ready, not_ready))
+    }
+
+    /// Outcomes as they end, over one wait request per [`MAX_WAIT_TASKS`] tasks.
+    fn outcomes<'a>(
+        &'a self,
+        tasks: &[TaskRef],
+        outputs: bool,
+    ) -> impl Stream<Item = Result<TaskOutcome, ClientError>> + 'a {
+        let chunks: Vec<Vec<TaskId>> = tasks
+            .chunks(MAX_WAIT_TASKS)
+            .map(|c| c.iter().map(|t| t.id).collect())
+            .collect();
+        futures::stream::iter(chunks)
+            .map(move |chunk| self.wait_chunk(chunk, outputs))
+            .flatten_unordered(None)
+    }
+
+    fn wait_chunk(
+        &self,
+        tasks: Vec<TaskId>,
+        outputs: bool,
+    ) -> BoxStream<'_, Result<TaskOutcome, ClientError>> {
+        /// Where one wait request is.
+        enum State<'a> {
+            Start(&'a Connection, Request),
+            Reading(
+                FrameReader<RecvStream, Response>,
+                std::vec::IntoIter<TaskOutcome>,
+            ),
+            Done,
+        }
+        let start = State::Start(&self.connection, Request::Wait { tasks, outputs });
+        futures::stream::unfold(start, |mut state| async move {
+            loop {
+                state = match state {
+                    State::Start(connection, request) => {
+                        match open_request(connection, &request).await {
+                            Ok(mut stream) => {
+                                let _ = stream.send.get_mut().finish();
+                                State::Reading(stream.recv, Vec::new().into_iter())
+                            }
+                            Err(err) => return Some((Err(err.into()), State::Done)),
+                        }
+                    }
+                    State::Reading(mut recv, mut outcomes) => {
+                        if let Some(outcome) = outcomes.next() {
+                            return Some((Ok(outcome), State::Reading(recv, outcomes)));
+                        }
+                        let failed = match recv.next().await {
+                            Ok(None) => return None,
+                            Ok(Some(Response::Outcomes(batch))) => {
+                                state = State::Reading(recv, batch.into_iter());
+                                continue;
+                            }
+                            Ok(Some(Response::Error(e))) => ClientError::Refused(e),
+                            Ok(Some(other)) => ClientError::Unexpected(format!("{other:?}")),
+                            Err(err) => TransportError::from(err).into(),
+                        };
+                        return Some((Err(failed), State::Done));
+                    }
+                    State::Done => return None,
+                }
+            }
+        })
+        .boxed()
     }
 
     /// Cancels a task; returns its state afterwards.
@@ -142,10 +295,36 @@ impl Client {
         }
     }
 
-    /// The head's tasks.
+    /// One page of the head's tasks, in id (submission) order.
+    pub async fn tasks_page(&self, query: TaskQuery) -> Result<TaskPage, ClientError> {
+        match self.call(Request::ListTasks(query)).await? {
+            Response::Tasks(page) => Ok(page),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Every task the head knows, page by page (for small clusters; page with
+    /// [`Client::tasks_page`] through large ones).
     pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
-        match self.call(Request::ListTasks).await? {
-            Response::Tasks(tasks) => Ok(tasks),
+        let mut tasks = Vec::new();
+        let mut query = TaskQuery {
+            limit: MAX_PAGE_TASKS,
+            ..TaskQuery::default()
+        };
+        loop {
+            let page = self.tasks_page(query.clone()).await?;
+            tasks.extend(page.tasks);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(tasks),
+            }
+        }
+    }
+
+    /// Tasks and nodes by state, and what queued tasks wait for.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        match self.call(Request::Status).await? {
+            Response::Status(status) => Ok(status),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -137,7 +137,9 @@ impl LocalCluster {
         }
         self.shutdown.cancel();
         if let Some(head) = self.head.take() {
-            head.wait().await;
+            if let Err(err) = head.wait().await {
+                tracing::error!(error = %err, "the local head stopped with an error");
+            }
         }
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use rgrid::{
-    format_size, parse_size, Client, LabelRequirement, TaskId, TaskRef, TaskSpec, TaskState,
+    format_size, parse_size, Client, LabelRequirement, TaskId, TaskQuery, TaskRef, TaskSpec,
+    TaskState,
 };
 
 #[derive(Parser)]
@@ -74,15 +75,39 @@ enum Command {
     },
     /// Cancel a task.
     Cancel { task: TaskId },
-    /// Cluster summary.
-    Status,
+    /// Tasks and nodes by state, and what queued tasks wait for.
+    Status {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Wait for tasks; print each id and its state as it ends. Exit 0 when every task
+    /// succeeded, 1 otherwise (3 when the timeout passed first).
+    Wait {
+        #[arg(required = true)]
+        tasks: Vec<TaskId>,
+        /// Return once any one has ended.
+        #[arg(long)]
+        any: bool,
+        /// Give up after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
     /// List nodes.
     Nodes {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// List tasks.
+    /// List tasks, one page in submission order (the head pages and filters).
     Tasks {
+        /// Only tasks in this state (queued, running, succeeded, …).
+        #[arg(long, value_parser = parse_state)]
+        state: Option<TaskState>,
+        /// At most this many (the head allows up to 10000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this task id (the last one of the previous page).
+        #[arg(long)]
+        after: Option<TaskId>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -103,6 +128,13 @@ enum NodeCommand {
         #[arg(long, default_value_t = 60)]
         deadline: u64,
     },
+}
+
+fn parse_state(s: &str) -> Result<TaskState, String> {
+    TaskState::parse(s).ok_or_else(|| {
+        let states: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("{s:?} is not a task state: one of {}", states.join(", "))
+    })
 }
 
 #[tokio::main]
@@ -182,18 +214,63 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             println!("{task} {state}");
             Ok(0)
         }
-        Command::Status => {
-            let nodes = client.nodes().await?;
-            let tasks = client.tasks().await?;
-            let ready = nodes.iter().filter(|n| n.state == "ready").count();
-            println!("nodes: {} ({} ready)", nodes.len(), ready);
-            let mut counts = std::collections::BTreeMap::new();
-            for task in &tasks {
-                *counts.entry(task.state.as_str()).or_insert(0) += 1;
+        Command::Status { output } => {
+            let status = client.status().await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                Output::Table => {
+                    let counts = |items: Vec<(String, u64)>| {
+                        let total: u64 = items.iter().map(|(_, n)| n).sum();
+                        let parts: Vec<String> =
+                            items.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                        format!("{total} ({})", parts.join(", "))
+                    };
+                    println!("nodes: {}", counts(status.nodes));
+                    let tasks = status
+                        .tasks
+                        .iter()
+                        .map(|(s, n)| (s.to_string(), *n))
+                        .collect();
+                    println!("tasks: {}", counts(tasks));
+                    for w in status.waiting {
+                        let on = if w.constraints.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" on {}", w.constraints)
+                        };
+                        println!(
+                            "waiting: {} tasks of {}m cpu, {}{on}: {}",
+                            w.tasks,
+                            w.resources.cpu_millis,
+                            format_size(w.resources.memory_bytes),
+                            w.reason.unwrap_or_default()
+                        );
+                    }
+                }
             }
-            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
-            println!("tasks: {} ({})", tasks.len(), counts.join(", "));
             Ok(0)
+        }
+        Command::Wait {
+            tasks,
+            any,
+            timeout,
+        } => {
+            let refs: Vec<TaskRef> = tasks.into_iter().map(|id| TaskRef { id }).collect();
+            let timeout = timeout.map(Duration::from_secs_f64);
+            let wanted = if any { 1 } else { refs.len() };
+            let (ready, not_ready) = client.wait(&refs, wanted, timeout).await?;
+            let outcomes = client.get_many(&ready).await?;
+            for outcome in &outcomes {
+                println!("{} {}", outcome.task, outcome.state);
+            }
+            if ready.len() < wanted {
+                for task in &not_ready {
+                    println!("{} not ended", task.id);
+                }
+                return Ok(3);
+            }
+            let all_ok = outcomes.iter().all(|o| o.state == TaskState::Succeeded);
+            Ok(if all_ok { 0 } else { 1 })
         }
         Command::Nodes { output } => {
             let nodes = client.nodes().await?;
@@ -235,8 +312,20 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             println!("draining {node} ({id}), deadline {deadline}s");
             Ok(0)
         }
-        Command::Tasks { output } => {
-            let tasks = client.tasks().await?;
+        Command::Tasks {
+            state,
+            limit,
+            after,
+            output,
+        } => {
+            let page = client
+                .tasks_page(TaskQuery {
+                    state,
+                    after,
+                    limit,
+                })
+                .await?;
+            let tasks = page.tasks;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&tasks)?),
                 Output::Table => {
@@ -253,6 +342,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                             t.image,
                             t.detail.unwrap_or_default()
                         );
+                    }
+                    if let Some(next) = page.next {
+                        eprintln!("(more: --after {next})");
                     }
                 }
             }

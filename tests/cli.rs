@@ -108,5 +108,22 @@ fn head_node_and_cli_as_separate_processes() {
     let out = rgrid(&client_toml, &["get", "not-an-id"]);
     assert_eq!(out.status.code(), Some(2));
     let out = rgrid(&client_toml, &["status"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 ready"));
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("1 ready"), "{status}");
+    assert!(
+        status.contains("tasks: 3 (1 succeeded, 1 failed, 1 unschedulable)"),
+        "{status}"
+    );
+    // Listings are paged on the head: one task per page, then the next.
+    let out = rgrid(&client_toml, &["tasks", "--limit", "1", "-o", "json"]);
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page.as_array().map(Vec::len), Some(1));
+    let out = rgrid(
+        &client_toml,
+        &["tasks", "--state", "succeeded", "-o", "json"],
+    );
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page[0]["task"].as_str(), Some(id.as_str()));
+    let out = rgrid(&client_toml, &["tasks", "--state", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
 }

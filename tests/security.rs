@@ -62,7 +62,7 @@ impl Head {
 
     async fn stop(self) {
         self.shutdown.cancel();
-        self.head.wait().await;
+        self.head.wait().await.expect("the head stops cleanly");
     }
 }
 
@@ -101,7 +101,7 @@ async fn peers_without_a_client_certificate_can_only_join() {
     for request in [
         Request::ListNodes,
         Request::Submit(vec![]),
-        Request::ListTasks,
+        Request::ListTasks(Default::default()),
     ] {
         let (kind, message) = refusal(call(&conn, &request).await.unwrap());
         assert_eq!(kind, ErrorKind::Unauthorized);
@@ -181,7 +181,13 @@ async fn a_protocol_version_mismatch_names_both_versions() {
         .unwrap();
     match handshake(&conn, 99, "future-client").await {
         Err(TransportError::Refused(message)) => {
-            assert!(message.contains("version 1"), "{message}");
+            assert!(
+                message.contains(&format!(
+                    "version {}",
+                    rgrid_core::protocol::PROTOCOL_VERSION
+                )),
+                "{message}"
+            );
             assert!(message.contains("version 99"), "{message}");
         }
         other => panic!("expected a refusal, got {other:?}"),
@@ -223,7 +229,7 @@ async fn bad_frames_close_only_their_stream() {
 
     // The same connection, and the head, still serve.
     assert!(
-        matches!(call(&conn, &Request::ListTasks).await.unwrap(), Response::Tasks(t) if t.is_empty())
+        matches!(call(&conn, &Request::ListTasks(Default::default())).await.unwrap(), Response::Tasks(t) if t.tasks.is_empty())
     );
     h.stop().await;
 }

@@ -7,6 +7,7 @@
 //! - [`protocol`]: the messages on the wire; [`frame`]: their length-prefixed postcard framing.
 //! - [`tls`]: the cluster CA, certificates, join tokens; [`transport`]: QUIC endpoints with mutual TLS.
 //! - [`scheduler`]: placement of queued tasks on nodes (pure, synchronous, time passed in).
+//! - [`time`]: wall-clock and monotonic milliseconds.
 
 pub mod config;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod protocol;
 pub mod resources;
 pub mod scheduler;
 pub mod task;
+pub mod time;
 pub mod tls;
 pub mod transport;
 

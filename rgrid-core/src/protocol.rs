@@ -19,7 +19,9 @@ use crate::task::{TaskSpec, TaskState};
 /// The major version, in the ALPN: peers of another major version cannot even negotiate TLS.
 pub const ALPN: &[u8] = b"rgrid/1";
 /// The protocol version exchanged in the handshake. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: batched assignments and results on the control stream, waits on many tasks,
+/// paged task listings, cluster status.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The fixed server name of the head in its certificate. Nodes and clients verify the head by the
 /// cluster CA and this name, whatever address they reach it at.
 pub const HEAD_SERVER_NAME: &str = "head.rgrid";
@@ -49,19 +51,91 @@ pub enum Request {
     /// A node reports how an attempt ended; the head answers [`Response::ResultAccepted`] once the
     /// result is durable.
     ReportResult(AttemptReport),
-    /// A client submits tasks (idempotent by task id).
+    /// A client submits tasks (idempotent by task id): answered once they are durable.
     Submit(Vec<TaskSpec>),
     /// A client waits for a task's outcome.
     Get { task: TaskId },
     /// A client lists nodes.
     ListNodes,
-    /// A client lists tasks.
-    ListTasks,
+    /// A client lists one page of tasks.
+    ListTasks(TaskQuery),
     /// A client cancels a task.
     Cancel { task: TaskId },
     /// A client drains a node (by name or id): no new work; running attempts get until the
     /// deadline to finish, then are requeued; the node leaves.
     DrainNode { node: String, deadline_secs: u64 },
+    /// A client waits for many tasks at once: the head answers with [`Response::Outcomes`]
+    /// frames as they end (in the order they end) and finishes the stream after the last one.
+    /// At most [`MAX_WAIT_TASKS`] ids; `outputs: false` leaves stdout and stderr out.
+    Wait { tasks: Vec<TaskId>, outputs: bool },
+    /// A client asks for counts of tasks and nodes by state.
+    Status,
+}
+
+/// Most task ids one [`Request::Wait`] may name.
+pub const MAX_WAIT_TASKS: usize = 100_000;
+
+/// Most tasks one listing page may hold.
+pub const MAX_PAGE_TASKS: u32 = 10_000;
+
+/// Which tasks a listing shows: those in `state` (any state when `None`) with an id after
+/// `after`, in id order (submission order, since ids are time-ordered), at most `limit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskQuery {
+    pub state: Option<TaskState>,
+    pub after: Option<TaskId>,
+    /// At most [`MAX_PAGE_TASKS`].
+    pub limit: u32,
+}
+
+impl Default for TaskQuery {
+    fn default() -> Self {
+        Self {
+            state: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+/// One page of a task listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskInfo>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<TaskId>,
+}
+
+/// What the head says of one submitted task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitAnswer {
+    /// New, and stored durably.
+    Accepted,
+    /// Already known with the same spec (a resubmission): its current state.
+    Known { state: TaskState },
+    /// Refused (invalid, or the id is known with another spec); nothing was stored.
+    Rejected(String),
+}
+
+/// Counts of tasks and nodes by state, and what queued tasks wait for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Every state with at least one task.
+    pub tasks: Vec<(TaskState, u64)>,
+    /// Node states (`ready`, `suspect`, …) with at least one node.
+    pub nodes: Vec<(String, u64)>,
+    /// Queued shapes that fit no node now, with why.
+    pub waiting: Vec<WaitingShape>,
+}
+
+/// Queued tasks of one shape that wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingShape {
+    pub resources: Resources,
+    /// The shape's label selector and required capabilities, as written on the command line.
+    pub constraints: String,
+    pub tasks: u64,
+    pub reason: Option<String>,
 }
 
 /// Answers to [`Request`]s.
@@ -71,11 +145,11 @@ pub enum Response {
     Error(ErrorReply),
     Joined(JoinReply),
     ResultAccepted,
-    /// Per submitted task, in order: accepted (or already known), or why not.
-    Submitted(Vec<Result<TaskId, String>>),
+    /// Per submitted task, in order.
+    Submitted(Vec<SubmitAnswer>),
     Task(TaskOutcome),
     Nodes(Vec<NodeInfo>),
-    Tasks(Vec<TaskInfo>),
+    Tasks(TaskPage),
     Cancelled {
         state: TaskState,
     },
@@ -83,6 +157,9 @@ pub enum Response {
     Draining {
         node: NodeId,
     },
+    /// Outcomes of waited-for tasks, as they end (one [`Request::Wait`] gets many frames).
+    Outcomes(Vec<TaskOutcome>),
+    Status(ClusterStatus),
 }
 
 /// Why a request failed.
@@ -103,6 +180,8 @@ pub enum ErrorKind {
     NotFound,
     /// The head failed (storage, shutdown).
     Internal,
+    /// The answer would exceed the frame limit: ask for less (a smaller page or fewer tasks).
+    TooLarge,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +211,9 @@ pub struct NodeHello {
     pub capabilities: Vec<String>,
     /// Attempts the node is still running (after a reconnect), so the head can re-adopt them.
     pub running: Vec<AttemptId>,
+    /// Attempts that ended whose results the head has not acknowledged yet: the node sends them
+    /// again on the new session, so the head keeps them instead of requeueing them.
+    pub finished: Vec<AttemptId>,
 }
 
 /// Head → node on the control stream.
@@ -144,18 +226,36 @@ pub enum HeadMessage {
         /// Attempts the node reported running that were superseded: kill them.
         superseded: Vec<AttemptId>,
     },
-    /// Run this attempt.
-    Assign {
-        attempt: AttemptId,
-        spec: Box<TaskSpec>,
-    },
+    /// Run these attempts.
+    Assign(Vec<Assignment>),
     /// Stop this attempt (cancelled or superseded).
     Kill { attempt: AttemptId },
     /// The session is refused (e.g. an unknown node id); the node should not retry as-is.
     Refused { message: String },
     /// Drain: take no new work, let running attempts finish within the deadline, then leave.
     Drain { deadline_ms: u64 },
+    /// These results are durable: the node may forget them.
+    ResultsAccepted(Vec<AttemptId>),
 }
+
+/// One attempt to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub attempt: AttemptId,
+    /// The postcard-encoded [`TaskSpec`], as the client sent it and the head stored it.
+    pub spec: Vec<u8>,
+}
+
+impl Assignment {
+    /// The task to run.
+    pub fn spec(&self) -> Result<TaskSpec, postcard::Error> {
+        postcard::from_bytes(&self.spec)
+    }
+}
+
+/// Results whose outputs together stay under this size travel on the control stream in
+/// batches; larger ones get a stream of their own ([`Request::ReportResult`]).
+pub const INLINE_RESULT_BYTES: usize = 16 << 10;
 
 /// Node → head on the control stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +271,9 @@ pub enum NodeMessage {
     Leaving {
         unfinished: Vec<AttemptId>,
     },
+    /// Attempts that ended, with small outputs (see [`INLINE_RESULT_BYTES`]); acknowledged with
+    /// [`HeadMessage::ResultsAccepted`] once durable.
+    Results(Vec<AttemptReport>),
 }
 
 /// How an attempt ended, sent on its own stream.
@@ -298,6 +401,51 @@ mod tests {
             postcard::to_allocvec(&ExitStatus::Exited(-1)).expect("encodes"),
             [0, 1]
         );
+        // Version 2's batches: the head's assignments, the node's results and acknowledgement.
+        let attempt = AttemptId { task, attempt: 1 };
+        let assign = HeadMessage::Assign(vec![Assignment {
+            attempt,
+            spec: vec![7, 8],
+        }]);
+        let mut expected = vec![1, 1, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.extend_from_slice(&[1, 2, 7, 8]);
+        assert_eq!(postcard::to_allocvec(&assign).expect("encodes"), expected);
+        let accepted = HeadMessage::ResultsAccepted(vec![attempt]);
+        let mut expected = vec![5, 1, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.push(1);
+        assert_eq!(postcard::to_allocvec(&accepted).expect("encodes"), expected);
+        let results = NodeMessage::Results(vec![AttemptReport {
+            attempt,
+            exit: ExitStatus::Exited(0),
+            stdout: b"x".to_vec(),
+            stderr: Vec::new(),
+            started_at_ms: 3,
+            finished_at_ms: 4,
+        }]);
+        let mut expected = vec![4, 1, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.extend_from_slice(&[1, 0, 0, 1, b'x', 0, 3, 4]);
+        assert_eq!(postcard::to_allocvec(&results).expect("encodes"), expected);
+        let answers = Response::Submitted(vec![
+            SubmitAnswer::Accepted,
+            SubmitAnswer::Known {
+                state: TaskState::Running,
+            },
+        ]);
+        assert_eq!(
+            postcard::to_allocvec(&answers).expect("encodes"),
+            [3, 2, 0, 1, 3]
+        );
+        let wait = Request::Wait {
+            tasks: vec![task],
+            outputs: false,
+        };
+        let mut expected = vec![9, 1, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.push(0);
+        assert_eq!(postcard::to_allocvec(&wait).expect("encodes"), expected);
     }
 
     #[test]

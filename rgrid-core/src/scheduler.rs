@@ -105,6 +105,8 @@ pub struct Waiting<'a> {
     pub constraints: &'a Constraints,
     /// How many tasks of this shape wait.
     pub tasks: usize,
+    /// The first of them in queue order (ask [`Scheduler::waiting_reason`] why it waits).
+    pub first: TaskId,
 }
 
 /// Unused feasibility groups are kept for the next class with the same constraints (building one
@@ -437,13 +439,15 @@ impl Scheduler {
     /// [`Scheduler::schedule`].
     pub fn waiting(&self) -> impl Iterator<Item = Waiting<'_>> {
         let classes = self.groups.iter().flat_map(|(_, group)| &group.waiting);
-        classes.map(|&class| {
+        classes.filter_map(|&class| {
             let class = &self.classes[class];
-            Waiting {
+            let (_, &first) = class.tasks.first_key_value()?;
+            Some(Waiting {
                 resources: &class.shape.resources,
                 constraints: &class.shape.constraints,
                 tasks: class.tasks.len(),
-            }
+                first,
+            })
         })
     }
 

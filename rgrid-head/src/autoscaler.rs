@@ -65,7 +65,7 @@ struct Creating {
 pub(crate) struct Autoscaler {
     config: AutoscalerConfig,
     provider: Arc<dyn Provider>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     wake: Arc<Notify>,
     store: Store,
     ca: Arc<ClusterCa>,
@@ -112,7 +112,7 @@ pub(crate) fn node_type_views(config: &AutoscalerConfig) -> Vec<scheduler::NodeV
 pub(crate) struct Parts {
     pub config: AutoscalerConfig,
     pub provider: Arc<dyn Provider>,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub events: mpsc::Sender<Event>,
     pub wake: Arc<Notify>,
     pub store: Store,
     pub ca: Arc<ClusterCa>,
@@ -176,7 +176,7 @@ impl Autoscaler {
     /// One decision; returns when to look again, or `None` when the event loop is gone.
     async fn step(&mut self) -> Option<Duration> {
         let (reply, view) = oneshot::channel();
-        self.events.send(Event::Autoscale { reply }).ok()?;
+        self.events.send(Event::Autoscale { reply }).await.ok()?;
         let view = view.await.ok()?;
         if Instant::now() >= self.list_again {
             match self.provider.list(&self.config.label_selector()).await {
@@ -202,7 +202,7 @@ impl Autoscaler {
             .zip(decision.waits)
             .map(|(shape, runs)| (shape, runs.into_iter().map(describe).collect()))
             .collect();
-        let _ = self.events.send(Event::Waits { waits });
+        let _ = self.events.send(Event::Waits { waits }).await;
         Some(
             decision
                 .next_wakeup
@@ -268,11 +268,14 @@ impl Autoscaler {
                 let deadline = policy::drain_deadline(reason, age);
                 tracing::info!(%server, node = %name, %reason, ?deadline, "draining a node");
                 let (reply, _) = oneshot::channel();
-                let _ = self.events.send(Event::Drain {
-                    node: name,
-                    deadline,
-                    reply,
-                });
+                let _ = self
+                    .events
+                    .send(Event::Drain {
+                        node: name,
+                        deadline,
+                        reply,
+                    })
+                    .await;
             }
             Action::Delete {
                 server,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rgrid_core::tls::{ClientFile, ClusterCa, JoinToken, TlsError};
 
 use crate::store::{Store, StoreError, StoredToken, Write};
-use crate::unix_ms;
+use rgrid_core::time::unix_ms;
 
 /// Credentials that could not be created or loaded.
 #[derive(Debug, thiserror::Error)]

@@ -4,10 +4,10 @@
 //!
 //! - [`config`]: the configuration.
 //! - `credentials`: the CA, the join token and `client.toml` in the state dir.
-//! - `store`: persistence (SQLite through sqlx, group commit).
+//! - `store`: persistence (SQLite or PostgreSQL through sqlx, group commit).
 //! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
 //! - `server`: QUIC connections and requests.
-//! - `outputs`: content-addressed task outputs.
+//! - `outputs`: content-addressed large task outputs.
 //! - `autoscaler`: the driver that turns demand into Hetzner servers and idle ones back into
 //!   nothing, when `[autoscaler]` is enabled.
 
@@ -25,6 +25,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rgrid_core::scheduler::SchedulerConfig;
+
 use rgrid_core::tls::ClusterCa;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,9 +37,9 @@ pub use config::HeadConfig;
 pub use credentials::CredentialsError;
 pub use store::StoreError;
 
-use crate::cluster::{Cluster, Liveness};
+use crate::cluster::{Channels, Cluster, Io, Liveness};
 use crate::server::Shared;
-use crate::store::Store;
+use crate::store::{RetryPolicy, Store};
 
 /// Why the head could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,8 @@ pub struct RunningHead {
     store: Store,
     ca: Arc<ClusterCa>,
     tracker: TaskTracker,
+    /// The event loop: it ends with an error when the database kept failing.
+    cluster: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
 impl RunningHead {
@@ -94,13 +98,22 @@ impl RunningHead {
             .map(|t| t.encode())
     }
 
-    /// Waits until every task of the head has stopped (after the shutdown token was cancelled).
-    pub async fn wait(self) {
-        let Self { store, tracker, .. } = self;
-        // The database writer stops once every handle is gone, after its last commit.
+    /// Waits until every task of the head has stopped: after the shutdown token was
+    /// cancelled, or after the head stopped itself because the database kept failing (then
+    /// the error says so; nothing unwritten was acknowledged, and a restart recovers).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        let Self {
+            store,
+            tracker,
+            cluster,
+            ..
+        } = self;
+        let result = cluster.await.unwrap_or(Err(StoreError::WriterGone));
+        // The database writer stops once every handle is gone.
         drop(store);
         tracker.close();
         tracker.wait().await;
+        result
     }
 }
 
@@ -117,7 +130,7 @@ pub async fn start(
     })?;
     let tracker = TaskTracker::new();
     let ca = credentials::load_or_create_ca(&state_dir)?;
-    let store = Store::open(&config.database_url(), &tracker).await?;
+    let store = Store::open(&config.database_url(), RetryPolicy::default(), &tracker).await?;
     credentials::ensure_join_token_file(&state_dir, &store, &ca, config.join_token_ttl).await?;
 
     let server_identity = ca.issue_server()?;
@@ -145,51 +158,62 @@ pub async fn start(
             source,
         }
     })?;
-    let nodes = store.nodes().await?;
-    let tasks = store.open_tasks().await?;
-    tracing::info!(%local_addr, state_dir = %state_dir.display(), nodes = nodes.len(), open_tasks = tasks.len(), "head started");
-
-    let (events, event_rx) = tokio::sync::mpsc::unbounded_channel();
     let liveness = Liveness {
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
         recovery_grace: config.recovery_grace,
     };
-    let mut cluster = Cluster::new(store.clone(), liveness, events.clone(), nodes, tasks);
+    let (channels, inputs) = Channels::new();
     let ca = Arc::new(ca);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let io = Io::new(
+        store.clone(),
+        config.autoscaler.enabled.then(|| wake.clone()),
+    );
+    let mut cluster = Cluster::new(io, liveness, SchedulerConfig::default());
     if config.autoscaler.enabled {
         let token = rgrid_cloud::HcloudToken::from_env().map_err(AutoscalerError::from)?;
         let provider = rgrid_cloud::HetznerProvider::new(&config.autoscaler, token)
             .map_err(AutoscalerError::from)?;
-        let wake = Arc::new(tokio::sync::Notify::new());
         let driver = autoscaler::Autoscaler::new(autoscaler::Parts {
             config: config.autoscaler.clone(),
             provider: Arc::new(provider),
-            events: events.clone(),
+            events: channels.events.clone(),
             wake: wake.clone(),
             store: store.clone(),
             ca: ca.clone(),
             head_addr: config.node_facing_address(local_addr)?,
             tracker: tracker.clone(),
         })?;
-        cluster = cluster.with_autoscaler(wake, autoscaler::node_type_views(&config.autoscaler));
+        cluster = cluster.with_autoscaler(autoscaler::node_type_views(&config.autoscaler));
         tracker.spawn(
             driver
                 .run(shutdown.clone())
                 .instrument(tracing::info_span!("autoscaler")),
         );
     }
-    tracker.spawn(
-        cluster
-            .run(event_rx, shutdown.clone())
-            .instrument(tracing::info_span!("cluster")),
+    let recovering = std::time::Instant::now();
+    let open_tasks = cluster::recover(&mut cluster, &store).await?;
+    tracing::info!(%local_addr, state_dir = %state_dir.display(), open_tasks, recovered_in = ?recovering.elapsed(), "head started");
+    let stop = shutdown.clone();
+    let cluster = tracker.spawn(
+        async move {
+            let result = cluster.run(inputs, stop.clone()).await;
+            if let Err(err) = &result {
+                tracing::error!(error = %err, "the head stops: its database keeps failing");
+                stop.cancel();
+            }
+            result
+        }
+        .instrument(tracing::info_span!("cluster")),
     );
     let shared = Arc::new(Shared {
         store: store.clone(),
         outputs,
         ca: ca.clone(),
-        events,
+        channels,
         next_session: AtomicU64::new(1),
+        heartbeat_interval: config.heartbeat_interval,
         tracker: tracker.clone(),
         shutdown,
     });
@@ -200,13 +224,6 @@ pub async fn start(
         store,
         ca,
         tracker,
+        cluster,
     })
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

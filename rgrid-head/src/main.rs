@@ -69,6 +69,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Test builds only: crash points from FAILPOINTS (see the `failpoints` feature).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let args = Args::parse();
     let mut config = match &args.config {
         Some(path) => HeadConfig::from_file(path)?,
@@ -95,10 +98,14 @@ async fn main() -> anyhow::Result<()> {
         head.local_addr,
         head.state_dir.display()
     );
-    wait_for_signal().await?;
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        // The head stops itself when its database keeps failing.
+        _ = shutdown.cancelled() => {}
+    }
     tracing::info!("shutting down");
     shutdown.cancel();
-    head.wait().await;
+    head.wait().await.context("the head stopped")?;
     Ok(())
 }
 

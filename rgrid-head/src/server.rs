@@ -1,37 +1,51 @@
 //! The QUIC side of the head: accepts connections, runs the handshake, reads one request per
-//! stream, checks who may ask what, and turns requests into [`Event`]s for the cluster loop.
-//! Bad input closes that stream with an error; the connection and the daemon go on.
+//! stream, checks who may ask what, and turns requests into messages for the cluster loop. Bad
+//! input closes that stream with an error; the connection and the daemon go on. No answer is
+//! larger than the frame limit: one that would be is refused with [`ErrorKind::TooLarge`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use rgrid_core::frame::{FrameError, FrameReader, FrameWriter};
+use rgrid_core::frame::{FrameError, FrameReader, FrameWriter, MAX_FRAME_BYTES};
 use rgrid_core::protocol::{
-    AttemptReport, ErrorKind, ErrorReply, HeadMessage, JoinReply, JoinRequest, NodeHello,
-    NodeMessage, Request, Response, TaskOutcome,
+    AttemptReport, ClusterStatus, ErrorKind, ErrorReply, HeadMessage, JoinReply, JoinRequest,
+    NodeHello, NodeMessage, Request, Response, SubmitAnswer, TaskOutcome, TaskPage, TaskQuery,
+    INLINE_RESULT_BYTES, MAX_PAGE_TASKS, MAX_WAIT_TASKS,
 };
+use rgrid_core::time::{monotonic_ms, unix_ms};
 use rgrid_core::tls::{ClusterCa, JoinToken, PeerIdentity};
 use rgrid_core::transport::accept_handshake;
-use rgrid_core::{NodeId, TaskId, TaskSpec};
+use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::cluster::{AttemptResult, Event, Outcome};
+use crate::cluster::{
+    Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
+};
 use crate::outputs::OutputStore;
-use crate::store::{Store, StoredNode, Write};
-use crate::unix_ms;
+use crate::store::{Output, Store, StoredNode, StoredTask, Write};
+
+/// Messages waiting to go out on a node's control stream, at most. Each carries a turn's
+/// assignments or acknowledgements, so a node this far behind is not reading its stream.
+const OUTBOX: usize = 1024;
+
+/// Outcomes packed into one frame of a wait, about (a larger outcome gets a frame alone).
+const OUTCOMES_FRAME_BYTES: usize = 1 << 20;
 
 /// What connection handlers share.
 pub(crate) struct Shared {
     pub store: Store,
     pub outputs: OutputStore,
     pub ca: Arc<ClusterCa>,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub channels: Channels,
     /// Distinguishes a node's sessions, so events from a replaced one are ignored.
     pub next_session: AtomicU64,
+    pub heartbeat_interval: Duration,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -77,8 +91,7 @@ async fn handle_connection(connection: Connection, shared: Arc<Shared>) {
         Err(err) => {
             tracing::info!(error = %err, "handshake failed");
             // Give the peer time to read the refusal before the connection goes.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), connection.closed()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
             connection.close(1u32.into(), b"handshake failed");
             return;
         }
@@ -105,6 +118,28 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
         kind,
         message: message.into(),
     })
+}
+
+fn gone() -> Response {
+    error(ErrorKind::Internal, "the head is shutting down")
+}
+
+/// Sends `response`; one too large for a frame is replaced by an error saying so.
+async fn respond(writer: &mut FrameWriter<SendStream, Response>, response: &Response) -> bool {
+    match writer.send(response).await {
+        Ok(()) => true,
+        Err(FrameError::TooLarge) => {
+            let refusal = error(
+                ErrorKind::TooLarge,
+                format!("the answer exceeds the {MAX_FRAME_BYTES}-byte frame limit; ask for fewer tasks or a smaller page"),
+            );
+            writer.send(&refusal).await.is_ok()
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "could not send the response");
+            false
+        }
+    }
 }
 
 async fn handle_stream(
@@ -138,20 +173,19 @@ async fn handle_stream(
         }
         (Request::Submit(specs), Some(PeerIdentity::Client(_))) => submit(specs, &shared).await,
         (Request::Get { task }, Some(PeerIdentity::Client(_))) => get(task, &shared).await,
-        (Request::Cancel { task }, Some(PeerIdentity::Client(_))) => {
-            match ask(&shared, |reply| Event::Cancel { task, reply }).await {
-                Ok(Some(state)) => Response::Cancelled { state },
-                Ok(None) => error(ErrorKind::NotFound, format!("no task {task}")),
-                Err(e) => e,
-            }
+        (Request::Wait { tasks, outputs }, Some(PeerIdentity::Client(_))) => {
+            wait(tasks, outputs, &shared, &mut writer).await;
+            let _ = writer.get_mut().finish();
+            return;
         }
+        (Request::Cancel { task }, Some(PeerIdentity::Client(_))) => cancel(task, &shared).await,
         (Request::ListNodes, Some(PeerIdentity::Client(_))) => {
             ask(&shared, |reply| Event::ListNodes { reply })
                 .await
                 .map_or_else(|e| e, Response::Nodes)
         }
         (Request::DrainNode { node, deadline_secs }, Some(PeerIdentity::Client(_))) => {
-            let deadline = std::time::Duration::from_secs(deadline_secs);
+            let deadline = Duration::from_secs(deadline_secs);
             let name = node.clone();
             match ask(&shared, |reply| Event::Drain {
                 node,
@@ -165,11 +199,10 @@ async fn handle_stream(
                 Err(e) => e,
             }
         }
-        (Request::ListTasks, Some(PeerIdentity::Client(_))) => {
-            ask(&shared, |reply| Event::ListTasks { reply })
-                .await
-                .map_or_else(|e| e, Response::Tasks)
+        (Request::ListTasks(query), Some(PeerIdentity::Client(_))) => {
+            list_tasks(query, &shared).await
         }
+        (Request::Status, Some(PeerIdentity::Client(_))) => status(&shared).await,
         (_, None) => error(
             ErrorKind::Unauthorized,
             "this connection has no client certificate: it may only join with a token; clients connect with the client.toml rgrid-head wrote to its state dir",
@@ -179,9 +212,7 @@ async fn handle_stream(
             format!("{identity} may not make this request"),
         ),
     };
-    if let Err(err) = writer.send(&response).await {
-        tracing::debug!(error = %err, "could not send the response");
-    }
+    respond(&mut writer, &response).await;
     let _ = writer.get_mut().finish();
 }
 
@@ -191,8 +222,12 @@ async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<T>) -> Event,
 ) -> Result<T, Response> {
     let (reply, rx) = oneshot::channel();
-    let gone = || error(ErrorKind::Internal, "the head is shutting down");
-    shared.events.send(make(reply)).map_err(|_| gone())?;
+    shared
+        .channels
+        .events
+        .send(make(reply))
+        .await
+        .map_err(|_| gone())?;
     rx.await.map_err(|_| gone())
 }
 
@@ -264,8 +299,29 @@ async fn try_join(join: JoinRequest, shared: &Shared) -> Result<JoinReply, Strin
 }
 
 fn humanize_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Sends `item` into the loop, telling liveness the node is alive while the loop is too busy
+/// to take it (the node is not at fault for that).
+async fn send_alive<T>(
+    channel: &mpsc::Sender<T>,
+    item: T,
+    last_seen: &AtomicU64,
+    interval: Duration,
+) -> bool {
+    let permit = loop {
+        tokio::select! {
+            permit = channel.reserve() => match permit {
+                Ok(permit) => break permit,
+                Err(_) => return false,
+            },
+            _ = tokio::time::sleep(interval) => last_seen.store(monotonic_ms(), Ordering::Relaxed),
+        }
+    };
+    permit.send(item);
+    true
 }
 
 async fn node_session(
@@ -295,44 +351,35 @@ async fn node_session(
         }
     }
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let (sender, mut outbox) = mpsc::unbounded_channel::<HeadMessage>();
-    if shared
-        .events
-        .send(Event::NodeConnected {
-            node,
-            hello,
-            session,
-            sender,
-        })
-        .is_err()
-    {
+    let (outbox, mut outbox_rx) = mpsc::channel::<HeadMessage>(OUTBOX);
+    let last_seen = Arc::new(AtomicU64::new(monotonic_ms()));
+    let opened = Event::NodeConnected {
+        node,
+        hello,
+        session: Session {
+            id: session,
+            outbox,
+            last_seen: last_seen.clone(),
+        },
+    };
+    if shared.channels.events.send(opened).await.is_err() {
         return;
     }
     let mut writer = writer.retype::<HeadMessage>();
     let write_half = async move {
-        while let Some(message) = outbox.recv().await {
+        while let Some(message) = outbox_rx.recv().await {
             if writer.send(&message).await.is_err() {
                 break;
             }
         }
     };
     let mut reader = reader.retype::<NodeMessage>();
-    let events = shared.events.clone();
+    let channels = shared.channels.clone();
+    let interval = shared.heartbeat_interval;
     let read_half = async move {
         loop {
-            match reader.next().await {
-                Ok(Some(message)) => {
-                    if events
-                        .send(Event::NodeMessage {
-                            node,
-                            session,
-                            message,
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+            let message = match reader.next().await {
+                Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(err) => {
                     if !matches!(err, FrameError::Io(_)) {
@@ -340,6 +387,33 @@ async fn node_session(
                     }
                     break;
                 }
+            };
+            last_seen.store(monotonic_ms(), Ordering::Relaxed);
+            let delivered = match message {
+                NodeMessage::Heartbeat => true,
+                NodeMessage::Results(reports) => {
+                    let Some(reports) = inline_reports(reports) else {
+                        tracing::warn!(node = %node, "results with outputs over {INLINE_RESULT_BYTES} bytes on the control stream; closing it");
+                        break;
+                    };
+                    let results = NodeResults {
+                        node,
+                        reports,
+                        reply: None,
+                    };
+                    send_alive(&channels.results, results, &last_seen, interval).await
+                }
+                message => {
+                    let event = Event::NodeMessage {
+                        node,
+                        session,
+                        message,
+                    };
+                    send_alive(&channels.events, event, &last_seen, interval).await
+                }
+            };
+            if !delivered {
+                break;
             }
         }
     };
@@ -349,108 +423,447 @@ async fn node_session(
         _ = shared.shutdown.cancelled() => {},
     }
     let _ = shared
+        .channels
         .events
-        .send(Event::NodeDisconnected { node, session });
+        .send(Event::NodeDisconnected { node, session })
+        .await;
 }
 
+/// Results from the control stream, whose outputs must be small.
+fn inline_reports(reports: Vec<AttemptReport>) -> Option<Vec<Report>> {
+    reports
+        .into_iter()
+        .map(|r| {
+            (r.stdout.len() + r.stderr.len() <= INLINE_RESULT_BYTES).then(|| Report {
+                attempt: r.attempt,
+                exit: r.exit,
+                stdout: inline(r.stdout),
+                stderr: inline(r.stderr),
+                finished_at_ms: r.finished_at_ms,
+            })
+        })
+        .collect()
+}
+
+fn inline(bytes: Vec<u8>) -> Output {
+    if bytes.is_empty() {
+        Output::Empty
+    } else {
+        Output::Inline(bytes)
+    }
+}
+
+/// A result with large outputs, on a stream of its own: its outputs are written only once the
+/// head knows the attempt is this node's current one.
 async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> Response {
+    let attempt = report.attempt;
+    match ask(shared, |reply| Event::Holds {
+        node,
+        attempt,
+        reply,
+    })
+    .await
+    {
+        Ok(true) => {}
+        // Superseded or finished: nothing to store; the node may forget it.
+        Ok(false) => return Response::ResultAccepted,
+        Err(e) => return e,
+    }
     let stored = async {
         let stdout = shared.outputs.put(report.stdout).await?;
         let stderr = shared.outputs.put(report.stderr).await?;
         Ok::<_, std::io::Error>((stdout, stderr))
     };
-    let (stdout_hash, stderr_hash) = match stored.await {
+    let (stdout, stderr) = match stored.await {
         Ok(hashes) => hashes,
         Err(err) => {
             tracing::error!(error = %err, "cannot store task outputs");
             return error(ErrorKind::Internal, format!("cannot store outputs: {err}"));
         }
     };
-    let result = AttemptResult {
-        attempt: report.attempt,
-        exit: report.exit,
-        stdout_hash,
-        stderr_hash,
-        finished_at_ms: report.finished_at_ms,
-    };
-    match ask(shared, |reply| Event::AttemptEnded {
+    let (reply, done) = oneshot::channel();
+    let results = NodeResults {
         node,
-        result,
-        reply,
-    })
-    .await
-    {
+        reports: vec![Report {
+            attempt,
+            exit: report.exit,
+            stdout: stdout.map_or(Output::Empty, Output::Stored),
+            stderr: stderr.map_or(Output::Empty, Output::Stored),
+            finished_at_ms: report.finished_at_ms,
+        }],
+        reply: Some(reply),
+    };
+    if shared.channels.results.send(results).await.is_err() {
+        return gone();
+    }
+    match done.await {
         Ok(()) => Response::ResultAccepted,
-        Err(e) => e,
+        Err(_) => gone(),
     }
 }
 
 async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
-    let submitted_at_ms = unix_ms();
-    let mut answers = Vec::with_capacity(specs.len());
-    let mut accepted = Vec::new();
+    let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
+    let mut tasks = Vec::with_capacity(specs.len());
     for spec in specs {
         match spec.validate() {
             Ok(()) => {
-                answers.push(Ok(spec.id));
-                accepted.push(spec);
+                answers.push(None);
+                let bytes = crate::store::encode(&spec);
+                tasks.push(Admitted {
+                    id: spec.id,
+                    spec: bytes,
+                    resources: spec.resources,
+                    constraints: spec.constraints,
+                    strategy: spec.strategy,
+                    priority: spec.priority,
+                });
             }
-            Err(message) => answers.push(Err(format!("task {}: {message}", spec.id))),
+            Err(message) => answers.push(Some(SubmitAnswer::Rejected(format!(
+                "task {}: {message}",
+                spec.id
+            )))),
         }
     }
-    if !accepted.is_empty() {
-        let writes = accepted
-            .iter()
-            .map(|spec| Write::InsertTask {
-                spec: Box::new(spec.clone()),
-                submitted_at_ms,
-            })
-            .collect();
-        // Acknowledged only once durable.
-        if let Err(err) = shared.store.write(writes).await {
-            return error(
-                ErrorKind::Internal,
-                format!("cannot store the tasks: {err}"),
-            );
+    if !tasks.is_empty() {
+        let specs: Vec<(TaskId, Vec<u8>)> = tasks.iter().map(|t| (t.id, t.spec.clone())).collect();
+        let (reply, rx) = oneshot::channel();
+        let submission = Submission { tasks, reply };
+        if shared.channels.submissions.send(submission).await.is_err() {
+            return gone();
         }
-        if let Err(e) = ask(shared, |reply| Event::Submitted {
-            specs: accepted,
-            submitted_at_ms,
+        // Answered once the tasks are durable.
+        let Ok(mut reply) = rx.await else {
+            return gone();
+        };
+        for (position, id) in std::mem::take(&mut reply.stored) {
+            reply.answers[position] = known_answer(id, &specs[position].1, shared).await;
+        }
+        let mut loop_answers = reply.answers.into_iter();
+        for answer in answers.iter_mut().filter(|a| a.is_none()) {
+            *answer = loop_answers.next();
+        }
+    }
+    Response::Submitted(
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(SubmitAnswer::Rejected("internal: no answer".into())))
+            .collect(),
+    )
+}
+
+/// The answer for a resubmitted task the store already had.
+async fn known_answer(id: TaskId, spec: &[u8], shared: &Shared) -> SubmitAnswer {
+    match shared.store.task(id).await {
+        Ok(Some(stored)) if stored.spec == spec => SubmitAnswer::Known {
+            state: stored.state,
+        },
+        Ok(Some(_)) => SubmitAnswer::Rejected(format!(
+            "task {id} already exists with a different spec; submit it with a new id"
+        )),
+        Ok(None) => SubmitAnswer::Rejected(format!("task {id}: the store lost track of it")),
+        Err(err) => SubmitAnswer::Rejected(format!("task {id}: cannot read the store: {err}")),
+    }
+}
+
+async fn cancel(task: TaskId, shared: &Shared) -> Response {
+    match ask(shared, |reply| Event::Cancel { task, reply }).await {
+        Ok(Some(state)) => Response::Cancelled { state },
+        Ok(None) => match shared.store.task(task).await {
+            Ok(Some(stored)) => Response::Cancelled {
+                state: stored.state,
+            },
+            Ok(None) => error(ErrorKind::NotFound, format!("no task {task}")),
+            Err(err) => error(ErrorKind::Internal, err.to_string()),
+        },
+        Err(e) => e,
+    }
+}
+
+/// Registers a wait with the loop; outcomes of the tasks the loop does not hold come from the
+/// store. Fails when a task is unknown.
+async fn register_wait(
+    tasks: Vec<TaskId>,
+    shared: &Shared,
+) -> Result<(mpsc::Receiver<Arc<Outcome>>, Vec<StoredTask>, Vec<TaskId>), Response> {
+    let (sink, rx) = mpsc::channel(tasks.len().max(1));
+    let mut missing = ask(shared, |reply| Event::Wait {
+        tasks,
+        sink: sink.clone(),
+        reply,
+    })
+    .await?;
+    let mut stored = Vec::new();
+    let mut ids = Vec::new();
+    // A task whose insert the loop had not confirmed may be open in the store by now: ask again.
+    for _ in 0..3 {
+        let mut open = Vec::new();
+        for id in missing {
+            match shared.store.task(id).await {
+                Ok(Some(task)) if task.state.is_terminal() => {
+                    ids.push(id);
+                    stored.push(task);
+                }
+                Ok(Some(_)) => open.push(id),
+                Ok(None) => return Err(error(ErrorKind::NotFound, format!("no task {id}"))),
+                Err(err) => return Err(error(ErrorKind::Internal, err.to_string())),
+            }
+        }
+        if open.is_empty() {
+            return Ok((rx, stored, ids));
+        }
+        missing = ask(shared, |reply| Event::Wait {
+            tasks: open,
+            sink: sink.clone(),
             reply,
         })
-        .await
-        {
-            return e;
-        }
+        .await?;
     }
-    Response::Submitted(answers)
+    Err(error(
+        ErrorKind::Internal,
+        "the head could not settle the tasks' state; retry",
+    ))
 }
 
 async fn get(task: TaskId, shared: &Shared) -> Response {
-    let outcome = match ask(shared, |reply| Event::Get { task, reply }).await {
-        Ok(Some(outcome)) => outcome,
-        Ok(None) => match shared.store.task(task).await {
-            Ok(Some(stored)) if stored.state.is_terminal() => Outcome::from_stored(stored),
-            Ok(_) => return error(ErrorKind::NotFound, format!("no task {task}")),
-            Err(err) => return error(ErrorKind::Internal, err.to_string()),
-        },
+    let (mut rx, stored, ids) = match register_wait(vec![task], shared).await {
+        Ok(wait) => wait,
         Err(e) => return e,
     };
-    let outputs = async {
-        let stdout = shared.outputs.get(outcome.stdout_hash.as_deref()).await?;
-        let stderr = shared.outputs.get(outcome.stderr_hash.as_deref()).await?;
-        Ok::<_, std::io::Error>((stdout, stderr))
+    let outcome = match stored.into_iter().zip(ids).next() {
+        Some((stored, id)) => task_outcome_from_store(id, stored, true, shared).await,
+        None => match rx.recv().await {
+            Some(outcome) => task_outcome(&outcome, true, shared).await,
+            None => return gone(),
+        },
     };
-    match outputs.await {
-        Ok((stdout, stderr)) => Response::Task(TaskOutcome {
-            task,
-            state: outcome.state,
-            exit_code: outcome.exit_code,
-            reason: outcome.reason,
-            stdout,
-            stderr,
-            attempts: outcome.attempts,
-        }),
-        Err(err) => error(ErrorKind::Internal, format!("cannot read outputs: {err}")),
+    outcome.map_or_else(|e| e, Response::Task)
+}
+
+/// Streams the outcomes of `tasks` as they end, packed into frames.
+async fn wait(
+    tasks: Vec<TaskId>,
+    outputs: bool,
+    shared: &Shared,
+    writer: &mut FrameWriter<SendStream, Response>,
+) {
+    if tasks.len() > MAX_WAIT_TASKS {
+        let refusal = error(
+            ErrorKind::TooLarge,
+            format!(
+                "a wait names at most {MAX_WAIT_TASKS} tasks; this one named {}",
+                tasks.len()
+            ),
+        );
+        respond(writer, &refusal).await;
+        return;
     }
+    let mut seen = HashSet::with_capacity(tasks.len());
+    let tasks: Vec<TaskId> = tasks.into_iter().filter(|t| seen.insert(*t)).collect();
+    let mut left = tasks.len();
+    let (mut rx, stored, ids) = match register_wait(tasks, shared).await {
+        Ok(wait) => wait,
+        Err(e) => {
+            respond(writer, &e).await;
+            return;
+        }
+    };
+    let mut frame = Vec::new();
+    let mut size = 0;
+    for (stored, id) in stored.into_iter().zip(ids) {
+        match task_outcome_from_store(id, stored, outputs, shared).await {
+            Ok(outcome) => {
+                size += outcome.stdout.len() + outcome.stderr.len() + 64;
+                frame.push(outcome);
+                left -= 1;
+            }
+            Err(e) => {
+                respond(writer, &e).await;
+                return;
+            }
+        }
+    }
+    while left > 0 {
+        if frame.is_empty() {
+            let Some(outcome) = rx.recv().await else {
+                respond(writer, &gone()).await;
+                return;
+            };
+            match task_outcome(&outcome, outputs, shared).await {
+                Ok(outcome) => {
+                    size += outcome.stdout.len() + outcome.stderr.len() + 64;
+                    frame.push(outcome);
+                    left -= 1;
+                }
+                Err(e) => {
+                    respond(writer, &e).await;
+                    return;
+                }
+            }
+        }
+        // Whatever else has ended already goes in the same frame.
+        while left > 0 && size < OUTCOMES_FRAME_BYTES {
+            let Ok(outcome) = rx.try_recv() else { break };
+            match task_outcome(&outcome, outputs, shared).await {
+                Ok(outcome) => {
+                    size += outcome.stdout.len() + outcome.stderr.len() + 64;
+                    frame.push(outcome);
+                    left -= 1;
+                }
+                Err(e) => {
+                    respond(writer, &e).await;
+                    return;
+                }
+            }
+        }
+        if !respond(writer, &Response::Outcomes(std::mem::take(&mut frame))).await {
+            return;
+        }
+        size = 0;
+    }
+    if !frame.is_empty() {
+        respond(writer, &Response::Outcomes(frame)).await;
+    }
+}
+
+async fn load(output: &Output, shared: &Shared) -> Result<Vec<u8>, Response> {
+    match output {
+        Output::Empty => Ok(Vec::new()),
+        Output::Inline(bytes) => Ok(bytes.clone()),
+        Output::Stored(hash) => shared
+            .outputs
+            .get(hash)
+            .await
+            .map_err(|err| error(ErrorKind::Internal, format!("cannot read outputs: {err}"))),
+    }
+}
+
+/// What a client sees of an outcome from the loop.
+async fn task_outcome(
+    outcome: &Outcome,
+    outputs: bool,
+    shared: &Shared,
+) -> Result<TaskOutcome, Response> {
+    let mut attempts: Vec<_> = outcome.last_attempt.iter().cloned().collect();
+    if outcome.attempts > 1 {
+        // The earlier attempts are in the store (the outcome is durable).
+        let mut stored = shared
+            .store
+            .attempts(outcome.task)
+            .await
+            .map_err(|err| error(ErrorKind::Internal, err.to_string()))?;
+        stored.retain(|a| a.attempt < outcome.attempts);
+        stored.append(&mut attempts);
+        attempts = stored;
+    }
+    let (stdout, stderr) = if outputs {
+        (
+            load(&outcome.stdout, shared).await?,
+            load(&outcome.stderr, shared).await?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(TaskOutcome {
+        task: outcome.task,
+        state: outcome.state,
+        exit_code: outcome.exit_code,
+        reason: outcome.reason.clone(),
+        stdout,
+        stderr,
+        attempts,
+    })
+}
+
+/// What a client sees of a finished task read from the store.
+async fn task_outcome_from_store(
+    id: TaskId,
+    stored: StoredTask,
+    outputs: bool,
+    shared: &Shared,
+) -> Result<TaskOutcome, Response> {
+    let mut attempts = stored.attempts;
+    // The last attempt's end is the task's.
+    if let Some(last) = attempts.last_mut().filter(|a| a.ended_at_ms.is_none()) {
+        last.ended_at_ms = stored.finished_at_ms;
+        last.outcome = Some(
+            stored
+                .reason
+                .clone()
+                .unwrap_or_else(|| "exited with code 0".into()),
+        );
+    }
+    let (stdout, stderr) = if outputs {
+        (
+            load(&stored.stdout, shared).await?,
+            load(&stored.stderr, shared).await?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(TaskOutcome {
+        task: id,
+        state: stored.state,
+        exit_code: stored.exit_code,
+        reason: stored.reason,
+        stdout,
+        stderr,
+        attempts,
+    })
+}
+
+/// One page of tasks: open states from the loop, the rest from the store with the live state
+/// of open tasks laid over it.
+async fn list_tasks(query: TaskQuery, shared: &Shared) -> Response {
+    let limit = query.limit.min(MAX_PAGE_TASKS);
+    let tasks = match query.state {
+        Some(
+            state @ (TaskState::Pending
+            | TaskState::Queued
+            | TaskState::Assigned
+            | TaskState::Running),
+        ) => {
+            match ask(shared, |reply| Event::ListOpen {
+                state,
+                after: query.after,
+                limit,
+                reply,
+            })
+            .await
+            {
+                Ok(tasks) => tasks,
+                Err(e) => return e,
+            }
+        }
+        state => {
+            let rows = match shared.store.tasks_page(state, query.after, limit).await {
+                Ok(rows) => rows,
+                Err(err) => return error(ErrorKind::Internal, err.to_string()),
+            };
+            match ask(shared, |reply| Event::Overlay(Overlay { rows, reply })).await {
+                Ok(tasks) => tasks,
+                Err(e) => return e,
+            }
+        }
+    };
+    let next = (tasks.len() == limit as usize && limit > 0)
+        .then(|| tasks.last().map(|t| t.task))
+        .flatten();
+    Response::Tasks(TaskPage { tasks, next })
+}
+
+/// Counts by state: open tasks from the loop, finished ones from the store.
+async fn status(shared: &Shared) -> Response {
+    let live: ClusterStatus = match ask(shared, |reply| Event::Status { reply }).await {
+        Ok(status) => status,
+        Err(e) => return e,
+    };
+    let stored = match shared.store.counts().await {
+        Ok(counts) => counts,
+        Err(err) => return error(ErrorKind::Internal, err.to_string()),
+    };
+    let mut tasks: Vec<(TaskState, u64)> = live.tasks;
+    tasks.extend(stored.into_iter().filter(|(state, _)| state.is_terminal()));
+    tasks.sort_by_key(|(state, _)| *state as u8);
+    Response::Status(ClusterStatus { tasks, ..live })
 }

@@ -17,6 +17,10 @@ pub enum ExecutorKind {
     Docker,
     /// As local processes, ignoring the image (hosts without Docker; fast tests). Opt-in.
     Process,
+    /// Runs nothing: every assignment succeeds at once with empty output. A benchmarking aid
+    /// (like HyperQueue's zero-worker mode): the head, the protocol and the store do all their
+    /// work, so what is measured is the framework.
+    Noop,
 }
 
 /// Everything the node can be configured with.

@@ -71,6 +71,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         ExecutorKind::Process => Executor::Process(ProcessExecutor {
             max_output_bytes: config.max_output_bytes,
         }),
+        ExecutorKind::Noop => Executor::Noop,
     };
     let resources = resources::detect(&config).map_err(NodeError::Resources)?;
     let hello = NodeHello {
@@ -79,9 +80,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         labels: config.labels.clone(),
         capabilities: executor.capabilities(),
         running: Vec::new(),
+        finished: Vec::new(),
     };
     tracing::info!(node = %creds.node_id, %name, resources = %hello.resources, labels = ?hello.labels, capabilities = ?hello.capabilities, "node starting");
-    let (control, control_rx) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::channel(session::CONTROL_QUEUE);
     let tracker = TaskTracker::new();
     let node = Arc::new(session::Node {
         head,

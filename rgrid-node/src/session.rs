@@ -1,7 +1,11 @@
 //! The node's session with the head: connect (mutual TLS), open the control stream with a hello
-//! that lists the attempts still running, heartbeat, take assignments and kills; reconnect with
-//! exponential backoff and jitter when the connection drops, while attempts keep running.
-//! Results go on their own streams and are retried until the head acknowledges them.
+//! that lists the attempts still running and the results not yet acknowledged, heartbeat, take
+//! batches of assignments and kills; reconnect with exponential backoff and jitter when the
+//! connection drops, while attempts keep running.
+//!
+//! Results with small outputs go back on the control stream, batched; larger ones on a stream
+//! of their own. Either way a result is kept until the head acknowledges it (which it does once
+//! the result is durable), and sent again on every new session until then.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn::Connection;
-use rgrid_core::protocol::{AttemptReport, HeadMessage, NodeHello, NodeMessage, Request, Response};
+use rgrid_core::frame::FrameWriter;
+use rgrid_core::protocol::{
+    Assignment, AttemptReport, HeadMessage, NodeHello, NodeMessage, Request, Response,
+    INLINE_RESULT_BYTES,
+};
+use rgrid_core::time::unix_ms;
 use rgrid_core::tls::client_config;
 use rgrid_core::transport::{call, connect, open_request, TransportError};
 use rgrid_core::{AttemptId, TaskSpec};
@@ -22,6 +31,24 @@ use tracing::Instrument;
 use crate::executor::Executor;
 use crate::identity::NodeCredentials;
 
+/// Control messages from attempts waiting for the session, at most.
+pub(crate) const CONTROL_QUEUE: usize = 4096;
+
+/// Where an attempt is in its life on this node.
+pub(crate) enum Stage {
+    Running,
+    /// Ended; its result (small outputs) waits for the head's acknowledgement.
+    Reported(AttemptReport),
+    /// Ended; its result (large outputs) is being delivered on a stream of its own.
+    Delivering,
+}
+
+/// An attempt the node holds: running, or holding a result the head has not acknowledged.
+pub(crate) struct Attempt {
+    pub cancel: CancellationToken,
+    pub stage: Stage,
+}
+
 /// What the session and the attempt tasks share.
 pub(crate) struct Node {
     pub head: SocketAddr,
@@ -29,12 +56,11 @@ pub(crate) struct Node {
     pub executor: Executor,
     /// Told to the head at every (re)connect.
     pub hello: NodeHello,
-    /// Attempts running or holding an unacknowledged result, with the token that kills them.
-    pub attempts: Mutex<HashMap<AttemptId, CancellationToken>>,
+    pub attempts: Mutex<HashMap<AttemptId, Attempt>>,
     /// The live connection, for result streams; `None` while disconnected.
     pub connection: watch::Sender<Option<Connection>>,
-    /// Control messages (`Started`) for the session to forward.
-    pub control: mpsc::UnboundedSender<NodeMessage>,
+    /// Control messages (`Started`, small results) for the session to forward.
+    pub control: mpsc::Sender<NodeMessage>,
     pub tracker: TaskTracker,
     /// Cancelled to drain (SIGTERM): no new work, then leave within `drain_deadline`.
     pub drain: CancellationToken,
@@ -63,8 +89,8 @@ impl Node {
         true
     }
 
-    /// `Some(unfinished attempts)` when the drain is over: nothing left to run, or the deadline
-    /// passed (the rest is killed and handed back).
+    /// `Some(unfinished attempts)` when the drain is over: nothing left to run or to report,
+    /// or the deadline passed (what still runs is killed and handed back).
     fn drain_over(&self) -> Option<Vec<AttemptId>> {
         let until = (*lock(&self.drain_until))?;
         let attempts = lock(&self.attempts);
@@ -75,10 +101,38 @@ impl Node {
             return None;
         }
         self.leaving.store(true, Ordering::SeqCst);
-        for token in attempts.values() {
-            token.cancel();
+        let running: Vec<AttemptId> = attempts
+            .iter()
+            .filter(|(_, a)| matches!(a.stage, Stage::Running))
+            .map(|(id, a)| {
+                a.cancel.cancel();
+                *id
+            })
+            .collect();
+        Some(running)
+    }
+
+    /// The hello for a new session: what runs, and what waits for an acknowledgement.
+    fn hello(&self) -> NodeHello {
+        let mut hello = self.hello.clone();
+        for (id, attempt) in lock(&self.attempts).iter() {
+            match attempt.stage {
+                Stage::Running => hello.running.push(*id),
+                Stage::Reported(_) | Stage::Delivering => hello.finished.push(*id),
+            }
         }
-        Some(attempts.keys().copied().collect())
+        hello
+    }
+
+    /// Results that wait for an acknowledgement on the control stream.
+    fn reported(&self) -> Vec<AttemptReport> {
+        lock(&self.attempts)
+            .values()
+            .filter_map(|a| match &a.stage {
+                Stage::Reported(report) => Some(report.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -104,7 +158,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// head refuses the node.
 pub(crate) async fn run(
     node: Arc<Node>,
-    mut control: mpsc::UnboundedReceiver<NodeMessage>,
+    mut control: mpsc::Receiver<NodeMessage>,
 ) -> Result<(), SessionError> {
     let mut backoff = Duration::from_millis(100);
     let result = loop {
@@ -139,17 +193,33 @@ fn jitter(base: Duration) -> Duration {
     base / 2 + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
+/// Sends the messages waiting in `buf`, all results of a burst in one message.
+async fn send_batch(
+    send: &mut FrameWriter<quinn::SendStream, NodeMessage>,
+    buf: &mut Vec<NodeMessage>,
+) -> Result<(), SessionError> {
+    let mut results = Vec::new();
+    for message in buf.drain(..) {
+        match message {
+            NodeMessage::Results(mut batch) => results.append(&mut batch),
+            other => send.send(&other).await?,
+        }
+    }
+    if !results.is_empty() {
+        send.send(&NodeMessage::Results(results)).await?;
+    }
+    Ok(())
+}
+
 async fn session(
     node: &Arc<Node>,
-    control: &mut mpsc::UnboundedReceiver<NodeMessage>,
+    control: &mut mpsc::Receiver<NodeMessage>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
     let tls = client_config(&node.creds.ca_pem, &node.creds.identity)
         .map_err(|e| SessionError::Refused(e.to_string()))?;
     let (_endpoint, connection) = connect(node.head, tls, "rgrid-node").await?;
-    let mut hello = node.hello.clone();
-    hello.running = lock(&node.attempts).keys().copied().collect();
-    let stream = open_request(&connection, &Request::NodeSession(hello)).await?;
+    let stream = open_request(&connection, &Request::NodeSession(node.hello())).await?;
     let mut send = stream.send.retype::<NodeMessage>();
     let mut recv = stream.recv.retype::<HeadMessage>();
     let interval = match recv.expect().await? {
@@ -174,11 +244,17 @@ async fn session(
     tracing::info!(head = %node.head, node = %node.creds.node_id, "session open");
     *backoff = Duration::from_millis(100);
     node.connection.send_replace(Some(connection.clone()));
+    // Results the last session did not see acknowledged.
+    let unacknowledged = node.reported();
+    if !unacknowledged.is_empty() {
+        send.send(&NodeMessage::Results(unacknowledged)).await?;
+    }
     let mut heartbeat = tokio::time::interval(interval);
     let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     if lock(&node.drain_until).is_some() {
         send.send(&NodeMessage::Draining).await?;
     }
+    let mut outgoing = Vec::new();
     loop {
         tokio::select! {
             _ = node.drain.cancelled(), if lock(&node.drain_until).is_none() => {
@@ -198,9 +274,26 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => send.send(&NodeMessage::Heartbeat).await?,
-            Some(message) = control.recv() => send.send(&message).await?,
+            n = control.recv_many(&mut outgoing, 1024) => {
+                if n == 0 {
+                    return Err(SessionError::Closed);
+                }
+                send_batch(&mut send, &mut outgoing).await?;
+            }
             message = recv.next() => match message? {
-                Some(HeadMessage::Assign { attempt, spec }) => start_attempt(node, attempt, *spec),
+                Some(HeadMessage::Assign(assignments)) => {
+                    for assignment in assignments {
+                        start_attempt(node, assignment);
+                    }
+                }
+                Some(HeadMessage::ResultsAccepted(attempts)) => {
+                    let mut held = lock(&node.attempts);
+                    for attempt in attempts {
+                        if held.get(&attempt).is_some_and(|a| matches!(a.stage, Stage::Reported(_))) {
+                            held.remove(&attempt);
+                        }
+                    }
+                }
                 Some(HeadMessage::Kill { attempt }) => kill(node, attempt),
                 Some(HeadMessage::Refused { message }) => return Err(SessionError::Refused(message)),
                 Some(HeadMessage::Welcome { .. }) => {}
@@ -222,36 +315,44 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn kill(node: &Node, attempt: AttemptId) {
-    if let Some(token) = lock(&node.attempts).get(&attempt) {
-        token.cancel();
+    if let Some(held) = lock(&node.attempts).get(&attempt) {
+        held.cancel.cancel();
     }
 }
 
-fn start_attempt(node: &Arc<Node>, attempt: AttemptId, spec: TaskSpec) {
+fn start_attempt(node: &Arc<Node>, assignment: Assignment) {
+    let attempt = assignment.attempt;
     let cancel = CancellationToken::new();
     {
         let mut attempts = lock(&node.attempts);
         if attempts.contains_key(&attempt) {
             return; // a repeated assignment
         }
-        attempts.insert(attempt, cancel.clone());
+        attempts.insert(
+            attempt,
+            Attempt {
+                cancel: cancel.clone(),
+                stage: Stage::Running,
+            },
+        );
     }
     let node2 = node.clone();
     node.tracker.spawn(
         async move {
             let node = node2;
             let started_at_ms = unix_ms();
-            let control = node.control.clone();
-            let started = move || {
-                let _ = control.send(NodeMessage::Started { attempt });
+            let execution = match assignment.spec() {
+                Ok(spec) => run_spec(&node, attempt, spec, cancel).await,
+                Err(err) => crate::executor::Execution::start_failed(format!(
+                    "the head sent a task spec this node cannot decode ({err}); upgrade the node"
+                )),
             };
-            let execution = node.executor.run(attempt, &spec, cancel, started).await;
             if node.leaving.load(Ordering::SeqCst) {
                 // Killed because the node left: not the task's outcome; the head requeues it.
                 lock(&node.attempts).remove(&attempt);
                 return;
             }
-            tracing::info!(exit = %execution.exit, "attempt ended");
+            tracing::debug!(exit = %execution.exit, "attempt ended");
             let report = AttemptReport {
                 attempt,
                 exit: execution.exit,
@@ -260,14 +361,46 @@ fn start_attempt(node: &Arc<Node>, attempt: AttemptId, spec: TaskSpec) {
                 started_at_ms,
                 finished_at_ms: unix_ms(),
             };
-            deliver(&node, report).await;
-            lock(&node.attempts).remove(&attempt);
+            report_result(&node, report).await;
         }
-        .instrument(tracing::info_span!("attempt", %attempt)),
+        .instrument(tracing::debug_span!("attempt", %attempt)),
     );
 }
 
-/// Sends a result until the head acknowledges it (it does once the result is durable).
+async fn run_spec(
+    node: &Arc<Node>,
+    attempt: AttemptId,
+    spec: TaskSpec,
+    cancel: CancellationToken,
+) -> crate::executor::Execution {
+    let control = node.control.clone();
+    let started = move || {
+        // The head learns from the result that it started, if this does not get through.
+        let _ = control.try_send(NodeMessage::Started { attempt });
+    };
+    node.executor.run(attempt, &spec, cancel, started).await
+}
+
+/// Hands a result to the head: small ones on the control stream (kept until acknowledged),
+/// large ones on a stream of their own, retried until the head accepts them.
+async fn report_result(node: &Arc<Node>, report: AttemptReport) {
+    let attempt = report.attempt;
+    if report.stdout.len() + report.stderr.len() <= INLINE_RESULT_BYTES {
+        if let Some(held) = lock(&node.attempts).get_mut(&attempt) {
+            held.stage = Stage::Reported(report.clone());
+        }
+        // Sent on this session if there is one; a new session sends it again from `attempts`.
+        let _ = node.control.send(NodeMessage::Results(vec![report])).await;
+        return;
+    }
+    if let Some(held) = lock(&node.attempts).get_mut(&attempt) {
+        held.stage = Stage::Delivering;
+    }
+    deliver(node, report).await;
+    lock(&node.attempts).remove(&attempt);
+}
+
+/// Sends a large result until the head acknowledges it (it does once the result is durable).
 async fn deliver(node: &Node, report: AttemptReport) {
     let mut connection = node.connection.subscribe();
     let request = Request::ReportResult(report);
@@ -290,10 +423,4 @@ async fn deliver(node: &Node, report: AttemptReport) {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -2,17 +2,16 @@
 //! idleness) and what it hears back (why each shape's tasks wait, shown in task listings).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use rgrid_cloud::{policy, Demand};
 use rgrid_core::protocol::TaskInfo;
-use rgrid_core::scheduler::NodeView;
 use rgrid_core::task::{Affinity, Constraints};
-use rgrid_core::{AttemptId, Resources, TaskState};
-use tokio::sync::Notify;
+use rgrid_core::time::{monotonic_ms, unix_ms};
+use rgrid_core::{AttemptId, Resources, TaskId, TaskState};
 
-use super::{Cluster, NodeState};
+use super::tasks::{ShapeId, Shapes};
+use super::{Cluster, Comm, NodeState};
 
 /// A task's shape: tasks of one shape are interchangeable for scheduling and scaling.
 pub(crate) type Shape = (Resources, Constraints);
@@ -101,71 +100,67 @@ impl Arrivals {
     }
 }
 
-impl Cluster {
-    /// Hands demand to an autoscaler woken through `wake`; tasks that fit one of `node_types`
-    /// wait for it instead of being unschedulable.
-    pub(crate) fn with_autoscaler(mut self, wake: Arc<Notify>, node_types: Vec<NodeView>) -> Self {
-        self.scheduler.set_node_types(node_types);
-        self.autoscaler = Some(wake);
-        self
-    }
-
+impl<C: Comm> Cluster<C> {
     /// Counts a submission for its shape's arrival rate.
-    pub(super) fn count_arrival(&mut self, spec: &rgrid_core::TaskSpec) {
-        if self.autoscaler.is_none() {
-            return;
-        }
+    pub(super) fn count_arrival(&mut self, shape: &Shape) {
         let minute = self.minute();
-        let shape = (spec.resources.clone(), spec.constraints.clone());
-        self.arrivals.entry(shape).or_default().add(minute, 1);
+        match self.arrivals.get_mut(shape) {
+            Some(arrivals) => arrivals.add(minute, 1),
+            None => {
+                let mut arrivals = Arrivals::default();
+                arrivals.add(minute, 1);
+                self.arrivals.insert(shape.clone(), arrivals);
+            }
+        }
     }
 
     /// Minutes since the loop started.
     fn minute(&self) -> u64 {
-        self.started.elapsed().as_secs() / 60
+        monotonic_ms().saturating_sub(self.started_ms) / 60_000
     }
 
     pub(super) fn autoscale_view(&mut self) -> AutoscaleView {
-        let mut oldest: HashMap<(&Resources, &Constraints), Instant> = HashMap::new();
-        // Per shape: how long its running attempts have run, summed, and how many run.
-        let mut running: HashMap<(&Resources, &Constraints), (u64, u64)> = HashMap::new();
-        let now_ms = crate::unix_ms();
+        // Per shape: the oldest queued task, and how long its running attempts have run,
+        // summed, with how many run.
+        let mut oldest: HashMap<ShapeId, u64> = HashMap::new();
+        let mut running: HashMap<ShapeId, (u64, u64)> = HashMap::new();
+        let now_ms = unix_ms();
         for task in self.tasks.values() {
-            let key = (&task.spec.resources, &task.spec.constraints);
             match task.state {
                 TaskState::Queued => {
-                    let at = oldest.entry(key).or_insert(task.queued_at);
-                    *at = (*at).min(task.queued_at);
+                    let at = oldest.entry(task.shape).or_insert(task.queued_at_ms);
+                    *at = (*at).min(task.queued_at_ms);
                 }
                 TaskState::Assigned | TaskState::Running => {
-                    let started = task.attempts.last().map_or(now_ms, |a| a.started_at_ms);
-                    let (sum, n) = running.entry(key).or_default();
-                    *sum += now_ms.saturating_sub(started);
+                    let (sum, n) = running.entry(task.shape).or_default();
+                    *sum += now_ms.saturating_sub(task.started_at_ms);
                     *n += 1;
                 }
                 _ => {}
             }
         }
-        let now = (Instant::now(), SystemTime::now());
         let minute = self.minute();
+        let shapes = &self.shapes;
+        let by_shape =
+            |w: &rgrid_core::scheduler::Waiting<'_>| self.tasks.get(&w.first).map(|t| t.shape);
         let arrivals = &mut self.arrivals;
         let demand = self
             .scheduler
             .waiting()
             .filter(|w| !matches!(w.constraints.affinity, Some(Affinity::Hard(_))))
             .map(|w| {
-                let key = (w.resources, w.constraints);
-                let queued_at = oldest.get(&key).copied().unwrap_or(now.0);
+                let id = by_shape(&w);
+                let queued_at = id.and_then(|id| oldest.get(&id)).copied().unwrap_or(now_ms);
                 let shape = (w.resources.clone(), w.constraints.clone());
                 let demand = Demand {
                     resources: w.resources.clone(),
                     selector: w.constraints.selector.clone(),
                     count: u32::try_from(w.tasks).unwrap_or(u32::MAX),
-                    oldest: wall_clock(queued_at, now),
+                    oldest: wall_clock(queued_at),
                     expected_runtime: self.runtimes.get(&shape).copied(),
                     arrival_rate: arrivals.get_mut(&shape).map(|a| a.rate(minute)),
-                    running_for: running
-                        .get(&key)
+                    running_for: id
+                        .and_then(|id| running.get(&id))
                         .map(|(sum, n)| Duration::from_millis(sum / n)),
                 };
                 (shape, demand)
@@ -174,7 +169,7 @@ impl Cluster {
         let nodes = self
             .nodes
             .iter()
-            .map(|(id, node)| NodeSummary {
+            .map(|node| NodeSummary {
                 name: node.name.clone(),
                 state: node.state,
                 labels: node
@@ -187,10 +182,10 @@ impl Cluster {
                     .as_ref()
                     .map(|h| h.resources.clone())
                     .unwrap_or_default(),
-                free: self.scheduler.free(*id).cloned().unwrap_or_default(),
+                free: self.scheduler.free(node.id).cloned().unwrap_or_default(),
                 running: u32::try_from(node.running.len()).unwrap_or(u32::MAX),
-                idle_since: node.idle_since.map(|at| wall_clock(at, now)),
-                busy_until: self.busy_until(node.running.keys()),
+                idle_since: node.idle_since_ms.map(wall_clock),
+                busy_until: self.busy_until(node.running.keys(), shapes),
             })
             .collect();
         let arrival_load: f64 = (self.arrivals.iter_mut())
@@ -208,45 +203,39 @@ impl Cluster {
     }
 
     /// When `attempts` are expected to have ended, if every one's shape has a known runtime.
-    fn busy_until<'a>(&self, attempts: impl Iterator<Item = &'a AttemptId>) -> Option<SystemTime> {
+    fn busy_until<'a>(
+        &self,
+        attempts: impl Iterator<Item = &'a AttemptId>,
+        shapes: &Shapes,
+    ) -> Option<SystemTime> {
         let mut until: Option<u64> = None;
         for attempt in attempts {
             let task = self.tasks.get(&attempt.task)?;
-            let info = task
-                .attempts
-                .iter()
-                .find(|a| a.attempt == attempt.attempt)?;
-            let shape = (task.spec.resources.clone(), task.spec.constraints.clone());
-            let runtime = self.runtimes.get(&shape)?;
-            let end = info
+            let runtime = self.runtimes.get(shapes.get(task.shape))?;
+            let end = task
                 .started_at_ms
                 .saturating_add(runtime.as_millis() as u64);
             until = until.max(Some(end));
         }
-        until.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+        until.map(wall_clock)
     }
 
     /// Folds a successful attempt's run time into its shape's mean.
-    pub(super) fn learn_runtime(&mut self, attempt: AttemptId, finished_at_ms: u64) {
-        let Some(task) = self.tasks.get(&attempt.task) else {
+    pub(super) fn learn_runtime(&mut self, task: TaskId, finished_at_ms: u64) {
+        if !self.autoscaling {
+            return;
+        }
+        let Some(task) = self.tasks.get(&task) else {
             return;
         };
-        let Some(started) = task
-            .attempts
-            .iter()
-            .find(|a| a.attempt == attempt.attempt)
-            .map(|a| a.started_at_ms)
-        else {
-            return;
-        };
-        let ran = Duration::from_millis(finished_at_ms.saturating_sub(started));
-        let shape = (task.spec.resources.clone(), task.spec.constraints.clone());
-        self.runtimes
-            .entry(shape)
-            .and_modify(|mean| {
-                *mean = mean.mul_f64(1.0 - RUNTIME_WEIGHT) + ran.mul_f64(RUNTIME_WEIGHT);
-            })
-            .or_insert(ran);
+        let ran = Duration::from_millis(finished_at_ms.saturating_sub(task.started_at_ms));
+        let shape = self.shapes.get(task.shape);
+        match self.runtimes.get_mut(shape) {
+            Some(mean) => *mean = mean.mul_f64(1.0 - RUNTIME_WEIGHT) + ran.mul_f64(RUNTIME_WEIGHT),
+            None => {
+                self.runtimes.insert(shape.clone(), ran);
+            }
+        }
     }
 
     /// Puts the autoscaler's reasons on queued tasks of a listing sorted in queue order.
@@ -254,18 +243,16 @@ impl Cluster {
         if self.waits.is_empty() {
             return;
         }
-        let runs: HashMap<(&Resources, &Constraints), &WaitRuns> =
-            self.waits.iter().map(|((r, c), w)| ((r, c), w)).collect();
-        let mut seen: HashMap<(&Resources, &Constraints), u32> = HashMap::new();
+        let runs: HashMap<&Shape, &WaitRuns> = self.waits.iter().map(|(s, w)| (s, w)).collect();
+        let mut seen: HashMap<ShapeId, u32> = HashMap::new();
         for info in listing.iter_mut().filter(|t| t.state == TaskState::Queued) {
             let Some(task) = self.tasks.get(&info.task) else {
                 continue;
             };
-            let key = (&task.spec.resources, &task.spec.constraints);
-            let Some(runs) = runs.get(&key) else {
+            let Some(runs) = runs.get(self.shapes.get(task.shape)) else {
                 continue;
             };
-            let position = seen.entry(key).or_default();
+            let position = seen.entry(task.shape).or_default();
             if let Some(reason) = run_at(runs, *position) {
                 info.detail = Some(reason.clone());
             }
@@ -286,13 +273,9 @@ fn run_at(runs: &WaitRuns, position: u32) -> Option<&String> {
     runs.last().and_then(|(reason, _)| reason.as_ref())
 }
 
-/// The wall-clock time of `at`, given one reading of both clocks.
-fn wall_clock(at: Instant, (now, wall): (Instant, SystemTime)) -> SystemTime {
-    if at >= now {
-        wall + (at - now)
-    } else {
-        wall - (now - at)
-    }
+/// A wall-clock time in milliseconds since the Unix epoch.
+fn wall_clock(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 #[cfg(test)]
@@ -325,20 +308,5 @@ mod tests {
         assert_eq!(a.rate(90), 0.1 / 2.0);
         assert_eq!(a.rate(100), 0.0);
         assert_eq!(a.rate(500), 0.0);
-    }
-
-    #[test]
-    fn wall_clock_keeps_the_offset_both_ways() {
-        let now = (
-            Instant::now(),
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1000),
-        );
-        let past = now
-            .0
-            .checked_sub(Duration::from_secs(5))
-            .expect("the request fits");
-        assert_eq!(wall_clock(past, now), now.1 - Duration::from_secs(5));
-        let future = now.0 + Duration::from_secs(7);
-        assert_eq!(wall_clock(future, now), now.1 + Duration::from_secs(7));
     }
 }

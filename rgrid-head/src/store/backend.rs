@@ -1,23 +1,154 @@
 //! The SQL of the store, written once and compiled for each backend (SQLite, PostgreSQL): the
 //! queries use `$N` placeholders and types both backends share (TEXT, 64-bit integers, bytes,
 //! booleans); each backend has its own migrations.
+//!
+//! The task path writes multi-row statements: a batch's rows of one kind go out in chunks of
+//! [`CHUNKS`] rows, so each statement text is one of a few, prepared once per connection. Rows
+//! that join a `VALUES` list cast their placeholders, as PostgreSQL cannot infer their types.
+
+/// Rows per multi-row statement: a batch of `n` rows of a kind takes `n / 256` statements of 256
+/// rows and at most three of each smaller size.
+pub(super) const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The states of a finished task, as the guards of every task update spell them (and as the
+/// partial index `tasks_open_id` does, so that the recovery query can use it).
+const OPEN: &str = "state NOT IN ('succeeded', 'failed', 'cancelled', 'unschedulable', 'lost')";
+
+/// `n` copies of `row`, comma-separated, with each `?` numbered `$1`, `$2`, … across all rows.
+fn rows(row: &str, n: usize) -> String {
+    let mut out = String::new();
+    let mut next = 1;
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for part in row.split_inclusive('?') {
+            match part.strip_suffix('?') {
+                Some(text) => {
+                    out.push_str(text);
+                    out.push('$');
+                    out.push_str(&next.to_string());
+                    next += 1;
+                }
+                None => out.push_str(part),
+            }
+        }
+    }
+    out
+}
+
+/// The statement texts of the task path for one backend (`blob` is its bytes type), one per
+/// kind and chunk size.
+pub(super) struct TaskSql {
+    pub insert: Vec<String>,
+    pub attempts: Vec<String>,
+    pub attempt_ends: Vec<String>,
+    pub counters: Vec<String>,
+    pub finishes: Vec<String>,
+}
+
+impl TaskSql {
+    pub(super) fn new(blob: &str) -> Self {
+        let per_chunk = |make: &dyn Fn(usize) -> String| CHUNKS.iter().map(|&n| make(n)).collect();
+        Self {
+            insert: per_chunk(&|n| {
+                format!(
+                    "INSERT INTO tasks (id, spec, state, submitted_at_ms) VALUES {}
+                     ON CONFLICT (id) DO NOTHING RETURNING id",
+                    rows("(?, ?, 'queued', ?)", n)
+                )
+            }),
+            attempts: per_chunk(&|n| {
+                format!(
+                    "INSERT INTO attempts (task, attempt, node, node_name, started_at_ms)
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5
+                     FROM (VALUES {}) AS v JOIN tasks t ON t.id = v.column1
+                     WHERE t.{OPEN}
+                     ON CONFLICT (task, attempt) DO NOTHING",
+                    rows(
+                        "(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT))",
+                        n
+                    )
+                )
+            }),
+            attempt_ends: per_chunk(&|n| {
+                format!(
+                    "UPDATE attempts SET ended_at_ms = v.column3, outcome = v.column4
+                     FROM (VALUES {}) AS v
+                     WHERE attempts.task = v.column1 AND attempts.attempt = v.column2
+                       AND attempts.ended_at_ms IS NULL",
+                    rows(
+                        "(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT))",
+                        n
+                    )
+                )
+            }),
+            counters: per_chunk(&|n| {
+                format!(
+                    "UPDATE tasks SET node_losses = v.column2, failures = v.column3
+                     FROM (VALUES {}) AS v WHERE tasks.id = v.column1 AND tasks.{OPEN}",
+                    rows("(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT))", n)
+                )
+            }),
+            finishes: per_chunk(&|n| {
+                format!(
+                    "UPDATE tasks SET state = v.column2, finished_at_ms = v.column3,
+                       exit_code = v.column4, reason = v.column5, stdout = v.column6,
+                       stderr = v.column7, stdout_hash = v.column8, stderr_hash = v.column9,
+                       attempt = v.column10, node = v.column11, node_losses = v.column12,
+                       failures = v.column13
+                     FROM (VALUES {}) AS v WHERE tasks.id = v.column1 AND tasks.{OPEN}",
+                    rows(
+                        &format!(
+                            "(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), \
+                             CAST(? AS TEXT), CAST(? AS {blob}), CAST(? AS {blob}), CAST(? AS TEXT), \
+                             CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS BIGINT), \
+                             CAST(? AS BIGINT))"
+                        ),
+                        n
+                    )
+                )
+            }),
+        }
+    }
+}
+
+/// Splits `items` into chunks of the sizes in [`CHUNKS`], largest first; yields each chunk with
+/// the index of its size.
+pub(super) fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    std::iter::from_fn(move || {
+        let size = CHUNKS.iter().position(|&n| n <= items.len())?;
+        let (chunk, rest) = items.split_at(CHUNKS[size]);
+        items = rest;
+        Some((size, chunk))
+    })
+}
 
 /// One module per backend with the same functions over that backend's pool.
 macro_rules! backend {
-    ($name:ident, $db:ty) => {
+    ($name:ident, $db:ty, $blob:literal) => {
         pub(crate) mod $name {
+            use std::collections::HashSet;
+
             use rgrid_core::protocol::AttemptInfo;
             use rgrid_core::{NodeId, TaskId, TaskState};
             use sqlx::Row as _;
 
+            use super::{chunks, TaskSql, OPEN};
+            use crate::store::batch::{Output, Write, WriteBatch};
             use crate::store::{
-                decode, encode, parse_id, to_i64, to_u32, to_u64, Batch, StoreError, StoredNode,
-                StoredTask, StoredToken, Write,
+                decode, encode, parse_id, to_i64, to_u32, to_u64, LatestAttempt, ListedTask,
+                RecoveredTask, StoreError, StoredNode, StoredTask, StoredToken,
             };
 
             type Db = $db;
             pub(crate) type Pool = sqlx::Pool<Db>;
+            pub(crate) type Conn = sqlx::pool::PoolConnection<Db>;
             type Row = <Db as sqlx::Database>::Row;
+
+            pub(crate) fn task_sql() -> TaskSql {
+                TaskSql::new($blob)
+            }
 
             pub(crate) async fn token(pool: &Pool, id: &str) -> Result<Option<StoredToken>, StoreError> {
                 let row = sqlx::query(
@@ -57,37 +188,75 @@ macro_rules! backend {
                 Ok(row.is_some())
             }
 
-            /// Every task that has not reached a terminal state, in submission order.
-            pub(crate) async fn open_tasks(pool: &Pool) -> Result<Vec<StoredTask>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT * FROM tasks
-                     WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'unschedulable', 'lost')
-                     ORDER BY submitted_at_ms, id",
-                )
+            /// Up to `limit` open tasks with an id after `after`, in id order, each with its
+            /// latest attempt.
+            pub(crate) async fn recover_page(
+                pool: &Pool,
+                after: Option<TaskId>,
+                limit: u32,
+            ) -> Result<Vec<RecoveredTask>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT t.id, t.spec, t.submitted_at_ms, t.node_losses, t.failures,
+                       a.attempt AS a_attempt, a.node AS a_node, a.started_at_ms AS a_started,
+                       a.ended_at_ms AS a_ended
+                     FROM tasks t LEFT JOIN attempts a ON a.task = t.id
+                       AND a.attempt = (SELECT MAX(b.attempt) FROM attempts b WHERE b.task = t.id)
+                     WHERE t.{OPEN} AND t.id > $1 ORDER BY t.id LIMIT $2"
+                ))
+                .bind(after.map(|id| id.to_string()).unwrap_or_default())
+                .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-                let mut tasks = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let mut task = task_from_row(&row)?;
-                    task.attempts = attempts(pool, task.spec.id).await?;
-                    tasks.push(task);
-                }
-                Ok(tasks)
+                rows.iter()
+                    .map(|row| {
+                        let latest = match row.get::<Option<i64>, _>("a_attempt") {
+                            None => None,
+                            Some(attempt) => Some(LatestAttempt {
+                                attempt: to_u32(attempt),
+                                node: parse_id(row.get("a_node"), "attempt node")?,
+                                started_at_ms: to_u64(row.get("a_started")),
+                                ended: row.get::<Option<i64>, _>("a_ended").is_some(),
+                            }),
+                        };
+                        Ok(RecoveredTask {
+                            id: parse_id(row.get("id"), "task id")?,
+                            spec: row.get("spec"),
+                            submitted_at_ms: to_u64(row.get("submitted_at_ms")),
+                            node_losses: to_u32(row.get("node_losses")),
+                            failures: to_u32(row.get("failures")),
+                            latest,
+                        })
+                    })
+                    .collect()
             }
 
-            /// One task, whatever its state.
+            /// One task, whatever its state, with its attempts.
             pub(crate) async fn task(pool: &Pool, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
-                let row = sqlx::query("SELECT * FROM tasks WHERE id = $1")
-                    .bind(id.to_string())
-                    .fetch_optional(pool)
-                    .await?;
+                let row = sqlx::query(
+                    "SELECT id, spec, state, attempt, node, submitted_at_ms, finished_at_ms,
+                       exit_code, reason, stdout, stderr, stdout_hash, stderr_hash
+                     FROM tasks WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
                 let Some(row) = row else { return Ok(None) };
-                let mut task = task_from_row(&row)?;
-                task.attempts = attempts(pool, id).await?;
-                Ok(Some(task))
+                let state: String = row.get("state");
+                let stored = StoredTask {
+                    spec: row.get("spec"),
+                    state: parse_state(state)?,
+                    finished_at_ms: row.get::<Option<i64>, _>("finished_at_ms").map(to_u64),
+                    exit_code: row.get("exit_code"),
+                    reason: row.get("reason"),
+                    stdout: Output::from_columns(row.get("stdout"), row.get("stdout_hash")),
+                    stderr: Output::from_columns(row.get("stderr"), row.get("stderr_hash")),
+                    attempts: attempts(pool, id).await?,
+                };
+                Ok(Some(stored))
             }
 
-            async fn attempts(pool: &Pool, task: TaskId) -> Result<Vec<AttemptInfo>, StoreError> {
+            /// Every attempt of a task, in order.
+            pub(crate) async fn attempts(pool: &Pool, task: TaskId) -> Result<Vec<AttemptInfo>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT attempt, node, node_name, started_at_ms, ended_at_ms, outcome
                      FROM attempts WHERE task = $1 ORDER BY attempt",
@@ -109,28 +278,69 @@ macro_rules! backend {
                     .collect()
             }
 
+            /// A page of tasks in id order, optionally of one state.
+            pub(crate) async fn tasks_page(
+                pool: &Pool,
+                state: Option<TaskState>,
+                after: Option<TaskId>,
+                limit: u32,
+            ) -> Result<Vec<ListedTask>, StoreError> {
+                let columns = "id, spec, state, attempt, node, submitted_at_ms, reason";
+                let after = after.map(|id| id.to_string()).unwrap_or_default();
+                let rows = match state {
+                    Some(state) => {
+                        sqlx::query(&format!(
+                            "SELECT {columns} FROM tasks WHERE id > $1 AND state = $2
+                             ORDER BY id LIMIT $3"
+                        ))
+                        .bind(after)
+                        .bind(state.as_str())
+                        .bind(i64::from(limit))
+                        .fetch_all(pool)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query(&format!(
+                            "SELECT {columns} FROM tasks WHERE id > $1 ORDER BY id LIMIT $2"
+                        ))
+                        .bind(after)
+                        .bind(i64::from(limit))
+                        .fetch_all(pool)
+                        .await?
+                    }
+                };
+                rows.iter()
+                    .map(|row| {
+                        Ok(ListedTask {
+                            id: parse_id(row.get("id"), "task id")?,
+                            spec: row.get("spec"),
+                            state: parse_state(row.get("state"))?,
+                            attempt: to_u32(row.get("attempt")),
+                            node: row
+                                .get::<Option<String>, _>("node")
+                                .map(|n| parse_id(n, "task node"))
+                                .transpose()?,
+                            submitted_at_ms: to_u64(row.get("submitted_at_ms")),
+                            reason: row.get("reason"),
+                        })
+                    })
+                    .collect()
+            }
 
-            fn task_from_row(row: &Row) -> Result<StoredTask, StoreError> {
-                let state: String = row.get("state");
-                Ok(StoredTask {
-                    spec: decode(row.get::<&[u8], _>("spec"), "task spec")?,
-                    state: TaskState::parse(&state).ok_or(StoreError::Corrupt {
-                        what: "task state",
-                        detail: state.clone(),
-                    })?,
-                    attempt: to_u32(row.get("attempt")),
-                    node: row
-                        .get::<Option<String>, _>("node")
-                        .map(|n| parse_id(n, "task node"))
-                        .transpose()?,
-                    node_losses: to_u32(row.get("node_losses")),
-                    failures: to_u32(row.get("failures")),
-                    submitted_at_ms: to_u64(row.get("submitted_at_ms")),
-                    exit_code: row.get("exit_code"),
-                    reason: row.get("reason"),
-                    stdout_hash: row.get("stdout_hash"),
-                    stderr_hash: row.get("stderr_hash"),
-                    attempts: Vec::new(),
+            /// Stored tasks by state.
+            pub(crate) async fn counts(pool: &Pool) -> Result<Vec<(TaskState, u64)>, StoreError> {
+                let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok((parse_state(row.get("state"))?, to_u64(row.get("n")))))
+                    .collect()
+            }
+
+            fn parse_state(state: String) -> Result<TaskState, StoreError> {
+                TaskState::parse(&state).ok_or(StoreError::Corrupt {
+                    what: "task state",
+                    detail: state,
                 })
             }
 
@@ -145,6 +355,7 @@ macro_rules! backend {
                         labels: decode(&l, "node labels")?,
                         capabilities: decode(&c, "node capabilities")?,
                         running: Vec::new(),
+                        finished: Vec::new(),
                     }),
                     _ => None,
                 };
@@ -157,10 +368,102 @@ macro_rules! backend {
                 })
             }
 
+            /// Applies a batch in one transaction on the writer's connection. Returns the
+            /// inserted tasks that were known already (their insert did nothing).
+            pub(crate) async fn commit(
+                conn: &mut Conn,
+                sql: &TaskSql,
+                batch: &mut WriteBatch,
+            ) -> Result<HashSet<TaskId>, sqlx::Error> {
+                use sqlx::Connection as _;
+                let mut tx = conn.begin().await?;
+                let mut known: HashSet<TaskId> = HashSet::new();
+                for (size, chunk) in chunks(&batch.inserts) {
+                    let mut query = sqlx::query(&sql.insert[size]);
+                    for row in chunk {
+                        query = query
+                            .bind(row.id.to_string())
+                            .bind(&row.spec)
+                            .bind(to_i64(row.submitted_at_ms));
+                    }
+                    let new: HashSet<String> = query
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|r| r.get::<String, _>(0))
+                        .collect();
+                    known.extend(
+                        chunk
+                            .iter()
+                            .filter(|row| !new.contains(&row.id.to_string()))
+                            .map(|row| row.id),
+                    );
+                }
+                batch.drop_tasks(&known);
+                for (size, chunk) in chunks(&batch.attempts) {
+                    let mut query = sqlx::query(&sql.attempts[size]);
+                    for row in chunk {
+                        query = query
+                            .bind(row.task.to_string())
+                            .bind(i64::from(row.attempt))
+                            .bind(row.node.to_string())
+                            .bind(&row.node_name)
+                            .bind(to_i64(row.started_at_ms));
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                for (size, chunk) in chunks(&batch.attempt_ends) {
+                    let mut query = sqlx::query(&sql.attempt_ends[size]);
+                    for row in chunk {
+                        query = query
+                            .bind(row.task.to_string())
+                            .bind(i64::from(row.attempt))
+                            .bind(to_i64(row.ended_at_ms))
+                            .bind(&row.outcome);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                for (size, chunk) in chunks(&batch.counters) {
+                    let mut query = sqlx::query(&sql.counters[size]);
+                    for row in chunk {
+                        query = query
+                            .bind(row.task.to_string())
+                            .bind(i64::from(row.node_losses))
+                            .bind(i64::from(row.failures));
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                for (size, chunk) in chunks(&batch.finishes) {
+                    let mut query = sqlx::query(&sql.finishes[size]);
+                    for row in chunk {
+                        query = query
+                            .bind(row.task.to_string())
+                            .bind(row.state.as_str())
+                            .bind(to_i64(row.finished_at_ms))
+                            .bind(row.exit_code)
+                            .bind(&row.reason)
+                            .bind(row.stdout.inline())
+                            .bind(row.stderr.inline())
+                            .bind(row.stdout.hash())
+                            .bind(row.stderr.hash())
+                            .bind(i64::from(row.attempt))
+                            .bind(row.node.map(|n| n.to_string()))
+                            .bind(i64::from(row.node_losses))
+                            .bind(i64::from(row.failures));
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                for write in &batch.other {
+                    apply(&mut tx, write).await?;
+                }
+                tx.commit().await?;
+                Ok(known)
+            }
 
-            pub(crate) async fn commit(pool: &Pool, batches: &[Batch]) -> Result<(), sqlx::Error> {
+            /// Applies writes outside the task path in one transaction of their own.
+            pub(crate) async fn write(pool: &Pool, writes: &[Write]) -> Result<(), sqlx::Error> {
                 let mut tx = pool.begin().await?;
-                for write in batches.iter().flat_map(|b| &b.writes) {
+                for write in writes {
                     apply(&mut tx, write).await?;
                 }
                 tx.commit().await
@@ -172,101 +475,6 @@ macro_rules! backend {
             ) -> Result<(), sqlx::Error> {
                 let conn = &mut **tx;
                 match write {
-                    Write::InsertTask {
-                        spec,
-                        submitted_at_ms,
-                    } => {
-                        sqlx::query(
-                            "INSERT INTO tasks (id, spec, state, submitted_at_ms) VALUES ($1, $2, $3, $4)
-                             ON CONFLICT (id) DO NOTHING",
-                        )
-                        .bind(spec.id.to_string())
-                        .bind(encode(spec.as_ref()))
-                        .bind(TaskState::Queued.as_str())
-                        .bind(to_i64(*submitted_at_ms))
-                        .execute(conn)
-                        .await?;
-                    }
-                    Write::UpdateTask {
-                        task,
-                        state,
-                        attempt,
-                        node,
-                        node_losses,
-                        failures,
-                        reason,
-                    } => {
-                        sqlx::query(
-                            "UPDATE tasks SET state = $2, attempt = $3, node = $4, node_losses = $5,
-                             failures = $6, reason = $7 WHERE id = $1",
-                        )
-                        .bind(task.to_string())
-                        .bind(state.as_str())
-                        .bind(i64::from(*attempt))
-                        .bind(node.map(|n| n.to_string()))
-                        .bind(i64::from(*node_losses))
-                        .bind(i64::from(*failures))
-                        .bind(reason)
-                        .execute(conn)
-                        .await?;
-                    }
-                    Write::FinishTask {
-                        task,
-                        state,
-                        finished_at_ms,
-                        exit_code,
-                        reason,
-                        stdout_hash,
-                        stderr_hash,
-                        node_losses,
-                        failures,
-                    } => {
-                        sqlx::query(
-                            "UPDATE tasks SET state = $2, finished_at_ms = $3, exit_code = $4, reason = $5,
-                             stdout_hash = $6, stderr_hash = $7, node_losses = $8, failures = $9
-                             WHERE id = $1",
-                        )
-                        .bind(task.to_string())
-                        .bind(state.as_str())
-                        .bind(to_i64(*finished_at_ms))
-                        .bind(exit_code)
-                        .bind(reason)
-                        .bind(stdout_hash)
-                        .bind(stderr_hash)
-                        .bind(i64::from(*node_losses))
-                        .bind(i64::from(*failures))
-                        .execute(conn)
-                        .await?;
-                    }
-                    Write::StartAttempt { task, info } => {
-                        sqlx::query(
-                            "INSERT INTO attempts (task, attempt, node, node_name, started_at_ms)
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (task, attempt) DO NOTHING",
-                        )
-                        .bind(task.to_string())
-                        .bind(i64::from(info.attempt))
-                        .bind(info.node.to_string())
-                        .bind(&info.node_name)
-                        .bind(to_i64(info.started_at_ms))
-                        .execute(conn)
-                        .await?;
-                    }
-                    Write::EndAttempt {
-                        task,
-                        attempt,
-                        ended_at_ms,
-                        outcome,
-                    } => {
-                        sqlx::query(
-                            "UPDATE attempts SET ended_at_ms = $3, outcome = $4 WHERE task = $1 AND attempt = $2",
-                        )
-                        .bind(task.to_string())
-                        .bind(i64::from(*attempt))
-                        .bind(to_i64(*ended_at_ms))
-                        .bind(outcome)
-                        .execute(conn)
-                        .await?;
-                    }
                     Write::UpsertNode(node) => {
                         let hello = node.hello.as_ref();
                         sqlx::query(
@@ -323,5 +531,29 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite);
-backend!(postgres, sqlx::Postgres);
+backend!(sqlite, sqlx::Sqlite, "BLOB");
+backend!(postgres, sqlx::Postgres, "BYTEA");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_number_placeholders_across_rows() {
+        assert_eq!(rows("(?, 'q', ?)", 2), "($1, 'q', $2), ($3, 'q', $4)");
+    }
+
+    #[test]
+    fn chunks_cover_every_item_with_few_statements() {
+        let items: Vec<u32> = (0..1000).collect();
+        let sizes: Vec<usize> = chunks(&items)
+            .map(|(size, c)| {
+                assert_eq!(c.len(), CHUNKS[size]);
+                c.len()
+            })
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 1000);
+        assert_eq!(sizes, [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]);
+        assert_eq!(chunks::<u32>(&[]).count(), 0);
+    }
+}

@@ -1,22 +1,31 @@
 //! Persistence: every acknowledged task, node and join token, in SQLite (WAL,
 //! `synchronous=FULL`; the default) or PostgreSQL, through sqlx with migrations per backend.
 //!
-//! Writes go through one writer task that batches whatever is waiting into one transaction
-//! (group commit), so one fsync covers many writes. Callers that must not acknowledge before the
-//! data is durable wait on the receiver [`Store::submit`] returns; the rest fire and forget, and
-//! the writer's single queue keeps them in order.
+//! The task path is written by the cluster loop alone, one [`WriteBatch`] at a time through
+//! [`Store::commit`]: the loop gathers whatever happened while the previous commit ran (group
+//! commit), so one fsync covers every row of the batch, and it acts on a batch (acknowledges,
+//! assigns, answers) only once the batch is durable. A failed commit is retried; if the database
+//! keeps failing, the commit reports it and the head stops rather than acknowledge anything that
+//! is not stored. Writes outside the task path (joins, tokens) are their own transactions
+//! ([`Store::write`]).
 
+use std::collections::HashSet;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rgrid_core::protocol::AttemptInfo;
-use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
+use rgrid_core::{NodeId, TaskId, TaskState};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 mod backend;
+pub(crate) mod batch;
+
+pub(crate) use batch::{
+    AttemptEnd, AttemptRow, Counters, Finish, NewTask, Output, Write, WriteBatch,
+};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -29,70 +38,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("the database writer has stopped (head shutting down)")]
     WriterGone,
-}
-
-/// One write. Applied in order, in batches, each batch in one transaction.
-#[derive(Debug)]
-pub(crate) enum Write {
-    InsertTask {
-        spec: Box<TaskSpec>,
-        submitted_at_ms: u64,
-    },
-    /// State, attempt, node and node-loss count of a task that is not finished.
-    UpdateTask {
-        task: TaskId,
-        state: TaskState,
-        attempt: u32,
-        node: Option<NodeId>,
-        node_losses: u32,
-        failures: u32,
-        reason: Option<String>,
-    },
-    FinishTask {
-        task: TaskId,
-        state: TaskState,
-        finished_at_ms: u64,
-        exit_code: Option<i64>,
-        reason: Option<String>,
-        stdout_hash: Option<String>,
-        stderr_hash: Option<String>,
-        /// Counters that may have changed on the way (a last node loss).
-        node_losses: u32,
-        failures: u32,
-    },
-    StartAttempt {
-        task: TaskId,
-        info: AttemptInfo,
-    },
-    EndAttempt {
-        task: TaskId,
-        attempt: u32,
-        ended_at_ms: u64,
-        outcome: String,
-    },
-    UpsertNode(Box<StoredNode>),
-    NodeState {
-        node: NodeId,
-        state: &'static str,
-    },
-    InsertToken(StoredToken),
-    UseToken {
-        id: String,
-    },
-}
-
-#[cfg(feature = "bench-no-persist")]
-impl Write {
-    fn is_task_write(&self) -> bool {
-        matches!(
-            self,
-            Self::InsertTask { .. }
-                | Self::UpdateTask { .. }
-                | Self::FinishTask { .. }
-                | Self::StartAttempt { .. }
-                | Self::EndAttempt { .. }
-        )
-    }
+    #[error("the database kept failing for {0:?}; the head stops so that a restart recovers: {1}")]
+    Failing(Duration, sqlx::Error),
 }
 
 /// A node as stored.
@@ -118,35 +65,90 @@ pub(crate) struct StoredToken {
     pub revoked: bool,
 }
 
-/// A task as stored.
+/// A task as stored, with its attempts.
 #[derive(Clone, Debug)]
 pub(crate) struct StoredTask {
-    pub spec: TaskSpec,
+    /// The postcard-encoded spec.
+    pub spec: Vec<u8>,
     pub state: TaskState,
-    pub attempt: u32,
-    pub node: Option<NodeId>,
-    pub node_losses: u32,
-    pub failures: u32,
-    pub submitted_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
-    pub stdout_hash: Option<String>,
-    pub stderr_hash: Option<String>,
+    pub stdout: Output,
+    pub stderr: Output,
     pub attempts: Vec<AttemptInfo>,
 }
 
-type Done = oneshot::Sender<Result<(), String>>;
-
-pub(crate) struct Batch {
-    pub(crate) writes: Vec<Write>,
-    done: Option<Done>,
+/// A task's row as a listing shows it.
+#[derive(Clone, Debug)]
+pub(crate) struct ListedTask {
+    pub id: TaskId,
+    pub spec: Vec<u8>,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub node: Option<NodeId>,
+    pub submitted_at_ms: u64,
+    pub reason: Option<String>,
 }
 
-/// The database: reads through the pool, writes through the group-commit writer.
+/// An open task as recovery reads it.
+#[derive(Clone, Debug)]
+pub(crate) struct RecoveredTask {
+    pub id: TaskId,
+    pub spec: Vec<u8>,
+    pub submitted_at_ms: u64,
+    pub node_losses: u32,
+    pub failures: u32,
+    /// Its latest attempt, if it was ever placed.
+    pub latest: Option<LatestAttempt>,
+}
+
+/// The latest attempt of an open task.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LatestAttempt {
+    pub attempt: u32,
+    pub node: NodeId,
+    pub started_at_ms: u64,
+    /// It ended (requeued or retried): the task waits to be placed again.
+    pub ended: bool,
+}
+
+/// What a commit reports.
+#[derive(Debug, Default)]
+pub(crate) struct Committed {
+    /// Inserted tasks that were known already: nothing of theirs was written.
+    pub known: HashSet<TaskId>,
+}
+
+/// How long the writer retries a failing commit before it gives up (and the head stops).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetryPolicy {
+    pub give_up_after: Duration,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            give_up_after: Duration::from_secs(30),
+            first_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+struct Job {
+    batch: WriteBatch,
+    done: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// The database: reads through the pool, the task path through the writer.
 #[derive(Clone)]
 pub(crate) struct Store {
     pool: Pool,
-    writer: mpsc::UnboundedSender<Batch>,
+    /// At most one batch waits here: the loop sends the next only after the last committed.
+    writer: mpsc::Sender<Job>,
 }
 
 /// The database behind the store.
@@ -166,13 +168,14 @@ macro_rules! on_pool {
     };
 }
 
-/// Most batches the writer folds into one transaction.
-const MAX_BATCHES_PER_COMMIT: usize = 1024;
-
 impl Store {
     /// Opens (creating a SQLite file if needed) and migrates the database at `url`
     /// (`sqlite://PATH` or `postgres://…`), and starts the writer.
-    pub(crate) async fn open(url: &str, tracker: &TaskTracker) -> Result<Self, StoreError> {
+    pub(crate) async fn open(
+        url: &str,
+        retry: RetryPolicy,
+        tracker: &TaskTracker,
+    ) -> Result<Self, StoreError> {
         let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(4)
@@ -194,34 +197,33 @@ impl Store {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Pool::Sqlite(pool)
         };
-        let (writer, batches) = mpsc::unbounded_channel();
-        tracker.spawn(write_loop(pool.clone(), batches));
+        let (writer, jobs) = mpsc::channel(1);
+        tracker.spawn(write_loop(pool.clone(), jobs, retry));
         Ok(Self { pool, writer })
     }
 
-    /// Queues `writes`; the receiver resolves once they are committed.
-    pub(crate) fn submit(&self, writes: Vec<Write>) -> oneshot::Receiver<Result<(), String>> {
+    /// Hands a batch to the writer; the receiver resolves once it is durable, or with the
+    /// error that made the writer give up. Only one batch may be in flight at a time.
+    pub(crate) fn commit(
+        &self,
+        batch: WriteBatch,
+    ) -> oneshot::Receiver<Result<Committed, StoreError>> {
         let (done, rx) = oneshot::channel();
-        // If the writer is gone, `done` is dropped and the receiver reports that.
-        let _ = self.writer.send(Batch {
-            writes,
-            done: Some(done),
-        });
+        if let Err(err) = self.writer.try_send(Job { batch, done }) {
+            let job = match err {
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
+                    job
+                }
+            };
+            let _ = job.done.send(Err(StoreError::WriterGone));
+        }
         rx
     }
 
-    /// Queues `writes` without waiting for them.
-    pub(crate) fn push(&self, writes: Vec<Write>) {
-        let _ = self.writer.send(Batch { writes, done: None });
-    }
-
-    /// Writes and waits until they are durable.
+    /// Writes outside the task path (nodes, tokens) in one transaction, and waits until they
+    /// are durable.
     pub(crate) async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        match self.submit(writes).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Sql(sqlx::Error::Protocol(message))),
-            Err(_) => Err(StoreError::WriterGone),
-        }
+        on_pool!(&self.pool, write(&writes)).map_err(StoreError::from)
     }
 
     pub(crate) async fn token(&self, id: &str) -> Result<Option<StoredToken>, StoreError> {
@@ -238,14 +240,38 @@ impl Store {
         on_pool!(&self.pool, node_exists(id))
     }
 
-    /// Every task that has not reached a terminal state, in submission order.
-    pub(crate) async fn open_tasks(&self) -> Result<Vec<StoredTask>, StoreError> {
-        on_pool!(&self.pool, open_tasks())
+    /// Up to `limit` open tasks after `after`, in id order, with their latest attempts.
+    pub(crate) async fn recover_page(
+        &self,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<RecoveredTask>, StoreError> {
+        on_pool!(&self.pool, recover_page(after, limit))
     }
 
     /// One task, whatever its state.
     pub(crate) async fn task(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
         on_pool!(&self.pool, task(id))
+    }
+
+    /// Every attempt of a task, in order.
+    pub(crate) async fn attempts(&self, id: TaskId) -> Result<Vec<AttemptInfo>, StoreError> {
+        on_pool!(&self.pool, attempts(id))
+    }
+
+    /// A page of stored tasks in id order, of one state or all.
+    pub(crate) async fn tasks_page(
+        &self,
+        state: Option<TaskState>,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<ListedTask>, StoreError> {
+        on_pool!(&self.pool, tasks_page(state, after, limit))
+    }
+
+    /// Stored tasks by state (open tasks count as `queued`).
+    pub(crate) async fn counts(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        on_pool!(&self.pool, counts())
     }
 }
 
@@ -278,38 +304,77 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
-pub(super) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+/// A stored task spec.
+pub(crate) fn decode_spec(bytes: &[u8]) -> Result<rgrid_core::TaskSpec, StoreError> {
+    decode(bytes, "task spec")
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Our own wire types always encode.
     postcard::to_allocvec(value).unwrap_or_default()
 }
 
-/// The writer: takes every batch that is waiting, applies them in one transaction, commits,
-/// then tells each waiter.
-async fn write_loop(pool: Pool, mut batches: mpsc::UnboundedReceiver<Batch>) {
-    let mut pending = Vec::new();
-    while batches
-        .recv_many(&mut pending, MAX_BATCHES_PER_COMMIT)
-        .await
-        > 0
-    {
-        // Benchmark-only build: task writes are dropped (tokens and nodes are still stored, or
+/// The writer's connection, kept across commits so that its prepared statements are reused.
+enum Conn {
+    Sqlite(backend::sqlite::Conn),
+    Postgres(backend::postgres::Conn),
+}
+
+/// The writer: commits one batch at a time on a connection of its own, retrying a failing
+/// commit with backoff until `retry.give_up_after`.
+async fn write_loop(pool: Pool, mut jobs: mpsc::Receiver<Job>, retry: RetryPolicy) {
+    let sqlite_sql = backend::sqlite::task_sql();
+    let postgres_sql = backend::postgres::task_sql();
+    let mut conn: Option<Conn> = None;
+    while let Some(Job { mut batch, done }) = jobs.recv().await {
+        // Benchmark-only build: task rows are dropped (nodes and tokens are still stored, or
         // nothing could join), which measures what durability costs the task path.
         #[cfg(feature = "bench-no-persist")]
-        for batch in &mut pending {
-            batch.writes.retain(|write| !write.is_task_write());
-        }
-        let result = if pending.iter().all(|batch| batch.writes.is_empty()) {
-            Ok(())
-        } else {
-            on_pool!(&pool, commit(&pending))
+        let mut batch = WriteBatch {
+            other: std::mem::take(&mut batch.other),
+            ..WriteBatch::default()
         };
-        if let Err(err) = &result {
-            tracing::error!(error = %err, batches = pending.len(), "database write failed");
-        }
-        for batch in pending.drain(..) {
-            if let Some(done) = batch.done {
-                let _ = done.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+        let started = Instant::now();
+        let mut backoff = retry.first_backoff;
+        let result = loop {
+            let attempt = async {
+                fail::fail_point!("store-commit", |_| Err(sqlx::Error::Protocol(
+                    "failpoint store-commit".into()
+                )));
+                if batch.is_empty() {
+                    return Ok(HashSet::new());
+                }
+                let current = match conn.take() {
+                    Some(c) => c,
+                    None => match &pool {
+                        Pool::Sqlite(p) => Conn::Sqlite(p.acquire().await?),
+                        Pool::Postgres(p) => Conn::Postgres(p.acquire().await?),
+                    },
+                };
+                let mut current = current;
+                let known = match &mut current {
+                    Conn::Sqlite(c) => backend::sqlite::commit(c, &sqlite_sql, &mut batch).await,
+                    Conn::Postgres(c) => {
+                        backend::postgres::commit(c, &postgres_sql, &mut batch).await
+                    }
+                }?;
+                // Kept only after a success: a connection that failed may be broken.
+                conn = Some(current);
+                Ok(known)
+            };
+            match attempt.await {
+                Ok(known) => break Ok(Committed { known }),
+                Err(err) if started.elapsed() < retry.give_up_after => {
+                    tracing::warn!(error = %err, rows = batch.rows(), retry_in = ?backoff, "database commit failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry.max_backoff);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, rows = batch.rows(), "database commit keeps failing; giving up");
+                    break Err(StoreError::Failing(started.elapsed(), err));
+                }
             }
-        }
+        };
+        let _ = done.send(result);
     }
 }

@@ -1,5 +1,5 @@
-//! Executors run one attempt and say how it ended: [`docker`] (the default) and [`process`]
-//! (opt-in, for hosts without Docker).
+//! Executors run one attempt and say how it ended: [`docker`] (the default), [`process`]
+//! (opt-in, for hosts without Docker) and `Noop` (runs nothing: a benchmarking aid).
 
 pub mod docker;
 pub mod process;
@@ -31,6 +31,8 @@ impl Execution {
 pub enum Executor {
     Docker(docker::DockerExecutor),
     Process(process::ProcessExecutor),
+    /// Every attempt succeeds at once with empty output.
+    Noop,
 }
 
 impl Executor {
@@ -46,6 +48,11 @@ impl Executor {
         match self {
             Self::Docker(docker) => docker.run(attempt, spec, cancel, started).await,
             Self::Process(process) => process.run(spec, cancel, started).await,
+            Self::Noop => Execution {
+                exit: ExitStatus::Exited(0),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            },
         }
     }
 
@@ -54,6 +61,7 @@ impl Executor {
         match self {
             Self::Docker(_) => vec!["docker".to_owned()],
             Self::Process(_) => vec!["process".to_owned()],
+            Self::Noop => vec!["noop".to_owned()],
         }
     }
 }

@@ -1,0 +1,117 @@
+//! What a restarted head reads back before it serves: every node that joined (suspect, with
+//! the recovery grace to reconnect and re-adopt what it runs) and every open task, in pages in id
+//! order. A task whose latest attempt has no end waits for that attempt's node; the others are
+//! queued. Everything open is in the loop before the first submission is read, so a
+//! resubmission of an open task is always recognised in memory, and one the store knows but the
+//! loop does not is a finished task.
+
+use rgrid_core::task::TaskSpec;
+use rgrid_core::time::monotonic_ms;
+use rgrid_core::{AttemptId, TaskState};
+
+use super::membership::{node_view, Node, NodeState};
+use super::tasks::Task;
+use super::{millis, Cluster, Comm};
+use crate::store::{RecoveredTask, Store, StoreError};
+
+/// Open tasks read per query.
+const PAGE: u32 = 10_000;
+
+/// Fills `cluster` from the store. Returns the number of open tasks.
+pub(crate) async fn recover<C: Comm>(
+    cluster: &mut Cluster<C>,
+    store: &Store,
+) -> Result<usize, StoreError> {
+    // Recovered nodes count as silent since a moment chosen so that they are declared dead
+    // only once the recovery grace is over.
+    let grace = cluster.liveness.recovery_grace;
+    let silent_since = monotonic_ms()
+        .saturating_add(millis(grace))
+        .saturating_sub(cluster.liveness.timeout_ms());
+    for stored in store.nodes().await? {
+        if let Some(hello) = &stored.hello {
+            cluster.scheduler.upsert_node(node_view(stored.id, hello));
+            cluster.scheduler.set_schedulable(stored.id, false);
+        }
+        let index = cluster.node_slot(stored.id, &stored.name);
+        let mut node = Node::new(stored.id, stored.name, stored.hello, NodeState::Suspect);
+        node.silent_since_ms = silent_since;
+        cluster.nodes[index as usize] = node;
+    }
+    let mut after = None;
+    let mut open = 0;
+    loop {
+        let page = store.recover_page(after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        open += page.len();
+        for task in page {
+            cluster.recover_task(task)?;
+        }
+        if open % 100_000 < PAGE as usize {
+            tracing::debug!(open, "recovering open tasks");
+        }
+    }
+    Ok(open)
+}
+
+impl<C: Comm> Cluster<C> {
+    fn recover_task(&mut self, stored: RecoveredTask) -> Result<(), StoreError> {
+        let spec: TaskSpec = crate::store::decode_spec(&stored.spec)?;
+        let shape = self.shapes.intern((spec.resources, spec.constraints));
+        let mut task = Task {
+            spec: stored.spec.into_boxed_slice(),
+            shape,
+            priority: spec.priority,
+            strategy: spec.strategy,
+            state: TaskState::Queued,
+            confirmed: true,
+            delivered: false,
+            attempt: 0,
+            node: None,
+            node_losses: stored.node_losses,
+            failures: stored.failures,
+            submitted_at_ms: stored.submitted_at_ms,
+            queued_at_ms: stored.submitted_at_ms,
+            started_at_ms: 0,
+            write_seq: 0,
+            outcome: None,
+        };
+        let placed = stored.latest.and_then(|latest| {
+            task.attempt = latest.attempt;
+            let index = *self.node_index.get(&latest.node)?;
+            (!latest.ended).then_some((index, latest))
+        });
+        let id = stored.id;
+        match placed {
+            // Hold its resources until the node re-adopts it or is declared dead.
+            Some((index, latest))
+                if self
+                    .scheduler
+                    .allocate(latest.node, self.shapes.resources(shape))
+                    .is_ok() =>
+            {
+                task.state = TaskState::Assigned;
+                task.node = Some(index);
+                task.started_at_ms = latest.started_at_ms;
+                self.shapes.hold(shape);
+                let node = &mut self.nodes[index as usize];
+                node.running.insert(
+                    AttemptId {
+                        task: id,
+                        attempt: latest.attempt,
+                    },
+                    shape,
+                );
+                node.idle_since_ms = None;
+            }
+            _ => {
+                let queued = self.queued(id, &task);
+                self.scheduler.enqueue(queued);
+            }
+        }
+        self.counts.moved(None, Some(task.state));
+        self.tasks.insert(id, task);
+        Ok(())
+    }
+}
