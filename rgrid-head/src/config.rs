@@ -36,6 +36,10 @@ pub struct HeadConfig {
     /// How long the join token written to `STATE_DIR/join-token` stays valid. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub join_token_ttl: Duration,
+    /// How long a failing database commit is retried before the head stops (exit status 1) so
+    /// that a restart recovers; nothing of the failed commit was acknowledged. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub commit_retry_for: Duration,
     /// Auto-scaling on Hetzner Cloud (`[autoscaler]`; see `rgrid_cloud::AutoscalerConfig` for
     /// every key). Default: disabled.
     pub autoscaler: rgrid_cloud::AutoscalerConfig,
@@ -52,6 +56,7 @@ impl Default for HeadConfig {
             heartbeat_timeout: Duration::from_secs(5),
             recovery_grace: Duration::from_secs(10),
             join_token_ttl: Duration::from_secs(24 * 3600),
+            commit_retry_for: Duration::from_secs(30),
             autoscaler: rgrid_cloud::AutoscalerConfig::default(),
         }
     }

@@ -130,7 +130,11 @@ pub async fn start(
     })?;
     let tracker = TaskTracker::new();
     let ca = credentials::load_or_create_ca(&state_dir)?;
-    let store = Store::open(&config.database_url(), RetryPolicy::default(), &tracker).await?;
+    let retry = RetryPolicy {
+        give_up_after: config.commit_retry_for,
+        ..RetryPolicy::default()
+    };
+    let store = Store::open(&config.database_url(), retry, &tracker).await?;
     credentials::ensure_join_token_file(&state_dir, &store, &ca, config.join_token_ttl).await?;
 
     let server_identity = ca.issue_server()?;

@@ -597,16 +597,28 @@ async fn register_wait(
     let mut ids = Vec::new();
     // A task whose insert the loop had not confirmed may be open in the store by now: ask again.
     for _ in 0..3 {
+        let found = match shared.store.tasks(&missing).await {
+            Ok(found) => found,
+            Err(err) => return Err(error(ErrorKind::Internal, err.to_string())),
+        };
+        if found.len() < missing.len() {
+            let known: HashSet<TaskId> = found.iter().map(|(id, _)| *id).collect();
+            let unknown = missing.iter().find(|id| !known.contains(id)).copied();
+            return Err(error(
+                ErrorKind::NotFound,
+                format!(
+                    "no task {}",
+                    unknown.map(|id| id.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
         let mut open = Vec::new();
-        for id in missing {
-            match shared.store.task(id).await {
-                Ok(Some(task)) if task.state.is_terminal() => {
-                    ids.push(id);
-                    stored.push(task);
-                }
-                Ok(Some(_)) => open.push(id),
-                Ok(None) => return Err(error(ErrorKind::NotFound, format!("no task {id}"))),
-                Err(err) => return Err(error(ErrorKind::Internal, err.to_string())),
+        for (id, task) in found {
+            if task.state.is_terminal() {
+                ids.push(id);
+                stored.push(task);
+            } else {
+                open.push(id);
             }
         }
         if open.is_empty() {

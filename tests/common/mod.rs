@@ -140,7 +140,23 @@ pub mod process {
 
     /// A node process named `name` offering `cpu_millis`; state in `dir/name`.
     pub fn start_node(dir: &Path, listen: &str, name: &str, cpu_millis: u32) -> Daemon {
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        start_node_with(dir, listen, name, cpu_millis, &[])
+    }
+
+    /// [`start_node`] with extra arguments (`--executor process`); logs appended to
+    /// `dir/NAME.log`, so a node restarted on its state dir keeps one log.
+    pub fn start_node_with(
+        dir: &Path,
+        listen: &str,
+        name: &str,
+        cpu_millis: u32,
+        extra: &[&str],
+    ) -> Daemon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))
+            .unwrap();
         Daemon(
             Command::new(binary("rgrid-node"))
                 .args(["--head", listen, "--token-file"])
@@ -155,6 +171,7 @@ pub mod process {
                     "--memory",
                     "1G",
                 ])
+                .args(extra)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -12,7 +12,7 @@ use rgrid_core::{AttemptId, TaskState};
 use super::membership::{node_view, Node, NodeState};
 use super::tasks::Task;
 use super::{millis, Cluster, Comm};
-use crate::store::{RecoveredTask, Store, StoreError};
+use crate::store::{RecoveredTask, Store, StoreError, StoredNode};
 
 /// Open tasks read per query.
 const PAGE: u32 = 10_000;
@@ -29,14 +29,7 @@ pub(crate) async fn recover<C: Comm>(
         .saturating_add(millis(grace))
         .saturating_sub(cluster.liveness.timeout_ms());
     for stored in store.nodes().await? {
-        if let Some(hello) = &stored.hello {
-            cluster.scheduler.upsert_node(node_view(stored.id, hello));
-            cluster.scheduler.set_schedulable(stored.id, false);
-        }
-        let index = cluster.node_slot(stored.id, &stored.name);
-        let mut node = Node::new(stored.id, stored.name, stored.hello, NodeState::Suspect);
-        node.silent_since_ms = silent_since;
-        cluster.nodes[index as usize] = node;
+        cluster.recover_node(stored, silent_since);
     }
     let mut after = None;
     let mut open = 0;
@@ -56,7 +49,21 @@ pub(crate) async fn recover<C: Comm>(
 }
 
 impl<C: Comm> Cluster<C> {
-    fn recover_task(&mut self, stored: RecoveredTask) -> Result<(), StoreError> {
+    /// A node from the store: suspect, silent since `silent_since` (monotonic ms).
+    pub(super) fn recover_node(&mut self, stored: StoredNode, silent_since: u64) {
+        if let Some(hello) = &stored.hello {
+            self.scheduler.upsert_node(node_view(stored.id, hello));
+            self.scheduler.set_schedulable(stored.id, false);
+        }
+        let index = self.node_slot(stored.id, &stored.name);
+        let mut node = Node::new(stored.id, stored.name, stored.hello, NodeState::Suspect);
+        node.silent_since_ms = silent_since;
+        self.nodes[index as usize] = node;
+    }
+
+    /// An open task from the store: waiting for its node when its latest attempt has no end,
+    /// queued otherwise.
+    pub(super) fn recover_task(&mut self, stored: RecoveredTask) -> Result<(), StoreError> {
         let spec: TaskSpec = crate::store::decode_spec(&stored.spec)?;
         let shape = self.shapes.intern((spec.resources, spec.constraints));
         let mut task = Task {

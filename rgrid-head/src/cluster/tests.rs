@@ -1,1 +1,530 @@
-//! The loop driven by hand: events in, and what it sent and wrote read back from a recorder.
+//! The loop driven by hand: events in; what it sent, wrote and answered read back from a
+//! recorder. Each crash window of the task path is a test here: commits happen only when the
+//! test says so, so "before the commit" and "after the commit, before the next step" are exact.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rgrid_core::protocol::{ExitStatus, HeadMessage, NodeHello, NodeMessage, SubmitAnswer};
+use rgrid_core::scheduler::SchedulerConfig;
+use rgrid_core::time::monotonic_ms;
+use rgrid_core::{AttemptId, NodeId, Resources, TaskId, TaskSpec, TaskState};
+use tokio::sync::{mpsc, oneshot};
+
+use super::events::{Admitted, NodeResults, Report, Session, Submission, SubmitReply};
+use super::tasks::Task;
+use super::{Cluster, Comm, Event, Liveness, MAX_PENDING_ROWS};
+use crate::store::{
+    Committed, LatestAttempt, Output, RecoveredTask, StoreError, StoredNode, WriteBatch,
+};
+
+/// Records what the loop sends and writes; sessions in `full` refuse messages.
+#[derive(Default)]
+struct Recorder {
+    sent: Vec<(u64, HeadMessage)>,
+    batches: Vec<WriteBatch>,
+    full: HashSet<u64>,
+}
+
+impl Comm for Recorder {
+    fn send(&mut self, session: &Session, message: HeadMessage) -> bool {
+        if self.full.contains(&session.id) {
+            return false;
+        }
+        self.sent.push((session.id, message));
+        true
+    }
+
+    fn commit(&mut self, batch: WriteBatch) {
+        self.batches.push(batch);
+    }
+
+    fn wake_autoscaler(&mut self) {}
+}
+
+type Loop = Cluster<Recorder>;
+
+fn cluster() -> Loop {
+    let liveness = Liveness {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(5),
+        recovery_grace: Duration::from_secs(10),
+    };
+    Cluster::new(Recorder::default(), liveness, SchedulerConfig::default())
+}
+
+fn hello(cpu_millis: u64) -> NodeHello {
+    NodeHello {
+        name: "n".into(),
+        resources: Resources::new(cpu_millis, 1 << 30),
+        labels: BTreeMap::new(),
+        capabilities: Vec::new(),
+        running: Vec::new(),
+        finished: Vec::new(),
+    }
+}
+
+/// Opens a session for `node`; returns the session's clock of last frames.
+fn connect(c: &mut Loop, node: NodeId, session: u64, hello: NodeHello) -> Arc<AtomicU64> {
+    let last_seen = Arc::new(AtomicU64::new(monotonic_ms()));
+    let (outbox, _) = mpsc::channel(1);
+    c.handle(Event::NodeConnected {
+        node,
+        hello,
+        session: Session {
+            id: session,
+            outbox,
+            last_seen: last_seen.clone(),
+        },
+    });
+    c.end_turn();
+    last_seen
+}
+
+fn task() -> TaskSpec {
+    TaskSpec::new("img").cpu_millis(1000).memory_bytes(64 << 20)
+}
+
+fn admitted(spec: &TaskSpec) -> Admitted {
+    Admitted {
+        id: spec.id,
+        spec: crate::store::encode(spec),
+        resources: spec.resources.clone(),
+        constraints: spec.constraints.clone(),
+        strategy: spec.strategy,
+        priority: spec.priority,
+    }
+}
+
+fn submit(c: &mut Loop, specs: &[TaskSpec]) -> oneshot::Receiver<SubmitReply> {
+    let (reply, rx) = oneshot::channel();
+    c.submit(Submission {
+        tasks: specs.iter().map(admitted).collect(),
+        reply,
+    });
+    c.end_turn();
+    rx
+}
+
+/// Completes the commit in flight; returns its batch.
+fn commit(c: &mut Loop) -> WriteBatch {
+    commit_knowing(c, HashSet::new())
+}
+
+fn commit_knowing(c: &mut Loop, known: HashSet<TaskId>) -> WriteBatch {
+    let batch = c.comm.batches.pop().expect("a commit is in flight");
+    assert!(c.comm.batches.is_empty(), "one commit in flight at a time");
+    c.committed(Ok(Committed { known }))
+        .expect("the commit is taken");
+    c.end_turn();
+    batch
+}
+
+/// The assignments sent so far (and forgets them).
+fn assigned(c: &mut Loop) -> Vec<AttemptId> {
+    let mut out = Vec::new();
+    c.comm.sent.retain(|(_, message)| match message {
+        HeadMessage::Assign(batch) => {
+            out.extend(batch.iter().map(|a| a.attempt));
+            false
+        }
+        _ => true,
+    });
+    out
+}
+
+/// The acknowledgements sent so far (and forgets them).
+fn acked(c: &mut Loop) -> Vec<AttemptId> {
+    let mut out = Vec::new();
+    c.comm.sent.retain(|(_, message)| match message {
+        HeadMessage::ResultsAccepted(batch) => {
+            out.extend(batch.iter().copied());
+            false
+        }
+        _ => true,
+    });
+    out
+}
+
+fn result(c: &mut Loop, node: NodeId, attempt: AttemptId, exit: ExitStatus) {
+    c.results(NodeResults {
+        node,
+        reports: vec![Report {
+            attempt,
+            exit,
+            stdout: Output::Inline(b"out".to_vec()),
+            stderr: Output::Empty,
+            finished_at_ms: 1,
+        }],
+        reply: None,
+    });
+    c.end_turn();
+}
+
+fn state(c: &Loop, id: TaskId) -> Option<TaskState> {
+    c.tasks.get(&id).map(|t| t.state)
+}
+
+/// A node and one task running on it as attempt 1 (every commit done).
+fn running_task(c: &mut Loop) -> (NodeId, TaskSpec, AttemptId) {
+    let node = NodeId::new();
+    connect(c, node, 1, hello(4000));
+    commit(c);
+    let spec = task();
+    let mut reply = submit(c, &[spec.clone()]);
+    let batch = commit(c);
+    assert_eq!(batch.inserts.len(), 1);
+    assert_eq!(
+        batch.attempts.len(),
+        1,
+        "placed in the same commit as its insert"
+    );
+    assert!(reply.try_recv().is_ok());
+    let attempt = AttemptId {
+        task: spec.id,
+        attempt: 1,
+    };
+    assert_eq!(assigned(c), [attempt]);
+    (node, spec, attempt)
+}
+
+#[test]
+fn a_task_record_stays_compact() {
+    // The loop's cost of a queued task, beyond its encoded spec and the scheduler's queue entry.
+    assert!(
+        std::mem::size_of::<Task>() <= 104,
+        "{}",
+        std::mem::size_of::<Task>()
+    );
+}
+
+#[test]
+fn nothing_is_acknowledged_or_assigned_before_its_commit() {
+    let mut c = cluster();
+    let node = NodeId::new();
+    connect(&mut c, node, 1, hello(4000));
+    commit(&mut c);
+    let spec = task();
+    let mut reply = submit(&mut c, &[spec.clone()]);
+    // The insert and the attempt are written together, but nothing went out yet.
+    assert!(reply.try_recv().is_err(), "acknowledged before durable");
+    assert!(
+        assigned(&mut c).is_empty(),
+        "assigned before the attempt is durable"
+    );
+    let batch = commit(&mut c);
+    assert_eq!(batch.attempts[0].attempt, 1);
+    let answer = reply.try_recv().expect("answered after the commit");
+    assert_eq!(answer.answers, [SubmitAnswer::Accepted]);
+    assert_eq!(
+        assigned(&mut c),
+        [AttemptId {
+            task: spec.id,
+            attempt: 1
+        }]
+    );
+}
+
+#[test]
+fn a_result_is_acknowledged_after_its_end_is_durable_and_repeats_wait_for_the_same_commit() {
+    let mut c = cluster();
+    let (node, spec, attempt) = running_task(&mut c);
+    let (sink, mut outcomes) = mpsc::channel(1);
+    let (reply, _missing) = oneshot::channel();
+    c.handle(Event::Wait {
+        tasks: vec![spec.id],
+        sink,
+        reply,
+    });
+    result(&mut c, node, attempt, ExitStatus::Exited(0));
+    assert!(acked(&mut c).is_empty());
+    // The node sends it again (a new session) while the first copy is committing.
+    result(&mut c, node, attempt, ExitStatus::Exited(0));
+    assert!(
+        acked(&mut c).is_empty(),
+        "a repeat is acknowledged before the commit"
+    );
+    assert!(
+        outcomes.try_recv().is_err(),
+        "an outcome is shown before it is durable"
+    );
+    let batch = commit(&mut c);
+    assert_eq!(batch.finishes.len(), 1, "the repeat writes nothing");
+    assert_eq!(batch.finishes[0].state, TaskState::Succeeded);
+    assert_eq!(acked(&mut c), [attempt, attempt]);
+    let outcome = outcomes.try_recv().expect("the waiter hears once durable");
+    assert_eq!(outcome.stdout, Output::Inline(b"out".to_vec()));
+    assert_eq!(
+        state(&c, spec.id),
+        None,
+        "a durable finished task leaves memory"
+    );
+    // Long after: a third copy is stale, acknowledged at once, and changes nothing.
+    result(&mut c, node, attempt, ExitStatus::Exited(1));
+    assert_eq!(acked(&mut c), [attempt]);
+    assert!(c.comm.batches.is_empty());
+}
+
+#[test]
+fn a_failed_commit_acknowledges_nothing_and_stops_the_loop() {
+    let mut c = cluster();
+    let spec = task();
+    let mut reply = submit(&mut c, &[spec]);
+    assert!(c.comm.batches.pop().is_some());
+    let failed = c.committed(Err(StoreError::WriterGone));
+    assert!(failed.is_err(), "the loop must stop");
+    assert!(reply.try_recv().is_err(), "nothing acknowledged");
+}
+
+#[test]
+fn one_owner_decides_what_is_new() {
+    let mut c = cluster();
+    let spec = task();
+    let mut first = submit(&mut c, &[spec.clone()]);
+    commit(&mut c);
+    assert!(first.try_recv().is_ok());
+    // In memory: the same spec is known, another spec under the same id is refused.
+    let mut other = spec.clone();
+    other.image = "other".into();
+    let mut again = submit(&mut c, &[spec.clone(), other]);
+    let answer = again
+        .try_recv()
+        .expect("nothing new to write: answered at once");
+    assert_eq!(
+        answer.answers[0],
+        SubmitAnswer::Known {
+            state: TaskState::Queued
+        }
+    );
+    assert!(
+        matches!(&answer.answers[1], SubmitAnswer::Rejected(m) if m.contains("different spec"))
+    );
+    assert!(c.comm.batches.is_empty(), "a resubmission writes nothing");
+
+    // Known only to the store (finished long ago): the insert says so, the loop forgets its
+    // speculative copy, sends nothing, and the server answers from the store.
+    let node = NodeId::new();
+    connect(&mut c, node, 1, hello(4000));
+    commit(&mut c);
+    let old = task();
+    let mut reply = submit(&mut c, &[old.clone()]);
+    let batch = commit_knowing(&mut c, HashSet::from([old.id]));
+    assert_eq!(batch.inserts.len(), 1);
+    let answer = reply.try_recv().expect("answered");
+    assert_eq!(answer.stored, [(0, old.id)]);
+    assert_eq!(state(&c, old.id), None);
+    assert!(
+        !assigned(&mut c).iter().any(|a| a.task == old.id),
+        "a known task must not run again"
+    );
+}
+
+#[test]
+fn an_attempt_number_is_never_reused_after_a_crash_before_the_assignment() {
+    // The head stored attempt 1 on the node, then died before sending it. A new head reads the
+    // task back as assigned there; the node reconnects without it.
+    let mut c = cluster();
+    let node = NodeId::new();
+    c.recover_node(
+        StoredNode {
+            id: node,
+            name: "n".into(),
+            hello: Some(hello(4000)),
+            state: "ready",
+            joined_at_ms: 0,
+        },
+        monotonic_ms(),
+    );
+    let spec = task();
+    c.recover_task(RecoveredTask {
+        id: spec.id,
+        spec: crate::store::encode(&spec),
+        submitted_at_ms: 0,
+        node_losses: 0,
+        failures: 0,
+        latest: Some(LatestAttempt {
+            attempt: 1,
+            node,
+            started_at_ms: 0,
+            ended: false,
+        }),
+    })
+    .expect("the spec decodes");
+    assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
+    connect(&mut c, node, 7, hello(4000));
+    let batch = commit(&mut c);
+    assert_eq!(
+        batch.attempt_ends.len(),
+        1,
+        "attempt 1 is ended, not reused"
+    );
+    assert_eq!(batch.attempts[0].attempt, 2);
+    assert_eq!(
+        assigned(&mut c),
+        [AttemptId {
+            task: spec.id,
+            attempt: 2
+        }]
+    );
+    let task = c.tasks.get(&spec.id).expect("open");
+    assert_eq!(
+        task.node_losses, 0,
+        "the node never had it: not a node loss"
+    );
+}
+
+#[test]
+fn a_node_reporting_an_unknown_attempt_is_told_to_kill_it_and_the_counter_stays_above_it() {
+    let mut c = cluster();
+    let spec = task();
+    submit(&mut c, &[spec.clone()]);
+    commit(&mut c);
+    // A node says it runs attempt 5 of a task the head holds queued.
+    let node = NodeId::new();
+    let mut hello = hello(0);
+    let stray = AttemptId {
+        task: spec.id,
+        attempt: 5,
+    };
+    hello.running.push(stray);
+    connect(&mut c, node, 1, hello);
+    let welcome = c.comm.sent.iter().find_map(|(_, m)| match m {
+        HeadMessage::Welcome { superseded, .. } => Some(superseded.clone()),
+        _ => None,
+    });
+    assert_eq!(welcome, Some(vec![stray]));
+    assert_eq!(c.tasks.get(&spec.id).map(|t| t.attempt), Some(5));
+}
+
+#[test]
+fn messages_count_only_for_the_senders_own_attempts() {
+    let mut c = cluster();
+    let (node, spec, attempt) = running_task(&mut c);
+    let intruder = NodeId::new();
+    connect(&mut c, intruder, 2, hello(4000));
+    commit(&mut c);
+    // Another node claims the attempt started, left unfinished, and ended.
+    c.handle(Event::NodeMessage {
+        node: intruder,
+        session: 2,
+        message: NodeMessage::Leaving {
+            unfinished: vec![attempt],
+        },
+    });
+    result(&mut c, intruder, attempt, ExitStatus::Exited(3));
+    assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
+    assert_eq!(acked(&mut c), [attempt], "stale: acknowledged, ignored");
+    // Its own node's Started counts.
+    c.handle(Event::NodeMessage {
+        node,
+        session: 1,
+        message: NodeMessage::Started { attempt },
+    });
+    assert_eq!(state(&c, spec.id), Some(TaskState::Running));
+    // A replaced session's messages do not.
+    c.handle(Event::NodeMessage {
+        node,
+        session: 99,
+        message: NodeMessage::Draining,
+    });
+    assert_eq!(
+        c.list_nodes()
+            .iter()
+            .filter(|n| n.state == "draining")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_cancel_is_answered_after_its_commit() {
+    let mut c = cluster();
+    let (_, spec, attempt) = running_task(&mut c);
+    let (reply, mut answer) = oneshot::channel();
+    c.handle(Event::Cancel {
+        task: spec.id,
+        reply,
+    });
+    c.end_turn();
+    assert!(
+        c.comm
+            .sent
+            .iter()
+            .any(|(_, m)| *m == HeadMessage::Kill { attempt }),
+        "the kill goes at once"
+    );
+    assert!(answer.try_recv().is_err(), "answered before durable");
+    let batch = commit(&mut c);
+    assert_eq!(batch.finishes[0].state, TaskState::Cancelled);
+    assert_eq!(answer.try_recv().ok().flatten(), Some(TaskState::Cancelled));
+}
+
+#[test]
+fn liveness_follows_the_last_frame_not_the_loop() {
+    let mut c = cluster();
+    let (node, spec, attempt) = running_task(&mut c);
+    let last_seen = c.nodes[0]
+        .session
+        .as_ref()
+        .map(|s| s.last_seen.clone())
+        .expect("a session");
+    let start = last_seen.load(Ordering::Relaxed);
+    // Frames keep arriving (recorded by the reader): ready however late the loop looks.
+    last_seen.store(start + 60_000, Ordering::Relaxed);
+    c.tick(start + 60_500);
+    assert_eq!(c.list_nodes()[0].state, "ready");
+    // Silent for three heartbeats: suspect; heard again: ready.
+    c.tick(start + 63_500);
+    assert_eq!(c.list_nodes()[0].state, "suspect");
+    last_seen.store(start + 64_000, Ordering::Relaxed);
+    c.tick(start + 64_100);
+    assert_eq!(c.list_nodes()[0].state, "ready");
+    // Silent past the timeout: dead, and its attempt is requeued as a node loss.
+    c.tick(start + 69_100);
+    c.end_turn();
+    assert_eq!(c.list_nodes()[0].state, "dead");
+    let batch = commit(&mut c);
+    assert_eq!(batch.attempt_ends[0].attempt, attempt.attempt);
+    assert_eq!(batch.counters[0].node_losses, 1);
+    assert_eq!(state(&c, spec.id), Some(TaskState::Queued));
+    let _ = node;
+}
+
+#[test]
+fn a_node_that_cannot_keep_up_loses_its_session_not_its_work() {
+    let mut c = cluster();
+    let node = NodeId::new();
+    connect(&mut c, node, 1, hello(4000));
+    commit(&mut c);
+    c.comm.full.insert(1);
+    let spec = task();
+    submit(&mut c, &[spec.clone()]);
+    commit(&mut c);
+    assert_eq!(c.list_nodes()[0].state, "suspect");
+    // It reconnects without the attempt it never received: requeued, not a node loss.
+    connect(&mut c, node, 2, hello(4000));
+    let batch = commit(&mut c);
+    assert_eq!(batch.counters[0].node_losses, 0);
+    assert_eq!(assigned(&mut c).last().map(|a| a.attempt), Some(2));
+}
+
+#[test]
+fn submissions_wait_when_the_database_is_behind() {
+    let mut c = cluster();
+    let specs: Vec<TaskSpec> = (0..MAX_PENDING_ROWS).map(|_| task()).collect();
+    submit(&mut c, &specs[..1]);
+    assert!(c.accepting(), "the first batch is in flight");
+    let (reply, _rx) = oneshot::channel();
+    c.submit(Submission {
+        tasks: specs[1..].iter().map(admitted).collect(),
+        reply,
+    });
+    assert!(
+        !c.accepting(),
+        "over the cap: the loop stops reading submissions"
+    );
+    commit(&mut c);
+    assert!(c.accepting(), "the next commit took them");
+}

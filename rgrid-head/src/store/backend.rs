@@ -5,17 +5,22 @@
 //! The task path writes multi-row statements: a batch's rows of one kind go out in chunks of
 //! [`CHUNKS`] rows, so each statement text is one of a few, prepared once per connection. Rows
 //! that join a `VALUES` list cast their placeholders, as PostgreSQL cannot infer their types.
+//! On SQLite these statements use anonymous `?` placeholders: sqlx looks up the name of every
+//! numbered one, which SQLite finds by a linear scan, so a statement of thousands of `$N`
+//! placeholders costs quadratic time to bind.
 
-/// Rows per multi-row statement: a batch of `n` rows of a kind takes `n / 256` statements of 256
-/// rows and at most three of each smaller size.
-pub(super) const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+/// Rows per multi-row statement: a batch of `n` rows of a kind takes `n / 1024` statements of
+/// 1,024 rows and at most three of each smaller size. (The widest row, a finish, has 13
+/// placeholders: 13,312 a statement, under SQLite's 32,766 and PostgreSQL's 65,535.)
+pub(super) const CHUNKS: [usize; 6] = [1024, 256, 64, 16, 4, 1];
 
 /// The states of a finished task, as the guards of every task update spell them (and as the
 /// partial index `tasks_open_id` does, so that the recovery query can use it).
 const OPEN: &str = "state NOT IN ('succeeded', 'failed', 'cancelled', 'unschedulable', 'lost')";
 
-/// `n` copies of `row`, comma-separated, with each `?` numbered `$1`, `$2`, … across all rows.
-fn rows(row: &str, n: usize) -> String {
+/// `n` copies of `row`, comma-separated; with `numbered`, each `?` becomes `$1`, `$2`, …
+/// across all rows.
+pub(super) fn rows(row: &str, n: usize, numbered: bool) -> String {
     let mut out = String::new();
     let mut next = 1;
     for i in 0..n {
@@ -23,7 +28,7 @@ fn rows(row: &str, n: usize) -> String {
             out.push_str(", ");
         }
         for part in row.split_inclusive('?') {
-            match part.strip_suffix('?') {
+            match part.strip_suffix('?').filter(|_| numbered) {
                 Some(text) => {
                     out.push_str(text);
                     out.push('$');
@@ -37,8 +42,8 @@ fn rows(row: &str, n: usize) -> String {
     out
 }
 
-/// The statement texts of the task path for one backend (`blob` is its bytes type), one per
-/// kind and chunk size.
+/// The statement texts of the task path for one backend (`blob` is its bytes type; `numbered`
+/// its placeholders are `$N`, else `?`), one per kind and chunk size.
 pub(super) struct TaskSql {
     pub insert: Vec<String>,
     pub attempts: Vec<String>,
@@ -48,7 +53,8 @@ pub(super) struct TaskSql {
 }
 
 impl TaskSql {
-    pub(super) fn new(blob: &str) -> Self {
+    pub(super) fn new(blob: &str, numbered: bool) -> Self {
+        let rows = |row: &str, n: usize| rows(row, n, numbered);
         let per_chunk = |make: &dyn Fn(usize) -> String| CHUNKS.iter().map(|&n| make(n)).collect();
         Self {
             insert: per_chunk(&|n| {
@@ -126,7 +132,7 @@ pub(super) fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> 
 
 /// One module per backend with the same functions over that backend's pool.
 macro_rules! backend {
-    ($name:ident, $db:ty, $blob:literal) => {
+    ($name:ident, $db:ty, $blob:literal, $numbered:literal) => {
         pub(crate) mod $name {
             use std::collections::HashSet;
 
@@ -147,7 +153,7 @@ macro_rules! backend {
             type Row = <Db as sqlx::Database>::Row;
 
             pub(crate) fn task_sql() -> TaskSql {
-                TaskSql::new($blob)
+                TaskSql::new($blob, $numbered)
             }
 
             pub(crate) async fn token(pool: &Pool, id: &str) -> Result<Option<StoredToken>, StoreError> {
@@ -230,29 +236,61 @@ macro_rules! backend {
                     .collect()
             }
 
-            /// One task, whatever its state, with its attempts.
-            pub(crate) async fn task(pool: &Pool, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
-                let row = sqlx::query(
-                    "SELECT id, spec, state, attempt, node, submitted_at_ms, finished_at_ms,
-                       exit_code, reason, stdout, stderr, stdout_hash, stderr_hash
-                     FROM tasks WHERE id = $1",
-                )
-                .bind(id.to_string())
-                .fetch_optional(pool)
-                .await?;
-                let Some(row) = row else { return Ok(None) };
-                let state: String = row.get("state");
-                let stored = StoredTask {
-                    spec: row.get("spec"),
-                    state: parse_state(state)?,
-                    finished_at_ms: row.get::<Option<i64>, _>("finished_at_ms").map(to_u64),
-                    exit_code: row.get("exit_code"),
-                    reason: row.get("reason"),
-                    stdout: Output::from_columns(row.get("stdout"), row.get("stdout_hash")),
-                    stderr: Output::from_columns(row.get("stderr"), row.get("stderr_hash")),
-                    attempts: attempts(pool, id).await?,
-                };
-                Ok(Some(stored))
+            /// Finished tasks (open ones too, without their attempts) by id, with their
+            /// attempts; ids the store does not have are left out. One query per chunk of ids.
+            pub(crate) async fn tasks(
+                pool: &Pool,
+                ids: &[TaskId],
+            ) -> Result<Vec<(TaskId, StoredTask)>, StoreError> {
+                let mut found = Vec::with_capacity(ids.len());
+                for (size, chunk) in chunks(ids) {
+                    let sql = format!(
+                        "SELECT t.id, t.spec, t.state, t.attempt, t.finished_at_ms, t.exit_code,
+                           t.reason, t.stdout, t.stderr, t.stdout_hash, t.stderr_hash,
+                           a.node AS a_node, a.node_name AS a_node_name,
+                           a.started_at_ms AS a_started, a.ended_at_ms AS a_ended,
+                           a.outcome AS a_outcome
+                         FROM tasks t LEFT JOIN attempts a ON a.task = t.id AND a.attempt = t.attempt
+                         WHERE t.id IN ({})",
+                        super::rows("?", super::CHUNKS[size], $numbered)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for row in query.fetch_all(pool).await? {
+                        let id: TaskId = parse_id(row.get("id"), "task id")?;
+                        let attempt = to_u32(row.get("attempt"));
+                        let last = match row.get::<Option<String>, _>("a_node") {
+                            Some(node) => Some(AttemptInfo {
+                                attempt,
+                                node: parse_id(node, "attempt node")?,
+                                node_name: row.get("a_node_name"),
+                                started_at_ms: to_u64(row.get("a_started")),
+                                ended_at_ms: row.get::<Option<i64>, _>("a_ended").map(to_u64),
+                                outcome: row.get("a_outcome"),
+                            }),
+                            None => None,
+                        };
+                        let stored = StoredTask {
+                            spec: row.get("spec"),
+                            state: parse_state(row.get("state"))?,
+                            finished_at_ms: row.get::<Option<i64>, _>("finished_at_ms").map(to_u64),
+                            exit_code: row.get("exit_code"),
+                            reason: row.get("reason"),
+                            stdout: Output::from_columns(row.get("stdout"), row.get("stdout_hash")),
+                            stderr: Output::from_columns(row.get("stderr"), row.get("stderr_hash")),
+                            // Earlier attempts only when there were any (rare).
+                            attempts: if attempt > 1 {
+                                attempts(pool, id).await?
+                            } else {
+                                last.into_iter().collect()
+                            },
+                        };
+                        found.push((id, stored));
+                    }
+                }
+                Ok(found)
             }
 
             /// Every attempt of a task, in order.
@@ -531,8 +569,8 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite, "BLOB");
-backend!(postgres, sqlx::Postgres, "BYTEA");
+backend!(sqlite, sqlx::Sqlite, "BLOB", false);
+backend!(postgres, sqlx::Postgres, "BYTEA", true);
 
 #[cfg(test)]
 mod tests {
@@ -540,20 +578,21 @@ mod tests {
 
     #[test]
     fn rows_number_placeholders_across_rows() {
-        assert_eq!(rows("(?, 'q', ?)", 2), "($1, 'q', $2), ($3, 'q', $4)");
+        assert_eq!(rows("(?, 'q', ?)", 2, true), "($1, 'q', $2), ($3, 'q', $4)");
+        assert_eq!(rows("(?, 'q', ?)", 2, false), "(?, 'q', ?), (?, 'q', ?)");
     }
 
     #[test]
     fn chunks_cover_every_item_with_few_statements() {
-        let items: Vec<u32> = (0..1000).collect();
+        let items: Vec<u32> = (0..2000).collect();
         let sizes: Vec<usize> = chunks(&items)
             .map(|(size, c)| {
                 assert_eq!(c.len(), CHUNKS[size]);
                 c.len()
             })
             .collect();
-        assert_eq!(sizes.iter().sum::<usize>(), 1000);
-        assert_eq!(sizes, [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]);
+        assert_eq!(sizes.iter().sum::<usize>(), 2000);
+        assert_eq!(sizes, [1024, 256, 256, 256, 64, 64, 64, 16, 4]);
         assert_eq!(chunks::<u32>(&[]).count(), 0);
     }
 }

@@ -189,7 +189,10 @@ impl Store {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                // 32 MiB of pages per connection (SQLite's default is 2 MiB): the task table's
+                // indexes of a busy head stay in memory instead of being read back per commit.
+                .pragma("cache_size", "-32768");
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
@@ -251,7 +254,15 @@ impl Store {
 
     /// One task, whatever its state.
     pub(crate) async fn task(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
-        on_pool!(&self.pool, task(id))
+        Ok(self.tasks(&[id]).await?.pop().map(|(_, task)| task))
+    }
+
+    /// Tasks by id (those the store has), in few queries.
+    pub(crate) async fn tasks(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<Vec<(TaskId, StoredTask)>, StoreError> {
+        on_pool!(&self.pool, tasks(ids))
     }
 
     /// Every attempt of a task, in order.
@@ -363,7 +374,10 @@ async fn write_loop(pool: Pool, mut jobs: mpsc::Receiver<Job>, retry: RetryPolic
                 Ok(known)
             };
             match attempt.await {
-                Ok(known) => break Ok(Committed { known }),
+                Ok(known) => {
+                    tracing::trace!(rows = batch.rows(), took = ?started.elapsed(), "committed");
+                    break Ok(Committed { known });
+                }
                 Err(err) if started.elapsed() < retry.give_up_after => {
                     tracing::warn!(error = %err, rows = batch.rows(), retry_in = ?backoff, "database commit failed; retrying");
                     tokio::time::sleep(backoff).await;
