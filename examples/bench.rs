@@ -73,6 +73,10 @@ enum Role {
     },
 }
 
+/// The allocator of the daemons' binaries, so the head measured here is the one that ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 1000;
 
 /// `--keep`: every run's state dir and logs stay.

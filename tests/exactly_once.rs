@@ -93,7 +93,11 @@ impl Cluster {
             if let Some(status) = head.0.try_wait().expect("the head's status") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the head did not stop");
+            assert!(
+                Instant::now() < deadline,
+                "the head did not stop at its crash point: rgrid-head must be built with the \
+                 `failpoints` feature, as `cargo test --workspace` builds it"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -405,7 +405,14 @@ fn messages_count_only_for_the_senders_own_attempts() {
     let intruder = NodeId::new();
     connect(&mut c, intruder, 2, hello(4000));
     commit(&mut c);
-    // Another node claims the attempt started, left unfinished, and ended.
+    // Another node claims the attempt ended, started, and is left unfinished.
+    result(&mut c, intruder, attempt, ExitStatus::Exited(3));
+    assert_eq!(acked(&mut c), [attempt], "stale: acknowledged, ignored");
+    c.handle(Event::NodeMessage {
+        node: intruder,
+        session: 2,
+        message: NodeMessage::Started { attempt },
+    });
     c.handle(Event::NodeMessage {
         node: intruder,
         session: 2,
@@ -413,9 +420,9 @@ fn messages_count_only_for_the_senders_own_attempts() {
             unfinished: vec![attempt],
         },
     });
-    result(&mut c, intruder, attempt, ExitStatus::Exited(3));
+    c.end_turn();
     assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
-    assert_eq!(acked(&mut c), [attempt], "stale: acknowledged, ignored");
+    assert!(c.comm.batches.is_empty() || c.comm.batches.iter().all(|b| b.attempt_ends.is_empty()));
     // Its own node's Started counts.
     c.handle(Event::NodeMessage {
         node,
@@ -481,7 +488,8 @@ fn liveness_follows_the_last_frame_not_the_loop() {
     last_seen.store(start + 64_000, Ordering::Relaxed);
     c.tick(start + 64_100);
     assert_eq!(c.list_nodes()[0].state, "ready");
-    // Silent past the timeout: dead, and its attempt is requeued as a node loss.
+    // Silent past the timeout: suspect, then dead, and its attempt is requeued as a node loss.
+    c.tick(start + 67_100);
     c.tick(start + 69_100);
     c.end_turn();
     assert_eq!(c.list_nodes()[0].state, "dead");
@@ -513,7 +521,7 @@ fn a_node_that_cannot_keep_up_loses_its_session_not_its_work() {
 #[test]
 fn submissions_wait_when_the_database_is_behind() {
     let mut c = cluster();
-    let specs: Vec<TaskSpec> = (0..MAX_PENDING_ROWS).map(|_| task()).collect();
+    let specs: Vec<TaskSpec> = (0..=MAX_PENDING_ROWS).map(|_| task()).collect();
     submit(&mut c, &specs[..1]);
     assert!(c.accepting(), "the first batch is in flight");
     let (reply, _rx) = oneshot::channel();

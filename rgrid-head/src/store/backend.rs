@@ -592,7 +592,7 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes.iter().sum::<usize>(), 2000);
-        assert_eq!(sizes, [1024, 256, 256, 256, 64, 64, 64, 16, 4]);
+        assert_eq!(sizes, [1024, 256, 256, 256, 64, 64, 64, 16]);
         assert_eq!(chunks::<u32>(&[]).count(), 0);
     }
 }
