@@ -14,8 +14,8 @@
 /// placeholders: 13,312 a statement, under SQLite's 32,766 and PostgreSQL's 65,535.)
 pub(super) const CHUNKS: [usize; 6] = [1024, 256, 64, 16, 4, 1];
 
-/// The states of a finished task, as the guards of every task update spell them (and as the
-/// partial index `tasks_open_id` does, so that the recovery query can use it).
+/// The states of a finished task, as the partial index `tasks_open_id` spells them, so that the
+/// recovery query can use it.
 const OPEN: &str = "state NOT IN ('succeeded', 'failed', 'cancelled', 'unschedulable', 'lost')";
 
 /// `n` copies of `row`, comma-separated; with `numbered`, each `?` becomes `$1`, `$2`, …
@@ -42,20 +42,37 @@ pub(super) fn rows(row: &str, n: usize, numbered: bool) -> String {
     out
 }
 
-/// The statement texts of the task path for one backend (`blob` is its bytes type; `numbered`
-/// its placeholders are `$N`, else `?`), one per kind and chunk size.
+/// The statement texts of the task path for one backend (`blob` is its bytes type; `sqlite`:
+/// its placeholders are `?`, else `$N`): one per kind and chunk size for the rows every task
+/// writes, one single-row statement for the rare ones (requeues, retries).
+///
+/// Each is written so that the planner cannot drive it by a scan (as long as the queue)
+/// instead of a lookup by id per row: inserts and upserts look up by their conflict target;
+/// the attempt insert is a `CROSS JOIN` (SQLite keeps that order), and on SQLite its guard's
+/// column is behind a unary `+`, so the partial index of open tasks is not a candidate.
 pub(super) struct TaskSql {
     pub insert: Vec<String>,
     pub attempts: Vec<String>,
-    pub attempt_ends: Vec<String>,
-    pub counters: Vec<String>,
     pub finishes: Vec<String>,
+    pub attempt_end: String,
+    pub counters: String,
 }
 
 impl TaskSql {
-    pub(super) fn new(blob: &str, numbered: bool) -> Self {
-        let rows = |row: &str, n: usize| rows(row, n, numbered);
+    pub(super) fn new(blob: &str, sqlite: bool) -> Self {
+        let rows = |row: &str, n: usize| rows(row, n, !sqlite);
+        let param = |i: usize| {
+            if sqlite {
+                "?".to_owned()
+            } else {
+                format!("${i}")
+            }
+        };
         let per_chunk = |make: &dyn Fn(usize) -> String| CHUNKS.iter().map(|&n| make(n)).collect();
+        let guard = |table: &str| {
+            let plus = if sqlite { "+" } else { "" };
+            format!("{plus}{table}.{OPEN}")
+        };
         Self {
             insert: per_chunk(&|n| {
                 format!(
@@ -68,53 +85,57 @@ impl TaskSql {
                 format!(
                     "INSERT INTO attempts (task, attempt, node, node_name, started_at_ms)
                      SELECT v.column1, v.column2, v.column3, v.column4, v.column5
-                     FROM (VALUES {}) AS v JOIN tasks t ON t.id = v.column1
-                     WHERE t.{OPEN}
+                     FROM (VALUES {}) AS v CROSS JOIN tasks t
+                     WHERE t.id = v.column1 AND {}
                      ON CONFLICT (task, attempt) DO NOTHING",
                     rows(
                         "(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT))",
                         n
-                    )
+                    ),
+                    guard("t")
                 )
             }),
-            attempt_ends: per_chunk(&|n| {
-                format!(
-                    "UPDATE attempts SET ended_at_ms = v.column3, outcome = v.column4
-                     FROM (VALUES {}) AS v
-                     WHERE attempts.task = v.column1 AND attempts.attempt = v.column2
-                       AND attempts.ended_at_ms IS NULL",
-                    rows(
-                        "(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS TEXT))",
-                        n
-                    )
-                )
-            }),
-            counters: per_chunk(&|n| {
-                format!(
-                    "UPDATE tasks SET node_losses = v.column2, failures = v.column3
-                     FROM (VALUES {}) AS v WHERE tasks.id = v.column1 AND tasks.{OPEN}",
-                    rows("(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT))", n)
-                )
-            }),
+            // An upsert that only ever updates: every finished task's row exists (its insert is
+            // in this batch or an earlier one), and the placeholders stand in for the columns an
+            // insert would need.
             finishes: per_chunk(&|n| {
                 format!(
-                    "UPDATE tasks SET state = v.column2, finished_at_ms = v.column3,
-                       exit_code = v.column4, reason = v.column5, stdout = v.column6,
-                       stderr = v.column7, stdout_hash = v.column8, stderr_hash = v.column9,
-                       attempt = v.column10, node = v.column11, node_losses = v.column12,
-                       failures = v.column13
-                     FROM (VALUES {}) AS v WHERE tasks.id = v.column1 AND tasks.{OPEN}",
+                    "INSERT INTO tasks (id, spec, submitted_at_ms, state, finished_at_ms, exit_code,
+                       reason, stdout, stderr, stdout_hash, stderr_hash, attempt, node, node_losses,
+                       failures)
+                     VALUES {}
+                     ON CONFLICT (id) DO UPDATE SET state = excluded.state,
+                       finished_at_ms = excluded.finished_at_ms, exit_code = excluded.exit_code,
+                       reason = excluded.reason, stdout = excluded.stdout, stderr = excluded.stderr,
+                       stdout_hash = excluded.stdout_hash, stderr_hash = excluded.stderr_hash,
+                       attempt = excluded.attempt, node = excluded.node,
+                       node_losses = excluded.node_losses, failures = excluded.failures
+                     WHERE tasks.{OPEN}",
                     rows(
                         &format!(
-                            "(CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS BIGINT), \
-                             CAST(? AS TEXT), CAST(? AS {blob}), CAST(? AS {blob}), CAST(? AS TEXT), \
-                             CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS BIGINT), \
-                             CAST(? AS BIGINT))"
+                            "(CAST(? AS TEXT), CAST('' AS {blob}), 0, CAST(? AS TEXT), CAST(? AS BIGINT), \
+                             CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS {blob}), CAST(? AS {blob}), \
+                             CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), \
+                             CAST(? AS BIGINT), CAST(? AS BIGINT))"
                         ),
                         n
                     )
                 )
             }),
+            attempt_end: format!(
+                "UPDATE attempts SET ended_at_ms = {}, outcome = {}
+                 WHERE task = {} AND attempt = {} AND ended_at_ms IS NULL",
+                param(1),
+                param(2),
+                param(3),
+                param(4)
+            ),
+            counters: format!(
+                "UPDATE tasks SET node_losses = {}, failures = {} WHERE id = {} AND {OPEN}",
+                param(1),
+                param(2),
+                param(3)
+            ),
         }
     }
 }
@@ -132,7 +153,7 @@ pub(super) fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> 
 
 /// One module per backend with the same functions over that backend's pool.
 macro_rules! backend {
-    ($name:ident, $db:ty, $blob:literal, $numbered:literal) => {
+    ($name:ident, $db:ty, $blob:literal, $sqlite:literal) => {
         pub(crate) mod $name {
             use std::collections::HashSet;
 
@@ -153,7 +174,7 @@ macro_rules! backend {
             type Row = <Db as sqlx::Database>::Row;
 
             pub(crate) fn task_sql() -> TaskSql {
-                TaskSql::new($blob, $numbered)
+                TaskSql::new($blob, $sqlite)
             }
 
             pub(crate) async fn token(pool: &Pool, id: &str) -> Result<Option<StoredToken>, StoreError> {
@@ -252,7 +273,7 @@ macro_rules! backend {
                            a.outcome AS a_outcome
                          FROM tasks t LEFT JOIN attempts a ON a.task = t.id AND a.attempt = t.attempt
                          WHERE t.id IN ({})",
-                        super::rows("?", super::CHUNKS[size], $numbered)
+                        super::rows("?", super::CHUNKS[size], !$sqlite)
                     );
                     let mut query = sqlx::query(&sql);
                     for id in chunk {
@@ -450,26 +471,22 @@ macro_rules! backend {
                     }
                     query.execute(&mut *tx).await?;
                 }
-                for (size, chunk) in chunks(&batch.attempt_ends) {
-                    let mut query = sqlx::query(&sql.attempt_ends[size]);
-                    for row in chunk {
-                        query = query
-                            .bind(row.task.to_string())
-                            .bind(i64::from(row.attempt))
-                            .bind(to_i64(row.ended_at_ms))
-                            .bind(&row.outcome);
-                    }
-                    query.execute(&mut *tx).await?;
+                for row in &batch.attempt_ends {
+                    sqlx::query(&sql.attempt_end)
+                        .bind(to_i64(row.ended_at_ms))
+                        .bind(&row.outcome)
+                        .bind(row.task.to_string())
+                        .bind(i64::from(row.attempt))
+                        .execute(&mut *tx)
+                        .await?;
                 }
-                for (size, chunk) in chunks(&batch.counters) {
-                    let mut query = sqlx::query(&sql.counters[size]);
-                    for row in chunk {
-                        query = query
-                            .bind(row.task.to_string())
-                            .bind(i64::from(row.node_losses))
-                            .bind(i64::from(row.failures));
-                    }
-                    query.execute(&mut *tx).await?;
+                for row in &batch.counters {
+                    sqlx::query(&sql.counters)
+                        .bind(i64::from(row.node_losses))
+                        .bind(i64::from(row.failures))
+                        .bind(row.task.to_string())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 for (size, chunk) in chunks(&batch.finishes) {
                     let mut query = sqlx::query(&sql.finishes[size]);
@@ -569,8 +586,8 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite, "BLOB", false);
-backend!(postgres, sqlx::Postgres, "BYTEA", true);
+backend!(sqlite, sqlx::Sqlite, "BLOB", true);
+backend!(postgres, sqlx::Postgres, "BYTEA", false);
 
 #[cfg(test)]
 mod tests {
@@ -594,5 +611,70 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 2000);
         assert_eq!(sizes, [1024, 256, 256, 256, 64, 64, 64, 16]);
         assert_eq!(chunks::<u32>(&[]).count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod plans {
+    use sqlx::Row as _;
+
+    use super::TaskSql;
+
+    /// The task path's statements look tasks up by id (SQLite's plans, with many open tasks):
+    /// none scans the task table or its index of open tasks, which would make every commit
+    /// cost as much as the queue is long.
+    #[tokio::test]
+    async fn task_statements_look_up_by_id() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("an in-memory database");
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .expect("migrations");
+        let mut tx = pool.begin().await.expect("a transaction");
+        for i in 0..20_000 {
+            sqlx::query("INSERT INTO tasks (id, spec, state, submitted_at_ms) VALUES ($1, X'00', 'queued', 0)")
+                .bind(format!("{i:036}"))
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        tx.commit().await.expect("commit");
+        let sql = TaskSql::new("BLOB", true);
+        let single = |s: &String| vec![s.clone()];
+        for (what, statements, width) in [
+            ("insert", sql.insert.clone(), 3),
+            ("attempts", sql.attempts.clone(), 5),
+            ("finishes", sql.finishes.clone(), 13),
+            ("attempt end", single(&sql.attempt_end), 4),
+            ("counters", single(&sql.counters), 3),
+        ] {
+            for (statement, rows) in statements.iter().zip(super::CHUNKS) {
+                let rows = if statements.len() == 1 { 1 } else { rows };
+                let explain = format!("EXPLAIN QUERY PLAN {statement}");
+                let mut plan = sqlx::query::<sqlx::Sqlite>(&explain).persistent(false);
+                for _ in 0..rows * width {
+                    plan = plan.bind(1i64);
+                }
+                let steps: Vec<String> = plan
+                    .fetch_all(&pool)
+                    .await
+                    .expect("a plan")
+                    .iter()
+                    .map(|r| r.get::<String, _>("detail"))
+                    .collect();
+                for step in &steps {
+                    assert!(
+                        !(step.starts_with("SCAN t")
+                            || step.contains("SCAN tasks")
+                            || step.contains("SCAN attempts")),
+                        "{what} ({rows} rows) scans: {steps:?}"
+                    );
+                }
+            }
+        }
     }
 }
