@@ -53,17 +53,6 @@ async fn inspect_running(task: &TaskRef, format: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-async fn wait_running(client: &rgrid::Client, task: &TaskRef) {
-    eventually("the task to run", 30, || async {
-        let tasks = client.tasks().await.expect("tasks");
-        tasks
-            .iter()
-            .any(|t| t.task == task.id && t.state == TaskState::Running)
-            .then_some(())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_decides_network_user_and_root_file_system() {
     common::demo_image();
@@ -126,7 +115,7 @@ async fn the_node_decides_network_user_and_root_file_system() {
         "{out:?}"
     );
 
-    wait_running(&client, &sleeper).await;
+    common::wait_for_state(&client, &sleeper, TaskState::Running).await;
     assert_eq!(
         inspect_running(&sleeper, "{{.Config.User}}").await,
         "65534:65534"

@@ -172,77 +172,29 @@ async fn untagged_images_are_latest_and_pull_policies_hold() {
     let on = |policy: &str, spec: TaskSpec| spec.selector("policy", policy);
 
     // No tag: `:latest`, and only it (an empty tag would pull every tag).
-    let out = client
-        .get(
-            &client
-                .submit(on("if-not-present", cat_version(&repo)))
-                .await
-                .expect("submit"),
-        )
-        .await
-        .expect("get");
+    let out = common::run(&client, on("if-not-present", cat_version(&repo))).await;
     assert_eq!(out.stdout, b"1", "{out:?}");
     assert_eq!(local_tags(&repo), ["latest"]);
 
     // The registry's :latest moves to v2; the engine keeps v1 under that name.
     push(&local_v2, &format!("{repo}:latest"), None);
     docker(&["tag", &local_v1, &format!("{repo}:latest")]);
-    let out = client
-        .get(
-            &client
-                .submit(on("if-not-present", cat_version(&repo)))
-                .await
-                .expect("submit"),
-        )
-        .await
-        .expect("get");
+    let out = common::run(&client, on("if-not-present", cat_version(&repo))).await;
     assert_eq!(out.stdout, b"1", "present: not pulled again");
-    let out = client
-        .get(
-            &client
-                .submit(on("always", cat_version(&repo)))
-                .await
-                .expect("submit"),
-        )
-        .await
-        .expect("get");
+    let out = common::run(&client, on("always", cat_version(&repo))).await;
     assert_eq!(out.stdout, b"2", "always: pulled before the run");
 
     let absent = format!("{}/rgrid-test/absent:1", registry.addr);
-    let out = client
-        .get(
-            &client
-                .submit(on("never", cat_version(&absent)))
-                .await
-                .expect("submit"),
-        )
-        .await
-        .expect("get");
+    let out = common::run(&client, on("never", cat_version(&absent))).await;
     assert_eq!(out.state, TaskState::Failed);
     let reason = out.reason.unwrap_or_default();
     assert!(reason.contains("pull_policy is never"), "{reason}");
-    let out = client
-        .get(
-            &client
-                .submit(on("never", cat_version(&local_v1)))
-                .await
-                .expect("submit"),
-        )
-        .await
-        .expect("get");
+    let out = common::run(&client, on("never", cat_version(&local_v1))).await;
     assert_eq!(out.stdout, b"1", "never: a present image runs");
 
     // A registry that does not have it: the task's error, with the registry's message.
     let missing = format!("{}/rgrid-test/missing", registry.addr);
-    let out = client
-        .get(
-            &client
-                .submit(on("if-not-present", cat_version(&missing)))
-                .await
-                .expect("submit"),
-        )
-        .await
-        .expect("get");
+    let out = common::run(&client, on("if-not-present", cat_version(&missing))).await;
     assert_eq!(out.state, TaskState::Failed);
     let reason = out.reason.unwrap_or_default();
     assert!(
@@ -282,14 +234,8 @@ async fn registry_credentials_come_from_the_docker_config() {
     without.docker_config = Some(dir.path().join("empty"));
     without.labels.insert("creds".into(), "no".into());
     cluster.add_node(without).await;
-    let out = {
-        let client = cluster.client().await;
-        let task = client
-            .submit(cat_version(&image).selector("creds", "no"))
-            .await
-            .expect("submit");
-        client.get(&task).await.expect("get")
-    };
+    let client = cluster.client().await;
+    let out = common::run(&client, cat_version(&image).selector("creds", "no")).await;
     assert_eq!(out.state, TaskState::Failed);
     let reason = out.reason.unwrap_or_default();
     assert!(
@@ -297,16 +243,22 @@ async fn registry_credentials_come_from_the_docker_config() {
         "{reason}"
     );
 
+    // The engine is shared: the node with credentials comes after the one without.
     let mut with = cluster.node_config("with");
     with.docker_config = Some(creds.clone());
     with.labels.insert("creds".into(), "yes".into());
+    with.pre_pull = vec![image.clone()];
     cluster.add_node(with).await;
-    let client = cluster.client().await;
-    let task = client
-        .submit(cat_version(&image).selector("creds", "yes"))
-        .await
-        .expect("submit");
-    let out = client.get(&task).await.expect("get");
+    // The pre-pull, with the credentials, once the node has joined.
+    eventually("the pre-pulled image", 60, || async {
+        Command::new("docker")
+            .args(["image", "inspect", &image])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            .then_some(())
+    })
+    .await;
+    let out = common::run(&client, cat_version(&image).selector("creds", "yes")).await;
     assert_eq!(out.stdout, b"private", "{out:?}");
     cluster.stop().await;
     for image in [&local, &image] {
@@ -460,14 +412,8 @@ async fn registry_faults_hand_the_attempt_back() {
         .submit(cat_version(&other).selector("pull", "patient"))
         .await
         .expect("submit");
-    eventually("the pull to start", 30, || async {
-        let tasks = client.tasks().await.expect("tasks");
-        tasks
-            .iter()
-            .any(|t| t.task == stuck.id && t.state == TaskState::Assigned)
-            .then_some(())
-    })
-    .await;
+    // Assigned and not yet running: pulling.
+    common::wait_for_state(&client, &stuck, TaskState::Assigned).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     client.cancel(&stuck).await.expect("cancel");
     eventually("the patient node's resources back", 10, || async {

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::lock;
+
 /// How long the probe command may take (a wedged driver makes `nvidia-smi` hang).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -142,12 +144,6 @@ impl Drop for GpuLease {
             slot.1 = false;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -157,6 +157,13 @@ fn pre_pull(node: &Arc<session::Node>, images: Vec<String>) {
     });
 }
 
+/// Locks `mutex`, carrying on past a panic elsewhere (the data are plain values).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())

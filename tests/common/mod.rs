@@ -343,3 +343,25 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Submits `spec` and waits for its outcome.
+pub async fn run(client: &rgrid::Client, spec: rgrid::TaskSpec) -> rgrid::TaskOutcome {
+    let task = client.submit(spec).await.expect("submit");
+    client.get(&task).await.expect("get")
+}
+
+/// Waits until `task` is listed in `state`.
+pub async fn wait_for_state(
+    client: &rgrid::Client,
+    task: &rgrid::TaskRef,
+    state: rgrid::TaskState,
+) {
+    eventually(&format!("the task to be {state}"), 30, || async {
+        let tasks = client.tasks().await.expect("tasks");
+        tasks
+            .iter()
+            .any(|t| t.task == task.id && t.state == state)
+            .then_some(())
+    })
+    .await
+}

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{docker_message, engine_fault, step};
 use crate::config::PullPolicy;
 use crate::executor::NotRun;
+use crate::lock;
 
 /// Most images remembered as present; past it the memory starts over (a check is one call).
 const REMEMBERED: usize = 1024;
@@ -247,12 +248,6 @@ fn classify(reference: &str, message: &str) -> NotRun {
             "image {reference} is not present on the node and could not be pulled: {message}"
         ))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
