@@ -311,7 +311,7 @@ impl NodeCluster {
         }
         self.shutdown.cancel();
         if let Some(head) = self.head.take() {
-            head.wait().await;
+            head.wait().await.expect("the head stops cleanly");
         }
     }
 }
