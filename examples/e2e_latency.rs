@@ -1,12 +1,15 @@
-//! End-to-end latency: submit → result of a trivial container task through rgrid, next to a raw
-//! `docker run --rm` of the same image, measured in the same run (this machine is noisy).
+//! End-to-end latency and throughput of trivial container tasks through rgrid, next to raw
+//! `docker run --rm` of the same image, measured in the same run (this machine is noisy):
+//! submit → result one at a time (ROUNDS, interleaved), then TASKS tasks kept 4 in flight, against
+//! TASKS `docker run --rm` on 4 threads.
 //!
-//! `cargo run --release --example e2e_latency [-- ROUNDS]` (default 20 rounds each).
+//! `cargo run --release --example e2e_latency [-- ROUNDS [TASKS]]` (default 20 rounds, 40 tasks).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
 use rgrid::{LocalCluster, TaskSpec};
 
 #[tokio::main]
@@ -16,12 +19,16 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()
-        .context("ROUNDS must be a number")?
-        .unwrap_or(20);
+    let arg = |n: usize, default: usize| -> anyhow::Result<usize> {
+        Ok(std::env::args()
+            .nth(n)
+            .map(|s| s.parse())
+            .transpose()
+            .context("ROUNDS and TASKS must be numbers")?
+            .unwrap_or(default))
+    };
+    let rounds = arg(1, 20)?;
+    let batch = arg(2, 40)?;
     rgrid::image::ensure_demo_image()?;
     let image = rgrid::image::DEMO_IMAGE;
     let cluster = LocalCluster::start().await?;
@@ -32,38 +39,38 @@ async fn main() -> anyhow::Result<()> {
     // Warm-up, then interleave so both see the same machine state.
     for round in 0..=rounds {
         let t = Instant::now();
-        let task = client
-            .submit(
-                TaskSpec::new(image)
-                    .command(["true"])
-                    .cpu_millis(100)
-                    .memory_bytes(16 << 20),
-            )
-            .await?;
-        let outcome = client.get(&task).await?;
-        anyhow::ensure!(outcome.exit_code == Some(0), "task failed: {outcome:?}");
+        run_task(&client, image).await?;
         let rgrid_time = t.elapsed();
 
         let t = Instant::now();
-        let status = Command::new("docker")
-            .args([
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "--memory",
-                "16m",
-                image,
-                "true",
-            ])
-            .status()?;
-        anyhow::ensure!(status.success(), "docker run failed");
+        docker_run(image)?;
         let docker_time = t.elapsed();
         if round > 0 {
             rgrid_times.push(rgrid_time);
             docker_times.push(docker_time);
         }
     }
+    // Throughput, 4 at a time.
+    let t = Instant::now();
+    futures::stream::iter(0..batch)
+        .map(|_| run_task(&client, image))
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let rgrid_batch = t.elapsed();
+    let t = Instant::now();
+    let threads: Vec<_> = (0..IN_FLIGHT)
+        .map(|i| {
+            let share = batch / IN_FLIGHT + usize::from(i < batch % IN_FLIGHT);
+            std::thread::spawn(move || (0..share).try_for_each(|_| docker_run(image)))
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a docker thread panicked"))??;
+    }
+    let docker_batch = t.elapsed();
     cluster.stop().await;
     println!("{rounds} rounds, trivial task (`true`) in {image}");
     println!("{:<28} {:>10} {:>10} {:>10}", "", "p50", "p90", "min");
@@ -79,6 +86,56 @@ async fn main() -> anyhow::Result<()> {
             times[0]
         );
     }
+    println!("\n{batch} tasks, {IN_FLIGHT} at a time");
+    for (name, took) in [
+        ("rgrid submit→result", rgrid_batch),
+        ("docker run --rm (CLI)", docker_batch),
+    ] {
+        println!(
+            "{name:<28} {took:>10.1?} {:>8.1} tasks/s",
+            batch as f64 / took.as_secs_f64()
+        );
+    }
+    println!(
+        "throughput ratio rgrid / docker run: {:.2}x",
+        docker_batch.as_secs_f64() / rgrid_batch.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Tasks kept in flight in the throughput run.
+const IN_FLIGHT: usize = 4;
+
+/// Submits a trivial task and waits for its result.
+async fn run_task(client: &rgrid::Client, image: &str) -> anyhow::Result<()> {
+    let task = client
+        .submit(
+            TaskSpec::new(image)
+                .command(["true"])
+                .cpu_millis(100)
+                .memory_bytes(16 << 20),
+        )
+        .await?;
+    let outcome = client.get(&task).await?;
+    anyhow::ensure!(outcome.exit_code == Some(0), "task failed: {outcome:?}");
+    Ok(())
+}
+
+/// `docker run --rm` of the same task.
+fn docker_run(image: &str) -> anyhow::Result<()> {
+    let status = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--memory",
+            "16m",
+            image,
+            "true",
+        ])
+        .status()?;
+    anyhow::ensure!(status.success(), "docker run failed");
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what rgrid's quickstart and tests need on a fresh Debian machine:
 # a Docker engine that answers, Debian's static busybox (the local demo image is built from it,
-# since no registry is assumed), and PostgreSQL for the persistence tests.
+# since no registry is assumed), Debian's docker-registry (the image tests start their own
+# registries) and PostgreSQL for the persistence tests.
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -39,7 +40,13 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
   apt_install busybox-static
 fi
 
-# 3. PostgreSQL for the persistence tests, with a login role the tests use
+# 3. Debian's Docker registry for the image tests (each test starts its own on a free port).
+if ! command -v docker-registry >/dev/null 2>&1; then
+  echo "setup: installing docker-registry"
+  apt_install docker-registry
+fi
+
+# 4. PostgreSQL for the persistence tests, with a login role the tests use
 #    (RGRID_TEST_POSTGRES_URL, default postgres://rgrid:rgrid@127.0.0.1:5432/postgres).
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
   echo "setup: installing postgresql"

@@ -14,6 +14,12 @@ fn head_node_and_cli_as_separate_processes() {
     let state = dir.path().join("head");
     let listen = format!("127.0.0.1:{}", free_udp_port());
     let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    let node_toml = dir.path().join("node.toml");
+    std::fs::write(
+        &node_toml,
+        "labels = { site = \"file\", rack = \"r1\" }\ncapabilities = [\"from-file\"]\n",
+    )
+    .unwrap();
     let _head = start_head(dir.path(), &listen);
     let client_toml = state.join("client.toml");
     wait_for("client.toml", || client_toml.exists());
@@ -32,13 +38,28 @@ fn head_node_and_cli_as_separate_processes() {
                 "2000",
                 "--memory",
                 "1G",
+                "--config",
             ])
+            .arg(&node_toml)
+            // Flags over variables over the file over detection.
+            .env("RGRID_NODE_LABELS", "zone=z1,rack=r2")
+            .env("RGRID_NODE_CAPABILITIES", "docker,special")
             .stdout(Stdio::null())
             .stderr(log("node.log"))
             .spawn()
             .unwrap(),
     );
     wait_ready(&client_toml, "worker-1");
+    let node = &common::process::nodes(&client_toml)[0];
+    assert_eq!(node["labels"]["site"], "test", "the flag over the file");
+    assert_eq!(node["labels"]["rack"], "r2", "the variable over the file");
+    assert_eq!(node["labels"]["zone"], "z1");
+    assert_eq!(node["labels"]["arch"], std::env::consts::ARCH, "detected");
+    assert_eq!(
+        node["capabilities"],
+        serde_json::json!(["docker", "special"]),
+        "the variable over the file over detection"
+    );
 
     // submit --wait behaves like get: stdout, and the task's exit code.
     let out = rgrid(

@@ -1,7 +1,8 @@
 //! cloud-init user data for a provisioned node: a `#cloud-config` document that installs Docker,
 //! pulls the `rgrid-node` image, pre-pulls runtime images in parallel, and runs `rgrid-node`
 //! (restarted after a crash or a reboot, Docker socket mounted) with the head address and a single-use, expiring join
-//! token — the only secret it carries; never database credentials.
+//! token — the only secret it carries; never database credentials. The node advertises its
+//! type's labels, GPUs and custom resources.
 //!
 //! Every value put into the document is checked against a conservative character set first, so
 //! nothing from a config file can break out of the YAML or the shell script it contains.
@@ -70,8 +71,20 @@ pub fn render(
         check_label_part("node label key", k)?;
         check_label_part("node label value", v)?;
     }
+    for name in ty.custom.keys() {
+        check_label_part("custom resource name", name)?;
+    }
+    // What the node advertises beyond what it detects: its type's GPUs and custom resources.
+    let mut env = Vec::new();
+    if ty.gpus > 0 {
+        env.push(format!("RGRID_NODE_GPUS={}", ty.gpus));
+    }
+    if !ty.custom.is_empty() {
+        let custom: Vec<String> = ty.custom.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("RGRID_NODE_CUSTOM={}", custom.join(",")));
+    }
 
-    let script = bootstrap_script(config, head_addr, &labels);
+    let script = bootstrap_script(config, head_addr, &labels, &env);
     let mut out = String::new();
     // Infallible: writing to a String.
     let _ = writeln!(out, "#cloud-config");
@@ -107,7 +120,12 @@ pub fn render(
     Ok(out)
 }
 
-fn bootstrap_script(config: &AutoscalerConfig, head_addr: &str, labels: &[(&str, &str)]) -> String {
+fn bootstrap_script(
+    config: &AutoscalerConfig,
+    head_addr: &str,
+    labels: &[(&str, &str)],
+    env: &[String],
+) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/sh\n");
     s.push_str("# rgrid node bootstrap, run once by cloud-init.\n");
@@ -136,6 +154,9 @@ fn bootstrap_script(config: &AutoscalerConfig, head_addr: &str, labels: &[(&str,
     s.push_str("  -v /var/run/docker.sock:/var/run/docker.sock \\\n");
     let _ = writeln!(s, "  -v {TOKEN_PATH}:{TOKEN_PATH}:ro \\");
     let _ = writeln!(s, "  -v {STATE_DIR}:{STATE_DIR} \\");
+    for var in env {
+        let _ = writeln!(s, "  -e {} \\", shell_quote(var));
+    }
     let _ = writeln!(s, "  --entrypoint rgrid-node {image} \\");
     let _ = writeln!(
         s,
@@ -273,10 +294,17 @@ mod tests {
     fn type_labels_and_ipv6_heads() {
         let mut cfg = config();
         cfg.node_types[0].labels.insert("gpu".into(), "true".into());
+        cfg.node_types[0].gpus = 2;
+        cfg.node_types[0].custom.insert("licenses".into(), 3);
         let text =
             render(&cfg, "cx23", "[2001:db8::1]:7000", TOKEN).expect("the user data renders");
         parse(&text);
         assert!(text.contains("--label 'gpu=true'"));
+        assert!(text.contains("-e 'RGRID_NODE_GPUS=2'"), "{text}");
+        assert!(text.contains("-e 'RGRID_NODE_CUSTOM=licenses=3'"), "{text}");
+        assert!(!render(&config(), "cx23", "h:1", TOKEN)
+            .expect("renders")
+            .contains("RGRID_NODE_GPUS"));
         assert!(text.contains("--head '[2001:db8::1]:7000'"));
     }
 

@@ -302,6 +302,24 @@ pub enum ExitStatus {
     StartFailed(String),
     /// It was killed on request.
     Killed,
+    /// The node could not run it for a fault of its own, not the task's (the Docker engine does
+    /// not answer, the registry answered 5xx or 429, a pull timed out): the head runs it again
+    /// without counting a node loss.
+    HandedBack(String),
+    /// The process was killed by a signal it was not sent by rgrid (process executor); its exit
+    /// code is 128 + the signal, as a shell reports it.
+    Signalled { signal: i32, name: String },
+}
+
+impl ExitStatus {
+    /// The exit code a shell would report: the process's own, or 128 + the signal that killed it.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            Self::Exited(code) => Some(*code),
+            Self::Signalled { signal, .. } => Some(128 + i64::from(*signal)),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for ExitStatus {
@@ -312,6 +330,14 @@ impl std::fmt::Display for ExitStatus {
             Self::TimedOut => f.write_str("killed: timed out"),
             Self::StartFailed(msg) => write!(f, "could not start: {msg}"),
             Self::Killed => f.write_str("killed on request"),
+            Self::HandedBack(msg) => write!(f, "handed back by its node: {msg}"),
+            Self::Signalled { signal, name } => {
+                write!(
+                    f,
+                    "killed by signal {name} ({signal}), exit code {}",
+                    128 + signal
+                )
+            }
         }
     }
 }
@@ -446,6 +472,19 @@ mod tests {
         expected.extend_from_slice(&1u128.to_be_bytes());
         expected.push(0);
         assert_eq!(postcard::to_allocvec(&wait).expect("encodes"), expected);
+        // Appended variants: 5 and 6, after the original five.
+        assert_eq!(
+            postcard::to_allocvec(&ExitStatus::HandedBack("x".into())).expect("encodes"),
+            [5, 1, b'x']
+        );
+        assert_eq!(
+            postcard::to_allocvec(&ExitStatus::Signalled {
+                signal: 9,
+                name: "SIGKILL".into()
+            })
+            .expect("encodes"),
+            [6, 18, 7, b'S', b'I', b'G', b'K', b'I', b'L', b'L']
+        );
     }
 
     #[test]

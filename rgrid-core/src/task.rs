@@ -42,6 +42,9 @@ pub struct TaskSpec {
     pub network: NetworkMode,
     /// Higher runs first among tasks of the same shape.
     pub priority: i32,
+    /// Run on a read-only root file system (with a writable tmpfs `/tmp`), even where the node
+    /// does not make that its default.
+    pub read_only_rootfs: bool,
 }
 
 impl TaskSpec {
@@ -60,6 +63,7 @@ impl TaskSpec {
             retry: RetryPolicy::default(),
             network: NetworkMode::default(),
             priority: 0,
+            read_only_rootfs: false,
         }
     }
 
@@ -129,6 +133,18 @@ impl TaskSpec {
     /// Sets the task's priority among tasks of the same shape.
     pub fn priority(mut self, priority: i32) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Asks for a network mode (the node must allow it: `allowed_networks`).
+    pub fn network(mut self, network: NetworkMode) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Runs the task on a read-only root file system with a writable tmpfs `/tmp`.
+    pub fn read_only_rootfs(mut self) -> Self {
+        self.read_only_rootfs = true;
         self
     }
 

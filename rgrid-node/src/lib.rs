@@ -5,10 +5,13 @@
 //! - [`config`]: the configuration.
 //! - [`identity`]: joining and the node's credentials.
 //! - [`executor`]: Docker (bollard) and process executors.
+//! - `capabilities`, `resources`, `gpu`: what the node advertises, configured or detected.
 //! - `session`: the head session, heartbeats, assignments, result delivery.
 
+mod capabilities;
 pub mod config;
 pub mod executor;
+mod gpu;
 pub mod identity;
 mod resources;
 mod session;
@@ -22,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ExecutorKind, NodeConfig};
+pub use config::{ConfigError, ExecutorKind, NodeConfig, PullPolicy};
 
 use crate::executor::docker::{DockerExecutor, DockerUnavailable};
 use crate::executor::process::ProcessExecutor;
@@ -37,6 +40,8 @@ pub enum NodeError {
     Join(#[from] identity::JoinError),
     #[error(transparent)]
     Docker(#[from] DockerUnavailable),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("invalid resources: {0}")]
     Resources(String),
     #[error("the head refused this node: {0}")]
@@ -47,6 +52,7 @@ pub enum NodeError {
 /// running attempts get `drain_deadline` to finish, the rest is handed back to the head), and
 /// so does a drain request from the head. Returns an error when the head refuses the node.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    config.validate()?;
     let head = tokio::net::lookup_host(&config.head)
         .await
         .ok()
@@ -56,33 +62,45 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let creds =
         identity::load_or_join(&config.state_dir, head, config.token_file.as_deref(), &name)
             .await?;
+    let detected_gpus = gpu::detect(&config.gpu_probe, &config.gpu_device_dir).await;
+    let gpu_ids = gpu::offered(detected_gpus, config.gpus);
+    let gpus = gpu::GpuPool::new(gpu_ids.clone());
     let executor = match config.executor {
         ExecutorKind::Docker => {
-            let docker =
-                DockerExecutor::connect(creds.node_id.to_string(), config.max_output_bytes).await?;
+            let docker = DockerExecutor::connect(creds.node_id.to_string(), &config).await?;
             docker.remove_leftovers().await;
-            for image in &config.pre_pull {
-                if let Err(message) = docker.ensure_image(image).await {
-                    tracing::warn!(%image, %message, "pre-pull failed");
-                }
-            }
-            Executor::Docker(docker)
+            Executor::docker(docker, gpus)
         }
-        ExecutorKind::Process => Executor::Process(ProcessExecutor {
-            max_output_bytes: config.max_output_bytes,
-        }),
-        ExecutorKind::Noop => Executor::Noop,
+        ExecutorKind::Process => Executor::process(
+            ProcessExecutor {
+                max_output_bytes: config.max_output_bytes,
+                kill_grace: config.kill_grace,
+            },
+            gpus,
+        ),
+        ExecutorKind::Noop => Executor::noop(gpus),
     };
-    let resources = resources::detect(&config).map_err(NodeError::Resources)?;
+    let resources = resources::detect(&config, gpu_ids.len()).map_err(NodeError::Resources)?;
+    let path = std::env::var_os("PATH");
+    let advertised = capabilities::advertise(&config, gpu_ids.len(), path.as_deref());
     let hello = NodeHello {
         name: name.clone(),
         resources,
-        labels: config.labels.clone(),
-        capabilities: executor.capabilities(),
+        labels: advertised.labels,
+        capabilities: advertised.capabilities,
         running: Vec::new(),
         finished: Vec::new(),
     };
-    tracing::info!(node = %creds.node_id, %name, resources = %hello.resources, labels = ?hello.labels, capabilities = ?hello.capabilities, "node starting");
+    tracing::info!(
+        node = %creds.node_id,
+        %name,
+        resources = %hello.resources,
+        labels = ?hello.labels,
+        capabilities = ?hello.capabilities,
+        capabilities_from = advertised.capabilities_from,
+        gpus = ?gpu_ids,
+        "node starting"
+    );
     let (control, control_rx) = mpsc::channel(session::CONTROL_QUEUE);
     let tracker = TaskTracker::new();
     let node = Arc::new(session::Node {
@@ -100,10 +118,50 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         leaving: AtomicBool::new(false),
         stopped: CancellationToken::new(),
     });
+    let cleanup = node.executor.as_docker().map(DockerExecutor::cleanup);
+    pre_pull(&node, config.pre_pull);
     let result = session::run(node, control_rx).await;
     tracker.close();
     tracker.wait().await;
+    if let Some(cleanup) = cleanup {
+        cleanup.close();
+        cleanup.wait().await;
+    }
     result.map_err(|e| NodeError::Refused(e.to_string()))
+}
+
+/// Once the node has joined (its first session is open), pulls `images` in parallel; a drain
+/// stops them.
+fn pre_pull(node: &Arc<session::Node>, images: Vec<String>) {
+    if images.is_empty() || node.executor.as_docker().is_none() {
+        return;
+    }
+    let node = node.clone();
+    let tracker = node.tracker.clone();
+    tracker.spawn(async move {
+        let mut connection = node.connection.subscribe();
+        tokio::select! {
+            _ = node.drain.cancelled() => return,
+            joined = connection.wait_for(Option::is_some) => if joined.is_err() { return },
+        }
+        let Some(docker) = node.executor.as_docker() else {
+            return;
+        };
+        let pulls = images
+            .iter()
+            .map(|image| docker.pre_pull(image, &node.drain));
+        tokio::select! {
+            _ = futures::future::join_all(pulls) => {}
+            _ = node.stopped.cancelled() => {}
+        }
+    });
+}
+
+/// Locks `mutex`, carrying on past a panic elsewhere (the data are plain values).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn hostname() -> String {

@@ -1,4 +1,5 @@
 //! `rgrid-node`: parses arguments, sets up logging, runs the node until SIGINT/SIGTERM.
+//! Precedence: flags over `RGRID_NODE_*` variables over the config file over detection.
 
 use std::path::PathBuf;
 
@@ -11,31 +12,31 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "rgrid-node", version, about = "The rgrid node daemon")]
 struct Args {
     /// The head's address, HOST:PORT.
-    #[arg(long, env = "RGRID_NODE_HEAD")]
+    #[arg(long)]
     head: Option<String>,
     /// File holding the join token (needed on first start only).
-    #[arg(long, env = "RGRID_NODE_TOKEN_FILE")]
+    #[arg(long)]
     token_file: Option<PathBuf>,
     /// Where the node keeps its key and certificate.
-    #[arg(long, env = "RGRID_NODE_STATE_DIR")]
+    #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Name shown in listings (default: host name).
-    #[arg(long, env = "RGRID_NODE_NAME")]
+    #[arg(long)]
     name: Option<String>,
     /// Label K=V, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
     /// How tasks run.
-    #[arg(long, value_enum, env = "RGRID_NODE_EXECUTOR")]
+    #[arg(long, value_enum)]
     executor: Option<ExecutorKind>,
     /// Millicores offered (default: all cpus).
-    #[arg(long, env = "RGRID_NODE_CPU_MILLIS")]
+    #[arg(long)]
     cpu_millis: Option<u64>,
     /// Memory offered, like 8G (default: all memory).
-    #[arg(long, env = "RGRID_NODE_MEMORY")]
+    #[arg(long)]
     memory: Option<String>,
     /// On SIGTERM, how long running tasks may go on before they are handed back (like 60s).
-    #[arg(long, env = "RGRID_NODE_DRAIN_DEADLINE", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     drain_deadline: Option<std::time::Duration>,
     /// TOML config file.
     #[arg(long, env = "RGRID_NODE_CONFIG")]
@@ -63,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => NodeConfig::from_file(path)?,
         None => NodeConfig::default(),
     };
+    config.apply_env(|name| std::env::var(name).ok())?;
     if let Some(head) = args.head {
         config.head = head;
     }

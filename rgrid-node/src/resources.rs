@@ -1,13 +1,13 @@
-//! What the node offers: configured amounts, else what the host has (cpus, memory), and its
-//! capabilities (`docker` when the engine answers).
+//! What the node offers: configured amounts, else what the host has (cpus, memory; GPUs are
+//! detected in `gpu`).
 
 use rgrid_core::resources::parse_size;
 use rgrid_core::Resources;
 
 use crate::config::NodeConfig;
 
-/// Resources to advertise. Configured values win over detected ones.
-pub(crate) fn detect(config: &NodeConfig) -> Result<Resources, String> {
+/// Resources to advertise, with `gpus` GPUs. Configured values win over detected ones.
+pub(crate) fn detect(config: &NodeConfig, gpus: usize) -> Result<Resources, String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let memory = match &config.memory {
         Some(size) => parse_size(size).map_err(|e| format!("memory: {e}"))?,
@@ -16,8 +16,8 @@ pub(crate) fn detect(config: &NodeConfig) -> Result<Resources, String> {
     Ok(Resources {
         cpu_millis: config.cpu_millis.unwrap_or(cpus * 1000),
         memory_bytes: memory,
-        gpus: config.gpus,
-        custom: Default::default(),
+        gpus: u32::try_from(gpus).map_err(|_| format!("{gpus} GPUs is too many"))?,
+        custom: config.custom.clone(),
     })
 }
 

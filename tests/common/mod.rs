@@ -223,3 +223,145 @@ pub async fn postgres_database() -> Option<String> {
         .map_or(server.as_str(), |(base, _)| base);
     Some(format!("{base}/{name}"))
 }
+
+/// A head in this process and nodes each started from its own [`rgrid_node::NodeConfig`] (for
+/// node settings `LocalCluster` does not expose), through the same `run` functions.
+pub struct NodeCluster {
+    pub dir: tempfile::TempDir,
+    head: Option<rgrid_head::RunningHead>,
+    shutdown: tokio_util::sync::CancellationToken,
+    nodes: Vec<(
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<Result<(), rgrid_node::NodeError>>,
+    )>,
+}
+
+impl NodeCluster {
+    pub async fn start() -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let config = rgrid_head::HeadConfig {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            state_dir: dir.path().join("head"),
+            ..rgrid_head::HeadConfig::default()
+        };
+        let head = rgrid_head::start(config, shutdown.clone())
+            .await
+            .expect("the head starts");
+        Self {
+            dir,
+            head: Some(head),
+            shutdown,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// A config for a node called `name` (2 cpus, 2 GiB, Docker) joining this head.
+    pub fn node_config(&self, name: &str) -> rgrid_node::NodeConfig {
+        let head = self.head.as_ref().expect("the head runs");
+        rgrid_node::NodeConfig {
+            head: head.local_addr.to_string(),
+            token_file: Some(head.join_token_file()),
+            state_dir: self.dir.path().join(name),
+            name: Some(name.to_owned()),
+            cpu_millis: Some(2000),
+            memory: Some("2G".into()),
+            ..rgrid_node::NodeConfig::default()
+        }
+    }
+
+    /// Starts a node and waits until it is ready.
+    pub async fn add_node(&mut self, config: rgrid_node::NodeConfig) {
+        let name = config.name.clone().expect("a named node");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(rgrid_node::run(config, shutdown.clone()));
+        self.nodes.push((shutdown, task));
+        let client = self.client().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !client
+            .nodes()
+            .await
+            .expect("nodes")
+            .iter()
+            .any(|n| n.name == name && n.state == "ready")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {name} did not become ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn client(&self) -> rgrid::Client {
+        let head = self.head.as_ref().expect("the head runs");
+        rgrid::Client::connect_file(head.client_file())
+            .await
+            .expect("the client connects")
+    }
+
+    /// Drains the nodes, then stops the head.
+    pub async fn stop(mut self) {
+        for (shutdown, _) in &self.nodes {
+            shutdown.cancel();
+        }
+        for (_, task) in self.nodes.drain(..) {
+            let _ = task.await;
+        }
+        self.shutdown.cancel();
+        if let Some(head) = self.head.take() {
+            head.wait().await.expect("the head stops cleanly");
+        }
+    }
+}
+
+impl Drop for NodeCluster {
+    fn drop(&mut self) {
+        for (shutdown, _) in &self.nodes {
+            shutdown.cancel();
+        }
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Submits `spec` and waits for its outcome.
+pub async fn run(client: &rgrid::Client, spec: rgrid::TaskSpec) -> rgrid::TaskOutcome {
+    let task = client.submit(spec).await.expect("submit");
+    client.get(&task).await.expect("get")
+}
+
+/// Waits until `task` is listed in `state`.
+pub async fn wait_for_state(
+    client: &rgrid::Client,
+    task: &rgrid::TaskRef,
+    state: rgrid::TaskState,
+) {
+    eventually(&format!("the task to be {state}"), 30, || async {
+        let tasks = client.tasks().await.expect("tasks");
+        tasks
+            .iter()
+            .any(|t| t.task == task.id && t.state == state)
+            .then_some(())
+    })
+    .await
+}

@@ -21,6 +21,9 @@ use super::events::{NodeResults, Outcome, Report, Submission};
 use super::{Cluster, Comm, Shape};
 use crate::store::{AttemptEnd, AttemptRow, Counters, Finish, NewTask, Output};
 
+/// How long an attempt its node handed back waits before it is placed again.
+const HAND_BACK_PAUSE_MS: u64 = 1000;
+
 /// Index of an interned shape.
 pub(super) type ShapeId = u32;
 
@@ -406,7 +409,7 @@ impl<C: Comm> Cluster<C> {
         if report.exit == ExitStatus::Exited(0) {
             self.learn_runtime(id, report.finished_at_ms);
         }
-        if self.retry_after_failure(&report) {
+        if self.hand_back(&report) || self.retry_after_failure(&report) {
             return;
         }
         let (state, exit_code, reason) = match &report.exit {
@@ -417,10 +420,29 @@ impl<C: Comm> Cluster<C> {
                 Some(format!("exited with code {code}")),
             ),
             ExitStatus::Killed => (TaskState::Cancelled, None, Some(report.exit.to_string())),
-            other => (TaskState::Failed, None, Some(other.to_string())),
+            other => (TaskState::Failed, other.code(), Some(other.to_string())),
         };
         tracing::debug!(attempt = %report.attempt, node = %self.node(index).id, %state, "task ended");
         self.finish(id, state, exit_code, reason, report.stdout, report.stderr);
+    }
+
+    /// An attempt its node handed back (the node's engine or registry failed, not the task) runs
+    /// again without counting a node loss, after a pause so that a node whose engine is gone
+    /// does not take it straight back.
+    fn hand_back(&mut self, report: &Report) -> bool {
+        if !matches!(report.exit, ExitStatus::HandedBack(_)) {
+            return false;
+        }
+        let id = report.attempt.task;
+        tracing::info!(attempt = %report.attempt, exit = %report.exit, "requeueing an attempt its node handed back");
+        self.end_attempt(report.attempt, report.exit.to_string());
+        self.back_to_queue(id, format!("requeued: {}", report.exit), false);
+        self.delayed.push(std::cmp::Reverse((
+            monotonic_ms().saturating_add(HAND_BACK_PAUSE_MS),
+            id,
+            report.attempt.attempt,
+        )));
+        true
     }
 
     /// A failed attempt (non-zero exit, OOM, timeout) of a task with exit-code retries left is
@@ -428,8 +450,8 @@ impl<C: Comm> Cluster<C> {
     fn retry_after_failure(&mut self, report: &Report) -> bool {
         let failed = match report.exit {
             ExitStatus::Exited(code) => code != 0,
-            ExitStatus::OutOfMemory | ExitStatus::TimedOut => true,
-            ExitStatus::StartFailed(_) | ExitStatus::Killed => false,
+            ExitStatus::OutOfMemory | ExitStatus::TimedOut | ExitStatus::Signalled { .. } => true,
+            ExitStatus::StartFailed(_) | ExitStatus::Killed | ExitStatus::HandedBack(_) => false,
         };
         let id = report.attempt.task;
         let Some(task) = self.tasks.get(&id) else {

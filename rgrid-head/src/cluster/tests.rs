@@ -536,3 +536,44 @@ fn submissions_wait_when_the_database_is_behind() {
     commit(&mut c);
     assert!(c.accepting(), "the next commit took them");
 }
+
+#[test]
+fn a_handed_back_attempt_runs_again_after_a_pause_without_counting_a_node_loss() {
+    let mut c = cluster();
+    let (node, spec, attempt) = running_task(&mut c);
+    let exit = ExitStatus::HandedBack("the Docker engine does not answer".into());
+    result(&mut c, node, attempt, exit.clone());
+    assert!(acked(&mut c).is_empty(), "acknowledged before durable");
+    let batch = commit(&mut c);
+    assert!(batch.finishes.is_empty(), "the task does not end");
+    assert_eq!(batch.attempt_ends[0].outcome, exit.to_string());
+    assert_eq!(batch.counters[0].node_losses, 0);
+    assert_eq!(acked(&mut c), [attempt]);
+    assert_eq!(state(&c, spec.id), Some(TaskState::Queued));
+    assert!(
+        assigned(&mut c).is_empty(),
+        "not placed again straight away"
+    );
+    c.tick(monotonic_ms() + 2_000);
+    c.end_turn();
+    commit(&mut c);
+    let again = AttemptId {
+        task: spec.id,
+        attempt: 2,
+    };
+    assert_eq!(assigned(&mut c), [again], "placed again after the pause");
+    assert_eq!(c.tasks[&spec.id].node_losses, 0);
+    // A death by signal fails the task with the shell's exit code.
+    result(
+        &mut c,
+        node,
+        again,
+        ExitStatus::Signalled {
+            signal: 11,
+            name: "SIGSEGV".into(),
+        },
+    );
+    let batch = commit(&mut c);
+    assert_eq!(batch.finishes[0].state, TaskState::Failed);
+    assert_eq!(batch.finishes[0].exit_code, Some(139));
+}

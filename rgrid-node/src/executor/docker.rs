@@ -1,73 +1,110 @@
-//! The Docker executor (bollard): the image is used if present, else pulled (a pull error is the
-//! task's error, with the registry's message); the container gets a cpu quota, a memory limit
-//! without swap, a pids limit, no network unless asked, every capability dropped and
-//! no-new-privileges. Timeout and cancel kill it; OOM is read from the container's state; the
-//! container is removed afterwards.
+//! The Docker executor (bollard). An attempt is: its image made present ([`image`]), a container
+//! created from the node's policy ([`container`]; a leftover of the same name from an earlier
+//! run of the node is replaced then, not looked for before), attached before it starts (so no
+//! output is missed), started, waited for (`not-running`, which an exit before the wait cannot
+//! slip past); on timeout or cancel SIGTERM, `kill_grace`, SIGKILL. OOM is read from the
+//! container's state when it exited non-zero. The result goes back first; the container is
+//! removed in the background afterwards.
+//!
+//! A Docker engine that does not answer is the node's fault, not the task's: the attempt is
+//! handed back. Every engine call is a `docker` tracing span and a sample of the
+//! `rgrid_node_docker_call_seconds` histogram, by call.
 
-use std::collections::HashMap;
-use std::time::Duration;
+mod container;
+mod image;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bollard::container::{
-    Config, CreateContainerOptions, KillContainerOptions, ListContainersOptions, LogOutput,
-    LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
+    LogOutput, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::errors::Error as DockerError;
-use bollard::image::CreateImageOptions;
-use bollard::models::HostConfig;
 use bollard::Docker;
 use futures::StreamExt;
 use rgrid_core::protocol::ExitStatus;
-use rgrid_core::task::NetworkMode;
 use rgrid_core::{AttemptId, TaskSpec};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
-use super::{append_capped, sleep_or_forever, Execution};
+pub use container::MANAGED_LABEL;
+use container::{create_options, ContainerPolicy, NODE_LABEL};
+use image::Images;
 
-/// Label on every container rgrid starts, so leftovers can be found and removed.
-pub const MANAGED_LABEL: &str = "rgrid.managed";
+use super::{watch, Capture, Channel, Ended, Execution, NotRun, OUTPUT_GRACE};
+use crate::config::NodeConfig;
 
-/// Label naming the node that started a container.
-const NODE_LABEL: &str = "rgrid.node";
+/// Seconds an engine call may take before it counts as the engine not answering.
+const ENGINE_TIMEOUT_SECS: u64 = 120;
 
 /// Runs attempts as Docker containers.
 pub struct DockerExecutor {
     docker: Docker,
+    images: Images,
+    policy: ContainerPolicy,
     max_output_bytes: usize,
-    /// This node's id, put on its containers.
-    node: String,
+    kill_grace: Duration,
+    /// Container removals after their results went back; waited for when the node stops.
+    cleanup: TaskTracker,
 }
 
 /// Why the Docker engine cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("the Docker engine does not answer ({0}); is dockerd running and is /var/run/docker.sock reachable?")]
+#[error("the Docker engine does not answer ({0}); is dockerd running and is its socket (docker_host, default /var/run/docker.sock) reachable?")]
 pub struct DockerUnavailable(String);
 
 impl DockerExecutor {
-    /// Connects to the local engine and negotiates the API version (older engines refuse a newer
-    /// client version).
-    pub async fn connect(node: String, max_output_bytes: usize) -> Result<Self, DockerUnavailable> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| DockerUnavailable(e.to_string()))?
-            .negotiate_version()
-            .await
-            .map_err(|e| DockerUnavailable(e.to_string()))?;
+    /// Connects to the engine (`docker_host`, else `DOCKER_HOST` or the local socket) and
+    /// negotiates the API version (older engines refuse a newer client version).
+    pub async fn connect(node: String, config: &NodeConfig) -> Result<Self, DockerUnavailable> {
+        let docker = match &config.docker_host {
+            Some(host) => {
+                Docker::connect_with_socket(host, ENGINE_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(|e| DockerUnavailable(e.to_string()))?
+        .negotiate_version()
+        .await
+        .map_err(|e| DockerUnavailable(e.to_string()))?;
         docker
             .ping()
             .await
             .map_err(|e| DockerUnavailable(e.to_string()))?;
         Ok(Self {
+            images: Images::new(
+                docker.clone(),
+                config.pull_policy,
+                config.pull_timeout,
+                config.docker_config.clone(),
+            ),
             docker,
-            max_output_bytes,
-            node,
+            policy: ContainerPolicy {
+                node,
+                allowed_networks: config.allowed_networks.clone(),
+                run_as: config.run_as.clone(),
+                read_only_rootfs: config.read_only_rootfs,
+                log_max_bytes: config.max_output_bytes,
+            },
+            max_output_bytes: config.max_output_bytes,
+            kill_grace: config.kill_grace,
+            cleanup: TaskTracker::new(),
         })
+    }
+
+    /// Removals still running in the background; the node waits for them before it exits.
+    pub(crate) fn cleanup(&self) -> TaskTracker {
+        self.cleanup.clone()
     }
 
     /// Removes containers this node left behind (it was killed while they ran): a node that
     /// starts runs nothing yet, and the head has requeued or will requeue those attempts.
     pub async fn remove_leftovers(&self) {
-        let filters = HashMap::from([(
+        let filters = std::collections::HashMap::from([(
             "label".to_owned(),
-            vec![format!("{NODE_LABEL}={}", self.node)],
+            vec![format!("{NODE_LABEL}={}", self.policy.node)],
         )]);
         let options = ListContainersOptions {
             all: true,
@@ -83,98 +120,152 @@ impl DockerExecutor {
         }
     }
 
-    /// Pulls `image` unless it is present.
-    pub async fn ensure_image(&self, image: &str) -> Result<(), String> {
-        if self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
-        }
-        let options = CreateImageOptions {
-            from_image: image,
-            ..Default::default()
-        };
-        let mut pull = self.docker.create_image(Some(options), None, None);
-        while let Some(progress) = pull.next().await {
-            match progress {
-                Ok(info) => {
-                    if let Some(error) = info.error {
-                        return Err(format!(
-                            "image {image} is not present on the node and could not be pulled: {error}"
-                        ));
-                    }
-                }
-                Err(err) => {
-                    return Err(format!(
-                        "image {image} is not present on the node and could not be pulled: {}",
-                        docker_message(&err)
-                    ))
-                }
+    /// Pulls `image` as the pull policy says (a pre-pull); `cancel` stops it.
+    pub(crate) async fn pre_pull(&self, image: &str, cancel: &CancellationToken) {
+        match self.images.ensure(image, cancel).await {
+            Ok(reference) => tracing::info!(image = %reference, "pre-pulled"),
+            Err(NotRun::Cancelled) => {}
+            Err(NotRun::Task(message) | NotRun::Node(message)) => {
+                tracing::warn!(%image, %message, "pre-pull failed")
             }
         }
-        Ok(())
     }
 
     pub(crate) async fn run(
         &self,
         attempt: AttemptId,
         spec: &TaskSpec,
+        gpus: &[String],
         cancel: CancellationToken,
         started: impl FnOnce(),
     ) -> Execution {
-        let start_failed = Execution::start_failed;
-        if let Err(message) = self.ensure_image(&spec.image).await {
-            return start_failed(message);
-        }
         let name = format!("rgrid-{}-{}", attempt.task, attempt.attempt);
-        // A leftover of the same attempt (a node restart) would make the create fail.
-        let _ = self.remove(&name).await;
-        let id = match self.create(&name, attempt, spec).await {
+        let id = match self.create(&name, attempt, spec, gpus, &cancel).await {
             Ok(id) => id,
-            Err(err) => {
-                return start_failed(format!(
-                    "cannot create the container: {}",
-                    docker_message(&err)
-                ))
-            }
+            Err(not_run) => return not_run.into(),
         };
-        if let Err(err) = self.docker.start_container::<String>(&id, None).await {
-            let _ = self.remove(&id).await;
-            return start_failed(format!(
-                "cannot start the container: {}",
-                docker_message(&err)
-            ));
+        let execution = self.run_container(&id, spec, cancel, started).await;
+        let docker = self.docker.clone();
+        self.cleanup.spawn(async move {
+            if let Err(err) = step("remove", remove(&docker, &id)).await {
+                tracing::warn!(container = %id, error = %docker_message(&err), "could not remove the container");
+            }
+        });
+        execution
+    }
+
+    /// Creates the container (pulling its image as the policy says); returns its id.
+    async fn create(
+        &self,
+        name: &str,
+        attempt: AttemptId,
+        spec: &TaskSpec,
+        gpus: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<String, NotRun> {
+        // Refused before anything is pulled.
+        create_options(&self.policy, attempt, spec, &spec.image, gpus).map_err(NotRun::Task)?;
+        let mut replaced = false;
+        let mut repulled = false;
+        loop {
+            let image = self.images.ensure(&spec.image, cancel).await?;
+            let config =
+                create_options(&self.policy, attempt, spec, &image, gpus).map_err(NotRun::Task)?;
+            let options = CreateContainerOptions {
+                name,
+                platform: None,
+            };
+            match step(
+                "create",
+                self.docker.create_container(Some(options), config),
+            )
+            .await
+            {
+                Ok(created) => return Ok(created.id),
+                // A container of this attempt left by an earlier run of the node.
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) if !replaced => {
+                    replaced = true;
+                    let _ = step("remove", self.remove(name)).await;
+                }
+                // The image went away since it was checked.
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) if !repulled => {
+                    repulled = true;
+                    self.images.forget(&image);
+                }
+                Err(err) if engine_fault(&err) => {
+                    return Err(NotRun::Node(format!(
+                        "the Docker engine does not answer: {err}"
+                    )))
+                }
+                Err(err) => {
+                    return Err(NotRun::Task(format!(
+                        "cannot create the container: {}",
+                        docker_message(&err)
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn run_container(
+        &self,
+        id: &str,
+        spec: &TaskSpec,
+        cancel: CancellationToken,
+        started: impl FnOnce(),
+    ) -> Execution {
+        let options = AttachContainerOptions::<String> {
+            stdout: Some(true),
+            stderr: Some(true),
+            stream: Some(true),
+            ..Default::default()
+        };
+        let output = match step("attach", self.docker.attach_container(id, Some(options))).await {
+            Ok(attached) => attached.output,
+            Err(err) => return fault(&err, "cannot attach to the container").into(),
+        };
+        let output = output.filter_map(|chunk| async {
+            match chunk.ok()? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    Some((Channel::Stdout, message))
+                }
+                LogOutput::StdErr { message } => Some((Channel::Stderr, message)),
+                LogOutput::StdIn { .. } => None,
+            }
+        });
+        let capture = Capture::spawn(Box::pin(output), self.max_output_bytes);
+        if let Err(err) = step("start", self.docker.start_container::<String>(id, None)).await {
+            return fault(&err, "cannot start the container").into();
         }
         started();
         let timeout = spec.timeout_ms.map(Duration::from_millis);
-        let ended = tokio::select! {
-            code = self.wait(&id) => Ended::Exited(code),
-            _ = sleep_or_forever(timeout) => Ended::TimedOut,
-            _ = cancel.cancelled() => Ended::Killed,
-        };
+        let ended = watch(self.wait(id), timeout, &cancel).await;
         if !matches!(ended, Ended::Exited(_)) {
-            let _ = self
-                .docker
-                .kill_container(&id, Some(KillContainerOptions { signal: "SIGKILL" }))
-                .await;
-            let _ = self.wait(&id).await;
+            self.stop(id).await;
         }
-        let oom = self
-            .docker
-            .inspect_container(&id, None)
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.oom_killed)
-            .unwrap_or(false);
-        let (stdout, stderr) = self.logs(&id).await;
-        if let Err(err) = self.remove(&id).await {
-            tracing::warn!(container = %id, error = %docker_message(&err), "could not remove the container");
-        }
+        let (stdout, stderr) = capture.finish(OUTPUT_GRACE).await;
         let exit = match ended {
             Ended::TimedOut => ExitStatus::TimedOut,
             Ended::Killed => ExitStatus::Killed,
-            Ended::Exited(_) if oom => ExitStatus::OutOfMemory,
-            Ended::Exited(Ok(code)) => ExitStatus::Exited(code),
-            Ended::Exited(Err(message)) => ExitStatus::StartFailed(message),
+            Ended::Exited(Ok(0)) => ExitStatus::Exited(0),
+            Ended::Exited(Ok(code)) => {
+                if self.oom_killed(id).await {
+                    ExitStatus::OutOfMemory
+                } else {
+                    ExitStatus::Exited(code)
+                }
+            }
+            Ended::Exited(Err(err)) if engine_fault(&err) => ExitStatus::HandedBack(format!(
+                "the Docker engine stopped answering while the task ran: {err}"
+            )),
+            Ended::Exited(Err(err)) => ExitStatus::StartFailed(format!(
+                "waiting for the container failed: {}",
+                docker_message(&err)
+            )),
         };
         Execution {
             exit,
@@ -183,119 +274,105 @@ impl DockerExecutor {
         }
     }
 
-    async fn create(
-        &self,
-        name: &str,
-        attempt: AttemptId,
-        spec: &TaskSpec,
-    ) -> Result<String, DockerError> {
-        let memory = i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX);
-        let nano_cpus =
-            i64::try_from(spec.resources.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
-        let network = match spec.network {
-            NetworkMode::None => "none",
-            NetworkMode::Bridge => "bridge",
-            NetworkMode::Host => "host",
+    /// SIGTERM, `kill_grace` to exit, then SIGKILL.
+    async fn stop(&self, id: &str) {
+        let kill = |signal| {
+            step(
+                "kill",
+                self.docker
+                    .kill_container(id, Some(KillContainerOptions { signal })),
+            )
         };
-        let labels = HashMap::from([
-            (MANAGED_LABEL.to_owned(), "true".to_owned()),
-            (NODE_LABEL.to_owned(), self.node.clone()),
-            ("rgrid.task".to_owned(), attempt.task.to_string()),
-            ("rgrid.attempt".to_owned(), attempt.attempt.to_string()),
-        ]);
-        let config = Config {
-            image: Some(spec.image.clone()),
-            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: Some(
-                spec.env
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .chain([
-                        format!("RGRID_TASK_ID={}", attempt.task),
-                        format!("RGRID_ATTEMPT={}", attempt.attempt),
-                    ])
-                    .collect(),
-            ),
-            working_dir: spec.workdir.clone(),
-            labels: Some(labels),
-            host_config: Some(HostConfig {
-                nano_cpus: Some(nano_cpus),
-                memory: Some(memory),
-                // Equal to memory: no swap, so exceeding the limit is an OOM kill.
-                memory_swap: Some(memory),
-                pids_limit: Some(4096),
-                network_mode: Some(network.to_owned()),
-                cap_drop: Some(vec!["ALL".to_owned()]),
-                security_opt: Some(vec!["no-new-privileges".to_owned()]),
-                ..Default::default()
+        let _ = kill("SIGTERM").await;
+        if tokio::time::timeout(self.kill_grace, self.wait(id))
+            .await
+            .is_err()
+        {
+            let _ = kill("SIGKILL").await;
+            let _ = self.wait(id).await;
+        }
+    }
+
+    /// The exit code once the container is not running. bollard reports a non-zero exit as an
+    /// error carrying the code.
+    async fn wait(&self, id: &str) -> Result<i64, DockerError> {
+        let options = WaitContainerOptions {
+            condition: "not-running",
+        };
+        let mut wait = self.docker.wait_container(id, Some(options));
+        let first = step("wait", async { wait.next().await.transpose() }).await;
+        match first {
+            Ok(Some(response)) => Ok(response.status_code),
+            Err(DockerError::DockerContainerWaitError { code, .. }) => Ok(code),
+            Err(err) => Err(err),
+            Ok(None) => Err(DockerError::DockerStreamError {
+                error: "the engine closed the wait stream".to_owned(),
             }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptions {
-            name,
-            platform: None,
-        };
-        Ok(self
-            .docker
-            .create_container(Some(options), config)
-            .await?
-            .id)
-    }
-
-    /// The exit code. bollard reports a non-zero exit as an error carrying the code.
-    async fn wait(&self, id: &str) -> Result<i64, String> {
-        let mut wait = self
-            .docker
-            .wait_container(id, None::<WaitContainerOptions<String>>);
-        match wait.next().await {
-            Some(Ok(response)) => Ok(response.status_code),
-            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(err)) => Err(format!(
-                "waiting for the container failed: {}",
-                docker_message(&err)
-            )),
-            None => Err("the engine closed the wait stream".to_owned()),
         }
     }
 
-    async fn logs(&self, id: &str) -> (Vec<u8>, Vec<u8>) {
-        let options = LogsOptions::<String> {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        };
-        let mut logs = self.docker.logs(id, Some(options));
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let max = self.max_output_bytes;
-        while let Some(Ok(chunk)) = logs.next().await {
-            match chunk {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    append_capped(&mut stdout, &message, max)
-                }
-                LogOutput::StdErr { message } => append_capped(&mut stderr, &message, max),
-                LogOutput::StdIn { .. } => {}
-            }
-        }
-        (stdout, stderr)
+    async fn oom_killed(&self, id: &str) -> bool {
+        step("inspect", self.docker.inspect_container(id, None))
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
     }
 
     async fn remove(&self, id: &str) -> Result<(), DockerError> {
-        let options = RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        self.docker.remove_container(id, Some(options)).await
+        remove(&self.docker, id).await
     }
 }
 
-enum Ended {
-    Exited(Result<i64, String>),
-    TimedOut,
-    Killed,
+async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {
+    let options = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    docker.remove_container(id, Some(options)).await
+}
+
+/// One engine call: a tracing span and a latency sample, by call.
+pub(crate) async fn step<T>(
+    call: &'static str,
+    request: impl Future<Output = Result<T, DockerError>>,
+) -> Result<T, DockerError> {
+    let started = Instant::now();
+    let result = request
+        .instrument(tracing::debug_span!("docker", call))
+        .await;
+    metrics::histogram!("rgrid_node_docker_call_seconds", "call" => call)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The engine did not answer (no socket, a dropped connection, a timeout), as opposed to
+/// answering with an error.
+pub(crate) fn engine_fault(err: &DockerError) -> bool {
+    matches!(
+        err,
+        DockerError::IOError { .. }
+            | DockerError::HyperResponseError { .. }
+            | DockerError::HyperLegacyError { .. }
+            | DockerError::HttpClientError { .. }
+            | DockerError::RequestTimeoutError
+            | DockerError::SocketNotFoundError(_)
+    )
+}
+
+/// An engine error before the workload ran: handed back when the engine does not answer, else
+/// the task's error.
+fn fault(err: &DockerError, what: &str) -> NotRun {
+    if engine_fault(err) {
+        NotRun::Node(format!("the Docker engine does not answer: {err}"))
+    } else {
+        NotRun::Task(format!("{what}: {}", docker_message(err)))
+    }
 }
 
 /// The engine's own message when there is one.
-fn docker_message(err: &DockerError) -> String {
+pub(crate) fn docker_message(err: &DockerError) -> String {
     match err {
         DockerError::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
