@@ -38,6 +38,15 @@ impl FakeError {
     }
 }
 
+impl From<FakeError> for ProviderError {
+    fn from(err: FakeError) -> Self {
+        ProviderError::Other {
+            kind: err.kind(),
+            message: err.to_string(),
+        }
+    }
+}
+
 /// Calls a [`FakeProvider`] received.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FakeCalls {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::AutoscalerConfig;
+use crate::provider::{FailureKind, ServerId};
 use std::time::UNIX_EPOCH;
 
 const GIB: u64 = 1 << 30;
@@ -31,7 +32,7 @@ fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
     }
 }
 
-fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
+fn node(id: u64, ty: &str, state: ServerState, created: SystemTime) -> ServerView {
     let config = cfg();
     let capacity = config
         .node_type(ty)
@@ -41,7 +42,7 @@ fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
         .node_type(ty)
         .map(|t| type_labels(&config, t))
         .unwrap_or_default();
-    NodeView {
+    ServerView {
         server: Some(ServerId(id)),
         name: format!("n{id}"),
         node_type: ty.into(),
@@ -56,14 +57,14 @@ fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
     }
 }
 
-fn busy(mut n: NodeView, running: u32, free_cpus: u64) -> NodeView {
+fn busy(mut n: ServerView, running: u32, free_cpus: u64) -> ServerView {
     n.running = running;
     n.idle_since = None;
     n.free = Resources::new(free_cpus * 1000, free_cpus * 2 * GIB);
     n
 }
 
-fn creates(d: &Decision) -> Vec<(&str, &str)> {
+fn creates(d: &Plan) -> Vec<(&str, &str)> {
     d.actions
         .iter()
         .filter_map(|a| match a {
@@ -112,9 +113,9 @@ fn large_and_small_tasks_share_nodes() {
 fn free_capacity_and_provisioning_nodes_absorb_demand_first() {
     let snap = Snapshot {
         demand: vec![demand(1, 1, 6, t(0))],
-        nodes: vec![
-            busy(node(1, "cx33", NodeState::Ready, t(0)), 2, 2),
-            node(2, "cx33", NodeState::Provisioning, t(0)),
+        servers: vec![
+            busy(node(1, "cx33", ServerState::Ready, t(0)), 2, 2),
+            node(2, "cx33", ServerState::Provisioning, t(0)),
         ],
         ..Snapshot::default()
     };
@@ -147,12 +148,12 @@ fn never_provisions_for_unschedulable_tasks() {
     ));
 
     // A static node big enough makes it a matter of waiting, not unschedulable.
-    let mut big = busy(node(9, "cx53", NodeState::Ready, t(0)), 1, 0);
+    let mut big = busy(node(9, "cx53", ServerState::Ready, t(0)), 1, 0);
     big.server = None;
     big.capacity = Resources::new(128_000, 512 * GIB);
     let snap = Snapshot {
         demand: vec![demand(64, 1, 1, t(0))],
-        nodes: vec![big],
+        servers: vec![big],
         ..Snapshot::default()
     };
     let d = decide(&config, &snap, t(30));
@@ -185,9 +186,9 @@ fn creation_is_bounded_by_max_nodes_per_type_and_concurrent_provisioning() {
     config.max_nodes = 3;
     let snap = Snapshot {
         demand: vec![demand(1, 2, 100, t(0))],
-        nodes: vec![
-            busy(node(1, "cx23", NodeState::Ready, t(0)), 2, 0),
-            busy(node(2, "cx23", NodeState::Draining, t(0)), 2, 0),
+        servers: vec![
+            busy(node(1, "cx23", ServerState::Ready, t(0)), 2, 0),
+            busy(node(2, "cx23", ServerState::Draining, t(0)), 2, 0),
         ],
         ..Snapshot::default()
     };
@@ -368,10 +369,10 @@ fn scale_up_waits_for_scale_up_delay() {
 
 #[test]
 fn idle_nodes_drain_just_before_their_next_billed_hour() {
-    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    let mut n = node(1, "cx33", ServerState::Ready, t(0));
     n.idle_since = Some(t(600));
     let snap = Snapshot {
-        nodes: vec![n],
+        servers: vec![n],
         ..Snapshot::default()
     };
     // Minute 50: the hour is paid anyway; keep it, look again when the window opens.
@@ -396,9 +397,9 @@ fn idle_nodes_drain_just_before_their_next_billed_hour() {
 #[test]
 fn drained_nodes_are_deleted_once_empty() {
     let snap = Snapshot {
-        nodes: vec![
-            node(1, "cx33", NodeState::Draining, t(0)),
-            busy(node(2, "cx33", NodeState::Draining, t(0)), 1, 3),
+        servers: vec![
+            node(1, "cx33", ServerState::Draining, t(0)),
+            busy(node(2, "cx33", ServerState::Draining, t(0)), 1, 3),
         ],
         ..Snapshot::default()
     };
@@ -415,10 +416,10 @@ fn drained_nodes_are_deleted_once_empty() {
 
 #[test]
 fn min_idle_protects_nodes_that_just_finished() {
-    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    let mut n = node(1, "cx33", ServerState::Ready, t(0));
     n.idle_since = Some(t(3400));
     let snap = Snapshot {
-        nodes: vec![n],
+        servers: vec![n],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(3420));
@@ -432,9 +433,9 @@ fn min_nodes_are_kept() {
     let mut config = cfg();
     config.min_nodes = 1;
     let snap = Snapshot {
-        nodes: vec![
-            node(1, "cx33", NodeState::Ready, t(0)),
-            node(2, "cx33", NodeState::Ready, t(60)),
+        servers: vec![
+            node(1, "cx33", ServerState::Ready, t(0)),
+            node(2, "cx33", ServerState::Ready, t(60)),
         ],
         ..Snapshot::default()
     };
@@ -449,11 +450,11 @@ fn min_nodes_are_kept() {
 
 #[test]
 fn idle_node_is_kept_when_queued_work_fits_it() {
-    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    let mut n = node(1, "cx33", ServerState::Ready, t(0));
     n.idle_since = Some(t(600));
     let snap = Snapshot {
         demand: vec![demand(1, 1, 1, t(3400))],
-        nodes: vec![n],
+        servers: vec![n],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(3420));
@@ -463,10 +464,10 @@ fn idle_node_is_kept_when_queued_work_fits_it() {
 
 #[test]
 fn old_nodes_are_drained_and_replaced() {
-    let old = busy(node(1, "cx23", NodeState::Ready, t(0)), 2, 0);
+    let old = busy(node(1, "cx23", ServerState::Ready, t(0)), 2, 0);
     let snap = Snapshot {
         demand: vec![demand(1, 2, 2, t(0))],
-        nodes: vec![old],
+        servers: vec![old],
         ..Snapshot::default()
     };
     let now = t(25 * 3600);
@@ -496,7 +497,7 @@ fn old_nodes_are_drained_and_replaced() {
 fn failed_nodes_are_deleted_and_replaced() {
     let snap = Snapshot {
         demand: vec![demand(2, 4, 1, t(0))],
-        nodes: vec![busy(node(1, "cx23", NodeState::Failed, t(0)), 1, 0)],
+        servers: vec![busy(node(1, "cx23", ServerState::Failed, t(0)), 1, 0)],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(100));
@@ -518,10 +519,10 @@ fn failed_nodes_are_deleted_and_replaced() {
 
 #[test]
 fn servers_that_never_join_are_deleted() {
-    let mut unmanaged = node(2, "cx23", NodeState::Failed, t(0));
+    let mut unmanaged = node(2, "cx23", ServerState::Failed, t(0));
     unmanaged.server = None;
     let snap = Snapshot {
-        nodes: vec![node(1, "cx23", NodeState::Provisioning, t(0)), unmanaged],
+        servers: vec![node(1, "cx23", ServerState::Provisioning, t(0)), unmanaged],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(300));
@@ -555,9 +556,9 @@ fn wait_messages_read_well() {
 fn decisions_are_deterministic() {
     let snap = Snapshot {
         demand: vec![demand(1, 2, 37, t(0)), demand(3, 6, 5, t(5))],
-        nodes: vec![
-            busy(node(1, "cx33", NodeState::Ready, t(0)), 2, 1),
-            node(2, "cx43", NodeState::Provisioning, t(100)),
+        servers: vec![
+            busy(node(1, "cx33", ServerState::Ready, t(0)), 2, 1),
+            node(2, "cx43", ServerState::Provisioning, t(100)),
         ],
         ..Snapshot::default()
     };
@@ -574,7 +575,7 @@ fn new_nodes_grow_with_the_cluster() {
     // 12 cpus busy and one task queued: the next node is a big one, not a cx23.
     let snap = Snapshot {
         demand: vec![demand(1, 2, 1, t(0))],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 12, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 12, 0)],
         ..Snapshot::default()
     };
     assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx53", "fsn1")]);
@@ -592,7 +593,7 @@ fn known_runtimes_let_running_nodes_and_the_drain_target_absorb_queues() {
     queued.expected_runtime = Some(Duration::from_secs(600));
     let snap = Snapshot {
         demand: vec![queued],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
         ..Snapshot::default()
     };
     // 16 running 10-minute tasks free a slot every 37.5 s: within max_queue_wait (5 min) they
@@ -620,9 +621,9 @@ fn known_runtimes_let_running_nodes_and_the_drain_target_absorb_queues() {
 #[test]
 fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
     let snap = Snapshot {
-        nodes: vec![
-            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
-            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        servers: vec![
+            busy(node(1, "cx53", ServerState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", ServerState::Ready, t(0)), 4, 12),
         ],
         ..Snapshot::default()
     };
@@ -638,7 +639,7 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
     );
     // Not when the rest could not carry the load.
     let mut heavy = snap.clone();
-    heavy.nodes[0] = busy(node(1, "cx53", NodeState::Ready, t(1200)), 14, 2);
+    heavy.servers[0] = busy(node(1, "cx53", ServerState::Ready, t(1200)), 14, 2);
     assert!(decide(&cfg(), &heavy, t(3000)).actions.is_empty());
     // Not when tasks wait for capacity.
     let mut waiting = heavy.clone();
@@ -656,9 +657,9 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
 #[test]
 fn surplus_drains_leave_room_for_what_arrivals_keep_busy() {
     let mut snap = Snapshot {
-        nodes: vec![
-            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
-            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        servers: vec![
+            busy(node(1, "cx53", ServerState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", ServerState::Ready, t(0)), 4, 12),
         ],
         ..Snapshot::default()
     };
@@ -680,9 +681,9 @@ fn surplus_drains_leave_room_for_what_arrivals_keep_busy() {
 #[test]
 fn surplus_nodes_are_drained_only_if_they_empty_before_their_next_hour() {
     let mut snap = Snapshot {
-        nodes: vec![
-            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
-            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        servers: vec![
+            busy(node(1, "cx53", ServerState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", ServerState::Ready, t(0)), 4, 12),
         ],
         ..Snapshot::default()
     };
@@ -696,15 +697,15 @@ fn surplus_nodes_are_drained_only_if_they_empty_before_their_next_hour() {
         (n, d.next_wakeup)
     };
     // Node 2's next hour starts at t(3600): its attempts end in time, with a minute to delete.
-    snap.nodes[1].busy_until = Some(t(3540));
+    snap.servers[1].busy_until = Some(t(3540));
     assert_eq!(drains(&snap).0, 1);
     // They run past it: it pays that hour anyway, so it keeps working.
-    snap.nodes[1].busy_until = Some(t(3541));
+    snap.servers[1].busy_until = Some(t(3541));
     assert_eq!(drains(&snap).0, 0);
     // Alone, the next look is in its next hour's window.
-    snap.nodes.remove(0);
-    snap.nodes[0].free = Resources::new(16_000, 32 * GIB);
-    snap.nodes[0].running = 1;
+    snap.servers.remove(0);
+    snap.servers[0].free = Resources::new(16_000, 32 * GIB);
+    snap.servers[0].running = 1;
     assert_eq!(drains(&snap), (0, Some(t(3600 + 2700))));
 }
 
@@ -716,7 +717,7 @@ fn known_arrival_rates_count_busy_nodes_for_the_whole_drain_target() {
     queued.arrival_rate = Some(0.0);
     let mut snap = Snapshot {
         demand: vec![queued],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
         ..Snapshot::default()
     };
     // Nothing else arrives (a burst): the 16 slots finish the 30 within 45 min; no new node.
@@ -755,7 +756,7 @@ fn running_times_bound_an_unknown_runtime_from_below() {
     queued.running_for = Some(Duration::from_secs(300));
     let mut snap = Snapshot {
         demand: vec![queued],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
         ..Snapshot::default()
     };
     // When the running ones free up is unknown, so they count for nothing; the queue needs

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rgrid_core::Resources;
 
 use crate::config::{AutoscalerConfig, NodeTypeConfig};
-use crate::policy::{self, Action, Demand, NodeState, NodeView, ProvisionFailure, Snapshot};
+use crate::policy::{self, Action, Demand, ProvisionFailure, ServerState, ServerView, Snapshot};
 use crate::provider::{FailureKind, ServerId};
 
 use super::model::{CreateOutcome, HetznerModel};
@@ -605,14 +605,14 @@ impl Sim<'_> {
             .filter(|(_, n)| n.state != State::Deleted)
             .map(|(i, n)| {
                 let ty = &self.types[n.ty];
-                NodeView {
+                ServerView {
                     server: Some(ServerId(i as u64)),
                     name: format!("node-{i}"),
                     node_type: ty.name.clone(),
                     state: match n.state {
-                        State::Booting => NodeState::Provisioning,
-                        State::Ready => NodeState::Ready,
-                        _ => NodeState::Draining,
+                        State::Booting => ServerState::Provisioning,
+                        State::Ready => ServerState::Ready,
+                        _ => ServerState::Draining,
                     },
                     created: epoch() + n.created,
                     labels: policy::type_labels(config, ty),
@@ -626,7 +626,7 @@ impl Sim<'_> {
             .collect();
         let snapshot = Snapshot {
             demand,
-            nodes,
+            servers: nodes,
             failures: self.failures.clone(),
             arrival_load: Some(self.arrival_load()),
         };
