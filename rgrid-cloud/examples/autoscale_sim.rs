@@ -4,7 +4,7 @@
 //! `cargo run --release -p rgrid-cloud --example autoscale_sim [SEED]`.
 
 use anyhow::Context;
-use rgrid_cloud::sim::{compare, comparison_table, SimOptions, SimPolicy, Trace};
+use rgrid_cloud::sim::{compare, comparison_table, trace, SimOptions, SimPolicy, Trace};
 use rgrid_cloud::AutoscalerConfig;
 
 fn main() -> anyhow::Result<()> {
@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
     };
     let config = AutoscalerConfig {
         enabled: true,
+        node_types: trace::node_types(),
         ..AutoscalerConfig::default()
     };
     config.validate().context("autoscaler config")?;

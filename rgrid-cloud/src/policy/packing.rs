@@ -209,9 +209,15 @@ pub(super) fn candidates<'a>(
         })
         .collect();
     // Types below the growth step are skipped, unless that leaves none: then the largest.
-    let largest = all.iter().map(|c| c.capacity.cpu_millis).max().unwrap_or(0);
+    // The step is about cpus, so it never skips (nor forces) a type with GPUs: those are
+    // chosen by price for the tasks that need them.
+    let has_gpus = |c: &Candidate<'_>| c.capacity.gpus > 0;
+    let largest = (all.iter().filter(|c| !has_gpus(c)))
+        .map(|c| c.capacity.cpu_millis)
+        .max()
+        .unwrap_or(0);
     let floor = min_cpu.min(largest);
     all.into_iter()
-        .filter(|c| c.capacity.cpu_millis >= floor)
+        .filter(|c| has_gpus(c) || c.capacity.cpu_millis >= floor)
         .collect()
 }

@@ -585,6 +585,20 @@ fn new_nodes_grow_with_the_cluster() {
         ..Snapshot::default()
     };
     assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx23", "fsn1")]);
+
+    // A bigger type with a GPU is no growth step for cpu work.
+    let mut gpu = config.node_types[3].clone();
+    gpu.name = "gex130".into();
+    gpu.cpus = 24;
+    gpu.gpus = 1;
+    gpu.hourly_price = 1.15;
+    config.node_types.push(gpu);
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 1, t(0))],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
+        ..Snapshot::default()
+    };
+    assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx53", "fsn1")]);
 }
 
 #[test]
