@@ -66,6 +66,7 @@ fn provisioning(config: &AutoscalerConfig, servers: &[CloudServer]) -> Vec<Serve
                 running: 0,
                 idle_since: None,
                 busy_until: None,
+                suspect_since: None,
             }
         })
         .collect()
@@ -118,7 +119,7 @@ async fn demand_becomes_servers_and_servers_that_never_join_go_away() -> anyhow:
         demand,
         servers: provisioning(&config, &servers),
         failures: snapshot.failures,
-        arrival_load: None,
+        streams: Vec::new(),
     };
     let d = policy::decide(&config, &snapshot, t0 + Duration::from_secs(30));
     assert!(d.actions.is_empty(), "{:?}", d.actions);

@@ -230,7 +230,7 @@ impl Autoscaler {
             demand,
             servers,
             failures: self.failures.clone(),
-            arrival_load: Some(view.arrival_load),
+            streams: view.streams.clone(),
         };
         (snapshot, shapes)
     }
@@ -464,6 +464,7 @@ fn unjoined(
         running: 0,
         idle_since: None,
         busy_until: None,
+        suspect_since: None,
     }
 }
 
@@ -483,10 +484,9 @@ fn from_node(node: &NodeSummary, created: SystemTime) -> ServerView {
             node.running,
             node.idle_since,
         ),
-        // Out of touch: no room to count on, and not idle enough to drain.
-        cluster::NodeState::Suspect => {
-            (ServerState::Ready, Resources::default(), node.running, None)
-        }
+        // Out of touch: its room counts while the blip is short (`suspect_since` tells the
+        // policy), and it is not idle enough to drain.
+        cluster::NodeState::Suspect => (ServerState::Ready, node.free.clone(), node.running, None),
         cluster::NodeState::Draining => (
             ServerState::Draining,
             Resources::default(),
@@ -509,6 +509,7 @@ fn from_node(node: &NodeSummary, created: SystemTime) -> ServerView {
         running,
         idle_since,
         busy_until: node.busy_until,
+        suspect_since: node.suspect_since,
     }
 }
 

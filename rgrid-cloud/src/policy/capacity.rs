@@ -86,14 +86,25 @@ pub(super) fn absorb(cx: &mut Ctx<'_>) -> Queue {
     let mut bins: Vec<Bin> = Vec::new();
     let mut bin_server: Vec<usize> = Vec::new();
     for (i, node) in snapshot.servers.iter().enumerate() {
-        if cx.ready(i, node) {
-            bins.push(Bin {
-                labels: node.labels.clone(),
-                free: node.free.clone(),
-                wait: Wait::Placing,
-            });
-            bin_server.push(i);
+        if !cx.ready(i, node) {
+            continue;
         }
+        // A node out of touch keeps its room for `scale_up_delay`: a blip buys no node.
+        let back_by = node.suspect_since.map(|t| t + config.scale_up_delay);
+        let free = match back_by {
+            Some(at) if at <= cx.now => Resources::default(),
+            Some(at) => {
+                cx.wake.at(at);
+                node.free.clone()
+            }
+            None => node.free.clone(),
+        };
+        bins.push(Bin {
+            labels: node.labels.clone(),
+            free,
+            wait: Wait::Placing,
+        });
+        bin_server.push(i);
     }
     let ready_bins = bins.len();
     let mut provisioning: Vec<(Duration, usize)> = (snapshot.servers.iter().enumerate())

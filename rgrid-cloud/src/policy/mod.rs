@@ -20,21 +20,28 @@
 //!   `max_concurrent_provisioning`. A (type, location) that reported `resource_unavailable` is
 //!   skipped for `unavailable_cooldown` — the next location, then another type, is used — and a
 //!   quota error pauses creation for as long.
+//! - **Reserve**: with known streams of arrivals ([`Snapshot::streams`]), the cluster keeps
+//!   their load plus `reserve` standard deviations of it, buying the shortfall before a queue
+//!   forms, so that most tasks start without waiting for a boot.
 //! - **Scale down**: Hetzner bills every started hour until deletion, so an idle node costs
 //!   nothing more until its next hour starts. Idle nodes are drained when that start is within
-//!   `scale_down_window` (and deleted once drained), keeping `min_nodes`. A busy node whose
-//!   next hour starts within `drain_ahead` is drained when the rest of the cluster carries the
-//!   load plus `headroom` and its attempts are expected to end before that hour. The load is
-//!   the busy and queued cpu, but at least what the arrivals keep busy when that is known —
-//!   the capacity scale-up would buy back for them.
+//!   `scale_down_window` (and deleted once drained), keeping `min_nodes` and the reserve. A
+//!   busy node whose next hour starts within `drain_ahead` is drained when the rest of the
+//!   cluster carries the load plus `headroom` (and the reserve) and its attempts are expected
+//!   to end before that hour — from a high quantile of its shapes' runtimes, so long tasks are
+//!   not cut off. The load is the busy and queued cpu, but at least what the arrivals keep
+//!   busy when that is known — the capacity scale-up would buy back for them. When the rest
+//!   cannot carry the load but would with a cheaper type in its place, the node is drained
+//!   and that type created (a lone large node at night becomes a small one).
 //! - **Replace**: failed nodes are deleted (demand then creates replacements), nodes older than
 //!   `max_lifetime` are drained, servers that never joined within `join_timeout` are deleted.
-
 //!
 //! [`decide`] runs the phases in that order, one module each: [`replace`] (servers leaving
 //! now), [`capacity`] (what existing and provisioning servers absorb), [`scale_up`] (new
-//! servers for the rest), [`scale_down`] (idle and surplus drains) and [`waits`] (why each
-//! queued task waits); [`packing`] holds the bin packing scale-up prices node types with.
+//! servers for the rest), [`reserve`] (spare capacity for arrivals), [`scale_down`] (idle and
+//! surplus drains, replacing a node by a cheaper one) and [`waits`] (why each queued task
+//! waits); [`packing`] holds the bin packing scale-up prices node types with, [`estimate`]
+//! the estimates the head fills the snapshot with.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -45,35 +52,24 @@ use rgrid_core::Resources;
 use crate::config::{AutoscalerConfig, NodeTypeConfig, NODE_TYPE_LABEL};
 
 mod capacity;
+mod estimate;
 mod packing;
 mod plan;
 mod replace;
+mod reserve;
 mod scale_down;
 mod scale_up;
 mod snapshot;
 mod waits;
 
+pub use estimate::{
+    sustained_rate, RuntimeStats, BUSY_QUANTILE, RATE_BLOCK, RATE_BLOCKS, RUNTIME_SAMPLES,
+};
 pub use plan::{Action, Limit, Plan, Reason, Wait};
-pub use snapshot::{Demand, ProvisionFailure, ServerState, ServerView, Snapshot};
+pub use snapshot::{Demand, ProvisionFailure, ServerState, ServerView, Snapshot, Stream};
 
 /// Hetzner's billing period: every started hour is paid.
 pub const BILLING_PERIOD: Duration = Duration::from_secs(3600);
-
-/// The arrival rate is measured over this many blocks of [`RATE_BLOCK`] (the last hour).
-pub const RATE_BLOCKS: usize = 6;
-
-/// One block of the arrival-rate window.
-pub const RATE_BLOCK: Duration = Duration::from_secs(600);
-
-/// The sustained arrival rate, per second, from the number of tasks submitted in each block of
-/// the last hour: the median block. A one-off burst lands in one or two blocks and leaves the
-/// median alone — it is queued demand, sized by `drain_target`, not a rate to keep up with —
-/// while a steady or slowly changing stream moves it as the mean would.
-pub fn sustained_rate(mut blocks: [u32; RATE_BLOCKS]) -> f64 {
-    blocks.sort_unstable();
-    let median = f64::from(blocks[RATE_BLOCKS / 2 - 1] + blocks[RATE_BLOCKS / 2]) / 2.0;
-    median / RATE_BLOCK.as_secs_f64()
-}
 
 /// A node must be empty this long before its next billed hour starts, for its delete to land
 /// in time.
@@ -108,6 +104,7 @@ pub fn decide(config: &AutoscalerConfig, snapshot: &Snapshot, now: SystemTime) -
     replace::retire(&mut cx);
     let mut queue = capacity::absorb(&mut cx);
     scale_up::create(&mut cx, &mut queue);
+    reserve::keep(&mut cx, &queue);
     scale_down::drain(&mut cx, &queue);
     let waits = waits::per_demand(&cx, &queue);
     Plan {
@@ -211,6 +208,33 @@ impl Ctx<'_> {
     /// How long until the next billed hour of server `s` starts.
     fn to_next_hour(&self, s: &ServerView) -> Duration {
         to_next_hour(since(self.now, s.created))
+    }
+
+    /// The cpu that serves after this decision: ready and provisioning servers that stay
+    /// (nodes joined by hand too), and the servers it creates.
+    fn capacity_after(&self) -> u64 {
+        let staying: u64 = (self.snapshot.servers.iter().enumerate())
+            .filter(|(i, s)| {
+                !self.leaving.contains(i)
+                    && matches!(s.state, ServerState::Ready | ServerState::Provisioning)
+            })
+            .map(|(_, s)| s.capacity.cpu_millis)
+            .sum();
+        let created: u64 = (self.actions.iter())
+            .filter_map(|a| match a {
+                Action::Create { node_type, .. } => self.config.node_type(node_type),
+                _ => None,
+            })
+            .map(|t| t.capacity().cpu_millis)
+            .sum();
+        staying + created
+    }
+
+    /// The cpu the cluster keeps for the streams of arrivals: their load plus `reserve` times
+    /// its spread; 0 without streams.
+    fn reserve(&self) -> u64 {
+        let (load, spread) = self.snapshot.arrival_load();
+        load + (spread as f64 * self.config.reserve.max(0.0)) as u64
     }
 }
 

@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::capacity::Queue;
+use super::scale_up;
 use super::{Action, Ctx, Reason, ServerState, ServerView, BILLING_PERIOD, DELETE_MARGIN};
+use crate::config::NodeTypeConfig;
 
 /// Adds the idle and surplus drains to the plan.
 pub(super) fn drain(cx: &mut Ctx<'_>, queue: &Queue) {
@@ -24,15 +26,19 @@ pub(super) fn drain(cx: &mut Ctx<'_>, queue: &Queue) {
     }
 }
 
-/// Whether scale-down may touch the server of bin `b`: managed, ready, and no queued work is
-/// about to land on it.
+/// Whether scale-down may touch the server of bin `b`: managed, ready, in touch, and no
+/// queued work is about to land on it.
 fn drainable(queue: &Queue, b: usize, node: &ServerView) -> bool {
-    node.server.is_some() && node.state == ServerState::Ready && !queue.used_bin[b]
+    node.server.is_some()
+        && node.state == ServerState::Ready
+        && node.suspect_since.is_none()
+        && !queue.used_bin[b]
 }
 
 /// Idle nodes just before their next billed hour; returns the servers drained.
 fn idle(cx: &mut Ctx<'_>, queue: &Queue, alive: &mut u32) -> BTreeSet<usize> {
     let (config, now) = (cx.config, cx.now);
+    // (time to its next hour, server) of the idle ones in their window.
     let mut idle: Vec<(Duration, usize)> = Vec::new();
     for (b, &i) in queue.bin_server.iter().enumerate() {
         let node = &cx.snapshot.servers[i];
@@ -61,11 +67,21 @@ fn idle(cx: &mut Ctx<'_>, queue: &Queue, alive: &mut u32) -> BTreeSet<usize> {
     }
     idle.sort();
     let mut drained = BTreeSet::new();
-    for (_, i) in idle {
+    let reserve = cx.reserve();
+    let mut capacity = cx.capacity_after();
+    for (to_boundary, i) in idle {
         if *alive <= config.min_nodes {
             break;
         }
         let node = &cx.snapshot.servers[i];
+        // An idle node is the reserve's until the rest covers it: look again in its next
+        // hour's window.
+        if capacity.saturating_sub(node.capacity.cpu_millis) < reserve {
+            cx.wake
+                .at(now + to_boundary + BILLING_PERIOD - config.scale_down_window);
+            continue;
+        }
+        capacity = capacity.saturating_sub(node.capacity.cpu_millis);
         if let Some(server) = node.server {
             cx.actions.push(Action::Drain {
                 server,
@@ -91,8 +107,8 @@ fn surplus(cx: &mut Ctx<'_>, queue: &Queue, draining: &BTreeSet<usize>, mut aliv
             load += n.capacity.cpu_millis.saturating_sub(n.free.cpu_millis);
         }
     }
-    let load = load.max(cx.snapshot.arrival_load.unwrap_or(0));
-    let needed = (load as f64 * (1.0 + config.headroom.max(0.0))) as u64;
+    let load = load.max(cx.snapshot.arrival_load().0);
+    let needed = ((load as f64 * (1.0 + config.headroom.max(0.0))) as u64).max(cx.reserve());
     // Dearest per core first, then the one running least.
     let mut surplus: Vec<(Reverse<u64>, u32, usize)> = Vec::new();
     for (b, &i) in queue.bin_server.iter().enumerate() {
@@ -118,10 +134,12 @@ fn surplus(cx: &mut Ctx<'_>, queue: &Queue, draining: &BTreeSet<usize>, mut aliv
         }
     }
     surplus.sort();
+    let mut kept = Vec::new();
     for (_, _, i) in surplus {
         let node = &cx.snapshot.servers[i];
         let rest = capacity.saturating_sub(node.capacity.cpu_millis);
         if alive <= config.min_nodes || rest < needed {
+            kept.push(i);
             continue;
         }
         if let Some(server) = node.server {
@@ -133,5 +151,74 @@ fn surplus(cx: &mut Ctx<'_>, queue: &Queue, draining: &BTreeSet<usize>, mut aliv
             capacity = rest;
             alive -= 1;
         }
+    }
+    downsize(cx, &kept, capacity, needed);
+}
+
+/// Replaces one of the `kept` servers (busy, in their drain window, expected to empty before
+/// their next hour, but needed) by a cheaper type that, with the rest of the cluster, carries
+/// the `needed` cpu: the old one is drained now (so it takes no work that would run past its
+/// hour while the new one boots) and the new one created. `ready` is the cpu of the ready
+/// servers that stay. The new type has the old one's labels, no GPUs, and room for what runs
+/// on the old one now (a lone cx53 running two tasks at night becomes a cx33).
+fn downsize(cx: &mut Ctx<'_>, kept: &[usize], ready: u64, needed: u64) {
+    let config = cx.config;
+    let servers = &cx.snapshot.servers;
+    let provisioning: u64 = (servers.iter().enumerate())
+        .filter(|(i, s)| cx.serving(*i, s) && s.state == ServerState::Provisioning)
+        .map(|(_, s)| s.capacity.cpu_millis)
+        .sum();
+    let allowance = scale_up::allowance(cx);
+    if allowance.paused.is_some() {
+        return;
+    }
+    // The biggest saving.
+    let mut best: Option<(f64, usize, &NodeTypeConfig, String)> = None;
+    for &i in kept {
+        let old = &servers[i];
+        let Some(old_type) = config.node_type(&old.node_type) else {
+            continue;
+        };
+        let rest = (ready + provisioning).saturating_sub(old.capacity.cpu_millis);
+        if old_type.gpus > 0 || rest >= needed {
+            // With what is provisioning, it is drained as surplus once that has joined.
+            continue;
+        }
+        let in_use = old.capacity.checked_sub(&old.free).unwrap_or_default();
+        let candidates = (config.node_types.iter()).filter(|t| {
+            t.gpus == 0
+                && t.hourly_price < old_type.hourly_price
+                && t.labels == old_type.labels
+                && rest + t.capacity().cpu_millis >= needed
+                && t.capacity().fits(&in_use)
+                && allowance.caps.allows(t)
+        });
+        for t in candidates {
+            let location = (config.locations_for(t).iter()).find(|l| {
+                !allowance
+                    .sold_out
+                    .contains_key(&(t.name.as_str(), l.as_str()))
+            });
+            let saving = old_type.hourly_price - t.hourly_price;
+            if let Some(location) = location {
+                if best.as_ref().is_none_or(|(b, ..)| saving > *b) {
+                    best = Some((saving, i, t, location.clone()));
+                }
+            }
+        }
+    }
+    let Some((_, i, t, location)) = best else {
+        return;
+    };
+    if let Some(server) = servers[i].server {
+        cx.actions.push(Action::Drain {
+            server,
+            name: servers[i].name.clone(),
+            reason: Reason::Surplus,
+        });
+        cx.actions.push(Action::Create {
+            node_type: t.name.clone(),
+            location,
+        });
     }
 }

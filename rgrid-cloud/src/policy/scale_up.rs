@@ -17,33 +17,41 @@ use crate::config::{AutoscalerConfig, NodeTypeConfig};
 use crate::provider::FailureKind;
 
 /// Remaining creation allowance.
-struct Caps<'a> {
+pub(super) struct Caps<'a> {
     total: u32,
     provisioning: u32,
     per_type: BTreeMap<&'a str, u32>,
 }
 
 impl<'a> Caps<'a> {
-    fn allows(&self, t: &NodeTypeConfig) -> bool {
+    pub(super) fn allows(&self, t: &NodeTypeConfig) -> bool {
         self.total > 0
             && self.provisioning > 0
             && t.max_nodes
                 .is_none_or(|m| self.per_type.get(t.name.as_str()).copied().unwrap_or(0) < m)
     }
 
-    fn consume(&mut self, t: &'a NodeTypeConfig) {
+    pub(super) fn consume(&mut self, t: &'a NodeTypeConfig) {
         self.total -= 1;
         self.provisioning -= 1;
         *self.per_type.entry(t.name.as_str()).or_default() += 1;
     }
 }
 
-/// Adds the creates to the plan and settles every pending task's outcome.
-pub(super) fn create(cx: &mut Ctx<'_>, queue: &mut Queue) {
-    let (config, snapshot, now) = (cx.config, cx.snapshot, cx.now);
-    let mut caps = caps(cx);
+/// What creation may do now.
+pub(super) struct Allowance<'a> {
+    /// What it may still add.
+    pub(super) caps: Caps<'a>,
+    /// (type, location) pairs sold out recently, until when.
+    pub(super) sold_out: BTreeMap<(&'a str, &'a str), SystemTime>,
+    /// Creation pauses after a quota, rate-limit or other (non sold-out) error: until when,
+    /// and why.
+    pub(super) paused: Option<(SystemTime, FailureKind)>,
+}
 
-    // Creation pauses after a quota, rate-limit or other (non sold-out) error.
+/// What creation may do in this decision (and when a sold-out pair or a pause ends).
+pub(super) fn allowance<'a>(cx: &mut Ctx<'a>) -> Allowance<'a> {
+    let (config, snapshot, now) = (cx.config, cx.snapshot, cx.now);
     let paused = (snapshot.failures.iter())
         .filter_map(|f| match f.kind {
             FailureKind::Quota => Some((f.at + config.unavailable_cooldown, f.kind)),
@@ -52,7 +60,6 @@ pub(super) fn create(cx: &mut Ctx<'_>, queue: &mut Queue) {
         })
         .filter(|(until, _)| *until > now)
         .max_by_key(|(until, _)| *until);
-    // (type, location) pairs sold out recently.
     let mut sold_out: BTreeMap<(&str, &str), SystemTime> = BTreeMap::new();
     for f in &snapshot.failures {
         if f.kind == FailureKind::Unavailable {
@@ -65,6 +72,21 @@ pub(super) fn create(cx: &mut Ctx<'_>, queue: &mut Queue) {
             }
         }
     }
+    Allowance {
+        caps: caps(cx),
+        sold_out,
+        paused,
+    }
+}
+
+/// Adds the creates to the plan and settles every pending task's outcome.
+pub(super) fn create(cx: &mut Ctx<'_>, queue: &mut Queue) {
+    let (config, snapshot, now) = (cx.config, cx.snapshot, cx.now);
+    let Allowance {
+        mut caps,
+        sold_out,
+        paused,
+    } = allowance(cx);
     let sold_out_until = sold_out.values().min().copied();
 
     // Group pending, old-enough items by selector.

@@ -21,15 +21,15 @@ pub struct Demand {
     pub count: u32,
     /// When the oldest of them was queued.
     pub oldest: SystemTime,
-    /// How long one of them is expected to run, if the head knows (e.g. the mean runtime of
-    /// finished tasks of this shape). With it, capacity is sized to finish the queue within
+    /// How long one of them is expected to run, if the head knows: the mean runtime of
+    /// finished tasks of this shape ([`super::RuntimeStats::mean`]). With it, capacity is sized to finish the queue within
     /// `drain_target` instead of starting every task at once.
     pub expected_runtime: Option<Duration>,
     /// The sustained rate at which tasks of this shape are submitted, per second, if the head
-    /// knows: [`super::sustained_rate`] of the tasks submitted (queued or not, started or not) in each
-    /// ten-minute block of the last hour. With it and `expected_runtime`, the busy cpu of
-    /// running nodes counts as capacity for the whole `drain_target`, minus what the arrivals keep busy, instead of for
-    /// `max_queue_wait` only: a burst no longer buys a node per decision while its own nodes
+    /// knows: [`super::sustained_rate`] of the tasks submitted (queued or not, started or not)
+    /// in each ten-minute block of the last hour. With it and `expected_runtime`, the busy cpu
+    /// of running nodes counts as capacity for the whole `drain_target`, minus what the
+    /// arrivals keep busy, instead of for `max_queue_wait` only: a burst no longer buys a node per decision while its own nodes
     /// work through it. `None` keeps the rule without it.
     pub arrival_rate: Option<f64>,
     /// How long the attempts of this shape running now have been running, on average
@@ -77,10 +77,15 @@ pub struct ServerView {
     pub running: u32,
     /// Since when it has run nothing; `None` while busy.
     pub idle_since: Option<SystemTime>,
-    /// When the attempts running on it are expected to have ended — the latest of each
-    /// attempt's start plus the expected runtime of its shape — if the head knows a runtime for
-    /// every one of them; `None` otherwise. A busy node is drained ahead of its next billed
-    /// hour only when it is expected to empty before that hour starts.
+    /// Since when the node has been out of touch (suspect: missed heartbeats or lost its
+    /// connection, not yet declared dead); `None` while in touch. Its room still counts for
+    /// `scale_up_delay` — a blip buys no node — and it is never drained while out of touch.
+    pub suspect_since: Option<SystemTime>,
+    /// When the attempts running on it are expected to have ended — the latest over them of
+    /// the start plus [`super::RuntimeStats::ends_within`] of its shape (a high quantile of the
+    /// runtimes it has not outlived yet) — if the head knows runtimes for every one of them;
+    /// `None` otherwise. A busy node is drained ahead of its next billed hour only when it is
+    /// expected to empty before that hour starts.
     pub busy_until: Option<SystemTime>,
 }
 
@@ -107,12 +112,37 @@ pub struct Snapshot {
     pub servers: Vec<ServerView>,
     /// Recent create failures.
     pub failures: Vec<ProvisionFailure>,
-    /// The cpu, in millis, that arrivals keep busy (Little's law), if the head knows: over the
-    /// shapes submitted in the last hour whose mean runtime is known (some finished), the sum
-    /// of [`super::sustained_rate`] × mean runtime × cpu per task — what
-    /// [`Demand::arrival_rate`] and [`Demand::expected_runtime`] give a queued shape, for every
-    /// shape, queued or not. Surplus nodes are drained only when the rest of the cluster
-    /// also carries this much, so a lull between arrivals does not drain capacity that
-    /// scale-up buys back for them. `None` counts only the busy and queued cpu.
-    pub arrival_load: Option<u64>,
+    /// What keeps capacity busy besides the queue, if the head knows: every shape submitted
+    /// in the last hour whose mean runtime is known, with its sustained arrival rate. Surplus
+    /// and idle nodes are drained only when the rest of the cluster carries what the streams
+    /// keep busy (so a lull between arrivals does not drain capacity that scale-up buys back),
+    /// and spare capacity is kept for their fluctuation (`reserve`).
+    pub streams: Vec<Stream>,
+}
+
+/// The tasks of one shape arriving as a stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stream {
+    /// What one task needs.
+    pub resources: Resources,
+    /// The sustained arrival rate, per second ([`super::sustained_rate`]).
+    pub rate: f64,
+    /// The mean runtime.
+    pub runtime: Duration,
+}
+
+impl Snapshot {
+    /// The cpu, in millis, the streams keep busy (Little's law: rate × runtime × cpu, summed),
+    /// and its standard deviation (the tasks in the system are Poisson distributed: the
+    /// square root of rate × runtime × cpu², summed).
+    pub fn arrival_load(&self) -> (u64, u64) {
+        let (mut mean, mut var) = (0.0, 0.0);
+        for s in &self.streams {
+            let busy = s.rate.max(0.0) * s.runtime.as_secs_f64();
+            let cpu = s.resources.cpu_millis as f64;
+            mean += busy * cpu;
+            var += busy * cpu * cpu;
+        }
+        (mean as u64, var.sqrt() as u64)
+    }
 }

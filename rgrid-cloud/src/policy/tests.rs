@@ -16,6 +16,7 @@ fn cfg() -> AutoscalerConfig {
         enabled: true,
         scale_up_delay: Duration::ZERO,
         growth: 0.0,
+        reserve: 0.0,
         ..AutoscalerConfig::default()
     }
 }
@@ -54,6 +55,16 @@ fn node(id: u64, ty: &str, state: ServerState, created: SystemTime) -> ServerVie
         running: 0,
         idle_since: Some(created),
         busy_until: None,
+        suspect_since: None,
+    }
+}
+
+/// A stream of 1-cpu tasks of ten minutes that keeps `tasks` of them running.
+fn stream(tasks: f64) -> Stream {
+    Stream {
+        resources: Resources::new(1000, 2 * GIB),
+        rate: tasks / 600.0,
+        runtime: Duration::from_secs(600),
     }
 }
 
@@ -651,9 +662,14 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
             reason: Reason::Surplus
         }]
     );
-    // Not when the rest could not carry the load.
+    // Not outright when the rest could not carry the load (18 cpus and a quarter): then it is
+    // replaced by the cheapest type that, with the rest, does.
     let mut heavy = snap.clone();
     heavy.servers[0] = busy(node(1, "cx53", ServerState::Ready, t(1200)), 14, 2);
+    let d = decide(&cfg(), &heavy, t(3000));
+    assert_eq!(creates(&d), [("cx43", "fsn1")]);
+    // Not at all when nothing cheaper would do.
+    heavy.servers[1] = busy(node(2, "cx53", ServerState::Ready, t(0)), 10, 6);
     assert!(decide(&cfg(), &heavy, t(3000)).actions.is_empty());
     // Not when tasks wait for capacity.
     let mut waiting = heavy.clone();
@@ -684,12 +700,80 @@ fn surplus_drains_leave_room_for_what_arrivals_keep_busy() {
             .filter(|a| matches!(a, Action::Drain { .. }))
             .count()
     };
-    // 8 cpus busy now, but arrivals keep 14 busy: with headroom, node 1 alone (16) is short.
-    snap.arrival_load = Some(14_000);
-    assert_eq!(drains(&snap), 0);
-    // Arrivals that keep fewer cpus busy than run now change nothing.
-    snap.arrival_load = Some(6_000);
+    // 8 cpus busy now, but arrivals keep 14 busy: with headroom, node 1 alone (16) is short:
+    // node 2 is replaced by a cx33, not drained outright.
+    snap.streams = vec![stream(14.0)];
     assert_eq!(drains(&snap), 1);
+    assert_eq!(creates(&decide(&cfg(), &snap, t(3000))), [("cx33", "fsn1")]);
+    // Arrivals that keep fewer cpus busy than run now change nothing.
+    snap.streams = vec![stream(6.0)];
+    assert_eq!(drains(&snap), 1);
+}
+
+#[test]
+fn a_reserve_for_arrivals_is_bought_before_a_queue_forms_and_kept() {
+    let mut config = cfg();
+    config.reserve = 1.0;
+    // Arrivals keep 16 cpus busy, give or take 4 (one standard deviation): a full cx53 is
+    // short of the reserve by 4 cpus though nothing is queued.
+    let mut snap = Snapshot {
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
+        streams: vec![stream(16.0)],
+        ..Snapshot::default()
+    };
+    assert_eq!(snap.arrival_load(), (16_000, 4_000));
+    assert_eq!(creates(&decide(&config, &snap, t(600))), [("cx33", "fsn1")]);
+    // Once it is provisioning, nothing more.
+    snap.servers
+        .push(node(2, "cx33", ServerState::Provisioning, t(600)));
+    assert!(decide(&config, &snap, t(620)).actions.is_empty());
+    // Joined and idle at the end of its hour, it is not drained: it is the reserve.
+    snap.servers[1].state = ServerState::Ready;
+    let d = decide(&config, &snap, t(600 + 3500));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    // Without the streams it would be.
+    snap.streams.clear();
+    let d = decide(&config, &snap, t(600 + 3500));
+    assert!(matches!(
+        d.actions[..],
+        [Action::Drain {
+            reason: Reason::Idle,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_lone_oversized_node_is_replaced_by_a_cheaper_type_before_its_next_hour() {
+    // Night: a cx53 runs 2 tasks that end before its next hour starts (in 10 minutes).
+    let mut lone = busy(node(1, "cx53", ServerState::Ready, t(0)), 2, 14);
+    lone.busy_until = Some(t(3300));
+    let mut snap = Snapshot {
+        servers: vec![lone],
+        ..Snapshot::default()
+    };
+    // 2.5 cpus with headroom: a cx33 carries them for a third of the price.
+    let d = decide(&cfg(), &snap, t(3000));
+    assert_eq!(
+        d.actions,
+        [
+            Action::Drain {
+                server: ServerId(1),
+                name: "n1".into(),
+                reason: Reason::Surplus
+            },
+            Action::Create {
+                node_type: "cx33".into(),
+                location: "fsn1".into()
+            }
+        ]
+    );
+    // Not when its tasks run past the hour: it pays that hour anyway.
+    snap.servers[0].busy_until = Some(t(3700));
+    assert!(decide(&cfg(), &snap, t(3000)).actions.is_empty());
+    // Not when nothing cheaper carries the load.
+    snap.servers[0] = busy(node(1, "cx23", ServerState::Ready, t(0)), 2, 0);
+    assert!(decide(&cfg(), &snap, t(3000)).actions.is_empty());
 }
 
 #[test]
@@ -790,18 +874,6 @@ fn running_times_bound_an_unknown_runtime_from_below() {
 }
 
 #[test]
-fn the_sustained_rate_is_the_median_block() {
-    // 60 tasks in each ten-minute block: one a ten seconds.
-    assert_eq!(sustained_rate([60; RATE_BLOCKS]), 0.1);
-    // A burst in one block, or two, changes nothing.
-    assert_eq!(sustained_rate([60, 5000, 60, 60, 60, 60]), 0.1);
-    assert_eq!(sustained_rate([60, 5000, 900, 60, 60, 60]), 0.1);
-    // Bursts every other block are a stream of their own.
-    assert_eq!(sustained_rate([0, 600, 0, 600, 0, 600]), 0.5);
-    assert_eq!(sustained_rate([0; RATE_BLOCKS]), 0.0);
-}
-
-#[test]
 fn drained_nodes_hand_back_work_a_minute_before_their_next_hour() {
     let min = |m: u64| Duration::from_secs(m * 60);
     assert_eq!(drain_deadline(Reason::Surplus, min(50)), min(9));
@@ -811,4 +883,35 @@ fn drained_nodes_hand_back_work_a_minute_before_their_next_hour() {
         Duration::from_secs(10)
     );
     assert_eq!(drain_deadline(Reason::Lifetime, min(1440)), min(60));
+}
+
+#[test]
+fn a_node_briefly_out_of_touch_buys_no_capacity() {
+    // A cx33 with room for the queued task misses its heartbeats.
+    let mut quiet = busy(node(1, "cx33", ServerState::Ready, t(0)), 1, 3);
+    quiet.suspect_since = Some(t(100));
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 1, t(0))],
+        servers: vec![quiet],
+        ..Snapshot::default()
+    };
+    let mut config = cfg();
+    config.scale_up_delay = Duration::from_secs(20);
+    // Within scale_up_delay its room still counts: the task waits for it, and the policy
+    // looks again when the grace ends.
+    let d = decide(&config, &snap, t(110));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.waits[0], [(Wait::Placing, 1)]);
+    assert_eq!(d.next_wakeup, Some(t(120)));
+    // Out of touch for longer, it counts for nothing: a node is bought.
+    let d = decide(&config, &snap, t(130));
+    assert_eq!(creates(&d), [("cx23", "fsn1")]);
+    // Never drained while out of touch, even idle at the end of its hour.
+    let mut idle = node(1, "cx33", ServerState::Ready, t(0));
+    idle.suspect_since = Some(t(3400));
+    let snap = Snapshot {
+        servers: vec![idle],
+        ..Snapshot::default()
+    };
+    assert!(decide(&config, &snap, t(3500)).actions.is_empty());
 }

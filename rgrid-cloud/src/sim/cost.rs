@@ -5,8 +5,8 @@
 //! the same tasks. A billed hour in which nothing ran (a server kept past its work, or booted
 //! before it) goes to the nearest hour of the same server that ran something, earlier first;
 //! a server that never ran anything (it never joined, or its work went elsewhere) is split
-//! among the tasks queued when it was created; what is left (a server created with nothing
-//! queued) is unattributed. So the tasks' costs add up to the bill, less the unattributed.
+//! among the tasks queued when it was created (if none, those running then, whose capacity it
+//! was to replace); what is left (a server created while nothing ran) is unattributed. So the tasks' costs add up to the bill, less the unattributed.
 
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ pub(super) struct Attempt {
 pub struct TaskCosts {
     /// Per task of the trace (same index).
     pub per_task: Vec<f64>,
-    /// The price of servers created while nothing was queued that ran nothing.
+    /// The price of servers that ran nothing, created while nothing was queued or running.
     pub unattributed: f64,
 }
 

@@ -99,7 +99,8 @@ pub(super) struct Node {
     /// The tasks running on it.
     pub(super) tasks: Vec<usize>,
     pub(super) idle_since: Option<Duration>,
-    /// Tasks queued when it was created: who pays for it if it never runs anything.
+    /// Tasks queued when it was created, or if none, those running then: who pays for it if
+    /// it never runs anything.
     pub(super) created_for: Vec<usize>,
     /// When it was deleted (billing ends).
     pub(super) deleted: Option<Duration>,
@@ -149,6 +150,8 @@ pub(super) struct Cluster<'a> {
     finished: usize,
     /// Creates refused as sold out.
     unavailable: u32,
+    /// Attempts cut off and requeued.
+    cut_off: u32,
 }
 
 /// What one create request came to.
@@ -186,6 +189,7 @@ impl<'a> Cluster<'a> {
             attempts: Vec::new(),
             finished: 0,
             unavailable: 0,
+            cut_off: 0,
         };
         for i in 0..cluster.tasks.len() {
             let at = cluster.tasks[i].arrival;
@@ -235,7 +239,14 @@ impl<'a> Cluster<'a> {
                     slots,
                     tasks: Vec::new(),
                     idle_since: None,
-                    created_for: self.queue.clone(),
+                    created_for: if self.queue.is_empty() {
+                        self.nodes
+                            .iter()
+                            .flat_map(|n| n.tasks.iter().copied())
+                            .collect()
+                    } else {
+                        self.queue.clone()
+                    },
                     deleted: None,
                 });
                 if let CreateOutcome::Joins(after) = outcome {
@@ -261,6 +272,7 @@ impl<'a> Cluster<'a> {
     pub(super) fn evict(&mut self, n: usize) {
         let node = &mut self.nodes[n];
         let evicted = std::mem::take(&mut node.tasks);
+        self.cut_off += u32::try_from(evicted.len()).unwrap_or(u32::MAX);
         if let Some(s) = node.slots.as_mut() {
             *s += u32::try_from(evicted.len()).unwrap_or(u32::MAX);
         }
@@ -454,13 +466,14 @@ pub(super) fn run(
     let end = cluster.now.min(horizon);
     cluster.now = end;
     let left = count(cluster.live());
+    let cut_off = cluster.cut_off;
     for n in 0..cluster.nodes.len() {
         cluster.delete(n);
     }
     let (bill, node_hours) = cluster.bill();
     let costs = cost::per_task(&cluster, &opts.model);
     let servers_created = u32::try_from(cluster.nodes.len()).unwrap_or(u32::MAX);
-    Report::new(
+    let mut report = Report::new(
         name,
         &trace.name,
         (cluster.tasks.iter())
@@ -471,9 +484,11 @@ pub(super) fn run(
         node_hours,
         servers_created,
         cluster.unavailable,
-    )
-    .with_servers_left(left)
-    .with_task_costs(costs)
+    );
+    report.servers_left = left;
+    report.cut_off = cut_off;
+    report.task_costs = costs;
+    report
 }
 
 pub(super) fn count<I: Iterator>(it: I) -> u32 {

@@ -34,6 +34,8 @@ pub struct Report {
     pub unavailable: u32,
     /// Servers still alive when the run ended (0 unless it hit the time limit).
     pub servers_left: u32,
+    /// Attempts cut off (a drain's deadline, an eviction) and run again from the start.
+    pub cut_off: u32,
     /// What each task cost (the bill split among them).
     pub task_costs: TaskCosts,
 }
@@ -75,18 +77,9 @@ impl Report {
             servers_created,
             unavailable,
             servers_left: 0,
+            cut_off: 0,
             task_costs: TaskCosts::default(),
         }
-    }
-
-    pub(crate) fn with_servers_left(mut self, left: u32) -> Self {
-        self.servers_left = left;
-        self
-    }
-
-    pub(crate) fn with_task_costs(mut self, costs: TaskCosts) -> Self {
-        self.task_costs = costs;
-        self
     }
 
     /// The tasks' costs added up, as a fraction of the bill (1.0 when every euro is
@@ -132,7 +125,7 @@ pub fn comparison_table(runs: &[Vec<Report>]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<18} {:>5} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>4} {:>5} {:>9} {:>9} {:>6}",
+        "{:<8} {:<18} {:>5} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>4} {:>4} {:>5} {:>9} {:>9} {:>6}",
         "trace",
         "policy",
         "tasks",
@@ -143,6 +136,7 @@ pub fn comparison_table(runs: &[Vec<Report>]) -> String {
         "makespan",
         "servers",
         "sold",
+        "cut",
         "unfin",
         "mEUR/task",
         "p95 task",
@@ -157,7 +151,7 @@ pub fn comparison_table(runs: &[Vec<Report>]) -> String {
             let mean = r.task_costs.total() / per_task.len().max(1) as f64;
             let _ = writeln!(
                 out,
-                "{:<8} {:<18} {:>5} {:>8.3} {:>6} {:>8} {:>8} {:>8} {:>7} {:>4} {:>5} {:>9.3} {:>9.3} {:>5.1}%",
+                "{:<8} {:<18} {:>5} {:>8.3} {:>6} {:>8} {:>8} {:>8} {:>7} {:>4} {:>4} {:>5} {:>9.3} {:>9.3} {:>5.1}%",
                 r.trace,
                 r.policy,
                 r.tasks,
@@ -168,6 +162,7 @@ pub fn comparison_table(runs: &[Vec<Report>]) -> String {
                 secs(r.makespan),
                 r.servers_created,
                 r.unavailable,
+                r.cut_off,
                 r.unfinished,
                 mean * 1000.0,
                 percentile(&per_task, 0.95) * 1000.0,

@@ -11,7 +11,9 @@ use std::time::Duration;
 use rgrid_core::Resources;
 
 use crate::config::AutoscalerConfig;
-use crate::policy::{self, Action, Demand, ProvisionFailure, ServerState, ServerView, Snapshot};
+use crate::policy::{
+    self, Action, Demand, ProvisionFailure, RuntimeStats, ServerState, ServerView, Snapshot, Stream,
+};
 use crate::provider::{FailureKind, ServerId};
 
 use super::engine::{epoch, Autoscaler, Cadence, Cluster, Created, State};
@@ -25,8 +27,8 @@ pub(super) struct Rgrid<'a> {
     config: &'a AutoscalerConfig,
     debounce: Duration,
     failures: Vec<ProvisionFailure>,
-    /// Runtime of finished tasks per shape (sum, count): the head's estimate for the policy.
-    runtimes: Vec<(Resources, Duration, u32)>,
+    /// Runtimes of finished tasks per shape: the head's estimates for the policy.
+    runtimes: Vec<(Resources, RuntimeStats)>,
     /// Arrival times per shape within the last [`ARRIVAL_WINDOW`], oldest first: the head's
     /// arrival rate for the policy.
     arrivals: Vec<(Resources, VecDeque<Duration>)>,
@@ -58,9 +60,12 @@ impl<'a> Rgrid<'a> {
         policy::sustained_rate(blocks)
     }
 
+    fn runtime_stats(&self, need: &Resources) -> Option<&RuntimeStats> {
+        self.runtimes.iter().find(|r| &r.0 == need).map(|r| &r.1)
+    }
+
     fn mean_runtime(&self, need: &Resources) -> Option<Duration> {
-        let (_, sum, n) = self.runtimes.iter().find(|r| &r.0 == need)?;
-        Some(*sum / *n)
+        self.runtime_stats(need)?.mean()
     }
 
     /// How long the running tasks of shape `need` have been running, on average: the head's
@@ -75,9 +80,10 @@ impl<'a> Rgrid<'a> {
         (n > 0).then(|| sum / n)
     }
 
-    /// The head's estimate, per node, of when its running tasks end: the latest start plus the
-    /// mean runtime of finished tasks of the same shape; `None` for a node running nothing or
-    /// a task of a shape none of which has finished yet.
+    /// The head's estimate, per node, of when its running tasks end: the latest over them of
+    /// the start plus the high quantile of its shape's runtimes longer than it has run
+    /// ([`RuntimeStats::ends_within`]); `None` for a node running nothing or a task of a
+    /// shape none of which has finished yet.
     fn busy_until(&self, cluster: &Cluster<'_>) -> Vec<Option<Duration>> {
         // Per node: the latest expected end so far, and whether one is unknown.
         let mut until = vec![(None, false); cluster.nodes.len()];
@@ -85,7 +91,8 @@ impl<'a> Rgrid<'a> {
             let (Some(n), Some(start)) = (task.node, task.start) else {
                 continue;
             };
-            match self.mean_runtime(&task.resources) {
+            let stats = self.runtime_stats(&task.resources);
+            match stats.and_then(|s| s.ends_within(cluster.now - start)) {
                 Some(runtime) => until[n].0 = until[n].0.max(Some(start + runtime)),
                 None => until[n].1 = true,
             }
@@ -95,16 +102,18 @@ impl<'a> Rgrid<'a> {
             .collect()
     }
 
-    /// The head's arrival load: the cpu (millis) the arrivals of every shape with a known
-    /// runtime keep busy, its sustained arrival rate × its mean runtime × its cpu.
-    fn arrival_load(&self, now: Duration) -> u64 {
-        let load: f64 = (self.arrivals.iter())
+    /// The head's streams: every shape that arrived in the last hour with a known runtime, its
+    /// sustained arrival rate and mean runtime.
+    fn streams(&self, now: Duration) -> Vec<Stream> {
+        (self.arrivals.iter())
             .filter_map(|(need, _)| {
-                let runtime = self.mean_runtime(need)?.as_secs_f64();
-                Some(self.arrival_rate(now, need) * runtime * need.cpu_millis as f64)
+                Some(Stream {
+                    resources: need.clone(),
+                    rate: self.arrival_rate(now, need),
+                    runtime: self.mean_runtime(need)?,
+                })
             })
-            .sum();
-        load as u64
+            .collect()
     }
 
     fn snapshot(&self, cluster: &Cluster<'_>) -> Snapshot {
@@ -145,6 +154,7 @@ impl<'a> Rgrid<'a> {
                     running: n.running(),
                     idle_since: n.idle_since.map(|t| epoch() + t),
                     busy_until: busy_until[i].map(|t| epoch() + t),
+                    suspect_since: None,
                 }
             })
             .collect();
@@ -152,7 +162,7 @@ impl<'a> Rgrid<'a> {
             demand,
             servers,
             failures: self.failures.clone(),
-            arrival_load: Some(self.arrival_load(cluster.now)),
+            streams: self.streams(cluster.now),
         }
     }
 }
@@ -181,11 +191,12 @@ impl Autoscaler for Rgrid<'_> {
         let task = &cluster.tasks[t];
         let ran = cluster.now - task.start.unwrap_or(cluster.now);
         match self.runtimes.iter_mut().find(|r| r.0 == task.resources) {
-            Some(r) => {
-                r.1 += ran;
-                r.2 += 1;
+            Some((_, stats)) => stats.record(ran),
+            None => {
+                let mut stats = RuntimeStats::default();
+                stats.record(ran);
+                self.runtimes.push((task.resources.clone(), stats));
             }
-            None => self.runtimes.push((task.resources.clone(), ran, 1)),
         }
     }
 

@@ -29,6 +29,7 @@ fn node(name: &str, state: cluster::NodeState, running: u32) -> NodeSummary {
         running,
         idle_since: (running == 0).then(|| t(100)),
         busy_until: (running > 0).then(|| t(900)),
+        suspect_since: (state == cluster::NodeState::Suspect).then(|| t(50)),
     }
 }
 
@@ -93,10 +94,12 @@ fn node_states_map_to_what_the_policy_acts_on() {
         (ServerState::Draining, 0)
     );
     assert_eq!(by("dead").state, ServerState::Failed);
-    // Out of touch: counted as a node, but with no room and never idle.
+    // Out of touch: counted as a node with its room, never idle, and the policy is told since
+    // when (its room stops counting after scale_up_delay).
     assert_eq!(by("suspect").state, ServerState::Ready);
-    assert_eq!(by("suspect").free, Resources::default());
+    assert_eq!(by("suspect").free, Resources::new(1000, 3 * GIB));
     assert_eq!(by("suspect").idle_since, None);
+    assert_eq!(by("suspect").suspect_since, Some(t(50)));
     assert_eq!(
         (by("draining").state, by("draining").running),
         (ServerState::Draining, 2)
