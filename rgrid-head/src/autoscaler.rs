@@ -78,6 +78,8 @@ pub(crate) struct Autoscaler {
     failures: Vec<ProvisionFailure>,
     /// After a failed listing, the next one waits until then (decisions go on with the last).
     list_again: Instant,
+    /// Whether a listing has succeeded since the start: until one has, nothing is created.
+    listed: bool,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -143,6 +145,7 @@ impl Autoscaler {
             deleting: BTreeSet::new(),
             failures: Vec::new(),
             list_again: Instant::now(),
+            listed: false,
             done_tx,
             done_rx,
         })
@@ -178,16 +181,30 @@ impl Autoscaler {
         let (reply, view) = oneshot::channel();
         self.events.send(Event::Autoscale { reply }).await.ok()?;
         let view = view.await.ok()?;
+        let now = SystemTime::now();
         if Instant::now() >= self.list_again {
             match self.provider.list(&self.config.label_selector()).await {
-                Ok(servers) => self.servers = servers,
+                Ok(servers) => {
+                    self.servers = servers;
+                    self.listed = true;
+                }
                 Err(err) => {
                     self.list_again = Instant::now() + policy::ERROR_PAUSE;
                     tracing::warn!(error = %err, retry_in = ?policy::ERROR_PAUSE, "could not list the cluster's servers; deciding on the last listing");
+                    if !self.listed {
+                        // Without one listing, servers created before a restart are unknown:
+                        // creating now could buy them twice. Creation pauses as after a
+                        // failed create.
+                        self.failures.push(ProvisionFailure {
+                            node_type: String::new(),
+                            location: String::new(),
+                            kind: err.kind(),
+                            at: now,
+                        });
+                    }
                 }
             }
         }
-        let now = SystemTime::now();
         let keep = self.config.unavailable_cooldown.max(policy::ERROR_PAUSE);
         self.failures
             .retain(|f| now.duration_since(f.at).unwrap_or_default() < keep);

@@ -167,7 +167,7 @@ impl fmt::Display for Wait {
                     "waiting: the cloud API's rate limit was hit; node creation is paused"
                 }
                 FailureKind::Unavailable | FailureKind::Other => {
-                    "waiting: creating a node failed (see the head's log); retrying shortly"
+                    "waiting: a request to the cloud API failed (see the head's log); retrying shortly"
                 }
             }),
             Wait::Unschedulable => f.write_str("no node type can run this task"),

@@ -355,10 +355,7 @@ fn other_create_errors_pause_creation_for_a_minute() {
     let d = decide(&cfg(), &snap, t(40));
     assert!(d.actions.is_empty());
     let wait = d.wait_for(0, 0).expect("the demand has a wait");
-    assert!(
-        wait.to_string().contains("creating a node failed"),
-        "{wait}"
-    );
+    assert!(wait.to_string().contains("cloud API failed"), "{wait}");
     assert_eq!(d.next_wakeup, Some(t(90)));
     assert_eq!(creates(&decide(&cfg(), &snap, t(90))).len(), 1);
 }

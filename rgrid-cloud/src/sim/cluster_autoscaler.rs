@@ -81,21 +81,7 @@ impl<'a> ClusterAutoscaler<'a> {
     fn scale_up(&mut self, cluster: &mut Cluster<'_>) {
         let config = self.config;
         // Pending pods the scheduler simulation cannot place on ready or upcoming nodes.
-        let mut room: Vec<Resources> = (cluster.live())
-            .map(|(_, n)| match n.state {
-                State::Booting => cluster.types[n.ty].capacity(),
-                State::Ready => n.free.clone(),
-                _ => Resources::default(),
-            })
-            .collect();
-        let mut pending: Vec<Resources> = Vec::new();
-        for &t in &cluster.queue {
-            let need = &cluster.tasks[t].resources;
-            match room.iter_mut().find(|r| r.fits(need)) {
-                Some(r) => *r = r.checked_sub(need).unwrap_or_default(),
-                None => pending.push(need.clone()),
-            }
-        }
+        let pending = cluster.unplaced();
         let room_left = config.max_nodes_total.saturating_sub(count(cluster.live()));
         if pending.is_empty() || room_left == 0 {
             return;

@@ -221,6 +221,27 @@ impl<'a> Cluster<'a> {
         (self.nodes.iter().enumerate()).filter(|(_, n)| n.state != State::Deleted)
     }
 
+    /// What queued tasks need beyond the free room of ready nodes and the whole of booting ones
+    /// (first fit, in queue order): the demand a peer autoscaler buys nodes for.
+    pub(super) fn unplaced(&self) -> Vec<Resources> {
+        let mut room: Vec<Resources> = (self.live())
+            .map(|(_, n)| match n.state {
+                State::Booting => self.types[n.ty].capacity(),
+                State::Ready => n.free.clone(),
+                _ => Resources::default(),
+            })
+            .collect();
+        let mut unplaced = Vec::new();
+        for &t in &self.queue {
+            let need = &self.tasks[t].resources;
+            match room.iter_mut().find(|r| r.fits(need)) {
+                Some(r) => *r = r.checked_sub(need).unwrap_or_default(),
+                None => unplaced.push(need.clone()),
+            }
+        }
+        unplaced
+    }
+
     /// Asks the cloud for a server of type `ty`; `slots` fixes its task slots.
     pub(super) fn create(&mut self, ty: usize, slots: Option<u32>) -> Created {
         match self.opts.model.create(&mut self.rng) {

@@ -71,21 +71,7 @@ impl Autoscaler for Ray<'_> {
         }
 
         // Queued demand that running and launching nodes do not hold.
-        let mut room: Vec<Resources> = (cluster.live())
-            .map(|(_, n)| match n.state {
-                State::Booting => cluster.types[n.ty].capacity(),
-                State::Ready => n.free.clone(),
-                _ => Resources::default(),
-            })
-            .collect();
-        let mut unmet: Vec<Resources> = Vec::new();
-        for &t in &cluster.queue {
-            let need = &cluster.tasks[t].resources;
-            match room.iter_mut().find(|r| r.fits(need)) {
-                Some(r) => *r = r.checked_sub(need).unwrap_or_default(),
-                None => unmet.push(need.clone()),
-            }
-        }
+        let mut unmet = cluster.unplaced();
         let types = cluster.types;
         let mut live = count(cluster.live());
         let mut pending: Vec<u32> = vec![0; types.len()];
