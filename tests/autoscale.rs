@@ -3,13 +3,14 @@
 //! is the machines: for every server the head creates, it boots a real `rgrid-node` process
 //! with the head address and join token from that server's user data, and it powers the machine
 //! off when the server is deleted. The whole loop runs: demand → servers → join → tasks run in
-//! Docker → idle → drain → delete, and no server is left behind.
+//! Docker → idle → drain → delete, and no server is left behind — also across a head that is
+//! SIGKILLed with creates and deletes in flight.
 
 mod common;
 #[path = "../rgrid-cloud/tests/fake_hetzner/mod.rs"]
 mod fake_hetzner;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -95,17 +96,29 @@ struct Machine {
 struct Machines {
     dir: PathBuf,
     running: BTreeMap<u64, Machine>,
+    /// Servers whose machine never boots (a broken image).
+    broken: BTreeSet<u64>,
     /// Servers that were deleted, with how their node process had ended by then.
     gone: Vec<(String, Option<std::process::ExitStatus>)>,
 }
 
 impl Machines {
+    /// No machines yet; their state and logs go in `dir`.
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            running: BTreeMap::new(),
+            broken: BTreeSet::new(),
+            gone: Vec::new(),
+        }
+    }
+
     /// Boots a node for every new server; powers off the machines of deleted servers.
     fn sync(&mut self, fake: &FakeHetzner) {
         let servers = fake.servers();
         let creates = fake.requests("POST", "/v1/servers");
         for (id, name) in &servers {
-            if self.running.contains_key(id) {
+            if self.running.contains_key(id) || self.broken.contains(id) {
                 continue;
             }
             let body = creates
@@ -198,18 +211,19 @@ struct Setup {
 
 /// Starts a head whose `HCLOUD_TOKEN` is `token` (none when `None`).
 fn start(fake: &FakeHetzner, token: Option<&str>) -> Setup {
+    start_with(fake, token, CONFIG)
+}
+
+/// [`start`] with another config (`API_URL` is replaced by the fake's).
+fn start_with(fake: &FakeHetzner, token: Option<&str>, config: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("head.toml");
-    std::fs::write(&config, CONFIG.replace("API_URL", &fake.url())).unwrap();
+    std::fs::write(
+        dir.path().join("head.toml"),
+        config.replace("API_URL", &fake.url()),
+    )
+    .unwrap();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let mut env = vec![("RUST_LOG", "info")];
-    env.extend(token.map(|t| ("HCLOUD_TOKEN", t)));
-    let head = start_head_env(
-        dir.path(),
-        &listen,
-        &["--config", config.to_str().unwrap()],
-        &env,
-    );
+    let head = head(dir.path(), &listen, token);
     let client = dir.path().join("head").join("client.toml");
     Setup {
         dir,
@@ -217,6 +231,20 @@ fn start(fake: &FakeHetzner, token: Option<&str>) -> Setup {
         client,
         head,
     }
+}
+
+/// A head process in `dir` (its state, config and log), listening on `listen`.
+fn head(dir: &Path, listen: &str, token: Option<&str>) -> Daemon {
+    let config = dir.join("head.toml");
+    let mut env = vec![("RUST_LOG", "info")];
+    env.extend(token.map(|t| ("HCLOUD_TOKEN", t)));
+    start_head_env(dir, listen, &["--config", config.to_str().unwrap()], &env)
+}
+
+/// SIGKILLs a head and waits until it is gone.
+fn kill(head: &mut Daemon) {
+    head.signal("KILL");
+    head.0.wait().unwrap();
 }
 
 #[test]
@@ -232,11 +260,7 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
         head: _head,
     } = start(&fake, Some(fake_hetzner::TOKEN));
     wait_for("the head's client.toml", || client.exists());
-    let mut machines = Machines {
-        dir: dir.path().to_owned(),
-        running: BTreeMap::new(),
-        gone: Vec::new(),
-    };
+    let mut machines = Machines::new(dir.path());
 
     // Tasks no node type can ever run fail at once and buy nothing.
     let mars = submit(&client, &["--selector", "site=mars", "--", "true"]);
@@ -365,6 +389,8 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
         machines.sync(&fake);
         fake.server_count() == 0
     });
+    // The last delete may have landed after the last look.
+    machines.sync(&fake);
     assert_eq!(machines.gone.len(), 3);
     for (name, status) in &machines.gone {
         if *name == victim {
@@ -398,7 +424,8 @@ fn cloud_credentials_are_checked_and_their_failures_explained() {
     let log = std::fs::read_to_string(setup.dir.path().join("head.log")).unwrap();
     assert!(log.contains("HCLOUD_TOKEN is not set"), "{log}");
 
-    // A token the API rejects: the head serves, tasks wait and say why, nothing is created,
+    // A token the API rejects: the head serves, tasks wait and say why, nothing is created
+    // (not even tried: the listing failed, so servers from before a restart would be unknown),
     // and the API is not hammered.
     let setup = start(&fake, Some("wrong-token"));
     wait_for("the head's client.toml", || setup.client.exists());
@@ -408,7 +435,7 @@ fn cloud_credentials_are_checked_and_their_failures_explained() {
             t["task"] == id.as_str()
                 && t["detail"]
                     .as_str()
-                    .is_some_and(|d| d.contains("creating a node failed"))
+                    .is_some_and(|d| d.contains("cloud API failed"))
         })
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -416,8 +443,8 @@ fn cloud_credentials_are_checked_and_their_failures_explained() {
     assert_eq!(fake.server_count(), 0);
     assert_eq!(
         fake.requests("POST", "/v1/servers").len(),
-        1,
-        "one failed create, then a pause"
+        0,
+        "no create without a listing"
     );
     let log = std::fs::read_to_string(setup.dir.path().join("head.log")).unwrap();
     assert!(log.contains("rejected the API token"), "{log}");
@@ -427,4 +454,97 @@ fn cloud_credentials_are_checked_and_their_failures_explained() {
         !log.contains("wrong-token"),
         "the token never appears in a log line"
     );
+}
+
+#[test]
+fn a_head_killed_mid_flight_finds_its_servers_again_and_buys_nothing_twice() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeHetzner::start());
+    // A slow cloud: create actions do not finish while the first head lives.
+    fake.state().action_polls = 1_000_000;
+    let config = CONFIG.replace("min_idle", "join_timeout = \"10s\"\nmin_idle");
+    let Setup {
+        dir,
+        listen,
+        client,
+        head: mut first,
+    } = start_with(&fake, Some(fake_hetzner::TOKEN), &config);
+    wait_for("the head's client.toml", || client.exists());
+    let mut machines = Machines::new(dir.path());
+
+    // Two tasks that each fill a node, longer than join_timeout: two servers, both creates in
+    // flight.
+    let ids: Vec<String> = (0..2)
+        .map(|i| {
+            let script = format!("sleep 20; echo restart-{i}");
+            submit(&client, &["--cpus", "2", "--", "sh", "-c", &script])
+        })
+        .collect();
+    wait_for("two servers to be created", || fake.server_count() == 2);
+    let servers = fake.servers();
+    let (good, bad) = (servers[0].clone(), servers[1].clone());
+    // The second server's machine never boots; the first joins and takes a task.
+    machines.broken.insert(bad.0);
+    machines.sync(&fake);
+    wait_for("a task to run on the first server", || {
+        ids.iter().any(|id| state_of(&client, id) == "running")
+    });
+    kill(&mut first);
+    assert_eq!(fake.requests("POST", "/v1/servers").len(), 2);
+
+    // A new head on the same state: it lists the cluster's servers, adopts the one whose node
+    // comes back, and deletes the one that never joins (join_timeout) — only then does it buy
+    // a server for the task that waited on it.
+    fake.state().action_polls = 2;
+    let posts_before = fake.requests("POST", "/v1/servers").len();
+    let mut second = head(dir.path(), &listen, Some(fake_hetzner::TOKEN));
+    wait_for("both tasks to succeed", || {
+        machines.sync(&fake);
+        ids.iter().all(|id| state_of(&client, id) == "succeeded")
+    });
+    for (i, id) in ids.iter().enumerate() {
+        let out = rgrid(&client, &["get", id]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("restart-{i}\n")
+        );
+    }
+    let deletes = fake.requests("DELETE", &format!("/v1/servers/{}", bad.0));
+    assert_eq!(
+        deletes.len(),
+        1,
+        "the server that never joined was deleted once"
+    );
+    assert!(
+        fake.servers().contains(&good),
+        "the adopted server was kept"
+    );
+    let posts = fake.requests("POST", "/v1/servers");
+    assert_eq!(
+        posts.len(),
+        posts_before + 1,
+        "one replacement, nothing twice"
+    );
+    assert!(
+        posts[posts_before].at > deletes[0].at,
+        "the replacement was bought only once the broken server was gone"
+    );
+
+    // An hour of billing goes by: the idle servers are drained and deleted. The head dies
+    // right after its first delete; the next one finishes the job and buys nothing.
+    fake.set_created_ago(Duration::from_secs(58 * 60));
+    wait_for("a first delete", || {
+        machines.sync(&fake);
+        fake.requests("DELETE", "/v1/servers").len() > deletes.len()
+    });
+    kill(&mut second);
+    let _third = head(dir.path(), &listen, Some(fake_hetzner::TOKEN));
+    wait_for("every server to be deleted", || {
+        machines.sync(&fake);
+        fake.server_count() == 0
+    });
+    // The last delete may have landed after the last look.
+    machines.sync(&fake);
+    assert_eq!(fake.requests("POST", "/v1/servers").len(), posts_before + 1);
+    assert!(machines.running.is_empty(), "no machine left running");
 }

@@ -55,7 +55,9 @@ pub struct AutoscalerConfig {
     /// mistake and the API requests spent on one burst. Default: `5`.
     pub max_concurrent_provisioning: u32,
     /// How long demand must have been queued before servers are created for it, so that a
-    /// short blip that running nodes absorb does not buy a billed hour. Default: `"20s"`.
+    /// short blip that running nodes absorb does not buy a billed hour; also how long a node
+    /// out of touch (suspect) still counts as capacity, so that a node missing a few
+    /// heartbeats does not buy one either. Default: `"20s"`.
     #[serde(with = "humantime_serde")]
     pub scale_up_delay: Duration,
     /// When the head knows how long queued tasks run, tasks that running nodes are expected to
@@ -89,6 +91,13 @@ pub struct AutoscalerConfig {
     /// Spare cpu, as a fraction of the current load, that must remain after a surplus drain.
     /// Default: `0.25`.
     pub headroom: f64,
+    /// Spare capacity kept for arriving tasks, in standard deviations of the cpu they keep
+    /// busy: when the head knows the shapes' arrival rates and runtimes, the cluster keeps at
+    /// least their load (rate × runtime × cpu) plus this many times its spread (the square
+    /// root of rate × runtime × cpu², summed over shapes), buying a node before a queue forms
+    /// and draining none below it, so that most tasks start without waiting for a boot.
+    /// `0` keeps no reserve. Default: `1.0`.
+    pub reserve: f64,
     /// How long a node must have been idle before it may be drained. Default: `"1m"`.
     #[serde(with = "humantime_serde")]
     pub min_idle: Duration,
@@ -156,6 +165,7 @@ impl Default for AutoscalerConfig {
             scale_down_window: Duration::from_secs(4 * 60),
             drain_ahead: Duration::from_secs(15 * 60),
             headroom: 0.25,
+            reserve: 1.0,
             min_idle: Duration::from_secs(60),
             max_lifetime: Duration::from_secs(24 * 3600),
             join_timeout: Duration::from_secs(10 * 60),

@@ -1,6 +1,8 @@
 //! [`FakeProvider`]: an in-memory [`Provider`] for the head's tests and for examples. It keeps
 //! servers in a map, can be told that a type is sold out somewhere, that the quota is some
-//! number of servers, or to fail the next creates, and counts the calls it received.
+//! number of servers, or to fail the next creates, and counts the calls it received; and the
+//! label-selector language it and the fake Hetzner API of the tests evaluate
+//! ([`parse_selector`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +36,15 @@ impl FakeError {
             FakeError::Unavailable { .. } => FailureKind::Unavailable,
             FakeError::Quota { .. } => FailureKind::Quota,
             FakeError::NameTaken(_) | FakeError::Injected(_) => FailureKind::Other,
+        }
+    }
+}
+
+impl From<FakeError> for ProviderError {
+    fn from(err: FakeError) -> Self {
+        ProviderError::Other {
+            kind: err.kind(),
+            message: err.to_string(),
         }
     }
 }
@@ -181,25 +192,97 @@ impl Provider for FakeProvider {
     }
 }
 
-/// Whether `labels` satisfy a Hetzner-style label selector: comma-separated `k=v`, `k==v`,
-/// `k!=v`, `k` (present) and `!k` (absent) terms, all of which must hold.
-pub fn matches_selector(labels: &BTreeMap<String, String>, selector: &str) -> bool {
-    selector
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            if let Some((k, v)) = term.split_once("!=") {
-                labels.get(k.trim()).map(String::as_str) != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once('=') {
-                let v = v.trim_start_matches('=');
-                labels.get(k.trim()).map(String::as_str) == Some(v.trim())
-            } else if let Some(k) = term.strip_prefix('!') {
-                !labels.contains_key(k.trim())
-            } else {
-                labels.contains_key(term)
+/// One expression of a Hetzner label selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Term {
+    /// `k=v` or `k==v`.
+    Equals(String, String),
+    /// `k!=v`: the value differs, or the key is absent.
+    NotEquals(String, String),
+    /// `k`.
+    Present(String),
+    /// `!k`.
+    Absent(String),
+    /// `k in (v1,v2)`.
+    In(String, Vec<String>),
+    /// `k notin (v1,v2)`: the value is none of them, or the key is absent.
+    NotIn(String, Vec<String>),
+}
+
+impl Term {
+    /// Whether `labels` satisfy it.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let get = |k: &str| labels.get(k).map(String::as_str);
+        match self {
+            Term::Equals(k, v) => get(k) == Some(v),
+            Term::NotEquals(k, v) => get(k) != Some(v),
+            Term::Present(k) => labels.contains_key(k),
+            Term::Absent(k) => !labels.contains_key(k),
+            Term::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Term::NotIn(k, vs) => get(k).is_none_or(|x| vs.iter().all(|v| v != x)),
+        }
+    }
+}
+
+/// Parses a label selector as Hetzner documents it: comma-separated expressions that must
+/// all hold — `k=v` / `k==v`, `k!=v`, `k`, `!k`, `k in (v1,v2,v3)`, `k notin (v1,v2,v3)` (the
+/// commas inside parentheses belong to the set). The error names the bad expression.
+pub fn parse_selector(selector: &str) -> Result<Vec<Term>, String> {
+    let mut terms = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut pieces = Vec::new();
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1).ok_or("unbalanced ')'")?,
+            ',' if depth == 0 => {
+                pieces.push(&selector[start..i]);
+                start = i + 1;
             }
-        })
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("unbalanced '('".into());
+    }
+    pieces.push(&selector[start..]);
+    for piece in pieces.into_iter().map(str::trim).filter(|p| !p.is_empty()) {
+        terms.push(parse_term(piece).ok_or_else(|| format!("invalid expression {piece:?}"))?);
+    }
+    Ok(terms)
+}
+
+fn parse_term(term: &str) -> Option<Term> {
+    let key = |k: &str| {
+        let k = k.trim();
+        (!k.is_empty() && !k.contains([' ', '(', ')', '=', '!'])).then(|| k.to_owned())
+    };
+    let set = |rest: &str| -> Option<Vec<String>> {
+        let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+        Some(inner.split(',').map(|v| v.trim().to_owned()).collect())
+    };
+    if let Some((k, rest)) = term.split_once(" notin ") {
+        return Some(Term::NotIn(key(k)?, set(rest)?));
+    }
+    if let Some((k, rest)) = term.split_once(" in ") {
+        return Some(Term::In(key(k)?, set(rest)?));
+    }
+    if let Some((k, v)) = term.split_once("!=") {
+        return Some(Term::NotEquals(key(k)?, v.trim().to_owned()));
+    }
+    if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+        return Some(Term::Equals(key(k)?, v.trim().to_owned()));
+    }
+    if let Some(k) = term.strip_prefix('!') {
+        return Some(Term::Absent(key(k)?));
+    }
+    Some(Term::Present(key(term)?))
+}
+
+/// Whether `labels` satisfy `selector` ([`parse_selector`]); an invalid one matches nothing.
+pub fn matches_selector(labels: &BTreeMap<String, String>, selector: &str) -> bool {
+    parse_selector(selector).is_ok_and(|terms| terms.iter().all(|t| t.matches(labels)))
 }
 
 #[cfg(test)]
@@ -280,5 +363,26 @@ mod tests {
         assert!(matches_selector(&labels, "a!=2"));
         assert!(!matches_selector(&labels, "a=2"));
         assert!(!matches_selector(&labels, "a,b"));
+        // Sets, with the commas inside parentheses.
+        assert!(matches_selector(&labels, "a in (0,1,2)"));
+        assert!(matches_selector(&labels, "a in (1),!b"));
+        assert!(!matches_selector(&labels, "a in (0,2)"));
+        assert!(matches_selector(&labels, "a notin (0,2)"));
+        assert!(!matches_selector(&labels, "a notin (1, 2)"));
+        assert!(matches_selector(&labels, "b notin (1)"));
+        assert!(matches_selector(&labels, "b!=1"));
+        assert!(!matches_selector(&labels, "!a"));
+        // Nonsense is an error, and matches nothing.
+        for bad in ["a in 1", "a in (1", "a)", "=1", "a b"] {
+            assert!(parse_selector(bad).is_err(), "{bad}");
+            assert!(!matches_selector(&labels, bad), "{bad}");
+        }
+        assert_eq!(
+            parse_selector("env in (testing,staging),type!=database"),
+            Ok(vec![
+                Term::In("env".into(), vec!["testing".into(), "staging".into()]),
+                Term::NotEquals("type".into(), "database".into())
+            ])
+        );
     }
 }

@@ -4,28 +4,31 @@
 //! - [`config`]: the `[autoscaler]` config section and the API token (from `HCLOUD_TOKEN` only).
 //! - [`provider`]: the [`Provider`] trait (create, delete, list by label) the head holds as
 //!   `Arc<dyn Provider>`; [`hetzner`]: its Hetzner Cloud implementation and REST client;
-//!   [`fake`]: an in-memory one for tests.
+//!   [`fake`] (feature `fake`): an in-memory one for tests.
 //! - [`cloud_init`]: the user data a provisioned node boots with.
 //! - [`policy`]: the pure autoscaling policy (snapshot + `now` → actions, waits, next wake-up).
-//! - [`sim`]: a discrete-event simulator measuring the policy's cost and queue wait against
+//! - [`sim`] (feature `sim`): a discrete-event simulator measuring the policy's cost and queue wait against
 //!   workload traces and a model of Hetzner, next to the earlier Python design's policy.
 //!
 //! The head's driver loop, in short: build a [`policy::Snapshot`], call [`policy::decide`],
 //! carry out each [`policy::Action`] through the provider (a `Create` renders
 //! [`cloud_init::render`] with a fresh single-use join token first, and records a
-//! [`policy::ProvisionFailure`] when it fails), show [`policy::Decision::waits`] to waiting
-//! clients, and decide again on the next event or at [`policy::Decision::next_wakeup`].
+//! [`policy::ProvisionFailure`] when it fails), show [`policy::Plan::waits`] to waiting
+//! clients, and decide again on the next event or at [`policy::Plan::next_wakeup`].
 
 pub mod cloud_init;
 pub mod config;
+#[cfg(feature = "fake")]
 pub mod fake;
 pub mod hetzner;
 pub mod policy;
 pub mod provider;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use config::{AutoscalerConfig, HcloudToken, NodeTypeConfig};
+#[cfg(feature = "fake")]
 pub use fake::FakeProvider;
 pub use hetzner::{HcloudClient, HcloudError, HetznerProvider};
-pub use policy::{decide, Action, Decision, Demand, NodeState, NodeView, Snapshot, Wait};
+pub use policy::{decide, Action, Demand, Plan, ServerState, ServerView, Snapshot, Wait};
 pub use provider::{CloudServer, CreateServer, FailureKind, Provider, ProviderError, ServerId};

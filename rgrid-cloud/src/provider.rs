@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::time::SystemTime;
 
 use crate::config::{AutoscalerConfig, CLUSTER_LABEL, NODE_TYPE_LABEL};
-use crate::fake::FakeError;
 use crate::hetzner::HcloudError;
 
 /// A boxed, sendable future: keeps [`Provider`] object safe.
@@ -146,9 +145,15 @@ pub enum ProviderError {
     /// From the Hetzner Cloud API.
     #[error(transparent)]
     Hetzner(#[from] HcloudError),
-    /// From the in-memory [`crate::FakeProvider`].
-    #[error(transparent)]
-    Fake(#[from] FakeError),
+    /// From another implementation (such as the in-memory fake of the `fake` feature): its
+    /// message, and how the policy should react.
+    #[error("{message}")]
+    Other {
+        /// How the policy should react.
+        kind: FailureKind,
+        /// What went wrong and what to do.
+        message: String,
+    },
 }
 
 impl ProviderError {
@@ -156,13 +161,13 @@ impl ProviderError {
     pub fn kind(&self) -> FailureKind {
         match self {
             ProviderError::Hetzner(e) => e.kind(),
-            ProviderError::Fake(e) => e.kind(),
+            ProviderError::Other { kind, .. } => *kind,
         }
     }
 }
 
-/// A place servers come from. Implementations: [`crate::HetznerProvider`],
-/// [`crate::FakeProvider`]. Object safe: hold it as `Arc<dyn Provider>`.
+/// A place servers come from: [`crate::HetznerProvider`], or the in-memory fake of the
+/// `fake` feature. Object safe: hold it as `Arc<dyn Provider>`.
 pub trait Provider: Send + Sync {
     /// Creates a server and waits until the provider reports it created (its create actions
     /// finished). On any failure after the server came into existence, it is deleted again

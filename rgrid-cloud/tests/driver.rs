@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use rgrid_cloud::policy::{self, Action, NodeView, ProvisionFailure, Reason};
+use rgrid_cloud::policy::{self, Action, ProvisionFailure, Reason, ServerView};
 use rgrid_cloud::{
-    cloud_init, AutoscalerConfig, CloudServer, CreateServer, Demand, FakeProvider, NodeState,
-    Provider, Snapshot,
+    cloud_init, AutoscalerConfig, CloudServer, CreateServer, Demand, FakeProvider, Provider,
+    ServerState, Snapshot,
 };
 use rgrid_core::Resources;
 
@@ -46,7 +46,7 @@ async fn apply(
 }
 
 /// Servers that have not joined, as the head would list them.
-fn provisioning(config: &AutoscalerConfig, servers: &[CloudServer]) -> Vec<NodeView> {
+fn provisioning(config: &AutoscalerConfig, servers: &[CloudServer]) -> Vec<ServerView> {
     servers
         .iter()
         .map(|s| {
@@ -54,11 +54,11 @@ fn provisioning(config: &AutoscalerConfig, servers: &[CloudServer]) -> Vec<NodeV
                 .node_type(&s.node_type)
                 .map(|t| t.capacity())
                 .unwrap_or_default();
-            NodeView {
+            ServerView {
                 server: Some(s.id),
                 name: s.name.clone(),
                 node_type: s.node_type.clone(),
-                state: NodeState::Provisioning,
+                state: ServerState::Provisioning,
                 created: s.created,
                 labels: BTreeMap::new(),
                 free: capacity.clone(),
@@ -66,6 +66,7 @@ fn provisioning(config: &AutoscalerConfig, servers: &[CloudServer]) -> Vec<NodeV
                 running: 0,
                 idle_since: None,
                 busy_until: None,
+                suspect_since: None,
             }
         })
         .collect()
@@ -116,9 +117,9 @@ async fn demand_becomes_servers_and_servers_that_never_join_go_away() -> anyhow:
     // The server is provisioning: no second one, and the task is told how long.
     let snapshot = Snapshot {
         demand,
-        nodes: provisioning(&config, &servers),
+        servers: provisioning(&config, &servers),
         failures: snapshot.failures,
-        arrival_load: None,
+        streams: Vec::new(),
     };
     let d = policy::decide(&config, &snapshot, t0 + Duration::from_secs(30));
     assert!(d.actions.is_empty(), "{:?}", d.actions);
@@ -130,7 +131,7 @@ async fn demand_becomes_servers_and_servers_that_never_join_go_away() -> anyhow:
     // It never joins: after join_timeout it is deleted, leaving nothing.
     let later = t0 + config.join_timeout;
     let snapshot = Snapshot {
-        nodes: provisioning(&config, &servers),
+        servers: provisioning(&config, &servers),
         ..Snapshot::default()
     };
     let d = policy::decide(&config, &snapshot, later);

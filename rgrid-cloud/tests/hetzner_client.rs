@@ -1,7 +1,8 @@
 //! The real Hetzner client and provider against a local fake of the API: pagination, the
 //! listing cache, rate limits (429 with Retry-After / RateLimit-Reset, a spent budget), typed
 //! errors (quota, sold out, invalid input with fields, unauthorized), retries of transient
-//! failures only, and cleanup of a create whose action failed.
+//! failures only, cleanup of a create whose action failed, a placement error, the documented
+//! label-selector operators, a server's status over its boot, and a budget every request spends.
 
 mod fake_hetzner;
 
@@ -406,5 +407,112 @@ async fn server_settings_come_from_the_config() -> anyhow::Result<()> {
         !format!("{req:?}").contains("#cloud-config"),
         "user data is not logged"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn label_selectors_use_every_documented_operator() -> anyhow::Result<()> {
+    let fake = FakeHetzner::start().await;
+    fake.add_server("prod-a", &[("env", "production"), ("type", "web")]);
+    fake.add_server("prod-db", &[("env", "production"), ("type", "database")]);
+    fake.add_server("stage", &[("env", "staging")]);
+    fake.add_server("bare", &[]);
+    let client = client(&fake)?;
+    let names = |servers: Vec<rgrid_cloud::hetzner::types::Server>| {
+        let mut names: Vec<String> = servers.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    };
+    // Hetzner's own examples.
+    assert_eq!(
+        names(client.list_servers("env=production,type!=database").await?),
+        ["prod-a"]
+    );
+    assert_eq!(
+        names(client.list_servers("env in (testing,staging)").await?),
+        ["stage"]
+    );
+    assert_eq!(
+        names(client.list_servers("!type").await?),
+        ["bare", "stage"]
+    );
+    assert_eq!(
+        names(client.list_servers("env notin (staging),env").await?),
+        ["prod-a", "prod-db"]
+    );
+    assert_eq!(names(client.list_servers("type==web").await?), ["prod-a"]);
+    // A selector the API cannot parse is invalid input, not an empty listing.
+    let err = client
+        .list_servers("env in (staging")
+        .await
+        .expect_err("unbalanced");
+    assert!(matches!(err, HcloudError::InvalidInput { .. }), "{err:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_server_boots_through_initializing_and_starting() -> anyhow::Result<()> {
+    let fake = FakeHetzner::start().await;
+    fake.state().boot_phases = (Duration::from_millis(300), Duration::from_millis(300));
+    let provider = provider(&fake)?;
+    let created = provider
+        .create(&request("c1-cx23-s", "cx23", "fsn1"))
+        .await?;
+    assert_eq!(created.status, ServerStatus::Starting);
+    // The statuses a poller sees, in order, without repeats.
+    let client = client(&fake)?;
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.last().map(String::as_str) != Some("running") && Instant::now() < deadline {
+        let server = client
+            .get_server(created.id.0)
+            .await?
+            .context("it exists")?;
+        if seen.last() != Some(&server.status) {
+            seen.push(server.status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, ["initializing", "starting", "running"]);
+    let listed = provider.list("rgrid-cluster=c1").await?;
+    assert_eq!(listed[0].status, ServerStatus::Running);
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_request_spends_the_rate_limit_budget() -> anyhow::Result<()> {
+    let fake = FakeHetzner::start().await;
+    let client = client(&fake)?;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        client.get_server(1).await?;
+        seen.push(client.rate_limit().remaining.context("the header")?);
+    }
+    assert_eq!(seen, [3599, 3598, 3597]);
+    // It refills one a second.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    client.get_server(1).await?;
+    assert_eq!(client.rate_limit().remaining, Some(3598));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_placement_error_is_sold_out_there_and_not_retried() -> anyhow::Result<()> {
+    let fake = FakeHetzner::start().await;
+    fake.state().refuse_next_create = Some("placement_error".into());
+    let provider = provider(&fake)?;
+    let err = provider
+        .create(&request("c1-cx33-p", "cx33", "nbg1"))
+        .await
+        .expect_err("placement failed");
+    // The policy then tries the next location or type.
+    assert_eq!(err.kind(), FailureKind::Unavailable);
+    assert_eq!(fake.requests("POST", "/v1/servers").len(), 1, "no retry");
+    assert_eq!(fake.server_count(), 0);
+    // The next create goes through.
+    provider
+        .create(&request("c1-cx33-q", "cx33", "nbg1"))
+        .await?;
+    assert_eq!(fake.server_count(), 1);
     Ok(())
 }

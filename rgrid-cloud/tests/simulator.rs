@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use rgrid_cloud::sim::{
-    simulate, trace, BaselineConfig, HetznerModel, SimOptions, SimPolicy, Trace,
-};
+use rgrid_cloud::sim::{simulate, trace, HetznerModel, SeedConfig, SimOptions, SimPolicy, Trace};
 use rgrid_cloud::AutoscalerConfig;
 
 fn short(trace: Trace, hours: u64) -> Trace {
@@ -40,17 +38,13 @@ fn runs_are_deterministic_complete_and_leak_nothing() {
 
         let base = simulate(
             &trace,
-            &SimPolicy::Baseline(BaselineConfig::default()),
+            &SimPolicy::Seed(SeedConfig::default()),
             &config.node_types,
             &opts,
         );
         assert_eq!(base.tasks, a.tasks);
         assert_eq!(base.servers_left, 0, "{base:?}");
-        assert!(
-            base.policy.starts_with("baseline (cx23)"),
-            "{}",
-            base.policy
-        );
+        assert!(base.policy.starts_with("seed (cx23)"), "{}", base.policy);
     }
 }
 
@@ -89,4 +83,28 @@ fn the_node_cap_holds_in_a_burst() {
     // Never more than 2 at a time: at most 2 servers per started hour of the run, plus retries.
     let hours = r.makespan.as_secs().div_ceil(3600) + 1;
     assert!(u64::from(r.servers_created) <= 2 * hours + 4, "{r:?}");
+}
+
+#[test]
+fn every_policy_finishes_leaks_nothing_and_its_tasks_pay_the_bill() {
+    let config = AutoscalerConfig::default();
+    let opts = SimOptions::default();
+    for trace in [short(trace::bursty(4), 3), short(trace::mixed_shapes(4), 2)] {
+        for policy in SimPolicy::all(&config) {
+            let r = simulate(&trace, &policy, &config.node_types, &opts);
+            assert_eq!(r.unfinished, 0, "{} on {}: {r:?}", r.policy, r.trace);
+            assert_eq!(r.servers_left, 0, "{} on {}", r.policy, r.trace);
+            assert!(r.cost > 0.0);
+            // Every euro of the bill is some task's, to rounding (a server created with
+            // nothing queued would be the exception; none of these policies makes one).
+            assert!(
+                (r.attributed() - 1.0).abs() < 0.01,
+                "{} on {}: tasks pay {:.4} of the bill",
+                r.policy,
+                r.trace,
+                r.attributed()
+            );
+            assert!(r.task_costs.per_task.iter().all(|&c| c > 0.0));
+        }
+    }
 }

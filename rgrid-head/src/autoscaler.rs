@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use rgrid_cloud::policy::{self, ProvisionFailure};
 use rgrid_cloud::provider::ServerStatus;
 use rgrid_cloud::{
-    cloud_init, Action, AutoscalerConfig, CloudServer, CreateServer, NodeState, NodeView, Provider,
-    ProviderError, ServerId, Snapshot, Wait,
+    cloud_init, Action, AutoscalerConfig, CloudServer, CreateServer, Provider, ProviderError,
+    ServerId, ServerState, ServerView, Snapshot, Wait,
 };
 use rgrid_core::scheduler;
 use rgrid_core::tls::ClusterCa;
@@ -78,6 +78,8 @@ pub(crate) struct Autoscaler {
     failures: Vec<ProvisionFailure>,
     /// After a failed listing, the next one waits until then (decisions go on with the last).
     list_again: Instant,
+    /// Whether a listing has succeeded since the start: until one has, nothing is created.
+    listed: bool,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -143,6 +145,7 @@ impl Autoscaler {
             deleting: BTreeSet::new(),
             failures: Vec::new(),
             list_again: Instant::now(),
+            listed: false,
             done_tx,
             done_rx,
         })
@@ -178,34 +181,47 @@ impl Autoscaler {
         let (reply, view) = oneshot::channel();
         self.events.send(Event::Autoscale { reply }).await.ok()?;
         let view = view.await.ok()?;
+        let now = SystemTime::now();
         if Instant::now() >= self.list_again {
             match self.provider.list(&self.config.label_selector()).await {
-                Ok(servers) => self.servers = servers,
+                Ok(servers) => {
+                    self.servers = servers;
+                    self.listed = true;
+                }
                 Err(err) => {
                     self.list_again = Instant::now() + policy::ERROR_PAUSE;
                     tracing::warn!(error = %err, retry_in = ?policy::ERROR_PAUSE, "could not list the cluster's servers; deciding on the last listing");
+                    if !self.listed {
+                        // Without one listing, servers created before a restart are unknown:
+                        // creating now could buy them twice. Creation pauses as after a
+                        // failed create.
+                        self.failures.push(ProvisionFailure {
+                            node_type: String::new(),
+                            location: String::new(),
+                            kind: err.kind(),
+                            at: now,
+                        });
+                    }
                 }
             }
         }
-        let now = SystemTime::now();
         let keep = self.config.unavailable_cooldown.max(policy::ERROR_PAUSE);
         self.failures
             .retain(|f| now.duration_since(f.at).unwrap_or_default() < keep);
 
         let (snapshot, shapes) = self.snapshot(&view);
-        let decision = rgrid_cloud::decide(&self.config, &snapshot, now);
-        for action in decision.actions {
+        let plan = rgrid_cloud::decide(&self.config, &snapshot, now);
+        for action in plan.actions {
             self.act(action, now).await;
         }
         let waits: Vec<(Shape, WaitRuns)> = shapes
             .into_iter()
-            .zip(decision.waits)
+            .zip(plan.waits)
             .map(|(shape, runs)| (shape, runs.into_iter().map(describe).collect()))
             .collect();
         let _ = self.events.send(Event::Waits { waits }).await;
         Some(
-            decision
-                .next_wakeup
+            plan.next_wakeup
                 .and_then(|at| at.duration_since(now).ok())
                 .unwrap_or(Duration::MAX),
         )
@@ -220,7 +236,7 @@ impl Autoscaler {
             .filter(|((_, constraints), _)| constraints.capabilities.iter().all(|c| c == DOCKER))
             .map(|(shape, demand)| (shape.clone(), demand.clone()))
             .unzip();
-        let nodes = node_views(
+        let servers = server_views(
             &self.config,
             &view.nodes,
             &self.servers,
@@ -229,9 +245,9 @@ impl Autoscaler {
         );
         let snapshot = Snapshot {
             demand,
-            nodes,
+            servers,
             failures: self.failures.clone(),
-            arrival_load: Some(view.arrival_load),
+            streams: view.streams.clone(),
         };
         (snapshot, shapes)
     }
@@ -383,13 +399,13 @@ impl Autoscaler {
 /// The policy's view of every server of the cluster and every node: a server is provisioning
 /// until a node joins under its name, then takes that node's state; nodes that are not on a
 /// server of the cluster are capacity the autoscaler never drains or deletes.
-fn node_views(
+fn server_views(
     config: &AutoscalerConfig,
     nodes: &[NodeSummary],
     servers: &[CloudServer],
     creating: &BTreeMap<String, Creating>,
     deleting: &BTreeSet<ServerId>,
-) -> Vec<NodeView> {
+) -> Vec<ServerView> {
     // Where names repeat (a node that rejoined), the live one counts.
     let mut by_name: HashMap<&str, &NodeSummary> = HashMap::new();
     for node in nodes {
@@ -414,7 +430,7 @@ fn node_views(
                     server.created,
                 );
                 if server.status == ServerStatus::Stopped {
-                    view.state = NodeState::Failed;
+                    view.state = ServerState::Failed;
                 }
                 view
             }
@@ -448,16 +464,16 @@ fn unjoined(
     name: &str,
     node_type: &str,
     created: SystemTime,
-) -> NodeView {
+) -> ServerView {
     let capacity = config
         .node_type(node_type)
         .map(|t| t.capacity())
         .unwrap_or_default();
-    NodeView {
+    ServerView {
         server: Some(server),
         name: name.to_owned(),
         node_type: node_type.to_owned(),
-        state: NodeState::Provisioning,
+        state: ServerState::Provisioning,
         created,
         labels: BTreeMap::new(),
         free: capacity.clone(),
@@ -465,38 +481,40 @@ fn unjoined(
         running: 0,
         idle_since: None,
         busy_until: None,
+        suspect_since: None,
     }
 }
 
 /// A server whose node has joined.
-fn managed(server: &CloudServer, node: &NodeSummary) -> NodeView {
+fn managed(server: &CloudServer, node: &NodeSummary) -> ServerView {
     let mut view = from_node(node, server.created);
     view.server = Some(server.id);
     view.node_type = server.node_type.clone();
     view
 }
 
-fn from_node(node: &NodeSummary, created: SystemTime) -> NodeView {
+fn from_node(node: &NodeSummary, created: SystemTime) -> ServerView {
     let (state, free, running, idle_since) = match node.state {
         cluster::NodeState::Ready => (
-            NodeState::Ready,
+            ServerState::Ready,
             node.free.clone(),
             node.running,
             node.idle_since,
         ),
-        // Out of touch: no room to count on, and not idle enough to drain.
-        cluster::NodeState::Suspect => (NodeState::Ready, Resources::default(), node.running, None),
+        // Out of touch: its room counts while the blip is short (`suspect_since` tells the
+        // policy), and it is not idle enough to drain.
+        cluster::NodeState::Suspect => (ServerState::Ready, node.free.clone(), node.running, None),
         cluster::NodeState::Draining => (
-            NodeState::Draining,
+            ServerState::Draining,
             Resources::default(),
             node.running,
             None,
         ),
         // Drained and gone: its server can go.
-        cluster::NodeState::Left => (NodeState::Draining, Resources::default(), 0, None),
-        cluster::NodeState::Dead => (NodeState::Failed, Resources::default(), 0, None),
+        cluster::NodeState::Left => (ServerState::Draining, Resources::default(), 0, None),
+        cluster::NodeState::Dead => (ServerState::Failed, Resources::default(), 0, None),
     };
-    NodeView {
+    ServerView {
         server: None,
         name: node.name.clone(),
         node_type: String::new(),
@@ -508,6 +526,7 @@ fn from_node(node: &NodeSummary, created: SystemTime) -> NodeView {
         running,
         idle_since,
         busy_until: node.busy_until,
+        suspect_since: node.suspect_since,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::AutoscalerConfig;
+use crate::provider::{FailureKind, ServerId};
 use std::time::UNIX_EPOCH;
 
 const GIB: u64 = 1 << 30;
@@ -15,6 +16,7 @@ fn cfg() -> AutoscalerConfig {
         enabled: true,
         scale_up_delay: Duration::ZERO,
         growth: 0.0,
+        reserve: 0.0,
         ..AutoscalerConfig::default()
     }
 }
@@ -31,7 +33,7 @@ fn demand(cpus: u64, mem_gib: u64, count: u32, oldest: SystemTime) -> Demand {
     }
 }
 
-fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
+fn node(id: u64, ty: &str, state: ServerState, created: SystemTime) -> ServerView {
     let config = cfg();
     let capacity = config
         .node_type(ty)
@@ -41,7 +43,7 @@ fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
         .node_type(ty)
         .map(|t| type_labels(&config, t))
         .unwrap_or_default();
-    NodeView {
+    ServerView {
         server: Some(ServerId(id)),
         name: format!("n{id}"),
         node_type: ty.into(),
@@ -53,17 +55,27 @@ fn node(id: u64, ty: &str, state: NodeState, created: SystemTime) -> NodeView {
         running: 0,
         idle_since: Some(created),
         busy_until: None,
+        suspect_since: None,
     }
 }
 
-fn busy(mut n: NodeView, running: u32, free_cpus: u64) -> NodeView {
+/// A stream of 1-cpu tasks of ten minutes that keeps `tasks` of them running.
+fn stream(tasks: f64) -> Stream {
+    Stream {
+        resources: Resources::new(1000, 2 * GIB),
+        rate: tasks / 600.0,
+        runtime: Duration::from_secs(600),
+    }
+}
+
+fn busy(mut n: ServerView, running: u32, free_cpus: u64) -> ServerView {
     n.running = running;
     n.idle_since = None;
     n.free = Resources::new(free_cpus * 1000, free_cpus * 2 * GIB);
     n
 }
 
-fn creates(d: &Decision) -> Vec<(&str, &str)> {
+fn creates(d: &Plan) -> Vec<(&str, &str)> {
     d.actions
         .iter()
         .filter_map(|a| match a {
@@ -112,9 +124,9 @@ fn large_and_small_tasks_share_nodes() {
 fn free_capacity_and_provisioning_nodes_absorb_demand_first() {
     let snap = Snapshot {
         demand: vec![demand(1, 1, 6, t(0))],
-        nodes: vec![
-            busy(node(1, "cx33", NodeState::Ready, t(0)), 2, 2),
-            node(2, "cx33", NodeState::Provisioning, t(0)),
+        servers: vec![
+            busy(node(1, "cx33", ServerState::Ready, t(0)), 2, 2),
+            node(2, "cx33", ServerState::Provisioning, t(0)),
         ],
         ..Snapshot::default()
     };
@@ -147,12 +159,12 @@ fn never_provisions_for_unschedulable_tasks() {
     ));
 
     // A static node big enough makes it a matter of waiting, not unschedulable.
-    let mut big = busy(node(9, "cx53", NodeState::Ready, t(0)), 1, 0);
+    let mut big = busy(node(9, "cx53", ServerState::Ready, t(0)), 1, 0);
     big.server = None;
     big.capacity = Resources::new(128_000, 512 * GIB);
     let snap = Snapshot {
         demand: vec![demand(64, 1, 1, t(0))],
-        nodes: vec![big],
+        servers: vec![big],
         ..Snapshot::default()
     };
     let d = decide(&config, &snap, t(30));
@@ -185,9 +197,9 @@ fn creation_is_bounded_by_max_nodes_per_type_and_concurrent_provisioning() {
     config.max_nodes = 3;
     let snap = Snapshot {
         demand: vec![demand(1, 2, 100, t(0))],
-        nodes: vec![
-            busy(node(1, "cx23", NodeState::Ready, t(0)), 2, 0),
-            busy(node(2, "cx23", NodeState::Draining, t(0)), 2, 0),
+        servers: vec![
+            busy(node(1, "cx23", ServerState::Ready, t(0)), 2, 0),
+            busy(node(2, "cx23", ServerState::Draining, t(0)), 2, 0),
         ],
         ..Snapshot::default()
     };
@@ -343,10 +355,7 @@ fn other_create_errors_pause_creation_for_a_minute() {
     let d = decide(&cfg(), &snap, t(40));
     assert!(d.actions.is_empty());
     let wait = d.wait_for(0, 0).expect("the demand has a wait");
-    assert!(
-        wait.to_string().contains("creating a node failed"),
-        "{wait}"
-    );
+    assert!(wait.to_string().contains("cloud API failed"), "{wait}");
     assert_eq!(d.next_wakeup, Some(t(90)));
     assert_eq!(creates(&decide(&cfg(), &snap, t(90))).len(), 1);
 }
@@ -368,10 +377,10 @@ fn scale_up_waits_for_scale_up_delay() {
 
 #[test]
 fn idle_nodes_drain_just_before_their_next_billed_hour() {
-    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    let mut n = node(1, "cx33", ServerState::Ready, t(0));
     n.idle_since = Some(t(600));
     let snap = Snapshot {
-        nodes: vec![n],
+        servers: vec![n],
         ..Snapshot::default()
     };
     // Minute 50: the hour is paid anyway; keep it, look again when the window opens.
@@ -396,9 +405,9 @@ fn idle_nodes_drain_just_before_their_next_billed_hour() {
 #[test]
 fn drained_nodes_are_deleted_once_empty() {
     let snap = Snapshot {
-        nodes: vec![
-            node(1, "cx33", NodeState::Draining, t(0)),
-            busy(node(2, "cx33", NodeState::Draining, t(0)), 1, 3),
+        servers: vec![
+            node(1, "cx33", ServerState::Draining, t(0)),
+            busy(node(2, "cx33", ServerState::Draining, t(0)), 1, 3),
         ],
         ..Snapshot::default()
     };
@@ -415,10 +424,10 @@ fn drained_nodes_are_deleted_once_empty() {
 
 #[test]
 fn min_idle_protects_nodes_that_just_finished() {
-    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    let mut n = node(1, "cx33", ServerState::Ready, t(0));
     n.idle_since = Some(t(3400));
     let snap = Snapshot {
-        nodes: vec![n],
+        servers: vec![n],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(3420));
@@ -432,9 +441,9 @@ fn min_nodes_are_kept() {
     let mut config = cfg();
     config.min_nodes = 1;
     let snap = Snapshot {
-        nodes: vec![
-            node(1, "cx33", NodeState::Ready, t(0)),
-            node(2, "cx33", NodeState::Ready, t(60)),
+        servers: vec![
+            node(1, "cx33", ServerState::Ready, t(0)),
+            node(2, "cx33", ServerState::Ready, t(60)),
         ],
         ..Snapshot::default()
     };
@@ -449,11 +458,11 @@ fn min_nodes_are_kept() {
 
 #[test]
 fn idle_node_is_kept_when_queued_work_fits_it() {
-    let mut n = node(1, "cx33", NodeState::Ready, t(0));
+    let mut n = node(1, "cx33", ServerState::Ready, t(0));
     n.idle_since = Some(t(600));
     let snap = Snapshot {
         demand: vec![demand(1, 1, 1, t(3400))],
-        nodes: vec![n],
+        servers: vec![n],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(3420));
@@ -463,10 +472,10 @@ fn idle_node_is_kept_when_queued_work_fits_it() {
 
 #[test]
 fn old_nodes_are_drained_and_replaced() {
-    let old = busy(node(1, "cx23", NodeState::Ready, t(0)), 2, 0);
+    let old = busy(node(1, "cx23", ServerState::Ready, t(0)), 2, 0);
     let snap = Snapshot {
         demand: vec![demand(1, 2, 2, t(0))],
-        nodes: vec![old],
+        servers: vec![old],
         ..Snapshot::default()
     };
     let now = t(25 * 3600);
@@ -496,7 +505,7 @@ fn old_nodes_are_drained_and_replaced() {
 fn failed_nodes_are_deleted_and_replaced() {
     let snap = Snapshot {
         demand: vec![demand(2, 4, 1, t(0))],
-        nodes: vec![busy(node(1, "cx23", NodeState::Failed, t(0)), 1, 0)],
+        servers: vec![busy(node(1, "cx23", ServerState::Failed, t(0)), 1, 0)],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(100));
@@ -518,10 +527,10 @@ fn failed_nodes_are_deleted_and_replaced() {
 
 #[test]
 fn servers_that_never_join_are_deleted() {
-    let mut unmanaged = node(2, "cx23", NodeState::Failed, t(0));
+    let mut unmanaged = node(2, "cx23", ServerState::Failed, t(0));
     unmanaged.server = None;
     let snap = Snapshot {
-        nodes: vec![node(1, "cx23", NodeState::Provisioning, t(0)), unmanaged],
+        servers: vec![node(1, "cx23", ServerState::Provisioning, t(0)), unmanaged],
         ..Snapshot::default()
     };
     let d = decide(&cfg(), &snap, t(300));
@@ -555,9 +564,9 @@ fn wait_messages_read_well() {
 fn decisions_are_deterministic() {
     let snap = Snapshot {
         demand: vec![demand(1, 2, 37, t(0)), demand(3, 6, 5, t(5))],
-        nodes: vec![
-            busy(node(1, "cx33", NodeState::Ready, t(0)), 2, 1),
-            node(2, "cx43", NodeState::Provisioning, t(100)),
+        servers: vec![
+            busy(node(1, "cx33", ServerState::Ready, t(0)), 2, 1),
+            node(2, "cx43", ServerState::Provisioning, t(100)),
         ],
         ..Snapshot::default()
     };
@@ -574,7 +583,7 @@ fn new_nodes_grow_with_the_cluster() {
     // 12 cpus busy and one task queued: the next node is a big one, not a cx23.
     let snap = Snapshot {
         demand: vec![demand(1, 2, 1, t(0))],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 12, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 12, 0)],
         ..Snapshot::default()
     };
     assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx53", "fsn1")]);
@@ -584,6 +593,20 @@ fn new_nodes_grow_with_the_cluster() {
         ..Snapshot::default()
     };
     assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx23", "fsn1")]);
+
+    // A bigger type with a GPU is no growth step for cpu work.
+    let mut gpu = config.node_types[3].clone();
+    gpu.name = "gex130".into();
+    gpu.cpus = 24;
+    gpu.gpus = 1;
+    gpu.hourly_price = 1.15;
+    config.node_types.push(gpu);
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 1, t(0))],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
+        ..Snapshot::default()
+    };
+    assert_eq!(creates(&decide(&config, &snap, t(60))), [("cx53", "fsn1")]);
 }
 
 #[test]
@@ -592,7 +615,7 @@ fn known_runtimes_let_running_nodes_and_the_drain_target_absorb_queues() {
     queued.expected_runtime = Some(Duration::from_secs(600));
     let snap = Snapshot {
         demand: vec![queued],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
         ..Snapshot::default()
     };
     // 16 running 10-minute tasks free a slot every 37.5 s: within max_queue_wait (5 min) they
@@ -620,9 +643,9 @@ fn known_runtimes_let_running_nodes_and_the_drain_target_absorb_queues() {
 #[test]
 fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
     let snap = Snapshot {
-        nodes: vec![
-            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
-            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        servers: vec![
+            busy(node(1, "cx53", ServerState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", ServerState::Ready, t(0)), 4, 12),
         ],
         ..Snapshot::default()
     };
@@ -636,9 +659,14 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
             reason: Reason::Surplus
         }]
     );
-    // Not when the rest could not carry the load.
+    // Not outright when the rest could not carry the load (18 cpus and a quarter): then it is
+    // replaced by the cheapest type that, with the rest, does.
     let mut heavy = snap.clone();
-    heavy.nodes[0] = busy(node(1, "cx53", NodeState::Ready, t(1200)), 14, 2);
+    heavy.servers[0] = busy(node(1, "cx53", ServerState::Ready, t(1200)), 14, 2);
+    let d = decide(&cfg(), &heavy, t(3000));
+    assert_eq!(creates(&d), [("cx43", "fsn1")]);
+    // Not at all when nothing cheaper would do.
+    heavy.servers[1] = busy(node(2, "cx53", ServerState::Ready, t(0)), 10, 6);
     assert!(decide(&cfg(), &heavy, t(3000)).actions.is_empty());
     // Not when tasks wait for capacity.
     let mut waiting = heavy.clone();
@@ -656,9 +684,9 @@ fn surplus_busy_nodes_drain_before_their_next_billed_hour() {
 #[test]
 fn surplus_drains_leave_room_for_what_arrivals_keep_busy() {
     let mut snap = Snapshot {
-        nodes: vec![
-            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
-            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        servers: vec![
+            busy(node(1, "cx53", ServerState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", ServerState::Ready, t(0)), 4, 12),
         ],
         ..Snapshot::default()
     };
@@ -669,20 +697,88 @@ fn surplus_drains_leave_room_for_what_arrivals_keep_busy() {
             .filter(|a| matches!(a, Action::Drain { .. }))
             .count()
     };
-    // 8 cpus busy now, but arrivals keep 14 busy: with headroom, node 1 alone (16) is short.
-    snap.arrival_load = Some(14_000);
-    assert_eq!(drains(&snap), 0);
-    // Arrivals that keep fewer cpus busy than run now change nothing.
-    snap.arrival_load = Some(6_000);
+    // 8 cpus busy now, but arrivals keep 14 busy: with headroom, node 1 alone (16) is short:
+    // node 2 is replaced by a cx33, not drained outright.
+    snap.streams = vec![stream(14.0)];
     assert_eq!(drains(&snap), 1);
+    assert_eq!(creates(&decide(&cfg(), &snap, t(3000))), [("cx33", "fsn1")]);
+    // Arrivals that keep fewer cpus busy than run now change nothing.
+    snap.streams = vec![stream(6.0)];
+    assert_eq!(drains(&snap), 1);
+}
+
+#[test]
+fn a_reserve_for_arrivals_is_bought_before_a_queue_forms_and_kept() {
+    let mut config = cfg();
+    config.reserve = 1.0;
+    // Arrivals keep 16 cpus busy, give or take 4 (one standard deviation): a full cx53 is
+    // short of the reserve by 4 cpus though nothing is queued.
+    let mut snap = Snapshot {
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
+        streams: vec![stream(16.0)],
+        ..Snapshot::default()
+    };
+    assert_eq!(snap.arrival_load(), (16_000, 4_000));
+    assert_eq!(creates(&decide(&config, &snap, t(600))), [("cx33", "fsn1")]);
+    // Once it is provisioning, nothing more.
+    snap.servers
+        .push(node(2, "cx33", ServerState::Provisioning, t(600)));
+    assert!(decide(&config, &snap, t(620)).actions.is_empty());
+    // Joined and idle at the end of its hour, it is not drained: it is the reserve.
+    snap.servers[1].state = ServerState::Ready;
+    let d = decide(&config, &snap, t(600 + 3500));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    // Without the streams it would be.
+    snap.streams.clear();
+    let d = decide(&config, &snap, t(600 + 3500));
+    assert!(matches!(
+        d.actions[..],
+        [Action::Drain {
+            reason: Reason::Idle,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_lone_oversized_node_is_replaced_by_a_cheaper_type_before_its_next_hour() {
+    // Night: a cx53 runs 2 tasks that end before its next hour starts (in 10 minutes).
+    let mut lone = busy(node(1, "cx53", ServerState::Ready, t(0)), 2, 14);
+    lone.busy_until = Some(t(3300));
+    let mut snap = Snapshot {
+        servers: vec![lone],
+        ..Snapshot::default()
+    };
+    // 2.5 cpus with headroom: a cx33 carries them for a third of the price.
+    let d = decide(&cfg(), &snap, t(3000));
+    assert_eq!(
+        d.actions,
+        [
+            Action::Drain {
+                server: ServerId(1),
+                name: "n1".into(),
+                reason: Reason::Surplus
+            },
+            Action::Create {
+                node_type: "cx33".into(),
+                location: "fsn1".into()
+            }
+        ]
+    );
+    // Not when its tasks run past the hour: it pays that hour anyway.
+    snap.servers[0].busy_until = Some(t(3700));
+    assert!(decide(&cfg(), &snap, t(3000)).actions.is_empty());
+    // Not when nothing cheaper carries the load.
+    snap.servers[0] = busy(node(1, "cx23", ServerState::Ready, t(0)), 2, 0);
+    assert!(decide(&cfg(), &snap, t(3000)).actions.is_empty());
 }
 
 #[test]
 fn surplus_nodes_are_drained_only_if_they_empty_before_their_next_hour() {
     let mut snap = Snapshot {
-        nodes: vec![
-            busy(node(1, "cx53", NodeState::Ready, t(1200)), 4, 12),
-            busy(node(2, "cx53", NodeState::Ready, t(0)), 4, 12),
+        servers: vec![
+            busy(node(1, "cx53", ServerState::Ready, t(1200)), 4, 12),
+            busy(node(2, "cx53", ServerState::Ready, t(0)), 4, 12),
         ],
         ..Snapshot::default()
     };
@@ -696,15 +792,15 @@ fn surplus_nodes_are_drained_only_if_they_empty_before_their_next_hour() {
         (n, d.next_wakeup)
     };
     // Node 2's next hour starts at t(3600): its attempts end in time, with a minute to delete.
-    snap.nodes[1].busy_until = Some(t(3540));
+    snap.servers[1].busy_until = Some(t(3540));
     assert_eq!(drains(&snap).0, 1);
     // They run past it: it pays that hour anyway, so it keeps working.
-    snap.nodes[1].busy_until = Some(t(3541));
+    snap.servers[1].busy_until = Some(t(3541));
     assert_eq!(drains(&snap).0, 0);
     // Alone, the next look is in its next hour's window.
-    snap.nodes.remove(0);
-    snap.nodes[0].free = Resources::new(16_000, 32 * GIB);
-    snap.nodes[0].running = 1;
+    snap.servers.remove(0);
+    snap.servers[0].free = Resources::new(16_000, 32 * GIB);
+    snap.servers[0].running = 1;
     assert_eq!(drains(&snap), (0, Some(t(3600 + 2700))));
 }
 
@@ -716,7 +812,7 @@ fn known_arrival_rates_count_busy_nodes_for_the_whole_drain_target() {
     queued.arrival_rate = Some(0.0);
     let mut snap = Snapshot {
         demand: vec![queued],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
         ..Snapshot::default()
     };
     // Nothing else arrives (a burst): the 16 slots finish the 30 within 45 min; no new node.
@@ -755,7 +851,7 @@ fn running_times_bound_an_unknown_runtime_from_below() {
     queued.running_for = Some(Duration::from_secs(300));
     let mut snap = Snapshot {
         demand: vec![queued],
-        nodes: vec![busy(node(1, "cx53", NodeState::Ready, t(0)), 16, 0)],
+        servers: vec![busy(node(1, "cx53", ServerState::Ready, t(0)), 16, 0)],
         ..Snapshot::default()
     };
     // When the running ones free up is unknown, so they count for nothing; the queue needs
@@ -775,18 +871,6 @@ fn running_times_bound_an_unknown_runtime_from_below() {
 }
 
 #[test]
-fn the_sustained_rate_is_the_median_block() {
-    // 60 tasks in each ten-minute block: one a ten seconds.
-    assert_eq!(sustained_rate([60; RATE_BLOCKS]), 0.1);
-    // A burst in one block, or two, changes nothing.
-    assert_eq!(sustained_rate([60, 5000, 60, 60, 60, 60]), 0.1);
-    assert_eq!(sustained_rate([60, 5000, 900, 60, 60, 60]), 0.1);
-    // Bursts every other block are a stream of their own.
-    assert_eq!(sustained_rate([0, 600, 0, 600, 0, 600]), 0.5);
-    assert_eq!(sustained_rate([0; RATE_BLOCKS]), 0.0);
-}
-
-#[test]
 fn drained_nodes_hand_back_work_a_minute_before_their_next_hour() {
     let min = |m: u64| Duration::from_secs(m * 60);
     assert_eq!(drain_deadline(Reason::Surplus, min(50)), min(9));
@@ -796,4 +880,35 @@ fn drained_nodes_hand_back_work_a_minute_before_their_next_hour() {
         Duration::from_secs(10)
     );
     assert_eq!(drain_deadline(Reason::Lifetime, min(1440)), min(60));
+}
+
+#[test]
+fn a_node_briefly_out_of_touch_buys_no_capacity() {
+    // A cx33 with room for the queued task misses its heartbeats.
+    let mut quiet = busy(node(1, "cx33", ServerState::Ready, t(0)), 1, 3);
+    quiet.suspect_since = Some(t(100));
+    let snap = Snapshot {
+        demand: vec![demand(1, 2, 1, t(0))],
+        servers: vec![quiet],
+        ..Snapshot::default()
+    };
+    let mut config = cfg();
+    config.scale_up_delay = Duration::from_secs(20);
+    // Within scale_up_delay its room still counts: the task waits for it, and the policy
+    // looks again when the grace ends.
+    let d = decide(&config, &snap, t(110));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(d.waits[0], [(Wait::Placing, 1)]);
+    assert_eq!(d.next_wakeup, Some(t(120)));
+    // Out of touch for longer, it counts for nothing: a node is bought.
+    let d = decide(&config, &snap, t(130));
+    assert_eq!(creates(&d), [("cx23", "fsn1")]);
+    // Never drained while out of touch, even idle at the end of its hour.
+    let mut idle = node(1, "cx33", ServerState::Ready, t(0));
+    idle.suspect_since = Some(t(3400));
+    let snap = Snapshot {
+        servers: vec![idle],
+        ..Snapshot::default()
+    };
+    assert!(decide(&config, &snap, t(3500)).actions.is_empty());
 }

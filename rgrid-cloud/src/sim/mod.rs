@@ -1,41 +1,100 @@
 //! A discrete-event simulator for autoscaling: a virtual clock runs a policy against a workload
 //! [`trace`] and a [`model`] of Hetzner Cloud (boot times, hourly billing, occasional
-//! `resource_unavailable`), and [`report`]s cost, node-hours, p50/p95 queue wait and makespan.
-//! The [`engine`] runs rgrid's policy and, as a baseline on the same traces and model, the
-//! policy of the earlier Python RGrid design.
+//! `resource_unavailable`), and [`report`]s cost, node-hours, p50/p95 queue wait, makespan and
+//! what each task cost ([`cost`]). The [`engine`] runs rgrid's policy ([`rgrid`]) and, on the
+//! same traces, model and seed, its peers: a Ray-style autoscaler ([`ray`]), a Kubernetes
+//! cluster-autoscaler-style one ([`cluster_autoscaler`]) and the earlier Python RGrid design
+//! ([`seed`]).
 
+pub mod cluster_autoscaler;
+pub mod cost;
 pub mod engine;
 pub mod model;
+pub mod ray;
 pub mod report;
+mod rgrid;
+pub mod seed;
 pub mod trace;
 
-pub use engine::{simulate, BaselineConfig, SimOptions, SimPolicy};
+pub use cluster_autoscaler::ClusterAutoscalerConfig;
+pub use cost::TaskCosts;
+pub use engine::SimOptions;
 pub use model::HetznerModel;
+pub use ray::RayConfig;
 pub use report::{comparison_table, Report};
+pub use seed::SeedConfig;
 pub use trace::{Trace, TraceTask};
 
-use crate::config::AutoscalerConfig;
+use crate::config::{AutoscalerConfig, NodeTypeConfig};
 
-/// Runs every trace under the baseline and under rgrid's policy with `config`, same seed and
-/// model for both; returns `(baseline, rgrid)` per trace.
+/// An autoscaler the simulation can run.
+#[derive(Clone, Debug)]
+pub enum SimPolicy {
+    /// rgrid's policy with this configuration.
+    Rgrid(Box<AutoscalerConfig>),
+    /// The earlier Python RGrid design.
+    Seed(SeedConfig),
+    /// Ray's autoscaler.
+    Ray(RayConfig),
+    /// The Kubernetes cluster-autoscaler.
+    ClusterAutoscaler(ClusterAutoscalerConfig),
+}
+
+impl SimPolicy {
+    /// rgrid with `config`, and every peer with its defaults.
+    pub fn all(config: &AutoscalerConfig) -> Vec<SimPolicy> {
+        vec![
+            SimPolicy::Seed(SeedConfig::default()),
+            SimPolicy::Ray(RayConfig::default()),
+            SimPolicy::ClusterAutoscaler(ClusterAutoscalerConfig::default()),
+            SimPolicy::Rgrid(Box::new(config.clone())),
+        ]
+    }
+}
+
+/// Runs `trace` under `policy` with `types` as the price list and reports cost and queue
+/// wait.
+pub fn simulate(
+    trace: &Trace,
+    policy: &SimPolicy,
+    types: &[NodeTypeConfig],
+    opts: &SimOptions,
+) -> Report {
+    match policy {
+        SimPolicy::Rgrid(config) => {
+            let mut rgrid = rgrid::Rgrid::new(config, opts.debounce);
+            engine::run("rgrid".into(), trace, &mut rgrid, types, opts)
+        }
+        SimPolicy::Seed(config) => {
+            let mut seed = seed::Seed::new(config, trace, types);
+            let name = format!("seed ({})", types[seed.ty].name);
+            engine::run(name, trace, &mut seed, types, opts)
+        }
+        SimPolicy::Ray(config) => {
+            let mut ray = ray::Ray { config };
+            engine::run("ray".into(), trace, &mut ray, types, opts)
+        }
+        SimPolicy::ClusterAutoscaler(config) => {
+            let mut ca = cluster_autoscaler::ClusterAutoscaler::new(config, opts.seed);
+            engine::run("cluster-autoscaler".into(), trace, &mut ca, types, opts)
+        }
+    }
+}
+
+/// Runs every trace under every policy (same seed and model for all) with `types` as the
+/// price list; returns the reports per trace, in the order of `policies`.
 pub fn compare(
     traces: &[Trace],
-    config: &AutoscalerConfig,
-    baseline: &BaselineConfig,
+    policies: &[SimPolicy],
+    types: &[NodeTypeConfig],
     opts: &SimOptions,
-) -> Vec<(Report, Report)> {
-    let types = &config.node_types;
+) -> Vec<Vec<Report>> {
     traces
         .iter()
         .map(|trace| {
-            let base = simulate(trace, &SimPolicy::Baseline(baseline.clone()), types, opts);
-            let ours = simulate(
-                trace,
-                &SimPolicy::Rgrid(Box::new(config.clone())),
-                types,
-                opts,
-            );
-            (base, ours)
+            (policies.iter())
+                .map(|policy| simulate(trace, policy, types, opts))
+                .collect()
         })
         .collect()
 }

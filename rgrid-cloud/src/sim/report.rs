@@ -1,8 +1,11 @@
-//! What a simulation run measured — cost, billed node-hours, queue-wait percentiles, makespan —
-//! and the comparison table the `autoscale_sim` example prints.
+//! What a simulation run measured — cost, billed node-hours, queue-wait percentiles, makespan,
+//! the cost of each task — and the table the `autoscale_sim` example prints: every policy on
+//! every trace, rgrid's cost next to the cheapest peer's and the seed's.
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use super::cost::TaskCosts;
 
 /// The outcome of one policy on one trace.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,11 +18,11 @@ pub struct Report {
     pub tasks: usize,
     /// Tasks that never ran before the run ended (their wait counts until then).
     pub unfinished: usize,
-    /// Total price of every started hour of every server.
+    /// Total price of every started hour of every server: the bill.
     pub cost: f64,
     /// Billed server-hours.
     pub node_hours: u64,
-    /// Median queue wait (arrival to start).
+    /// Median queue wait (arrival to last start).
     pub wait_p50: Duration,
     /// 95th percentile queue wait.
     pub wait_p95: Duration,
@@ -31,6 +34,10 @@ pub struct Report {
     pub unavailable: u32,
     /// Servers still alive when the run ended (0 unless it hit the time limit).
     pub servers_left: u32,
+    /// Attempts cut off (a drain's deadline, an eviction) and run again from the start.
+    pub cut_off: u32,
+    /// What each task cost (the bill split among them).
+    pub task_costs: TaskCosts,
 }
 
 impl Report {
@@ -70,19 +77,22 @@ impl Report {
             servers_created,
             unavailable,
             servers_left: 0,
+            cut_off: 0,
+            task_costs: TaskCosts::default(),
         }
     }
 
-    pub(crate) fn with_servers_left(mut self, left: u32) -> Self {
-        self.servers_left = left;
-        self
+    /// The tasks' costs added up, as a fraction of the bill (1.0 when every euro is
+    /// attributed).
+    pub fn attributed(&self) -> f64 {
+        self.task_costs.total() / self.cost.max(f64::MIN_POSITIVE)
     }
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return T::default();
     }
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -99,12 +109,23 @@ fn secs(d: Duration) -> String {
     }
 }
 
-/// A table of `(baseline, rgrid)` pairs with the cost ratio, and totals.
-pub fn comparison_table(pairs: &[(Report, Report)]) -> String {
+/// Whether a policy is rgrid's own or the seed's (the others are the peers).
+fn is_rgrid(r: &Report) -> bool {
+    r.policy == "rgrid"
+}
+
+fn is_seed(r: &Report) -> bool {
+    r.policy.starts_with("seed")
+}
+
+/// The table of every policy on every trace (`runs[trace][policy]`, same policies in the same
+/// order for each), with rgrid's cost against the cheapest peer (Ray, cluster-autoscaler)
+/// and the seed, and totals.
+pub fn comparison_table(runs: &[Vec<Report>]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<17} {:>5} {:>9} {:>7} {:>8} {:>8} {:>9} {:>7} {:>5} {:>6}",
+        "{:<8} {:<18} {:>5} {:>8} {:>6} {:>8} {:>8} {:>8} {:>7} {:>4} {:>4} {:>5} {:>9} {:>9} {:>6}",
         "trace",
         "policy",
         "tasks",
@@ -115,14 +136,22 @@ pub fn comparison_table(pairs: &[(Report, Report)]) -> String {
         "makespan",
         "servers",
         "sold",
-        "unfin."
+        "cut",
+        "unfin",
+        "mEUR/task",
+        "p95 task",
+        "Σtasks"
     );
-    let mut totals = (0.0, 0.0);
-    for (base, ours) in pairs {
-        for r in [base, ours] {
+    let policies = runs.first().map_or(0, Vec::len);
+    let mut totals = vec![0.0; policies];
+    for reports in runs {
+        for (i, r) in reports.iter().enumerate() {
+            let mut per_task = r.task_costs.per_task.clone();
+            per_task.sort_by(f64::total_cmp);
+            let mean = r.task_costs.total() / per_task.len().max(1) as f64;
             let _ = writeln!(
                 out,
-                "{:<8} {:<17} {:>5} {:>9.3} {:>7} {:>8} {:>8} {:>9} {:>7} {:>5} {:>6}",
+                "{:<8} {:<18} {:>5} {:>8.3} {:>6} {:>8} {:>8} {:>8} {:>7} {:>4} {:>4} {:>5} {:>9.3} {:>9.3} {:>5.1}%",
                 r.trace,
                 r.policy,
                 r.tasks,
@@ -133,31 +162,70 @@ pub fn comparison_table(pairs: &[(Report, Report)]) -> String {
                 secs(r.makespan),
                 r.servers_created,
                 r.unavailable,
-                r.unfinished
+                r.cut_off,
+                r.unfinished,
+                mean * 1000.0,
+                percentile(&per_task, 0.95) * 1000.0,
+                r.attributed() * 100.0,
             );
+            if let Some(total) = totals.get_mut(i) {
+                *total += r.cost;
+            }
         }
-        totals.0 += base.cost;
-        totals.1 += ours.cost;
-        let verdict = if ours.wait_p95 <= base.wait_p95 {
-            "p95 equal or better"
-        } else {
-            "p95 WORSE"
-        };
+        if let Some(verdict) = verdict(reports) {
+            let _ = writeln!(out, "{:<8} {verdict}", "");
+        }
+        let _ = writeln!(out);
+    }
+    let first = runs.first().map(Vec::as_slice).unwrap_or_default();
+    let names: Vec<String> = first
+        .iter()
+        .zip(&totals)
+        .map(|(r, t)| format!("{} {t:.3}", r.policy))
+        .collect();
+    let _ = writeln!(out, "all traces, EUR: {}", names.join(", "));
+    let total_of = |pick: fn(&Report) -> bool| {
+        first
+            .iter()
+            .zip(&totals)
+            .find(|(r, _)| pick(r))
+            .map(|(_, t)| *t)
+    };
+    if let (Some(ours), Some(seed)) = (total_of(is_rgrid), total_of(is_seed)) {
         let _ = writeln!(
             out,
-            "{:<8} rgrid/baseline cost = {:.2}x, {verdict}\n",
-            "",
-            ours.cost / base.cost.max(f64::MIN_POSITIVE)
+            "rgrid/seed in total = {:.2}x",
+            ours / seed.max(f64::MIN_POSITIVE)
         );
     }
-    let _ = writeln!(
-        out,
-        "all traces: baseline {:.3} EUR, rgrid {:.3} EUR, ratio {:.2}x",
-        totals.0,
-        totals.1,
-        totals.1 / totals.0.max(f64::MIN_POSITIVE)
-    );
     out
+}
+
+/// rgrid against the cheapest peer and the seed on one trace.
+fn verdict(reports: &[Report]) -> Option<String> {
+    let ours = reports.iter().find(|r| is_rgrid(r))?;
+    let peer = reports
+        .iter()
+        .filter(|r| !is_rgrid(r) && !is_seed(r))
+        .min_by(|a, b| a.cost.total_cmp(&b.cost))?;
+    let p95 = if ours.wait_p95 <= peer.wait_p95 {
+        "p95 equal or better"
+    } else {
+        "p95 WORSE"
+    };
+    let mut line = format!(
+        "rgrid = {:.2}x the cheapest peer ({}), {p95}",
+        ours.cost / peer.cost.max(f64::MIN_POSITIVE),
+        peer.policy
+    );
+    if let Some(seed) = reports.iter().find(|r| is_seed(r)) {
+        let _ = write!(
+            line,
+            "; {:.2}x the seed",
+            ours.cost / seed.cost.max(f64::MIN_POSITIVE)
+        );
+    }
+    Some(line)
 }
 
 #[cfg(test)]
@@ -169,6 +237,6 @@ mod tests {
         let v: Vec<Duration> = (1..=100).map(Duration::from_secs).collect();
         assert_eq!(percentile(&v, 0.5), Duration::from_secs(50));
         assert_eq!(percentile(&v, 0.95), Duration::from_secs(95));
-        assert_eq!(percentile(&[], 0.95), Duration::ZERO);
+        assert_eq!(percentile::<Duration>(&[], 0.95), Duration::ZERO);
     }
 }

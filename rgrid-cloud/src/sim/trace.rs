@@ -1,12 +1,15 @@
 //! Workload traces: when tasks arrive, how long they run and what they need — and a few
-//! synthetic ones (steady, bursty, diurnal, mixed shapes) generated from a seeded RNG, so every
-//! run of the simulator sees exactly the same tasks.
+//! synthetic ones (steady, bursty, diurnal, mixed shapes, CI pipelines over a week,
+//! long-tailed runtimes, a mix with GPU tasks) generated from a seeded RNG, so every run of the
+//! simulator sees exactly the same tasks — and the node types they run on ([`node_types`]).
 
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rgrid_core::Resources;
+
+use crate::config::NodeTypeConfig;
 
 const GIB: u64 = 1 << 30;
 
@@ -45,15 +48,45 @@ impl Trace {
         self.tasks.last().map(|t| t.arrival).unwrap_or_default()
     }
 
-    /// The four standard traces, from one seed.
+    /// The standard traces, from one seed.
     pub fn standard(seed: u64) -> Vec<Trace> {
         vec![
             steady(seed),
             bursty(seed),
             diurnal(seed),
             mixed_shapes(seed),
+            ci(seed),
+            long_tail(seed),
+            gpu_mix(seed),
         ]
     }
+}
+
+/// The types the standard traces run on: rgrid's default shared-vCPU types, and two GPU
+/// types modelled on Hetzner's GEX44 (RTX 4000 SFF Ada, 14 cores, 64 GiB) and GEX130 (RTX 6000
+/// Ada, 24 threads, 128 GiB) at their monthly list price over 730 hours — Hetzner rents GPUs
+/// as dedicated servers by the month, so these hourly prices are stand-ins.
+pub fn node_types() -> Vec<NodeTypeConfig> {
+    let mut types = NodeTypeConfig::defaults();
+    for (name, cpus, mem_gib, monthly) in [("gex44", 14, 64, 184.0), ("gex130", 24, 128, 838.0)] {
+        types.push(NodeTypeConfig {
+            name: name.into(),
+            cpus,
+            memory: mem_gib * GIB,
+            gpus: 1,
+            custom: Default::default(),
+            labels: Default::default(),
+            hourly_price: monthly / 730.0,
+            max_nodes: None,
+            locations: Vec::new(),
+        });
+    }
+    types
+}
+
+/// `cpus` cpus with `mem_gib` GiB.
+fn shape(cpus: u64, mem_gib: u64) -> Resources {
+    Resources::new(cpus * 1000, mem_gib * GIB)
 }
 
 /// 1 cpu / 2 GiB: the shape of most tasks.
@@ -183,6 +216,88 @@ pub fn mixed_shapes(seed: u64) -> Trace {
         });
     });
     Trace::new("mixed", tasks)
+}
+
+/// A week of CI pipelines, from Monday 00:00: each push starts 4–20 jobs within half a
+/// minute (60% builds of 2 cpu / 4 GiB, the rest tests of 1 cpu / 2 GiB), runtimes log-normal
+/// around 5 minutes (1–45); pushes come 6 an hour in office hours (weekdays 8–18), one an hour
+/// in the evening (18–22), one every five hours at night and at weekends.
+pub fn ci(seed: u64) -> Trace {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0005);
+    let mut tasks = Vec::new();
+    // Thinning of a Poisson process at the office-hours rate, in minutes.
+    let peak = 6.0 / 60.0;
+    poisson(&mut rng, 1.0 / peak, 7.0 * 24.0 * 60.0, |rng, at| {
+        let day = (at / (24.0 * 60.0)) as u32;
+        let hour = (at / 60.0) % 24.0;
+        let rate = match (day, hour) {
+            (5.., _) => 0.2 / 60.0,
+            (_, h) if (8.0..18.0).contains(&h) => peak,
+            (_, h) if (18.0..22.0).contains(&h) => 1.0 / 60.0,
+            _ => 0.2 / 60.0,
+        };
+        if rng.gen_range(0.0..1.0) >= rate / peak {
+            return;
+        }
+        for _ in 0..rng.gen_range(4..=20) {
+            let resources = if rng.gen_range(0.0..1.0) < 0.6 {
+                shape(2, 4)
+            } else {
+                small()
+            };
+            tasks.push(TraceTask {
+                arrival: minutes(at + rng.gen_range(0.0..0.5)),
+                duration: minutes(lognormal(rng, 5.0, 0.8, 1.0, 45.0)),
+                resources,
+            });
+        }
+    });
+    Trace::new("ci", tasks)
+}
+
+/// 24 hours of Poisson arrivals, one every two minutes, whose runtimes have a long tail:
+/// log-normal around 8 minutes with shape 1.4 (1 minute to 6 hours; about 7% run over an
+/// hour); 80% 1 cpu / 2 GiB, 20% 2 cpu / 4 GiB.
+pub fn long_tail(seed: u64) -> Trace {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0006);
+    let mut tasks = Vec::new();
+    poisson(&mut rng, 2.0, 24.0 * 60.0, |rng, at| {
+        let resources = if rng.gen_range(0.0..1.0) < 0.8 {
+            small()
+        } else {
+            shape(2, 4)
+        };
+        tasks.push(TraceTask {
+            arrival: minutes(at),
+            duration: minutes(lognormal(rng, 8.0, 1.4, 1.0, 360.0)),
+            resources,
+        });
+    });
+    Trace::new("longtail", tasks)
+}
+
+/// Like `steady`, with GPU work besides: one task a minute of 1 cpu / 2 GiB around 10 minutes,
+/// and one every six minutes of 4 cpu / 16 GiB / 1 GPU around 30 minutes (5–180).
+pub fn gpu_mix(seed: u64) -> Trace {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0007);
+    let mut tasks = Vec::new();
+    poisson(&mut rng, 1.0, 24.0 * 60.0, |rng, at| {
+        tasks.push(TraceTask {
+            arrival: minutes(at),
+            duration: minutes(lognormal(rng, 10.0, 0.6, 1.0, 60.0)),
+            resources: small(),
+        });
+    });
+    poisson(&mut rng, 6.0, 24.0 * 60.0, |rng, at| {
+        let mut resources = shape(4, 16);
+        resources.gpus = 1;
+        tasks.push(TraceTask {
+            arrival: minutes(at),
+            duration: minutes(lognormal(rng, 30.0, 0.6, 5.0, 180.0)),
+            resources,
+        });
+    });
+    Trace::new("gpu", tasks)
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! A fake Hetzner Cloud API on 127.0.0.1 (port 0) that speaks the documented JSON: servers with
-//! label selectors and `meta.pagination`, actions that go from `running` to `success` (or
-//! `error`) as they are polled, error bodies `{"error": {"code", "message", "details"}}`,
-//! `RateLimit-*` headers on every response, and scripted failures (429s, 5xx) for the next
-//! requests. A tiny HTTP/1.1 server: one request per connection.
+//! label selectors (`=`, `==`, `!=`, `k`, `!k`, `in`, `notin`; a bad one is `invalid_input`)
+//! and `meta.pagination`, a status that goes from `initializing` through `starting` to
+//! `running` over time, actions that go from `running` to `success` (or `error`) as they are
+//! polled, error bodies `{"error": {"code", "message", "details"}}`, `RateLimit-*` headers on
+//! every response with a budget that every request spends and that refills one a second, and
+//! scripted failures (429s, 5xx) for the next requests. A tiny HTTP/1.1 server: one request
+//! per connection.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -11,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rgrid_cloud::fake::parse_selector;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,11 +62,58 @@ pub struct State {
     pub fail_next_create_action: Option<(String, String)>,
     /// Polls an action stays `running`.
     pub action_polls: u32,
-    /// `RateLimit-Remaining` reported on normal responses.
+    /// Requests left in the budget (`RateLimit-Remaining`): every request spends one, and it
+    /// refills one a second up to 3,600.
     pub remaining: u32,
+    /// When the budget was last refilled.
+    refilled: Option<Instant>,
+    /// How long a new server reports `initializing`, then `starting`, before `running`.
+    pub boot_phases: (Duration, Duration),
+    /// Servers still booting, with when they were created.
+    booting: HashMap<u64, Instant>,
+    /// The next create fails with this 412 code (`placement_error`, `resource_unavailable`).
+    pub refuse_next_create: Option<String>,
     /// New servers report a `created` time this long ago (to test billing-hour rules without
     /// waiting an hour).
     pub created_ago: Duration,
+}
+
+impl State {
+    /// Refills the budget one request a second, then spends one.
+    fn spend_budget(&mut self) {
+        let now = Instant::now();
+        let since = *self.refilled.get_or_insert(now);
+        let secs = now.duration_since(since).as_secs();
+        if secs > 0 {
+            let refill = u32::try_from(secs).unwrap_or(u32::MAX);
+            self.remaining = self.remaining.saturating_add(refill).min(3600);
+            self.refilled = Some(since + Duration::from_secs(secs));
+        }
+        self.remaining = self.remaining.saturating_sub(1);
+    }
+
+    /// Moves booting servers along `initializing` → `starting` → `running`.
+    fn refresh_statuses(&mut self) {
+        let (init, start) = self.boot_phases;
+        let mut done = Vec::new();
+        for (id, since) in &self.booting {
+            let age = since.elapsed();
+            let status = if age < init {
+                "initializing"
+            } else if age < init + start {
+                "starting"
+            } else {
+                done.push(*id);
+                "running"
+            };
+            if let Some(server) = self.servers.get_mut(id) {
+                server["status"] = json!(status);
+            }
+        }
+        for id in done {
+            self.booting.remove(&id);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -78,7 +129,7 @@ impl FakeHetzner {
         let state = Arc::new(Mutex::new(State {
             next_id: 1,
             action_polls: 2,
-            remaining: 3599,
+            remaining: 3600,
             ..State::default()
         }));
         let fake = Self { addr, state };
@@ -232,6 +283,8 @@ impl FakeHetzner {
         auth: Option<String>,
     ) -> (u16, Vec<(String, String)>, Value) {
         let mut s = self.state();
+        s.spend_budget();
+        s.refresh_statuses();
         s.log.push(Logged {
             method: method.into(),
             path: path.into(),
@@ -439,16 +492,6 @@ fn action_json(id: u64, a: &FakeAction) -> Value {
     })
 }
 
-fn matches(labels: &Value, selector: &str) -> bool {
-    selector
-        .split(',')
-        .filter(|t| !t.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some((k, v)) => labels.get(k).and_then(Value::as_str) == Some(v),
-            None => labels.get(term).is_some(),
-        })
-}
-
 fn list_servers(s: &State, q: &BTreeMap<String, String>) -> (u16, Vec<(String, String)>, Value) {
     let per_page: usize = q.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(25);
     if per_page > 50 {
@@ -464,12 +507,25 @@ fn list_servers(s: &State, q: &BTreeMap<String, String>) -> (u16, Vec<(String, S
         .and_then(|v| v.parse().ok())
         .unwrap_or(1)
         .max(1);
+    let terms = match q.get("label_selector").map(|sel| parse_selector(sel)) {
+        Some(Err(problem)) => {
+            return error(
+                400,
+                "invalid_input",
+                &format!("invalid label_selector: {problem}"),
+                None,
+            )
+        }
+        Some(Ok(terms)) => terms,
+        None => Vec::new(),
+    };
     let all: Vec<&Value> = s
         .servers
         .values()
         .filter(|v| {
-            q.get("label_selector")
-                .is_none_or(|sel| matches(&v["labels"], sel))
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(v["labels"].clone()).unwrap_or_default();
+            terms.iter().all(|t| t.matches(&labels))
         })
         .filter(|v| q.get("name").is_none_or(|n| v["name"].as_str() == Some(n)))
         .collect();
@@ -540,6 +596,14 @@ fn create_server(s: &mut State, body: Value) -> (u16, Vec<(String, String)>, Val
             None,
         );
     }
+    if let Some(code) = s.refuse_next_create.take() {
+        return error(
+            412,
+            &code,
+            &format!("{code}: cannot place server type {ty} in {location}"),
+            None,
+        );
+    }
     if s.sold_out.contains(&(ty.clone(), location.clone())) {
         return error(
             412,
@@ -565,10 +629,7 @@ fn create_server(s: &mut State, body: Value) -> (u16, Vec<(String, String)>, Val
     let fail = s.fail_next_create_action.take();
     let action = new_action(s, "create_server", id, fail);
     let start = new_action(s, "start_server", id, None);
-    // Once created, the server reports running.
-    if let Some(v) = s.servers.get_mut(&id) {
-        v["status"] = json!("running");
-    }
+    s.booting.insert(id, Instant::now());
     (
         201,
         vec![],

@@ -29,11 +29,12 @@ fn node(name: &str, state: cluster::NodeState, running: u32) -> NodeSummary {
         running,
         idle_since: (running == 0).then(|| t(100)),
         busy_until: (running > 0).then(|| t(900)),
+        suspect_since: (state == cluster::NodeState::Suspect).then(|| t(50)),
     }
 }
 
-fn views(nodes: &[NodeSummary], servers: &[CloudServer]) -> Vec<NodeView> {
-    node_views(
+fn views(nodes: &[NodeSummary], servers: &[CloudServer]) -> Vec<ServerView> {
+    server_views(
         &AutoscalerConfig::default(),
         nodes,
         servers,
@@ -47,7 +48,7 @@ fn a_server_without_a_node_is_provisioning_with_its_types_capacity() {
     let v = views(&[], &[server(7, "rgrid-cx23-a")]);
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].server, Some(ServerId(7)));
-    assert_eq!(v[0].state, NodeState::Provisioning);
+    assert_eq!(v[0].state, ServerState::Provisioning);
     assert_eq!(v[0].capacity, Resources::new(2000, 4 * GIB));
     assert_eq!(v[0].created, t(0));
 }
@@ -61,7 +62,7 @@ fn a_joined_node_takes_its_servers_id_type_and_creation_time() {
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].server, Some(ServerId(7)));
     assert_eq!(v[0].node_type, "cx23");
-    assert_eq!(v[0].state, NodeState::Ready);
+    assert_eq!(v[0].state, ServerState::Ready);
     assert_eq!(v[0].free, Resources::new(1000, 3 * GIB));
     assert_eq!(v[0].idle_since, Some(t(100)));
     assert_eq!(v[0].created, t(0));
@@ -90,16 +91,18 @@ fn node_states_map_to_what_the_policy_acts_on() {
     // Drained and gone: empty draining, so the policy deletes the server.
     assert_eq!(
         (by("left").state, by("left").running),
-        (NodeState::Draining, 0)
+        (ServerState::Draining, 0)
     );
-    assert_eq!(by("dead").state, NodeState::Failed);
-    // Out of touch: counted as a node, but with no room and never idle.
-    assert_eq!(by("suspect").state, NodeState::Ready);
-    assert_eq!(by("suspect").free, Resources::default());
+    assert_eq!(by("dead").state, ServerState::Failed);
+    // Out of touch: counted as a node with its room, never idle, and the policy is told since
+    // when (its room stops counting after scale_up_delay).
+    assert_eq!(by("suspect").state, ServerState::Ready);
+    assert_eq!(by("suspect").free, Resources::new(1000, 3 * GIB));
     assert_eq!(by("suspect").idle_since, None);
+    assert_eq!(by("suspect").suspect_since, Some(t(50)));
     assert_eq!(
         (by("draining").state, by("draining").running),
-        (NodeState::Draining, 2)
+        (ServerState::Draining, 2)
     );
 }
 
@@ -114,15 +117,15 @@ fn nodes_joined_by_hand_are_capacity_the_autoscaler_never_touches() {
     assert_eq!(v[0].name, "by-hand");
     assert_eq!(v[0].server, None);
     let config = AutoscalerConfig::default();
-    let decision = rgrid_cloud::decide(
+    let plan = rgrid_cloud::decide(
         &config,
         &Snapshot {
-            nodes: v,
+            servers: v,
             ..Snapshot::default()
         },
         t(3500),
     );
-    assert!(decision.actions.is_empty(), "{:?}", decision.actions);
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
 }
 
 #[test]
@@ -133,7 +136,7 @@ fn a_rejoined_name_counts_its_live_node() {
     ];
     let v = views(&nodes, &[server(7, "rgrid-cx23-a")]);
     assert_eq!(v.len(), 1);
-    assert_eq!(v[0].state, NodeState::Ready);
+    assert_eq!(v[0].state, ServerState::Ready);
     assert_eq!(v[0].running, 1);
 }
 
@@ -155,7 +158,7 @@ fn creates_in_flight_count_once_and_deletes_in_flight_not_at_all() {
             },
         ),
     ]);
-    let v = node_views(
+    let v = server_views(
         &AutoscalerConfig::default(),
         &[],
         &[server(1, "listed"), server(2, "going")],
@@ -165,7 +168,7 @@ fn creates_in_flight_count_once_and_deletes_in_flight_not_at_all() {
     let names: Vec<&str> = v.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["listed", "new"]);
     assert_eq!(v[1].server, Some(PENDING));
-    assert_eq!(v[1].state, NodeState::Provisioning);
+    assert_eq!(v[1].state, ServerState::Provisioning);
     assert_eq!(v[1].capacity, Resources::new(4000, 8 * GIB));
 }
 

@@ -2,9 +2,11 @@
 //! idleness) and what it hears back (why each shape's tasks wait, shown in task listings).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use rgrid_cloud::{policy, Demand};
+use rgrid_cloud::policy::{self, RuntimeStats, Stream};
+use rgrid_cloud::Demand;
 use rgrid_core::protocol::TaskInfo;
 use rgrid_core::task::{Affinity, Constraints};
 use rgrid_core::time::{monotonic_ms, unix_ms};
@@ -27,9 +29,9 @@ pub(crate) struct AutoscaleView {
     pub demand: Vec<(Shape, Demand)>,
     /// Every node the head knows, including ones that left or died.
     pub nodes: Vec<NodeSummary>,
-    /// Cpu millis the arrivals keep busy: over shapes with a known runtime, sustained arrival
-    /// rate × runtime × cpu ([`rgrid_cloud::Snapshot::arrival_load`]).
-    pub arrival_load: u64,
+    /// Every shape submitted in the last hour with a known mean runtime, with its sustained
+    /// arrival rate ([`rgrid_cloud::Snapshot::streams`]).
+    pub streams: Vec<Stream>,
 }
 
 /// One node, as the autoscaler sees it.
@@ -41,21 +43,25 @@ pub(crate) struct NodeSummary {
     pub free: Resources,
     pub running: u32,
     pub idle_since: Option<SystemTime>,
-    /// When its attempts are expected to end: the latest start plus its shape's mean runtime;
-    /// `None` when one of them has a shape with no known runtime (or nothing runs).
+    /// When its attempts are expected to end: the latest over them of the start plus a high
+    /// quantile of its shape's runtimes ([`RuntimeStats::ends_within`]); `None` when one of
+    /// them has a shape with no known runtime (or nothing runs).
     pub busy_until: Option<SystemTime>,
+    /// Since when it has been out of touch, while suspect (when it was last heard from).
+    pub suspect_since: Option<SystemTime>,
 }
 
-/// Weight of the newest run in a shape's mean run time.
-const RUNTIME_WEIGHT: f64 = 0.2;
-
-/// Submissions per shape over the last hour, in one-minute buckets, for the sustained arrival
-/// rate the policy sizes capacity with ([`rgrid_cloud::policy::sustained_rate`]).
+/// What the autoscaler learns per shape: submissions over the last hour, in one-minute
+/// buckets, for the sustained arrival rate the policy sizes capacity with
+/// ([`rgrid_cloud::policy::sustained_rate`]), and the runtimes of its last finished attempts.
 pub(super) struct Arrivals {
     /// Counts per minute, indexed by minute number modulo the window.
     buckets: [u32; Self::MINUTES],
     /// The minute (since the loop started) the buckets were last brought up to date.
     minute: u64,
+    /// Runtimes of its finished attempts: their mean (kept in the loop's `runtimes` too) and
+    /// quantiles.
+    runtimes: RuntimeStats,
 }
 
 impl Default for Arrivals {
@@ -63,6 +69,7 @@ impl Default for Arrivals {
         Self {
             buckets: [0; Self::MINUTES],
             minute: 0,
+            runtimes: RuntimeStats::default(),
         }
     }
 }
@@ -185,20 +192,28 @@ impl<C: Comm> Cluster<C> {
                 free: self.scheduler.free(node.id).cloned().unwrap_or_default(),
                 running: u32::try_from(node.running.len()).unwrap_or(u32::MAX),
                 idle_since: node.idle_since_ms.map(wall_clock),
-                busy_until: self.busy_until(node.running.keys(), shapes),
+                busy_until: self.busy_until(node.running.keys(), shapes, now_ms),
+                suspect_since: (node.state == NodeState::Suspect).then(|| {
+                    let heard = (node.session.as_ref()).map_or(node.silent_since_ms, |s| {
+                        s.last_seen.load(Ordering::Relaxed)
+                    });
+                    wall_clock(now_ms.saturating_sub(monotonic_ms().saturating_sub(heard)))
+                }),
             })
             .collect();
-        let arrival_load: f64 = (self.arrivals.iter_mut())
+        let streams = (self.arrivals.iter_mut())
             .filter_map(|(shape, arrivals)| {
-                let runtime = self.runtimes.get(shape)?;
-                let cpu = shape.0.cpu_millis as f64;
-                Some(arrivals.rate(minute) * runtime.as_secs_f64() * cpu)
+                Some(Stream {
+                    resources: shape.0.clone(),
+                    rate: arrivals.rate(minute),
+                    runtime: arrivals.runtimes.mean()?,
+                })
             })
-            .sum();
+            .collect();
         AutoscaleView {
             demand,
             nodes,
-            arrival_load: arrival_load as u64,
+            streams,
         }
     }
 
@@ -207,20 +222,23 @@ impl<C: Comm> Cluster<C> {
         &self,
         attempts: impl Iterator<Item = &'a AttemptId>,
         shapes: &Shapes,
+        now_ms: u64,
     ) -> Option<SystemTime> {
         let mut until: Option<u64> = None;
         for attempt in attempts {
             let task = self.tasks.get(&attempt.task)?;
-            let runtime = self.runtimes.get(shapes.get(task.shape))?;
+            let stats = &self.arrivals.get(shapes.get(task.shape))?.runtimes;
+            let ran = Duration::from_millis(now_ms.saturating_sub(task.started_at_ms));
+            let runtime = stats.ends_within(ran)?;
             let end = task
                 .started_at_ms
-                .saturating_add(runtime.as_millis() as u64);
+                .saturating_add(u64::try_from(runtime.as_millis()).unwrap_or(u64::MAX));
             until = until.max(Some(end));
         }
         until.map(wall_clock)
     }
 
-    /// Folds a successful attempt's run time into its shape's mean.
+    /// Folds a successful attempt's run time into its shape's runtimes.
     pub(super) fn learn_runtime(&mut self, task: TaskId, finished_at_ms: u64) {
         if !self.autoscaling {
             return;
@@ -230,11 +248,15 @@ impl<C: Comm> Cluster<C> {
         };
         let ran = Duration::from_millis(finished_at_ms.saturating_sub(task.started_at_ms));
         let shape = self.shapes.get(task.shape);
-        match self.runtimes.get_mut(shape) {
-            Some(mean) => *mean = mean.mul_f64(1.0 - RUNTIME_WEIGHT) + ran.mul_f64(RUNTIME_WEIGHT),
-            None => {
-                self.runtimes.insert(shape.clone(), ran);
-            }
+        if !self.arrivals.contains_key(shape) {
+            self.arrivals.insert(shape.clone(), Arrivals::default());
+        }
+        let Some(arrivals) = self.arrivals.get_mut(shape) else {
+            return;
+        };
+        arrivals.runtimes.record(ran);
+        if let Some(mean) = arrivals.runtimes.mean() {
+            self.runtimes.insert(shape.clone(), mean);
         }
     }
 
