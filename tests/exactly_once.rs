@@ -372,20 +372,18 @@ async fn a_thousand_tasks_survive_a_head_killed_twelve_times_and_a_node_killed_o
         seed ^= seed >> 7;
         seed ^= seed << 17;
         tokio::time::sleep(Duration::from_millis(200 + seed % 500)).await;
-        match crash_points.get(round) {
-            Some(point) => {
-                cluster.head(&format!("{point}=1*return"), &[]);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while cluster
-                    .head
-                    .as_mut()
-                    .is_some_and(|h| h.0.try_wait().ok().flatten().is_none())
-                    && Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+        // The first rounds arm a crash point and let it fire; the others kill at random.
+        if let Some(point) = crash_points.get(round) {
+            cluster.head(&format!("{point}=1*return"), &[]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cluster
+                .head
+                .as_mut()
+                .is_some_and(|h| h.0.try_wait().ok().flatten().is_none())
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            None => {}
         }
         // SIGKILL (if still running) and start again.
         cluster.head("", &[]);

@@ -176,6 +176,32 @@ impl Counts {
     }
 }
 
+/// How a task ends.
+pub(super) struct Ending {
+    pub state: TaskState,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub stdout: Output,
+    pub stderr: Output,
+    /// When its last attempt ended on its node; `None` when none ran to an end (the head's
+    /// clock is used).
+    pub ended_at_ms: Option<u64>,
+}
+
+impl Ending {
+    /// An end without a run to its end (unschedulable, cancelled, lost).
+    pub(super) fn without_run(state: TaskState, reason: String) -> Self {
+        Self {
+            state,
+            exit_code: None,
+            reason: Some(reason),
+            stdout: Output::Empty,
+            stderr: Output::Empty,
+            ended_at_ms: None,
+        }
+    }
+}
+
 /// How a result relates to the task it names.
 enum Standing {
     /// It ends the current attempt.
@@ -285,15 +311,8 @@ impl<C: Comm> Cluster<C> {
                     }
                 }
                 Decision::Unschedulable { task, reason } => {
-                    tracing::info!(task = %task, %reason, "task is unschedulable");
-                    self.finish(
-                        task,
-                        TaskState::Unschedulable,
-                        None,
-                        Some(reason),
-                        Output::Empty,
-                        Output::Empty,
-                    );
+                    tracing::debug!(task = %task, %reason, "task is unschedulable");
+                    self.finish(task, Ending::without_run(TaskState::Unschedulable, reason));
                 }
             }
         }
@@ -423,7 +442,15 @@ impl<C: Comm> Cluster<C> {
             other => (TaskState::Failed, other.code(), Some(other.to_string())),
         };
         tracing::debug!(attempt = %report.attempt, node = %self.node(index).id, %state, "task ended");
-        self.finish(id, state, exit_code, reason, report.stdout, report.stderr);
+        let ending = Ending {
+            state,
+            exit_code,
+            reason,
+            stdout: report.stdout,
+            stderr: report.stderr,
+            ended_at_ms: Some(report.finished_at_ms),
+        };
+        self.finish(id, ending);
     }
 
     /// An attempt its node handed back (the node's engine or registry failed, not the task) runs
@@ -561,14 +588,7 @@ impl<C: Comm> Cluster<C> {
         self.end_attempt(attempt, why.to_owned());
         if losses > budget {
             let reason = format!("lost its node {losses} times (node-loss retries: {budget})");
-            self.finish(
-                attempt.task,
-                TaskState::Lost,
-                None,
-                Some(reason),
-                Output::Empty,
-                Output::Empty,
-            );
+            self.finish(attempt.task, Ending::without_run(TaskState::Lost, reason));
             return;
         }
         tracing::info!(%attempt, why, "requeueing an attempt that did not finish");
@@ -577,17 +597,17 @@ impl<C: Comm> Cluster<C> {
 
     /// Moves a task to a terminal state: writes its end, and once that is durable lets its
     /// waiters see it and drops it from the loop.
-    pub(super) fn finish(
-        &mut self,
-        id: TaskId,
-        state: TaskState,
-        exit_code: Option<i64>,
-        reason: Option<String>,
-        stdout: Output,
-        stderr: Output,
-    ) {
+    pub(super) fn finish(&mut self, id: TaskId, ending: Ending) {
+        let Ending {
+            state,
+            exit_code,
+            reason,
+            stdout,
+            stderr,
+            ended_at_ms,
+        } = ending;
         let seq = self.commits.pending_seq;
-        let now = unix_ms();
+        let now = ended_at_ms.unwrap_or_else(unix_ms);
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -667,11 +687,7 @@ impl<C: Comm> Cluster<C> {
         }
         self.finish(
             id,
-            TaskState::Cancelled,
-            None,
-            Some("cancelled by a client".into()),
-            Output::Empty,
-            Output::Empty,
+            Ending::without_run(TaskState::Cancelled, "cancelled by a client".into()),
         );
         let seq = self.commits.pending_seq;
         self.after(

@@ -173,7 +173,7 @@ fn running_task(c: &mut Loop) -> (NodeId, TaskSpec, AttemptId) {
     connect(c, node, 1, hello(4000));
     commit(c);
     let spec = task();
-    let mut reply = submit(c, &[spec.clone()]);
+    let mut reply = submit(c, std::slice::from_ref(&spec));
     let batch = commit(c);
     assert_eq!(batch.inserts.len(), 1);
     assert_eq!(
@@ -207,7 +207,7 @@ fn nothing_is_acknowledged_or_assigned_before_its_commit() {
     connect(&mut c, node, 1, hello(4000));
     commit(&mut c);
     let spec = task();
-    let mut reply = submit(&mut c, &[spec.clone()]);
+    let mut reply = submit(&mut c, std::slice::from_ref(&spec));
     // The insert and the attempt are written together, but nothing went out yet.
     assert!(reply.try_recv().is_err(), "acknowledged before durable");
     assert!(
@@ -282,7 +282,7 @@ fn a_failed_commit_acknowledges_nothing_and_stops_the_loop() {
 fn one_owner_decides_what_is_new() {
     let mut c = cluster();
     let spec = task();
-    let mut first = submit(&mut c, &[spec.clone()]);
+    let mut first = submit(&mut c, std::slice::from_ref(&spec));
     commit(&mut c);
     assert!(first.try_recv().is_ok());
     // In memory: the same spec is known, another spec under the same id is refused.
@@ -309,7 +309,7 @@ fn one_owner_decides_what_is_new() {
     connect(&mut c, node, 1, hello(4000));
     commit(&mut c);
     let old = task();
-    let mut reply = submit(&mut c, &[old.clone()]);
+    let mut reply = submit(&mut c, std::slice::from_ref(&old));
     let batch = commit_knowing(&mut c, HashSet::from([old.id]));
     assert_eq!(batch.inserts.len(), 1);
     let answer = reply.try_recv().expect("answered");
@@ -379,7 +379,7 @@ fn an_attempt_number_is_never_reused_after_a_crash_before_the_assignment() {
 fn a_node_reporting_an_unknown_attempt_is_told_to_kill_it_and_the_counter_stays_above_it() {
     let mut c = cluster();
     let spec = task();
-    submit(&mut c, &[spec.clone()]);
+    submit(&mut c, std::slice::from_ref(&spec));
     commit(&mut c);
     // A node says it runs attempt 5 of a task the head holds queued.
     let node = NodeId::new();
@@ -508,7 +508,7 @@ fn a_node_that_cannot_keep_up_loses_its_session_not_its_work() {
     commit(&mut c);
     c.comm.full.insert(1);
     let spec = task();
-    submit(&mut c, &[spec.clone()]);
+    submit(&mut c, std::slice::from_ref(&spec));
     commit(&mut c);
     assert_eq!(c.list_nodes()[0].state, "suspect");
     // It reconnects without the attempt it never received: requeued, not a node loss.
