@@ -92,19 +92,7 @@ impl Cluster {
 impl Drop for Cluster {
     /// A failing test shows what the daemons logged.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "log") {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    println!("==== {} ====\n{text}", path.display());
-                }
-            }
-        }
+        common::process::print_logs_if_panicking(self.dir.path(), 10_000);
     }
 }
 

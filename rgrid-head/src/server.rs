@@ -509,15 +509,7 @@ async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
         match spec.validate() {
             Ok(()) => {
                 answers.push(None);
-                let bytes = crate::store::encode(&spec);
-                tasks.push(Admitted {
-                    id: spec.id,
-                    spec: bytes,
-                    resources: spec.resources,
-                    constraints: spec.constraints,
-                    strategy: spec.strategy,
-                    priority: spec.priority,
-                });
+                tasks.push(Admitted::from(spec));
             }
             Err(message) => answers.push(Some(SubmitAnswer::Rejected(format!(
                 "task {}: {message}",
@@ -680,10 +672,35 @@ async fn wait(
             return;
         }
     };
+    // Outcomes go out packed into frames: those read from the store first, then each as it
+    // ends, with whatever else has ended by then.
+    let mut from_store = stored.into_iter().zip(ids);
     let mut frame = Vec::new();
     let mut size = 0;
-    for (stored, id) in stored.into_iter().zip(ids) {
-        match task_outcome_from_store(id, stored, outputs, shared).await {
+    while left > 0 {
+        let next = match from_store.next() {
+            Some((stored, id)) => task_outcome_from_store(id, stored, outputs, shared).await,
+            None => {
+                let ended = if frame.is_empty() {
+                    rx.recv().await
+                } else {
+                    rx.try_recv().ok()
+                };
+                match ended {
+                    Some(outcome) => task_outcome(&outcome, outputs, shared).await,
+                    // Nothing more has ended: send what there is.
+                    None if !frame.is_empty() => {
+                        if !respond(writer, &Response::Outcomes(std::mem::take(&mut frame))).await {
+                            return;
+                        }
+                        size = 0;
+                        continue;
+                    }
+                    None => Err(gone()),
+                }
+            }
+        };
+        match next {
             Ok(outcome) => {
                 size += outcome.stdout.len() + outcome.stderr.len() + 64;
                 frame.push(outcome);
@@ -694,47 +711,12 @@ async fn wait(
                 return;
             }
         }
-    }
-    while left > 0 {
-        if frame.is_empty() {
-            let Some(outcome) = rx.recv().await else {
-                respond(writer, &gone()).await;
+        if size >= OUTCOMES_FRAME_BYTES || left == 0 {
+            if !respond(writer, &Response::Outcomes(std::mem::take(&mut frame))).await {
                 return;
-            };
-            match task_outcome(&outcome, outputs, shared).await {
-                Ok(outcome) => {
-                    size += outcome.stdout.len() + outcome.stderr.len() + 64;
-                    frame.push(outcome);
-                    left -= 1;
-                }
-                Err(e) => {
-                    respond(writer, &e).await;
-                    return;
-                }
             }
+            size = 0;
         }
-        // Whatever else has ended already goes in the same frame.
-        while left > 0 && size < OUTCOMES_FRAME_BYTES {
-            let Ok(outcome) = rx.try_recv() else { break };
-            match task_outcome(&outcome, outputs, shared).await {
-                Ok(outcome) => {
-                    size += outcome.stdout.len() + outcome.stderr.len() + 64;
-                    frame.push(outcome);
-                    left -= 1;
-                }
-                Err(e) => {
-                    respond(writer, &e).await;
-                    return;
-                }
-            }
-        }
-        if !respond(writer, &Response::Outcomes(std::mem::take(&mut frame))).await {
-            return;
-        }
-        size = 0;
-    }
-    if !frame.is_empty() {
-        respond(writer, &Response::Outcomes(frame)).await;
     }
 }
 

@@ -179,6 +179,25 @@ pub mod process {
         )
     }
 
+    /// When the test is failing: prints the last `lines` lines of every `*.log` in `dir` (what the
+    /// daemons logged).
+    pub fn print_logs_if_panicking(dir: &Path, lines: usize) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+                println!("==== {} (last {lines} lines) ====", path.display());
+                for line in tail.into_iter().rev() {
+                    println!("{line}");
+                }
+            }
+        }
+    }
+
     /// The nodes as `rgrid nodes -o json` shows them.
     pub fn nodes(config: &Path) -> Vec<serde_json::Value> {
         let out = rgrid(config, &["nodes", "-o", "json"]);

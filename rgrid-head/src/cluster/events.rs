@@ -41,6 +41,19 @@ pub(crate) struct Admitted {
     pub priority: i32,
 }
 
+impl From<rgrid_core::TaskSpec> for Admitted {
+    fn from(spec: rgrid_core::TaskSpec) -> Self {
+        Self {
+            id: spec.id,
+            spec: crate::store::encode(&spec),
+            resources: spec.resources,
+            constraints: spec.constraints,
+            strategy: spec.strategy,
+            priority: spec.priority,
+        }
+    }
+}
+
 /// What the loop answers a submission, once its rows are durable. Tasks the store already knew
 /// (resubmissions of tasks that have left the loop) are listed apart: the server reads their
 /// stored spec and state.

@@ -33,18 +33,19 @@ pub(crate) async fn recover<C: Comm>(
     }
     let mut after = None;
     let mut open = 0;
+    let mut reading = std::time::Duration::ZERO;
     loop {
+        let started = std::time::Instant::now();
         let page = store.recover_page(after, PAGE).await?;
+        reading += started.elapsed();
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         open += page.len();
         for task in page {
             cluster.recover_task(task)?;
         }
-        if open % 100_000 < PAGE as usize {
-            tracing::debug!(open, "recovering open tasks");
-        }
     }
+    tracing::debug!(open, ?reading, "read the open tasks back");
     Ok(open)
 }
 

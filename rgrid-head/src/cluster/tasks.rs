@@ -716,6 +716,7 @@ impl<C: Comm> Cluster<C> {
     }
 
     /// Drops a finished task whose end is durable.
+    #[cfg_attr(feature = "bench-no-persist", allow(dead_code))]
     pub(super) fn evict(&mut self, id: TaskId) -> Option<Arc<Outcome>> {
         let task = self.tasks.remove(&id)?;
         self.counts.moved(Some(task.state), None);

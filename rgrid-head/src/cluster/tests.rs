@@ -88,14 +88,7 @@ fn task() -> TaskSpec {
 }
 
 fn admitted(spec: &TaskSpec) -> Admitted {
-    Admitted {
-        id: spec.id,
-        spec: crate::store::encode(spec),
-        resources: spec.resources.clone(),
-        constraints: spec.constraints.clone(),
-        strategy: spec.strategy,
-        priority: spec.priority,
-    }
+    Admitted::from(spec.clone())
 }
 
 fn submit(c: &mut Loop, specs: &[TaskSpec]) -> oneshot::Receiver<SubmitReply> {
