@@ -148,3 +148,134 @@ fn head_node_and_cli_as_separate_processes() {
     let out = rgrid(&client_toml, &["tasks", "--state", "bogus"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `rgrid-head token …` and `client create` against the state dir of a running head, then of
+/// the same head stopped.
+#[test]
+fn credentials_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let state = dir.path().join("head");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let head = start_head(dir.path(), &listen);
+    let client_toml = state.join("client.toml");
+    wait_for("client.toml", || client_toml.exists());
+    let admin = |args: &[&str]| {
+        let out = Command::new(binary("rgrid-head"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .expect("rgrid-head runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tokens = |admin: &dyn Fn(&[&str]) -> (Option<i32>, String, String)| {
+        let (code, out, err) = admin(&["token", "list", "-o", "json"]);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("token list is JSON")
+    };
+
+    // A single-use token, labelled: one node joins with it, a second is refused.
+    let (code, out, err) = admin(&[
+        "token",
+        "create",
+        "--ttl",
+        "1h",
+        "--single-use",
+        "--label",
+        "site=b",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let token = out.trim().to_owned();
+    let id = token
+        .split('.')
+        .next()
+        .expect("ID.SECRET.CAHASH")
+        .to_owned();
+    let token_file = dir.path().join("site-b-token");
+    std::fs::write(&token_file, &token).expect("the token is written");
+    let join = |name: &str, token_file: &std::path::Path| {
+        Daemon(
+            Command::new(binary("rgrid-node"))
+                .args(["--head", &listen, "--token-file"])
+                .arg(token_file)
+                .arg("--state-dir")
+                .arg(dir.path().join(name))
+                .args(["--name", name, "--executor", "process"])
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("a log"),
+                )
+                .spawn()
+                .expect("rgrid-node starts"),
+        )
+    };
+    let _first = join("first", &token_file);
+    wait_ready(&client_toml, "first");
+    let refused = |mut node: Daemon, name: &str, why: &str| {
+        wait_for(&format!("{name} to be refused"), || {
+            node.0
+                .try_wait()
+                .expect("the node can be waited for")
+                .is_some()
+        });
+        let log = std::fs::read_to_string(dir.path().join(format!("{name}.log")))
+            .expect("the node's log");
+        assert!(log.contains(why), "{name} should be refused ({why}): {log}");
+    };
+    refused(join("second", &token_file), "second", "single-use");
+    let listed = tokens(&admin);
+    let ours = listed
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .expect("the new token is listed");
+    assert_eq!(ours["state"], "used");
+    assert_eq!(ours["labels"]["site"], "b");
+    assert!(!serde_json::to_string(&listed)
+        .expect("JSON")
+        .contains(token.split('.').nth(1).expect("a secret")));
+
+    // Revoking the head's own join token keeps nodes from joining with it.
+    let own = std::fs::read_to_string(state.join("join-token")).expect("the join-token file");
+    let own_id = own.split('.').next().expect("ID.SECRET.CAHASH");
+    let (code, _, err) = admin(&["token", "revoke", own_id]);
+    assert_eq!(code, Some(0), "{err}");
+    refused(join("third", &state.join("join-token")), "third", "revoked");
+    let (code, _, err) = admin(&["token", "revoke", "feedbeef"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("token list"), "{err}");
+
+    // A read-only client's credentials connect.
+    let read_toml = dir.path().join("reader.toml");
+    let (code, _, err) = admin(&[
+        "client",
+        "create",
+        "reader",
+        "--role",
+        "read",
+        "--out",
+        read_toml.to_str().expect("a UTF-8 path"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = rgrid(&read_toml, &["nodes", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _, err) = admin(&["client", "create", "bad name"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a client name"), "{err}");
+
+    // The same state, the head stopped.
+    drop(head);
+    let listed = tokens(&admin);
+    let states: Vec<&str> = listed
+        .iter()
+        .map(|t| t["state"].as_str().expect("a state"))
+        .collect();
+    assert_eq!(states, ["revoked", "used"]);
+}

@@ -3,6 +3,7 @@
 //! the in-process `LocalCluster` both call it.
 //!
 //! - [`config`]: the configuration.
+//! - [`admin`]: join tokens and client credentials from the command line.
 //! - `credentials`: the CA, the join token and `client.toml` in the state dir.
 //! - `store`: persistence (SQLite or PostgreSQL through sqlx, group commit).
 //! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
@@ -11,6 +12,7 @@
 //! - `autoscaler`: the driver that turns demand into Hetzner servers and idle ones back into
 //!   nothing, when `[autoscaler]` is enabled.
 
+pub mod admin;
 mod autoscaler;
 mod cluster;
 pub mod config;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use admin::{Admin, AdminError};
 pub use autoscaler::AutoscalerError;
 pub use config::HeadConfig;
 pub use credentials::CredentialsError;
@@ -61,6 +64,8 @@ pub enum StartError {
     Transport(#[from] rgrid_core::transport::TransportError),
     #[error(transparent)]
     Autoscaler(#[from] AutoscalerError),
+    #[error(transparent)]
+    Metrics(#[from] rgrid_core::metrics::MetricsError),
 }
 
 /// A head that is serving.
@@ -129,6 +134,9 @@ pub async fn start(
         source,
     })?;
     let tracker = TaskTracker::new();
+    if let Some(addr) = config.metrics_listen {
+        rgrid_core::metrics::serve(addr, shutdown.clone(), &tracker)?;
+    }
     let ca = credentials::load_or_create_ca(&state_dir)?;
     let retry = RetryPolicy {
         give_up_after: config.commit_retry_for,

@@ -103,6 +103,8 @@ pub struct NodeConfig {
     /// On timeout or cancel, how long a task has between SIGTERM and SIGKILL. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// Address of the Prometheus endpoint (`GET /metrics`), like `127.0.0.1:9465`. Default: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -132,6 +134,7 @@ impl Default for NodeConfig {
             run_as: None,
             read_only_rootfs: false,
             kill_grace: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }
