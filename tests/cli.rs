@@ -113,7 +113,8 @@ fn head_node_and_cli_as_separate_processes() {
             "true",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Ended without an exit code of its own: 124.
+    assert_eq!(out.status.code(), Some(124));
     assert!(String::from_utf8_lossy(&out.stderr).contains("site=mars"));
 
     let out = rgrid(&client_toml, &["tasks", "-o", "json"]);
@@ -126,8 +127,27 @@ fn head_node_and_cli_as_separate_processes() {
         .collect();
     assert_eq!(states, ["failed", "succeeded", "unschedulable"]);
 
+    // The outcome as JSON, with the task's exit code.
+    let first = tasks[0]["task"].as_str().unwrap();
+    let out = rgrid(&client_toml, &["get", first, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["state"], "failed");
+    assert_eq!(outcome["exit_code"], 4);
+    assert_eq!(outcome["stdout"], "from-cli\n");
+    assert_eq!(outcome["attempts"][0]["node_name"], "worker-1");
+    let out = rgrid(
+        &client_toml,
+        &["submit", "--image", image, "-o", "json", "--", "true"],
+    );
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(submitted["task"].as_str().is_some_and(|id| id.len() == 36));
+
+    // The CLI's own errors exit 125, whatever the cause.
     let out = rgrid(&client_toml, &["get", "not-an-id"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
+    let out = rgrid(&dir.path().join("missing.toml"), &["nodes"]);
+    assert_eq!(out.status.code(), Some(125));
     let out = rgrid(&client_toml, &["status"]);
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("1 ready"), "{status}");
@@ -172,7 +192,7 @@ fn credentials_from_the_command_line() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let tokens = |admin: &dyn Fn(&[&str]) -> (Option<i32>, String, String)| {
+    let tokens = || {
         let (code, out, err) = admin(&["token", "list", "-o", "json"]);
         assert_eq!(code, Some(0), "{err}");
         serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("token list is JSON")
@@ -227,7 +247,7 @@ fn credentials_from_the_command_line() {
         assert!(log.contains(why), "{name} should be refused ({why}): {log}");
     };
     refused(join("second", &token_file), "second", "single-use");
-    let listed = tokens(&admin);
+    let listed = tokens();
     let ours = listed
         .iter()
         .find(|t| t["id"] == id.as_str())
@@ -272,10 +292,35 @@ fn credentials_from_the_command_line() {
 
     // The same state, the head stopped.
     drop(head);
-    let listed = tokens(&admin);
+    let listed = tokens();
     let states: Vec<&str> = listed
         .iter()
         .map(|t| t["state"].as_str().expect("a state"))
         .collect();
     assert_eq!(states, ["revoked", "used"]);
+}
+
+#[test]
+fn shell_completions_and_usage_exit_codes() {
+    let rgrid = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rgrid"))
+            .args(args)
+            .output()
+            .expect("rgrid runs")
+    };
+    for (shell, marker) in [
+        ("bash", "complete -F _rgrid"),
+        ("zsh", "#compdef rgrid"),
+        ("fish", "complete -c rgrid"),
+    ] {
+        let out = rgrid(&["completions", shell]);
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("submit"), "{shell} completes subcommands");
+    }
+    assert_eq!(rgrid(&["--help"]).status.code(), Some(0));
+    assert_eq!(rgrid(&["--version"]).status.code(), Some(0));
+    assert_eq!(rgrid(&["no-such-command"]).status.code(), Some(125));
+    assert_eq!(rgrid(&["completions", "tcsh"]).status.code(), Some(125));
 }

@@ -12,8 +12,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::HeadConfig;
 use crate::credentials::{self, CredentialsError};
-use crate::store::{Store, StoreError, StoredToken};
-use crate::unix_ms;
+use crate::store::{RetryPolicy, Store, StoreError, StoredToken};
+use rgrid_core::time::unix_ms;
 
 /// Why an administrative command failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ impl Admin {
         let state_dir = config.state_dir.clone();
         let ca = credentials::load_ca(&state_dir)?.ok_or(AdminError::NoCa(state_dir.clone()))?;
         let tracker = TaskTracker::new();
-        let store = Store::open(&config.database_url(), &tracker).await?;
+        let store = Store::open(&config.database_url(), RetryPolicy::default(), &tracker).await?;
         Ok(Self {
             state_dir,
             advertise: config.advertise.clone(),

@@ -212,7 +212,7 @@ impl Autoscaler {
 
         let (snapshot, shapes) = self.snapshot(&view);
         let plan = rgrid_cloud::decide(&self.config, &snapshot, now);
-        metrics::record_decision(&self.config, &snapshot.nodes, &plan.waits);
+        metrics::record_decision(&self.config, &snapshot.servers, &plan.waits);
         for action in plan.actions {
             self.act(action, now).await;
         }

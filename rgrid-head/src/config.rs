@@ -9,10 +9,11 @@ use std::time::Duration;
 use rgrid_core::config::{read_toml, ConfigFileError};
 use rgrid_core::scheduler::SchedulerConfig;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Everything the head can be configured with. Every field has a default.
-#[derive(Clone, Debug, Deserialize)]
+/// Everything the head can be configured with. Every field has a default (`deploy/head.toml`
+/// shows them all).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadConfig {
     /// UDP address the QUIC endpoint listens on. Default `0.0.0.0:7070`.

@@ -23,6 +23,10 @@ struct Args {
     /// Database URL (default: SQLite in the state dir).
     #[arg(long, env = "RGRID_DATABASE_URL")]
     database_url: Option<String>,
+    /// Address clients and provisioned nodes reach the head at, HOST:PORT (written into
+    /// client.toml).
+    #[arg(long, env = "RGRID_ADVERTISE")]
+    advertise: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (default: off).
     #[arg(long, env = "RGRID_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -239,6 +243,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(url) = args.database_url {
         config.database_url = Some(url);
+    }
+    if args.advertise.is_some() {
+        config.advertise = args.advertise;
     }
     if args.metrics_listen.is_some() {
         config.metrics_listen = args.metrics_listen;

@@ -9,10 +9,10 @@ use std::time::Duration;
 use rgrid_core::config::{read_toml, ConfigFileError};
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How tasks are run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorKind {
     /// In Docker containers through the engine's API (the default).
@@ -27,7 +27,7 @@ pub enum ExecutorKind {
 }
 
 /// When the Docker executor pulls a task's image.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullPolicy {
     /// Pull only images the engine does not have (the default).
@@ -41,7 +41,8 @@ pub enum PullPolicy {
 
 /// Everything the node can be configured with. Each key `k` can also be set with the
 /// environment variable `RGRID_NODE_K` (upper case), which wins over the file.
-#[derive(Clone, Debug, Deserialize)]
+/// `deploy/node.toml` shows every key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// The head's address, `HOST:PORT`. Required (flag `--head`).

@@ -2,7 +2,7 @@
 //! state, how long tasks waiting for a server being provisioned still wait, and the actions
 //! carried out.
 
-use rgrid_cloud::{Action, AutoscalerConfig, NodeState, NodeView, Wait};
+use rgrid_cloud::{Action, AutoscalerConfig, ServerState, ServerView, Wait};
 
 const SERVERS: &str = "rgrid_autoscaler_servers";
 const PROVISIONING_ETA: &str = "rgrid_autoscaler_provisioning_eta_seconds";
@@ -25,28 +25,28 @@ pub(super) fn describe() {
     );
 }
 
-fn state_name(state: NodeState) -> &'static str {
+fn state_name(state: ServerState) -> &'static str {
     match state {
-        NodeState::Provisioning => "provisioning",
-        NodeState::Ready => "ready",
-        NodeState::Draining => "draining",
-        NodeState::Failed => "failed",
+        ServerState::Provisioning => "provisioning",
+        ServerState::Ready => "ready",
+        ServerState::Draining => "draining",
+        ServerState::Failed => "failed",
     }
 }
 
 /// Sets the gauges from the policy's input and its waits.
 pub(super) fn record_decision(
     config: &AutoscalerConfig,
-    nodes: &[NodeView],
+    servers: &[ServerView],
     waits: &[Vec<(Wait, u32)>],
 ) {
     for state in [
-        NodeState::Provisioning,
-        NodeState::Ready,
-        NodeState::Draining,
-        NodeState::Failed,
+        ServerState::Provisioning,
+        ServerState::Ready,
+        ServerState::Draining,
+        ServerState::Failed,
     ] {
-        let count = nodes
+        let count = servers
             .iter()
             .filter(|n| n.server.is_some() && n.state == state)
             .count();
