@@ -27,7 +27,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgrid_core::scheduler::SchedulerConfig;
 
 use rgrid_core::tls::ClusterCa;
 use tokio_util::sync::CancellationToken;
@@ -182,7 +181,7 @@ pub async fn start(
         store.clone(),
         config.autoscaler.enabled.then(|| wake.clone()),
     );
-    let mut cluster = Cluster::new(io, liveness, SchedulerConfig::default());
+    let mut cluster = Cluster::new(io, liveness, config.scheduler_config());
     if config.autoscaler.enabled {
         let token = rgrid_cloud::HcloudToken::from_env().map_err(AutoscalerError::from)?;
         let provider = rgrid_cloud::HetznerProvider::new(&config.autoscaler, token)

@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "rgrid-head", version, about = "The rgrid head daemon")]
 struct Args {
     /// Where the CA, join token, client.toml, database and outputs live.
-    #[arg(long, env = "RGRID_STATE_DIR")]
+    #[arg(long, env = "RGRID_STATE_DIR", global = true)]
     state_dir: Option<PathBuf>,
     /// UDP address to listen on (QUIC).
     #[arg(long, env = "RGRID_LISTEN")]
     listen: Option<SocketAddr>,
     /// Database URL (default: SQLite in the state dir).
-    #[arg(long, env = "RGRID_DATABASE_URL")]
+    #[arg(long, env = "RGRID_DATABASE_URL", global = true)]
     database_url: Option<String>,
     /// Address clients and provisioned nodes reach the head at, HOST:PORT (written into
     /// client.toml).
