@@ -136,12 +136,6 @@ fn head_node_and_cli_as_separate_processes() {
     assert_eq!(outcome["exit_code"], 4);
     assert_eq!(outcome["stdout"], "from-cli\n");
     assert_eq!(outcome["attempts"][0]["node_name"], "worker-1");
-    let out = rgrid(
-        &client_toml,
-        &["submit", "--image", image, "-o", "json", "--", "true"],
-    );
-    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(submitted["task"].as_str().is_some_and(|id| id.len() == 36));
 
     // The CLI's own errors exit 125, whatever the cause.
     let out = rgrid(&client_toml, &["get", "not-an-id"]);
@@ -166,7 +160,15 @@ fn head_node_and_cli_as_separate_processes() {
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(page[0]["task"].as_str(), Some(id.as_str()));
     let out = rgrid(&client_toml, &["tasks", "--state", "bogus"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
+
+    // submit -o json prints the id as JSON.
+    let out = rgrid(
+        &client_toml,
+        &["submit", "--image", image, "-o", "json", "--", "true"],
+    );
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(submitted["task"].as_str().is_some_and(|id| id.len() == 36));
 }
 
 /// `rgrid-head token …` and `client create` against the state dir of a running head, then of

@@ -27,7 +27,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use rgrid_core::tls::ClusterCa;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
