@@ -283,6 +283,16 @@ fn head_and_node_metrics_during_a_run() {
     node.assert_typed("rgrid_node_connected", "gauge");
     node.assert_typed("rgrid_node_draining", "gauge");
     assert_eq!(node.value("rgrid_node_draining"), Some(0.0));
+    // The Docker executor's call latencies: a histogram with the duration buckets.
+    node.assert_typed("rgrid_node_docker_call_seconds", "histogram");
+    assert!(
+        node.samples
+            .keys()
+            .any(|s| s.starts_with("rgrid_node_docker_call_seconds_bucket{")
+                && s.contains(r#"le="0.001""#)),
+        "{}",
+        node.text
+    );
     promtool_accepts(&node.text);
     let head = scrape_until(&head_metrics, "the server ready", |s| {
         s.value(r#"rgrid_autoscaler_servers{state="ready"}"#) == Some(1.0)

@@ -1,6 +1,6 @@
 //! The node's own Prometheus metrics (with `metrics_listen`): what it runs and whether it is
-//! healthy, sampled from the session's state once a second. The executors record their own
-//! (Docker calls, image pulls).
+//! healthy, sampled from the session's state once a second. The Docker executor records its
+//! own (Docker calls, image pulls); they are described here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,19 @@ fn describe() {
     metrics::describe_gauge!(
         DRAINING,
         "1 once the node drains (SIGTERM or a drain request): no new work"
+    );
+    // Recorded by the Docker executor, which does not describe them itself (Prometheus wants
+    // a HELP line for each).
+    metrics::describe_histogram!(
+        "rgrid_node_docker_call_seconds",
+        metrics::Unit::Seconds,
+        "Latency of Docker engine API calls, by call"
+    );
+    metrics::describe_counter!("rgrid_node_image_pulls_total", "Image pulls by outcome");
+    metrics::describe_histogram!(
+        "rgrid_node_image_pull_seconds",
+        metrics::Unit::Seconds,
+        "Duration of image pulls, by outcome"
     );
 }
 
