@@ -166,6 +166,7 @@ const KEYS: &[&str] = &[
     "run_as",
     "read_only_rootfs",
     "kill_grace",
+    "metrics_listen",
 ];
 
 /// Network modes a node can allow.
@@ -245,6 +246,13 @@ impl NodeConfig {
                     .map_err(|_| format!("{value:?} is not true or false"))?
             }
             "kill_grace" => self.kill_grace = duration(value)?,
+            "metrics_listen" => {
+                self.metrics_listen = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("{value:?} is not an address HOST:PORT"))?,
+                )
+            }
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())
