@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs and starts what rgrid's quickstart and tests need on a fresh Debian machine:
-# a Docker engine that answers, Debian's static busybox (the local demo image is built from it,
-# since no registry is assumed), Debian's docker-registry (the image tests start their own
-# registries) and PostgreSQL for the persistence tests.
+# Installs and starts what rgrid's quickstart, tests and CI need on a fresh Debian machine:
+# a Docker engine that answers (and the Compose tool), Debian's static busybox (the local demo
+# image is built from it, since no registry is assumed), Debian's docker-registry (the image
+# tests start their own registries), PostgreSQL for the persistence tests, systemd-analyze and
+# promtool for the deploy and metrics tests, and cargo-machete.
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -34,19 +35,25 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "setup: the Docker engine does not answer" >&2; exit 1; }
 fi
 
-# 2. A static busybox for the FROM-scratch demo image.
+# 2. The Compose tool for deploy/compose.yaml (Debian's docker-compose, unless compose v2 is there).
+if ! docker compose version >/dev/null 2>&1 && ! docker-compose version >/dev/null 2>&1; then
+  echo "setup: installing docker-compose"
+  apt_install docker-compose
+fi
+
+# 3. A static busybox for the FROM-scratch demo image.
 if ! dpkg -s busybox-static >/dev/null 2>&1; then
   echo "setup: installing busybox-static"
   apt_install busybox-static
 fi
 
-# 3. Debian's Docker registry for the image tests (each test starts its own on a free port).
+# 4. Debian's Docker registry for the image tests (each test starts its own on a free port).
 if ! command -v docker-registry >/dev/null 2>&1; then
   echo "setup: installing docker-registry"
   apt_install docker-registry
 fi
 
-# 4. PostgreSQL for the persistence tests, with a login role the tests use
+# 5. PostgreSQL for the persistence tests, with a login role the tests use
 #    (RGRID_TEST_POSTGRES_URL, default postgres://rgrid:rgrid@127.0.0.1:5432/postgres).
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
   echo "setup: installing postgresql"
@@ -69,5 +76,22 @@ as_postgres() {
 }
 as_postgres psql -q -v ON_ERROR_STOP=1 -c \
   "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rgrid') THEN CREATE ROLE rgrid LOGIN SUPERUSER PASSWORD 'rgrid'; END IF; END \$\$;" >/dev/null
+
+# 6. Checkers the tests run: systemd-analyze (the units in deploy/systemd) and promtool (the
+#    metrics endpoints), from Debian's systemd and prometheus packages (the server is not started).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "setup: installing systemd"
+  apt_install systemd
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing prometheus (for promtool)"
+  apt_install --no-install-recommends prometheus
+fi
+
+# 7. cargo-machete, CI's check for unused dependencies (built once per machine from crates.io).
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  echo "setup: installing cargo-machete"
+  cargo install --locked --quiet cargo-machete --version 0.9.2
+fi
 
 echo "setup: ready (docker $(docker version --format '{{.Server.Version}}' 2>/dev/null))"

@@ -1,15 +1,25 @@
 //! `rgrid`: the command-line client.
+//!
+//! Exit codes: a task's own exit code; [`EXIT_NO_CODE`] when the task ended without one;
+//! [`EXIT_CLI_ERROR`] when the CLI itself failed.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use rgrid::{
-    format_size, parse_size, Client, LabelRequirement, TaskId, TaskQuery, TaskRef, TaskSpec,
-    TaskState,
+    format_size, parse_size, Client, LabelRequirement, TaskId, TaskOutcome, TaskQuery, TaskRef,
+    TaskSpec, TaskState,
 };
+
+/// Exit code of the CLI's own failures (bad usage, credentials, connection, a request the head
+/// refused), as `docker run` uses 125 for its own. A task's exit code is passed through as is.
+const EXIT_CLI_ERROR: i32 = 125;
+/// Exit code when the task ended without an exit code of its own (out of memory, timeout,
+/// image missing, unschedulable, lost, cancelled); the reason goes to stderr.
+const EXIT_NO_CODE: i32 = 124;
 
 #[derive(Parser)]
 #[command(
@@ -60,12 +70,20 @@ enum Command {
         /// Wait for the task and behave like `rgrid get`.
         #[arg(long)]
         wait: bool,
+        /// `json`: print `{"task": ID}` (with --wait: the outcome, as `get -o json`).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
         /// Command and arguments.
         #[arg(last = true)]
         command: Vec<String>,
     },
     /// Wait for a task; print its stdout (stderr to stderr); exit with its exit code.
-    Get { task: TaskId },
+    Get {
+        task: TaskId,
+        /// `json`: print the outcome (state, exit code, reason, stdout, stderr, attempts).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print a task's stdout and stderr once it has ended.
     Logs {
         task: TaskId,
@@ -116,6 +134,8 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Print a shell completion script: `rgrid completions bash > /etc/bash_completion.d/rgrid`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -145,17 +165,30 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let code = match run(Args::parse()).await {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // --help and --version print to stdout and succeed; usage errors are CLI errors.
+            let code = if err.use_stderr() { EXIT_CLI_ERROR } else { 0 };
+            let _ = err.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match run(args).await {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            2
+            EXIT_CLI_ERROR
         }
     };
     std::process::exit(code);
 }
 
 async fn run(args: Args) -> anyhow::Result<i32> {
+    if let Command::Completions { shell } = args.command {
+        clap_complete::generate(shell, &mut Args::command(), "rgrid", &mut std::io::stdout());
+        return Ok(0);
+    }
     let client = Client::connect_file(&args.config)
         .await
         .with_context(|| format!("cannot connect with {}", args.config.display()))?;
@@ -170,6 +203,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             retry_on_failure,
             timeout,
             wait,
+            output,
             command,
         } => {
             if !(cpus > 0.0 && cpus.is_finite()) {
@@ -197,12 +231,17 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             }
             let task = client.submit(spec).await?;
             if wait {
-                return print_outcome(&client, &task).await;
+                return print_outcome(&client, &task, output).await;
             }
-            println!("{}", task.id);
+            match output {
+                Output::Json => println!("{}", serde_json::json!({ "task": task.id })),
+                Output::Table => println!("{}", task.id),
+            }
             Ok(0)
         }
-        Command::Get { task } => print_outcome(&client, &TaskRef { id: task }).await,
+        Command::Get { task, output } => {
+            print_outcome(&client, &TaskRef { id: task }, output).await
+        }
         Command::Logs { task, follow: _ } => {
             let outcome = client.get(&TaskRef { id: task }).await?;
             std::io::stdout().write_all(&outcome.stdout)?;
@@ -350,12 +389,19 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        // Printed above, before connecting.
+        Command::Completions { .. } => Ok(0),
     }
 }
 
-/// Prints a task's stdout (and stderr to stderr) and returns the exit code to exit with.
-async fn print_outcome(client: &Client, task: &TaskRef) -> anyhow::Result<i32> {
+/// Prints a task's outcome (stdout, and stderr to stderr; or all of it as JSON) and returns the
+/// exit code to exit with.
+async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyhow::Result<i32> {
     let outcome = client.get(task).await?;
+    if let Output::Json = output {
+        println!("{}", serde_json::to_string_pretty(&outcome_json(&outcome))?);
+        return Ok(exit_code(&outcome));
+    }
     std::io::stdout().write_all(&outcome.stdout)?;
     std::io::stderr().write_all(&outcome.stderr)?;
     if outcome.attempts.len() > 1 || outcome.state != TaskState::Succeeded {
@@ -382,9 +428,27 @@ async fn print_outcome(client: &Client, task: &TaskRef) -> anyhow::Result<i32> {
             outcome.reason.as_deref().unwrap_or("no reason recorded")
         );
     }
-    Ok(match (outcome.state, outcome.exit_code) {
-        (_, Some(code)) => i32::try_from(code).unwrap_or(1),
+    Ok(exit_code(&outcome))
+}
+
+/// The task's exit code, or [`EXIT_NO_CODE`].
+fn exit_code(outcome: &TaskOutcome) -> i32 {
+    match (outcome.state, outcome.exit_code) {
+        (_, Some(code)) => i32::try_from(code).unwrap_or(EXIT_NO_CODE),
         (TaskState::Succeeded, None) => 0,
-        _ => 1,
+        _ => EXIT_NO_CODE,
+    }
+}
+
+/// An outcome as `-o json` prints it: output as (lossy) UTF-8 text.
+fn outcome_json(outcome: &TaskOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "task": outcome.task,
+        "state": outcome.state,
+        "exit_code": outcome.exit_code,
+        "reason": outcome.reason,
+        "stdout": String::from_utf8_lossy(&outcome.stdout),
+        "stderr": String::from_utf8_lossy(&outcome.stderr),
+        "attempts": outcome.attempts,
     })
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::cloud_init::{boot_of, Boot};
 use common::process::{binary, free_udp_port, rgrid, start_head_env, wait_for, Daemon};
 use fake_hetzner::FakeHetzner;
 use serde_json::Value;
@@ -45,45 +46,6 @@ action_poll_max = "100ms"
 list_cache_ttl = "200ms"
 backoff_base = "50ms"
 "#;
-
-/// What a machine boots with, read from its user data.
-struct Boot {
-    head: String,
-    token: String,
-    labels: Vec<String>,
-}
-
-/// Reads the head address, the token and the node labels out of a server's cloud-config.
-fn boot_of(user_data: &str) -> Boot {
-    let doc: serde_norway::Value = serde_norway::from_str(user_data).expect("user data is YAML");
-    let files = doc["write_files"].as_sequence().expect("write_files");
-    let file = |path: &str| {
-        files
-            .iter()
-            .find(|f| f["path"].as_str() == Some(path))
-            .and_then(|f| f["content"].as_str())
-            .unwrap_or_else(|| panic!("{path} in write_files"))
-            .to_owned()
-    };
-    let script = file(rgrid_cloud::cloud_init::BOOTSTRAP_PATH);
-    let words: Vec<String> = script
-        .split_whitespace()
-        .map(|w| w.trim_matches('\'').to_owned())
-        .collect();
-    let after = |flag: &str| {
-        words
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| *w == flag)
-            .map(|(i, _)| words[i + 1].clone())
-            .collect::<Vec<_>>()
-    };
-    Boot {
-        head: after("--head").remove(0),
-        token: file(rgrid_cloud::cloud_init::TOKEN_PATH),
-        labels: after("--label"),
-    }
-}
 
 /// A machine: the node process booted for a server.
 struct Machine {

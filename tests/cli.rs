@@ -113,7 +113,8 @@ fn head_node_and_cli_as_separate_processes() {
             "true",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    // Ended without an exit code of its own: 124.
+    assert_eq!(out.status.code(), Some(124));
     assert!(String::from_utf8_lossy(&out.stderr).contains("site=mars"));
 
     let out = rgrid(&client_toml, &["tasks", "-o", "json"]);
@@ -126,8 +127,21 @@ fn head_node_and_cli_as_separate_processes() {
         .collect();
     assert_eq!(states, ["failed", "succeeded", "unschedulable"]);
 
+    // The outcome as JSON, with the task's exit code.
+    let first = tasks[0]["task"].as_str().unwrap();
+    let out = rgrid(&client_toml, &["get", first, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(4));
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome["state"], "failed");
+    assert_eq!(outcome["exit_code"], 4);
+    assert_eq!(outcome["stdout"], "from-cli\n");
+    assert_eq!(outcome["attempts"][0]["node_name"], "worker-1");
+
+    // The CLI's own errors exit 125, whatever the cause.
     let out = rgrid(&client_toml, &["get", "not-an-id"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
+    let out = rgrid(&dir.path().join("missing.toml"), &["nodes"]);
+    assert_eq!(out.status.code(), Some(125));
     let out = rgrid(&client_toml, &["status"]);
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("1 ready"), "{status}");
@@ -146,5 +160,169 @@ fn head_node_and_cli_as_separate_processes() {
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(page[0]["task"].as_str(), Some(id.as_str()));
     let out = rgrid(&client_toml, &["tasks", "--state", "bogus"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
+
+    // submit -o json prints the id as JSON.
+    let out = rgrid(
+        &client_toml,
+        &["submit", "--image", image, "-o", "json", "--", "true"],
+    );
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(submitted["task"].as_str().is_some_and(|id| id.len() == 36));
+}
+
+/// `rgrid-head token …` and `client create` against the state dir of a running head, then of
+/// the same head stopped.
+#[test]
+fn credentials_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let state = dir.path().join("head");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let head = start_head(dir.path(), &listen);
+    let client_toml = state.join("client.toml");
+    wait_for("client.toml", || client_toml.exists());
+    let admin = |args: &[&str]| {
+        let out = Command::new(binary("rgrid-head"))
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .expect("rgrid-head runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tokens = || {
+        let (code, out, err) = admin(&["token", "list", "-o", "json"]);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("token list is JSON")
+    };
+
+    // A single-use token, labelled: one node joins with it, a second is refused.
+    let (code, out, err) = admin(&[
+        "token",
+        "create",
+        "--ttl",
+        "1h",
+        "--single-use",
+        "--label",
+        "site=b",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let token = out.trim().to_owned();
+    let id = token
+        .split('.')
+        .next()
+        .expect("ID.SECRET.CAHASH")
+        .to_owned();
+    let token_file = dir.path().join("site-b-token");
+    std::fs::write(&token_file, &token).expect("the token is written");
+    let join = |name: &str, token_file: &std::path::Path| {
+        Daemon(
+            Command::new(binary("rgrid-node"))
+                .args(["--head", &listen, "--token-file"])
+                .arg(token_file)
+                .arg("--state-dir")
+                .arg(dir.path().join(name))
+                .args(["--name", name, "--executor", "process"])
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("a log"),
+                )
+                .spawn()
+                .expect("rgrid-node starts"),
+        )
+    };
+    let _first = join("first", &token_file);
+    wait_ready(&client_toml, "first");
+    let refused = |mut node: Daemon, name: &str, why: &str| {
+        wait_for(&format!("{name} to be refused"), || {
+            node.0
+                .try_wait()
+                .expect("the node can be waited for")
+                .is_some()
+        });
+        let log = std::fs::read_to_string(dir.path().join(format!("{name}.log")))
+            .expect("the node's log");
+        assert!(log.contains(why), "{name} should be refused ({why}): {log}");
+    };
+    refused(join("second", &token_file), "second", "single-use");
+    let listed = tokens();
+    let ours = listed
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .expect("the new token is listed");
+    assert_eq!(ours["state"], "used");
+    assert_eq!(ours["labels"]["site"], "b");
+    assert!(!serde_json::to_string(&listed)
+        .expect("JSON")
+        .contains(token.split('.').nth(1).expect("a secret")));
+
+    // Revoking the head's own join token keeps nodes from joining with it.
+    let own = std::fs::read_to_string(state.join("join-token")).expect("the join-token file");
+    let own_id = own.split('.').next().expect("ID.SECRET.CAHASH");
+    let (code, _, err) = admin(&["token", "revoke", own_id]);
+    assert_eq!(code, Some(0), "{err}");
+    refused(join("third", &state.join("join-token")), "third", "revoked");
+    let (code, _, err) = admin(&["token", "revoke", "feedbeef"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("token list"), "{err}");
+
+    // A read-only client's credentials connect.
+    let read_toml = dir.path().join("reader.toml");
+    let (code, _, err) = admin(&[
+        "client",
+        "create",
+        "reader",
+        "--role",
+        "read",
+        "--out",
+        read_toml.to_str().expect("a UTF-8 path"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let out = rgrid(&read_toml, &["nodes", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _, err) = admin(&["client", "create", "bad name"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a client name"), "{err}");
+
+    // The same state, the head stopped.
+    drop(head);
+    let listed = tokens();
+    let states: Vec<&str> = listed
+        .iter()
+        .map(|t| t["state"].as_str().expect("a state"))
+        .collect();
+    assert_eq!(states, ["revoked", "used"]);
+}
+
+#[test]
+fn shell_completions_and_usage_exit_codes() {
+    let rgrid = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_rgrid"))
+            .args(args)
+            .output()
+            .expect("rgrid runs")
+    };
+    for (shell, marker) in [
+        ("bash", "complete -F _rgrid"),
+        ("zsh", "#compdef rgrid"),
+        ("fish", "complete -c rgrid"),
+    ] {
+        let out = rgrid(&["completions", shell]);
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("submit"), "{shell} completes subcommands");
+    }
+    assert_eq!(rgrid(&["--help"]).status.code(), Some(0));
+    assert_eq!(rgrid(&["--version"]).status.code(), Some(0));
+    assert_eq!(rgrid(&["no-such-command"]).status.code(), Some(125));
+    assert_eq!(rgrid(&["completions", "tcsh"]).status.code(), Some(125));
 }

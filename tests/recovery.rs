@@ -331,5 +331,5 @@ async fn a_drain_deadline_hands_unfinished_tasks_back() {
     );
 
     let out = common::process::rgrid(&cluster.client_toml(), &["node", "drain", "no-such-node"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(125));
 }

@@ -6,7 +6,9 @@ mod common;
 use rgrid::Client;
 use rgrid_core::frame::MAX_FRAME_BYTES;
 use rgrid_core::protocol::{ErrorKind, JoinRequest, Request, Response};
-use rgrid_core::tls::{client_config, join_config, node_csr, ClientFile, ClusterCa, JoinToken};
+use rgrid_core::tls::{
+    client_config, join_config, node_csr, ClientFile, ClientRole, ClusterCa, JoinToken,
+};
 use rgrid_core::transport::{call, connect, handshake, TransportError};
 use rgrid_head::{HeadConfig, RunningHead};
 use tokio_util::sync::CancellationToken;
@@ -156,7 +158,9 @@ async fn a_peer_pinning_another_ca_fails() {
 
     // A client certificate from another cluster is refused too, and so is the head by its CA.
     let mut file = h.client_file();
-    let identity = other.issue_client("client:intruder").unwrap();
+    let identity = other
+        .issue_client("client:intruder", ClientRole::Admin)
+        .unwrap();
     file.cert_pem = identity.cert_pem;
     file.key_pem = identity.key_pem;
     assert!(Client::connect(&file).await.is_err());

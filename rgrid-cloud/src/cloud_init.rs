@@ -17,6 +17,12 @@ pub const TOKEN_PATH: &str = "/etc/rgrid/join-token";
 pub const STATE_DIR: &str = "/var/lib/rgrid";
 /// The bootstrap script cloud-init runs once.
 pub const BOOTSTRAP_PATH: &str = "/usr/local/sbin/rgrid-bootstrap";
+/// On SIGTERM (a shutdown, `docker stop`), how long the node lets running attempts go on
+/// before it hands them back (`--drain-deadline`).
+pub const NODE_DRAIN_DEADLINE_SECS: u64 = 60;
+/// How long Docker waits after SIGTERM before it kills the node: longer than the drain
+/// deadline, so a shutdown drains instead of killing.
+pub const NODE_STOP_TIMEOUT_SECS: u64 = NODE_DRAIN_DEADLINE_SECS + 30;
 
 /// Why user data could not be generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,7 +156,10 @@ fn bootstrap_script(
     s.push_str("docker rm -f rgrid-node >/dev/null 2>&1 || true\n");
     // Restarted after a crash (non-zero exit) and when Docker starts after a reboot, but not
     // after a drain: a drained node exits 0 and stays down until its server is deleted.
-    s.push_str("docker run -d --name rgrid-node --restart on-failure --network host \\\n");
+    let _ = writeln!(
+        s,
+        "docker run -d --name rgrid-node --restart on-failure --stop-timeout {NODE_STOP_TIMEOUT_SECS} --network host \\"
+    );
     s.push_str("  -v /var/run/docker.sock:/var/run/docker.sock \\\n");
     let _ = writeln!(s, "  -v {TOKEN_PATH}:{TOKEN_PATH}:ro \\");
     let _ = writeln!(s, "  -v {STATE_DIR}:{STATE_DIR} \\");
@@ -163,7 +172,10 @@ fn bootstrap_script(
         "  --head {} --token-file {TOKEN_PATH} --state-dir {STATE_DIR} \\",
         shell_quote(head_addr)
     );
-    s.push_str("  --name \"$(hostname)\" --executor docker");
+    let _ = write!(
+        s,
+        "  --name \"$(hostname)\" --executor docker --drain-deadline {NODE_DRAIN_DEADLINE_SECS}s"
+    );
     for (k, v) in labels {
         let _ = write!(s, " \\\n  --label {}", shell_quote(&format!("{k}={v}")));
     }
@@ -269,11 +281,14 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         for needle in [
             "systemctl enable --now docker",
-            "--restart on-failure",
+            "--restart on-failure --stop-timeout 90 --network host",
             "-v /var/run/docker.sock:/var/run/docker.sock",
-            "--entrypoint rgrid-node 'ghcr.io/rgrid/rgrid-node:latest'",
+            &format!(
+                "--entrypoint rgrid-node 'ghcr.io/rgrid/rgrid-node:{}'",
+                env!("CARGO_PKG_VERSION")
+            ),
             "--head '203.0.113.7:7000' --token-file /etc/rgrid/join-token --state-dir /var/lib/rgrid",
-            "--executor docker",
+            "--executor docker --drain-deadline 60s",
             "--label 'rgrid-node-type=cx33'",
             "--label 'site=eu-1'",
             "(pull 'python:3.12-slim' || ",

@@ -135,7 +135,8 @@ pub struct AutoscalerConfig {
     /// Give servers a public IPv6 address. Default: `true`.
     pub enable_ipv6: bool,
     /// The container image running `rgrid-node` on provisioned servers. Default:
-    /// `"ghcr.io/rgrid/rgrid-node:latest"`.
+    /// `"ghcr.io/rgrid/rgrid-node:VERSION"`, VERSION being the head's own, so a head never
+    /// provisions nodes of another version (`scripts/build-images.sh` builds it).
     pub node_image: String,
     /// Runtime images pulled in parallel while a server boots, so the first tasks do not wait
     /// for them. Default: `[]`.
@@ -178,7 +179,7 @@ impl Default for AutoscalerConfig {
             firewalls: Vec::new(),
             enable_ipv4: true,
             enable_ipv6: true,
-            node_image: "ghcr.io/rgrid/rgrid-node:latest".into(),
+            node_image: format!("ghcr.io/rgrid/rgrid-node:{}", env!("CARGO_PKG_VERSION")),
             prepull_images: Vec::new(),
             node_labels: BTreeMap::new(),
             api: ApiConfig::default(),

@@ -1,6 +1,7 @@
 //! rgrid's shared model: what the head, the nodes and the clients agree on.
 //!
 //! - [`config`]: reading the daemons' TOML config files.
+//! - [`metrics`]: the daemons' Prometheus endpoint.
 //! - [`id`]: task ids (client-generated, time-ordered), node ids, attempts.
 //! - [`resources`]: cpu, memory, gpus and custom resources with checked arithmetic.
 //! - [`task`]: the task spec a client submits and the task state machine.
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod frame;
 pub mod id;
+pub mod metrics;
 pub mod protocol;
 pub mod resources;
 pub mod scheduler;

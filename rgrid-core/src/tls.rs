@@ -2,7 +2,8 @@
 //! server certificate, node and client certificates), join tokens, and the rustls configurations
 //! built from them.
 //!
-//! Identities live in the certificate's common name: `node:<uuid>` or `client:<name>`.
+//! Identities live in the certificate's common name: `node:<uuid>` or `client:<name>`; a
+//! client's role ([`ClientRole`]) in its organizational unit.
 
 use std::sync::Arc;
 
@@ -110,10 +111,14 @@ impl ClusterCa {
         })
     }
 
-    /// A client certificate for `subject` (`client:admin`), with a fresh key.
-    pub fn issue_client(&self, subject: &str) -> Result<Identity, TlsError> {
+    /// A client certificate for `subject` (`client:admin`) with `role`, with a fresh key.
+    pub fn issue_client(&self, subject: &str, role: ClientRole) -> Result<Identity, TlsError> {
         let key = KeyPair::generate()?;
-        let cert = client_params(subject)?.signed_by(&key, &self.issuer, &self.key)?;
+        let mut params = client_params(subject)?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
         Ok(Identity {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -200,6 +205,60 @@ impl PeerIdentity {
         }
         cn.strip_prefix("client:")
             .map(|name| Self::Client(name.to_owned()))
+    }
+}
+
+/// What a client may do, recorded in its certificate's organizational unit when the head issues
+/// it (`rgrid-head client create NAME --role R`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientRole {
+    /// Everything: every task, node operations, credentials.
+    Admin,
+    /// Submit tasks and manage its own.
+    Submit,
+    /// Listings and outputs only.
+    Read,
+}
+
+impl ClientRole {
+    /// Every role, in order of power.
+    pub const ALL: [Self; 3] = [Self::Admin, Self::Submit, Self::Read];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Submit => "submit",
+            Self::Read => "read",
+        }
+    }
+
+    /// The role a verified client certificate (DER) carries; `None` when it names none.
+    pub fn from_cert(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let unit = cert
+            .subject()
+            .iter_organizational_unit()
+            .next()?
+            .as_str()
+            .ok()?;
+        unit.parse().ok()
+    }
+}
+
+impl std::fmt::Display for ClientRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ClientRole {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a role: use admin, submit or read"))
     }
 }
 
@@ -479,6 +538,30 @@ mod tests {
             PeerIdentity::from_cert(&der[0]),
             Some(PeerIdentity::Node(node))
         );
+    }
+
+    #[test]
+    fn client_certificates_carry_their_name_and_role() {
+        let ca = ClusterCa::generate("test").expect("a CA is generated");
+        for role in ClientRole::ALL {
+            let identity = ca
+                .issue_client("client:ci", role)
+                .expect("a client certificate is issued");
+            let der = pem_certs(&identity.cert_pem, "client").expect("the certificate is PEM");
+            assert_eq!(
+                PeerIdentity::from_cert(&der[0]),
+                Some(PeerIdentity::Client("ci".into()))
+            );
+            assert_eq!(ClientRole::from_cert(&der[0]), Some(role));
+            assert_eq!(role.as_str().parse::<ClientRole>(), Ok(role));
+        }
+        let (_key, csr) = node_csr().expect("a CSR is generated");
+        let node = ca
+            .sign_node_csr(&csr, NodeId::new())
+            .expect("the CSR is signed");
+        let der = pem_certs(&node, "node").expect("the certificate is PEM");
+        assert_eq!(ClientRole::from_cert(&der[0]), None);
+        assert!("root".parse::<ClientRole>().is_err());
     }
 
     #[test]

@@ -130,6 +130,7 @@ impl Autoscaler {
         for t in &parts.config.node_types {
             cloud_init::render(&parts.config, &t.name, &parts.head_addr, "check.only.token")?;
         }
+        metrics::describe();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(Self {
             config: parts.config,
@@ -211,6 +212,7 @@ impl Autoscaler {
 
         let (snapshot, shapes) = self.snapshot(&view);
         let plan = rgrid_cloud::decide(&self.config, &snapshot, now);
+        metrics::record_decision(&self.config, &snapshot.servers, &plan.waits);
         for action in plan.actions {
             self.act(action, now).await;
         }
@@ -253,6 +255,7 @@ impl Autoscaler {
     }
 
     async fn act(&mut self, action: Action, now: SystemTime) {
+        metrics::record_action(&action);
         match action {
             Action::Create {
                 node_type,
@@ -538,5 +541,6 @@ fn describe((wait, count): (Wait, u32)) -> (Option<String>, u32) {
     }
 }
 
+mod metrics;
 #[cfg(test)]
 mod tests;

@@ -4,13 +4,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use rgrid_core::config::{read_toml, ConfigFileError};
 use std::time::Duration;
 
-use serde::Deserialize;
+use rgrid_core::config::{read_toml, ConfigFileError};
+use rgrid_core::scheduler::SchedulerConfig;
 
-/// Everything the head can be configured with. Every field has a default.
-#[derive(Clone, Debug, Deserialize)]
+use serde::{Deserialize, Serialize};
+
+/// Everything the head can be configured with. Every field has a default (`deploy/head.toml`
+/// shows them all).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeadConfig {
     /// UDP address the QUIC endpoint listens on. Default `0.0.0.0:7070`.
@@ -40,6 +43,12 @@ pub struct HeadConfig {
     /// that a restart recovers; nothing of the failed commit was acknowledged. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub commit_retry_for: Duration,
+    /// The `pack` placement strategy fills a node until this fraction of its cpu or memory is
+    /// used, then spreads over the others (Ray's hybrid policy). `1.0` packs every node full
+    /// before using the next, which leaves room for large tasks. Between 0 and 1. Default `0.5`.
+    pub pack_threshold: f64,
+    /// Address of the Prometheus endpoint (`GET /metrics`), like `127.0.0.1:9464`. Default: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Auto-scaling on Hetzner Cloud (`[autoscaler]`; see `rgrid_cloud::AutoscalerConfig` for
     /// every key). Default: disabled.
     pub autoscaler: rgrid_cloud::AutoscalerConfig,
@@ -57,6 +66,8 @@ impl Default for HeadConfig {
             recovery_grace: Duration::from_secs(10),
             join_token_ttl: Duration::from_secs(24 * 3600),
             commit_retry_for: Duration::from_secs(30),
+            pack_threshold: SchedulerConfig::default().pack_threshold,
+            metrics_listen: None,
             autoscaler: rgrid_cloud::AutoscalerConfig::default(),
         }
     }
@@ -90,7 +101,20 @@ impl HeadConfig {
                 self.heartbeat_timeout, self.heartbeat_interval
             )));
         }
+        if !(0.0..=1.0).contains(&self.pack_threshold) {
+            return Err(ConfigError::Invalid(format!(
+                "pack_threshold = {} is not a fraction: use a number from 0 to 1 (0.5 packs nodes half full, then spreads; 1.0 packs them full)",
+                self.pack_threshold
+            )));
+        }
         Ok(())
+    }
+
+    /// The scheduler's tunables from this config.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            pack_threshold: self.pack_threshold,
+        }
     }
 
     /// The address provisioned nodes reach the head at: `advertise`, else the address the
@@ -130,5 +154,21 @@ mod tests {
             ..HeadConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn pack_threshold_is_a_fraction() {
+        let config: HeadConfig = toml::from_str("pack_threshold = 1.0").expect("the config parses");
+        assert_eq!(config.scheduler_config().pack_threshold, 1.0);
+        assert!(config.validate().is_ok());
+        assert_eq!(HeadConfig::default().pack_threshold, 0.5);
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let config = HeadConfig {
+                pack_threshold: bad,
+                ..HeadConfig::default()
+            };
+            let err = config.validate().expect_err("out of range").to_string();
+            assert!(err.contains("pack_threshold"), "{err}");
+        }
     }
 }

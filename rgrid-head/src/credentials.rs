@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rgrid_core::tls::{ClientFile, ClusterCa, JoinToken, TlsError};
+use rgrid_core::tls::{ClientFile, ClientRole, ClusterCa, JoinToken, TlsError};
 
 use crate::store::{Store, StoreError, StoredToken, Write};
 use rgrid_core::time::unix_ms;
@@ -38,15 +38,25 @@ fn write_private(path: &Path, contents: &str) -> Result<(), CredentialsError> {
     rgrid_core::tls::write_private_file(path, contents).map_err(io(path))
 }
 
-/// Loads the CA from the state dir, creating it on first start.
-pub(crate) fn load_or_create_ca(state_dir: &Path) -> Result<ClusterCa, CredentialsError> {
+/// Loads the CA from the state dir; `None` when the head never started there.
+pub(crate) fn load_ca(state_dir: &Path) -> Result<Option<ClusterCa>, CredentialsError> {
     let cert_path = state_dir.join("ca.pem");
     let key_path = state_dir.join("ca.key");
-    if cert_path.exists() {
-        let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        return Ok(ClusterCa::load(&cert, &key)?);
+    if !cert_path.exists() {
+        return Ok(None);
     }
+    let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+    let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+    Ok(Some(ClusterCa::load(&cert, &key)?))
+}
+
+/// Loads the CA from the state dir, creating it on first start.
+pub(crate) fn load_or_create_ca(state_dir: &Path) -> Result<ClusterCa, CredentialsError> {
+    if let Some(ca) = load_ca(state_dir)? {
+        return Ok(ca);
+    }
+    let cert_path = state_dir.join("ca.pem");
+    let key_path = state_dir.join("ca.key");
     let ca = ClusterCa::generate("rgrid")?;
     write_private(&key_path, &ca.key_pem())?;
     write_private(&cert_path, ca.cert_pem())?;
@@ -67,6 +77,27 @@ pub(crate) fn load_or_create_reset_secret(state_dir: &Path) -> Result<Vec<u8>, C
     Ok(secret.to_vec())
 }
 
+/// A new join token valid for `ttl`, pinned to `ca`, and the row that stores the hash of its
+/// secret.
+pub(crate) fn new_join_token(
+    ca: &ClusterCa,
+    ttl: Option<Duration>,
+    single_use: bool,
+) -> Result<(JoinToken, StoredToken), CredentialsError> {
+    let token = JoinToken::generate(&ca.fingerprint()?);
+    let now = unix_ms();
+    let stored = StoredToken {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        created_at_ms: now,
+        expires_at_ms: ttl.map(|ttl| now.saturating_add(ttl.as_millis() as u64)),
+        single_use,
+        used: false,
+        revoked: false,
+    };
+    Ok((token, stored))
+}
+
 /// Creates a join token valid for `ttl` and stores the hash of its secret.
 pub(crate) async fn create_join_token(
     store: &Store,
@@ -74,19 +105,8 @@ pub(crate) async fn create_join_token(
     ttl: Option<Duration>,
     single_use: bool,
 ) -> Result<JoinToken, CredentialsError> {
-    let token = JoinToken::generate(&ca.fingerprint()?);
-    let now = unix_ms();
-    store
-        .write(vec![Write::InsertToken(StoredToken {
-            id: token.id.clone(),
-            secret_hash: token.secret_hash(),
-            created_at_ms: now,
-            expires_at_ms: ttl.map(|ttl| now.saturating_add(ttl.as_millis() as u64)),
-            single_use,
-            used: false,
-            revoked: false,
-        })])
-        .await?;
+    let (token, stored) = new_join_token(ca, ttl, single_use)?;
+    store.write(vec![Write::InsertToken(stored)]).await?;
     Ok(token)
 }
 
@@ -129,17 +149,30 @@ pub(crate) fn write_client_file(
             head: head.to_owned(),
             ..file
         },
-        None => {
-            let identity = ca.issue_client("client:admin")?;
-            ClientFile {
-                head: head.to_owned(),
-                ca_pem: ca.cert_pem().to_owned(),
-                cert_pem: identity.cert_pem,
-                key_pem: identity.key_pem,
-            }
-        }
+        None => client_file(ca, "admin", ClientRole::Admin, head)?,
     };
-    let text = toml::to_string(&file).map_err(|e| CredentialsError::ClientFile(e.to_string()))?;
-    write_private(&path, &text)?;
+    write_client(&path, &file)?;
     Ok(path)
+}
+
+/// New credentials for client `name` with `role`, connecting to `head`.
+pub(crate) fn client_file(
+    ca: &ClusterCa,
+    name: &str,
+    role: ClientRole,
+    head: &str,
+) -> Result<ClientFile, CredentialsError> {
+    let identity = ca.issue_client(&format!("client:{name}"), role)?;
+    Ok(ClientFile {
+        head: head.to_owned(),
+        ca_pem: ca.cert_pem().to_owned(),
+        cert_pem: identity.cert_pem,
+        key_pem: identity.key_pem,
+    })
+}
+
+/// Writes a `client.toml`, readable by its owner only.
+pub(crate) fn write_client(path: &Path, file: &ClientFile) -> Result<(), CredentialsError> {
+    let text = toml::to_string(file).map_err(|e| CredentialsError::ClientFile(e.to_string()))?;
+    write_private(path, &text)
 }

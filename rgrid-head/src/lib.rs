@@ -3,6 +3,7 @@
 //! the in-process `LocalCluster` both call it.
 //!
 //! - [`config`]: the configuration.
+//! - [`admin`]: join tokens and client credentials from the command line.
 //! - `credentials`: the CA, the join token and `client.toml` in the state dir.
 //! - `store`: persistence (SQLite or PostgreSQL through sqlx, group commit).
 //! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
@@ -11,6 +12,7 @@
 //! - `autoscaler`: the driver that turns demand into Hetzner servers and idle ones back into
 //!   nothing, when `[autoscaler]` is enabled.
 
+pub mod admin;
 mod autoscaler;
 mod cluster;
 pub mod config;
@@ -25,13 +27,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgrid_core::scheduler::SchedulerConfig;
-
 use rgrid_core::tls::ClusterCa;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use admin::{Admin, AdminError};
 pub use autoscaler::AutoscalerError;
 pub use config::HeadConfig;
 pub use credentials::CredentialsError;
@@ -61,6 +62,8 @@ pub enum StartError {
     Transport(#[from] rgrid_core::transport::TransportError),
     #[error(transparent)]
     Autoscaler(#[from] AutoscalerError),
+    #[error(transparent)]
+    Metrics(#[from] rgrid_core::metrics::MetricsError),
 }
 
 /// A head that is serving.
@@ -129,6 +132,9 @@ pub async fn start(
         source,
     })?;
     let tracker = TaskTracker::new();
+    if let Some(addr) = config.metrics_listen {
+        rgrid_core::metrics::serve(addr, shutdown.clone(), &tracker)?;
+    }
     let ca = credentials::load_or_create_ca(&state_dir)?;
     let retry = RetryPolicy {
         give_up_after: config.commit_retry_for,
@@ -174,7 +180,7 @@ pub async fn start(
         store.clone(),
         config.autoscaler.enabled.then(|| wake.clone()),
     );
-    let mut cluster = Cluster::new(io, liveness, SchedulerConfig::default());
+    let mut cluster = Cluster::new(io, liveness, config.scheduler_config());
     if config.autoscaler.enabled {
         let token = rgrid_cloud::HcloudToken::from_env().map_err(AutoscalerError::from)?;
         let provider = rgrid_cloud::HetznerProvider::new(&config.autoscaler, token)

@@ -9,10 +9,10 @@ use std::time::Duration;
 use rgrid_core::config::{read_toml, ConfigFileError};
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How tasks are run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorKind {
     /// In Docker containers through the engine's API (the default).
@@ -27,7 +27,7 @@ pub enum ExecutorKind {
 }
 
 /// When the Docker executor pulls a task's image.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullPolicy {
     /// Pull only images the engine does not have (the default).
@@ -41,7 +41,8 @@ pub enum PullPolicy {
 
 /// Everything the node can be configured with. Each key `k` can also be set with the
 /// environment variable `RGRID_NODE_K` (upper case), which wins over the file.
-#[derive(Clone, Debug, Deserialize)]
+/// `deploy/node.toml` shows every key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// The head's address, `HOST:PORT`. Required (flag `--head`).
@@ -103,6 +104,8 @@ pub struct NodeConfig {
     /// On timeout or cancel, how long a task has between SIGTERM and SIGKILL. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// Address of the Prometheus endpoint (`GET /metrics`), like `127.0.0.1:9465`. Default: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -132,6 +135,7 @@ impl Default for NodeConfig {
             run_as: None,
             read_only_rootfs: false,
             kill_grace: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 }
@@ -162,6 +166,7 @@ const KEYS: &[&str] = &[
     "run_as",
     "read_only_rootfs",
     "kill_grace",
+    "metrics_listen",
 ];
 
 /// Network modes a node can allow.
@@ -241,6 +246,13 @@ impl NodeConfig {
                     .map_err(|_| format!("{value:?} is not true or false"))?
             }
             "kill_grace" => self.kill_grace = duration(value)?,
+            "metrics_listen" => {
+                self.metrics_listen = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("{value:?} is not an address HOST:PORT"))?,
+                )
+            }
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())

@@ -7,12 +7,14 @@
 //! - [`executor`]: Docker (bollard) and process executors.
 //! - `capabilities`, `resources`, `gpu`: what the node advertises, configured or detected.
 //! - `session`: the head session, heartbeats, assignments, result delivery.
+//! - `metrics`: the node's Prometheus gauges (with `metrics_listen`).
 
 mod capabilities;
 pub mod config;
 pub mod executor;
 mod gpu;
 pub mod identity;
+mod metrics;
 mod resources;
 mod session;
 
@@ -46,6 +48,8 @@ pub enum NodeError {
     Resources(String),
     #[error("the head refused this node: {0}")]
     Refused(String),
+    #[error(transparent)]
+    Metrics(#[from] rgrid_core::metrics::MetricsError),
 }
 
 /// Runs the node until it has left the cluster: cancelling `shutdown` drains it (no new work;
@@ -59,6 +63,13 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| NodeError::HeadAddress(config.head.clone()))?;
     let name = config.name.clone().unwrap_or_else(hostname);
+    let tracker = TaskTracker::new();
+    // Stops the metrics endpoint and sampler however this returns.
+    let metrics_stop = CancellationToken::new();
+    let stop_metrics = metrics_stop.clone().drop_guard();
+    if let Some(addr) = config.metrics_listen {
+        rgrid_core::metrics::serve(addr, metrics_stop.clone(), &tracker)?;
+    }
     let creds =
         identity::load_or_join(&config.state_dir, head, config.token_file.as_deref(), &name)
             .await?;
@@ -102,7 +113,6 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         "node starting"
     );
     let (control, control_rx) = mpsc::channel(session::CONTROL_QUEUE);
-    let tracker = TaskTracker::new();
     let node = Arc::new(session::Node {
         head,
         creds,
@@ -120,7 +130,11 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     });
     let cleanup = node.executor.as_docker().map(DockerExecutor::cleanup);
     pre_pull(&node, config.pre_pull);
+    if config.metrics_listen.is_some() {
+        tracker.spawn(metrics::sample(node.clone(), metrics_stop.clone()));
+    }
     let result = session::run(node, control_rx).await;
+    drop(stop_metrics);
     tracker.close();
     tracker.wait().await;
     if let Some(cleanup) = cleanup {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use rgrid_core::config::parse_label;
 use rgrid_node::{ExecutorKind, NodeConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -38,16 +39,12 @@ struct Args {
     /// On SIGTERM, how long running tasks may go on before they are handed back (like 60s).
     #[arg(long, value_parser = humantime::parse_duration)]
     drain_deadline: Option<std::time::Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default: off).
+    #[arg(long, env = "RGRID_NODE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// TOML config file.
     #[arg(long, env = "RGRID_NODE_CONFIG")]
     config: Option<PathBuf>,
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("{s:?} is not a label: use K=V"))
 }
 
 #[tokio::main]
@@ -90,6 +87,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(deadline) = args.drain_deadline {
         config.drain_deadline = deadline;
+    }
+    if args.metrics_listen.is_some() {
+        config.metrics_listen = args.metrics_listen;
     }
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

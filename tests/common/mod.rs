@@ -214,6 +214,52 @@ pub mod process {
     }
 }
 
+/// What a provisioned server boots with.
+pub mod cloud_init {
+    /// What a machine boots with, read from its user data.
+    pub struct Boot {
+        pub head: String,
+        pub token: String,
+        pub labels: Vec<String>,
+    }
+
+    /// The content of the file at `path` in a cloud-config's `write_files`.
+    pub fn written_file(user_data: &str, path: &str) -> String {
+        let doc: serde_norway::Value =
+            serde_norway::from_str(user_data).expect("user data is YAML");
+        doc["write_files"]
+            .as_sequence()
+            .expect("write_files")
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path))
+            .and_then(|f| f["content"].as_str())
+            .unwrap_or_else(|| panic!("{path} in write_files"))
+            .to_owned()
+    }
+
+    /// Reads the head address, the token and the node labels out of a server's cloud-config.
+    pub fn boot_of(user_data: &str) -> Boot {
+        let script = written_file(user_data, rgrid_cloud::cloud_init::BOOTSTRAP_PATH);
+        let words: Vec<String> = script
+            .split_whitespace()
+            .map(|w| w.trim_matches('\'').to_owned())
+            .collect();
+        let after = |flag: &str| {
+            words
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| *w == flag)
+                .map(|(i, _)| words[i + 1].clone())
+                .collect::<Vec<_>>()
+        };
+        Boot {
+            head: after("--head").remove(0),
+            token: written_file(user_data, rgrid_cloud::cloud_init::TOKEN_PATH),
+            labels: after("--label"),
+        }
+    }
+}
+
 /// A fresh, empty PostgreSQL database for one test: its URL. The server comes from
 /// `RGRID_TEST_POSTGRES_URL` (default `postgres://rgrid:rgrid@127.0.0.1:5432/postgres`, as
 /// `scripts/setup.sh` makes it). Without a server the test is skipped (`None`) — except under

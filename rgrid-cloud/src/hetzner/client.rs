@@ -22,6 +22,29 @@ use super::types::{
     ErrorResponse, FieldError, GetServerResponse, ListServersResponse, Server,
 };
 
+/// Metric: API requests sent, by method and HTTP status (`network` when no answer came).
+const REQUESTS: &str = "rgrid_hetzner_requests_total";
+/// Metric: failed API requests by the API's error code (`http_<status>` without one, `network`).
+const ERRORS: &str = "rgrid_hetzner_errors_total";
+/// Metric: the last `RateLimit-Remaining` the API reported.
+const RATE_REMAINING: &str = "rgrid_hetzner_ratelimit_remaining";
+
+/// Describes the client's metrics (their `HELP` lines).
+fn describe_metrics() {
+    metrics::describe_counter!(
+        REQUESTS,
+        "Hetzner Cloud API requests sent, by method and HTTP status (status=network: no answer)"
+    );
+    metrics::describe_counter!(
+        ERRORS,
+        "Failed Hetzner Cloud API requests by error code (the API's code, http_<status> without one, or network)"
+    );
+    metrics::describe_gauge!(
+        RATE_REMAINING,
+        "Hetzner Cloud API requests left in the project's hourly budget, as last reported (RateLimit-Remaining)"
+    );
+}
+
 /// Entries per page when listing (the API's maximum).
 const PER_PAGE: u32 = 50;
 /// Stop following `next_page` after this many pages (a misbehaving server must not loop us).
@@ -100,6 +123,7 @@ impl HcloudClient {
             .user_agent(concat!("rgrid-cloud/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(HcloudError::Client)?;
+        describe_metrics();
         Ok(Self {
             http,
             base: base_url.trim_end_matches('/').to_owned(),
@@ -393,11 +417,21 @@ impl HcloudClient {
             attempts: attempt,
             source,
         };
-        let response = request.send().await.map_err(|e| (network(e), None))?;
+        let sent = |status: &str| {
+            metrics::counter!(REQUESTS, "method" => method.to_string(), "status" => status.to_owned())
+                .increment(1);
+        };
+        let network_error = |e| {
+            sent("network");
+            metrics::counter!(ERRORS, "code" => "network").increment(1);
+            (network(e), None)
+        };
+        let response = request.send().await.map_err(&network_error)?;
         let status = response.status();
         let retry_after = self.note_headers(response.headers());
-        let bytes = response.bytes().await.map_err(|e| (network(e), None))?;
+        let bytes = response.bytes().await.map_err(&network_error)?;
         debug!(%method, url, status = status.as_u16(), "Hetzner API");
+        sent(status.as_str());
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
@@ -409,6 +443,7 @@ impl HcloudClient {
                 details: None,
             },
         };
+        metrics::counter!(ERRORS, "code" => error.code.clone()).increment(1);
         Err((
             HcloudError::from_api(status.as_u16(), error, attempt),
             retry_after,
@@ -427,6 +462,7 @@ impl HcloudClient {
         }
         if let Some(remaining) = num("ratelimit-remaining") {
             rate.remaining = u32::try_from(remaining).ok();
+            metrics::gauge!(RATE_REMAINING).set(remaining as f64);
             if let Some(limit) = rate.limit {
                 if remaining < u64::from(limit / 20) {
                     warn!(
