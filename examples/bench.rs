@@ -73,7 +73,8 @@ enum Role {
     },
 }
 
-/// The allocator of the daemons' binaries, so the head measured here is the one that ships.
+/// The allocator of the daemons' binaries (`rgrid-head`, `rgrid-node`), so that the head
+/// measured here allocates as the one that ships.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
