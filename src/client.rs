@@ -303,6 +303,19 @@ impl Client {
         }
     }
 
+    /// One task's listing entry (its state, attempt, node and why it waits), or `None` when
+    /// the head does not know it: the page of one that starts after the id just before it.
+    pub async fn task_info(&self, task: &TaskRef) -> Result<Option<TaskInfo>, ClientError> {
+        let page = self
+            .tasks_page(TaskQuery {
+                state: None,
+                after: Some(task.id.predecessor()),
+                limit: 1,
+            })
+            .await?;
+        Ok(page.tasks.into_iter().find(|t| t.task == task.id))
+    }
+
     /// Every task the head knows, page by page (for small clusters; page with
     /// [`Client::tasks_page`] through large ones).
     pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {

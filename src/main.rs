@@ -3,15 +3,16 @@
 //! Exit codes: a task's own exit code; [`EXIT_NO_CODE`] when the task ended without one;
 //! [`EXIT_CLI_ERROR`] when the CLI itself failed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use indicatif::ProgressBar;
 use rgrid::{
-    format_size, parse_size, Client, LabelRequirement, TaskId, TaskOutcome, TaskQuery, TaskRef,
-    TaskSpec, TaskState,
+    format_size, parse_size, Client, LabelRequirement, TaskId, TaskInfo, TaskOutcome, TaskQuery,
+    TaskRef, TaskSpec, TaskState,
 };
 
 /// Exit code of the CLI's own failures (bad usage, credentials, connection, a request the head
@@ -397,7 +398,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 /// Prints a task's outcome (stdout, and stderr to stderr; or all of it as JSON) and returns the
 /// exit code to exit with.
 async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyhow::Result<i32> {
-    let outcome = client.get(task).await?;
+    let outcome = match output {
+        Output::Table if std::io::stdout().is_terminal() => with_progress(client, task).await?,
+        _ => client.get(task).await?,
+    };
     if let Output::Json = output {
         println!("{}", serde_json::to_string_pretty(&outcome_json(&outcome))?);
         return Ok(exit_code(&outcome));
@@ -429,6 +433,58 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
         );
     }
     Ok(exit_code(&outcome))
+}
+
+/// Waits for the task's outcome showing one live line (on stderr) of where it is: queued and
+/// why, starting on its node (the image is pulled then), running for how long.
+async fn with_progress(client: &Client, task: &TaskRef) -> anyhow::Result<TaskOutcome> {
+    let line = ProgressBar::new_spinner();
+    line.enable_steady_tick(Duration::from_millis(120));
+    let outcome = client.get(task);
+    tokio::pin!(outcome);
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut running_since = None;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut outcome => break outcome,
+            _ = poll.tick() => {
+                // A failed poll leaves the line as it was; the wait itself reports errors.
+                if let Ok(Some(info)) = client.task_info(task).await {
+                    line.set_message(progress(&info, &mut running_since));
+                }
+            }
+        }
+    };
+    line.finish_and_clear();
+    Ok(outcome?)
+}
+
+/// The live line for a task's listing entry.
+fn progress(info: &TaskInfo, running_since: &mut Option<(u32, Instant)>) -> String {
+    let why = |s: &str| match &info.detail {
+        Some(detail) => format!("{s}: {detail}"),
+        None => s.to_owned(),
+    };
+    match info.state {
+        TaskState::Queued => why("queued"),
+        TaskState::Assigned => format!(
+            "starting on its node: image, container (attempt {})",
+            info.attempt
+        ),
+        TaskState::Running => {
+            // Timed from when this line first saw the attempt run.
+            let since = match running_since {
+                Some((attempt, since)) if *attempt == info.attempt => *since,
+                _ => running_since.insert((info.attempt, Instant::now())).1,
+            };
+            format!(
+                "running {} s (attempt {})",
+                since.elapsed().as_secs(),
+                info.attempt
+            )
+        }
+        state => why(state.as_str()),
+    }
 }
 
 /// The task's exit code, or [`EXIT_NO_CODE`].

@@ -308,4 +308,51 @@ fn head_and_node_metrics_during_a_run() {
     scrape_until(&node_metrics, "the node idle", |s| {
         s.value("rgrid_node_attempts") == Some(0.0)
     });
+    // The task path: one task submitted, placed after its wait for the server, ended.
+    let head = scrape_until(&head_metrics, "the task counted as ended", |s| {
+        s.value(r#"rgrid_tasks_ended_total{state="succeeded"}"#) == Some(1.0)
+            && s.value(r#"rgrid_tasks{state="queued"}"#) == Some(0.0)
+            && s.value(r#"rgrid_nodes{state="ready"}"#) == Some(1.0)
+    });
+    for (name, kind) in [
+        ("rgrid_tasks", "gauge"),
+        ("rgrid_tasks_submitted_total", "counter"),
+        ("rgrid_tasks_ended_total", "counter"),
+        ("rgrid_task_queue_wait_seconds", "histogram"),
+        ("rgrid_task_run_seconds", "histogram"),
+        ("rgrid_placement_round_seconds", "histogram"),
+        ("rgrid_nodes", "gauge"),
+        ("rgrid_heartbeat_lag_seconds", "gauge"),
+        ("rgrid_store_commit_rows", "histogram"),
+        ("rgrid_store_commit_seconds", "histogram"),
+    ] {
+        head.assert_typed(name, kind);
+    }
+    assert_eq!(head.value("rgrid_tasks_submitted_total"), Some(1.0));
+    let shape = r#"shape="cpu=1000m mem=64M"#;
+    let count = |name: &str| {
+        head.samples
+            .iter()
+            .find(|(k, _)| k.starts_with(name) && k.contains(shape))
+            .map(|(_, v)| *v)
+    };
+    assert_eq!(
+        count("rgrid_task_queue_wait_seconds_count"),
+        Some(1.0),
+        "{}",
+        head.text
+    );
+    assert_eq!(
+        count("rgrid_task_run_seconds_count"),
+        Some(1.0),
+        "{}",
+        head.text
+    );
+    // It waited for the server to boot: seconds, not milliseconds.
+    let waited = count("rgrid_task_queue_wait_seconds_sum").unwrap_or_default();
+    assert!(waited > 0.5, "queue wait {waited} s\n{}", head.text);
+    assert!(head
+        .value("rgrid_heartbeat_lag_seconds")
+        .is_some_and(|lag| lag < 5.0));
+    promtool_accepts(&head.text);
 }

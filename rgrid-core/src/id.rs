@@ -16,6 +16,12 @@ impl TaskId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+
+    /// The id just before this one in id order (listings page by id: the page after this
+    /// one's predecessor starts with it).
+    pub fn predecessor(self) -> Self {
+        Self(Uuid::from_u128(self.0.as_u128().wrapping_sub(1)))
+    }
 }
 
 impl Default for TaskId {

@@ -21,12 +21,13 @@
 //! loop around it all).
 
 use std::collections::{BinaryHeap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rgrid_core::protocol::HeadMessage;
 use rgrid_core::scheduler::{Scheduler, SchedulerConfig};
 use rgrid_core::{NodeId, TaskId};
 
+use crate::metrics::LoopMetrics;
 use crate::store::{Committed, StoreError, WriteBatch};
 
 mod demand;
@@ -135,6 +136,7 @@ pub(crate) struct Cluster<C> {
     /// Why queued tasks wait, per shape, from the autoscaler.
     waits: Vec<(Shape, WaitRuns)>,
     autoscaling: bool,
+    metrics: LoopMetrics,
 }
 
 impl<C: Comm> Cluster<C> {
@@ -166,6 +168,7 @@ impl<C: Comm> Cluster<C> {
             started_ms: rgrid_core::time::monotonic_ms(),
             waits: Vec::new(),
             autoscaling: false,
+            metrics: LoopMetrics::new(),
         }
     }
 
@@ -250,6 +253,9 @@ impl<C: Comm> Cluster<C> {
     pub(crate) fn tick(&mut self, now_ms: u64) {
         self.check_liveness(now_ms);
         self.release_delayed(now_ms);
+        if self.metrics.sample_due(now_ms) {
+            self.sample_metrics(now_ms);
+        }
     }
 
     /// Ends a turn (after a burst of events): places what can run, sends what the nodes should
@@ -257,7 +263,9 @@ impl<C: Comm> Cluster<C> {
     pub(crate) fn end_turn(&mut self) {
         if self.dirty {
             self.dirty = false;
+            let started = Instant::now();
             self.schedule();
+            self.metrics.placement_round(started.elapsed());
             if self.autoscaling {
                 self.comm.wake_autoscaler();
             }

@@ -17,6 +17,7 @@ mod autoscaler;
 mod cluster;
 pub mod config;
 mod credentials;
+mod metrics;
 mod outputs;
 mod server;
 mod store;
@@ -134,6 +135,7 @@ pub async fn start(
     let tracker = TaskTracker::new();
     if let Some(addr) = config.metrics_listen {
         rgrid_core::metrics::serve(addr, shutdown.clone(), &tracker)?;
+        metrics::describe();
     }
     let ca = credentials::load_or_create_ca(&state_dir)?;
     let retry = RetryPolicy {

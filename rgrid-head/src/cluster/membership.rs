@@ -31,6 +31,14 @@ pub(crate) enum NodeState {
 }
 
 impl NodeState {
+    pub(crate) const ALL: [NodeState; 5] = [
+        Self::Ready,
+        Self::Suspect,
+        Self::Draining,
+        Self::Dead,
+        Self::Left,
+    ];
+
     /// Serving work, or out of touch but expected back.
     pub(crate) fn is_alive(self) -> bool {
         matches!(self, Self::Ready | Self::Suspect | Self::Draining)
@@ -206,6 +214,24 @@ impl<C: Comm> Cluster<C> {
 
     /// Suspects nodes that went quiet, restores those heard again, and declares dead the ones
     /// silent past the timeout.
+    /// Sets the sampled metrics: open tasks and nodes by state, the longest silence of a node
+    /// with a session.
+    pub(super) fn sample_metrics(&self, now_ms: u64) {
+        let mut nodes = [0; NodeState::ALL.len()];
+        let mut lag = 0;
+        for node in &self.nodes {
+            nodes[node.state as usize] += 1;
+            if node.session.is_some() {
+                lag = lag.max(node.silent_ms(now_ms));
+            }
+        }
+        self.metrics.sample(
+            |state| self.counts.get(state),
+            nodes,
+            Duration::from_millis(lag),
+        );
+    }
+
     pub(super) fn check_liveness(&mut self, now_ms: u64) {
         let suspect_after = self.liveness.suspect_after_ms();
         let timeout = self.liveness.timeout_ms();

@@ -66,7 +66,9 @@ impl<C: Comm> Cluster<C> {
     /// queued otherwise.
     pub(super) fn recover_task(&mut self, stored: RecoveredTask) -> Result<(), StoreError> {
         let spec: TaskSpec = crate::store::decode_spec(&stored.spec)?;
-        let shape = self.shapes.intern((spec.resources, spec.constraints));
+        let shape = self
+            .shapes
+            .intern((spec.resources, spec.constraints), &mut self.metrics);
         let mut task = Task {
             spec: stored.spec.into_boxed_slice(),
             shape,

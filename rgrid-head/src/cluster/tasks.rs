@@ -18,7 +18,9 @@ use tokio::sync::oneshot;
 
 use super::effects::Effect;
 use super::events::{NodeResults, Outcome, Report, Submission};
+use super::listings::describe;
 use super::{Cluster, Comm, Shape};
+use crate::metrics::{LoopMetrics, ShapeTimes};
 use crate::store::{AttemptEnd, AttemptRow, Counters, Finish, NewTask, Output};
 
 /// How long an attempt its node handed back waits before it is placed again.
@@ -76,28 +78,44 @@ impl Task {
     }
 }
 
-/// Interned task shapes: tasks of one shape share one entry, freed with its last task.
+/// Interned task shapes: tasks of one shape share one entry (with its metrics), freed with its
+/// last task.
 #[derive(Default)]
 pub(super) struct Shapes {
-    entries: Vec<Option<(Shape, u32)>>,
+    entries: Vec<Option<Interned>>,
     ids: HashMap<Shape, ShapeId>,
     free: Vec<ShapeId>,
 }
 
+struct Interned {
+    shape: Shape,
+    refs: u32,
+    times: ShapeTimes,
+}
+
 impl Shapes {
     /// The id of `shape`, taking a reference on it.
-    pub(super) fn intern(&mut self, shape: Shape) -> ShapeId {
+    pub(super) fn intern(&mut self, shape: Shape, metrics: &mut LoopMetrics) -> ShapeId {
         if let Some(&id) = self.ids.get(&shape) {
             self.hold(id);
             return id;
         }
+        let label = match describe(&shape.1) {
+            constraints if constraints.is_empty() => shape.0.to_string(),
+            constraints => format!("{} {constraints}", shape.0),
+        };
+        let entry = Interned {
+            shape: shape.clone(),
+            refs: 1,
+            times: metrics.shape(label),
+        };
         let id = match self.free.pop() {
             Some(id) => {
-                self.entries[id as usize] = Some((shape.clone(), 1));
+                self.entries[id as usize] = Some(entry);
                 id
             }
             None => {
-                self.entries.push(Some((shape.clone(), 1)));
+                self.entries.push(Some(entry));
                 ShapeId::try_from(self.entries.len() - 1).unwrap_or(ShapeId::MAX)
             }
         };
@@ -107,8 +125,8 @@ impl Shapes {
 
     /// Takes another reference on `id`.
     pub(super) fn hold(&mut self, id: ShapeId) {
-        if let Some(Some((_, refs))) = self.entries.get_mut(id as usize) {
-            *refs += 1;
+        if let Some(Some(entry)) = self.entries.get_mut(id as usize) {
+            entry.refs += 1;
         }
     }
 
@@ -117,11 +135,11 @@ impl Shapes {
         let Some(slot) = self.entries.get_mut(id as usize) else {
             return;
         };
-        let Some((_, refs)) = slot else { return };
-        *refs -= 1;
-        if *refs == 0 {
-            if let Some((shape, _)) = slot.take() {
-                self.ids.remove(&shape);
+        let Some(entry) = slot else { return };
+        entry.refs -= 1;
+        if entry.refs == 0 {
+            if let Some(entry) = slot.take() {
+                self.ids.remove(&entry.shape);
             }
             self.free.push(id);
         }
@@ -129,7 +147,7 @@ impl Shapes {
 
     pub(super) fn get(&self, id: ShapeId) -> &Shape {
         match self.entries.get(id as usize) {
-            Some(Some((shape, _))) => shape,
+            Some(Some(entry)) => &entry.shape,
             // Ids come from `intern` and live while referenced.
             _ => &EMPTY_SHAPE,
         }
@@ -137,6 +155,14 @@ impl Shapes {
 
     pub(super) fn resources(&self, id: ShapeId) -> &Resources {
         &self.get(id).0
+    }
+
+    /// The shape's histograms (none for an id that is not interned).
+    pub(super) fn times(&self, id: ShapeId) -> Option<&ShapeTimes> {
+        match self.entries.get(id as usize) {
+            Some(Some(entry)) => Some(&entry.times),
+            _ => None,
+        }
     }
 }
 
@@ -166,6 +192,10 @@ impl Counts {
         if let Some(to) = to {
             self.0[to as usize] += 1;
         }
+    }
+
+    pub(super) fn get(&self, state: TaskState) -> u64 {
+        self.0[state as usize]
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (TaskState, u64)> + '_ {
@@ -258,7 +288,7 @@ impl<C: Comm> Cluster<C> {
             if self.autoscaling {
                 self.count_arrival(&shape);
             }
-            let shape = self.shapes.intern(shape);
+            let shape = self.shapes.intern(shape, &mut self.metrics);
             self.commits.pending.inserts.push(NewTask {
                 id: admitted.id,
                 spec: admitted.spec.clone(),
@@ -291,6 +321,7 @@ impl<C: Comm> Cluster<C> {
             wait_for = seq;
             self.dirty = true;
         }
+        self.metrics.submitted(inserted.len());
         self.after(
             wait_for,
             Effect::Submitted {
@@ -328,6 +359,11 @@ impl<C: Comm> Cluster<C> {
         task.attempt += 1;
         task.node = Some(index);
         task.started_at_ms = now;
+        if let Some(times) = self.shapes.times(task.shape) {
+            times
+                .queue_wait
+                .record(seconds(now.saturating_sub(task.queued_at_ms)));
+        }
         task.delivered = false;
         task.write_seq = seq;
         let attempt = task.attempt_id(id);
@@ -618,6 +654,16 @@ impl<C: Comm> Cluster<C> {
         if task.state == TaskState::Queued {
             self.scheduler.dequeue(id);
         }
+        self.metrics.ended(state);
+        if let Some(times) = self
+            .shapes
+            .times(task.shape)
+            .filter(|_| task.node.is_some())
+        {
+            times
+                .run
+                .record(seconds(now.saturating_sub(task.started_at_ms)));
+        }
         task.write_seq = seq;
         let node = task.node.map(|n| &self.nodes[n as usize]);
         let last_attempt = node.map(|node| AttemptInfo {
@@ -723,4 +769,9 @@ impl<C: Comm> Cluster<C> {
         self.shapes.release(task.shape);
         task.outcome
     }
+}
+
+/// A span of wall-clock milliseconds in seconds, for histograms.
+fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
 }

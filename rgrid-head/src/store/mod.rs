@@ -347,6 +347,7 @@ async fn write_loop(pool: Pool, mut jobs: mpsc::Receiver<Job>, retry: RetryPolic
             ..WriteBatch::default()
         };
         let started = Instant::now();
+        let rows = batch.rows();
         let mut backoff = retry.first_backoff;
         let result = loop {
             let attempt = async {
@@ -376,16 +377,17 @@ async fn write_loop(pool: Pool, mut jobs: mpsc::Receiver<Job>, retry: RetryPolic
             };
             match attempt.await {
                 Ok(known) => {
-                    tracing::trace!(rows = batch.rows(), took = ?started.elapsed(), "committed");
+                    tracing::trace!(rows, took = ?started.elapsed(), "committed");
+                    crate::metrics::committed(rows, started.elapsed());
                     break Ok(Committed { known });
                 }
                 Err(err) if started.elapsed() < retry.give_up_after => {
-                    tracing::warn!(error = %err, rows = batch.rows(), retry_in = ?backoff, "database commit failed; retrying");
+                    tracing::warn!(error = %err, rows, retry_in = ?backoff, "database commit failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(retry.max_backoff);
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, rows = batch.rows(), "database commit keeps failing; giving up");
+                    tracing::error!(error = %err, rows, "database commit keeps failing; giving up");
                     break Err(StoreError::Failing(started.elapsed(), err));
                 }
             }
