@@ -326,3 +326,40 @@ fn shell_completions_and_usage_exit_codes() {
     assert_eq!(rgrid(&["no-such-command"]).status.code(), Some(125));
     assert_eq!(rgrid(&["completions", "tcsh"]).status.code(), Some(125));
 }
+
+#[test]
+fn a_waiting_get_shows_a_live_line_only_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("head");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let _head = start_head(dir.path(), &listen);
+    let client_toml = state.join("client.toml");
+    wait_for("client.toml", || client_toml.exists());
+    // No node: the task stays queued.
+    let out = rgrid(&client_toml, &["submit", "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    let task = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let get = format!(
+        "timeout 3 {} --config {} get {task}",
+        env!("CARGO_BIN_EXE_rgrid"),
+        client_toml.display()
+    );
+
+    // On a terminal (script gives the CLI a pseudo-terminal): one live line says why it waits.
+    let on_terminal = Command::new("script")
+        .args(["-qec", &get, "/dev/null"])
+        .output()
+        .expect("script runs");
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(shown.contains("queued"), "terminal output: {shown:?}");
+    assert_eq!(on_terminal.status.code(), Some(124), "timeout ended it");
+
+    // Piped: nothing extra.
+    let piped = Command::new("sh")
+        .args(["-c", &get])
+        .output()
+        .expect("sh runs");
+    assert_eq!(piped.status.code(), Some(124), "timeout ended it");
+    assert!(piped.stdout.is_empty(), "{piped:?}");
+    assert!(piped.stderr.is_empty(), "{piped:?}");
+}
