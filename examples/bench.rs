@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures::StreamExt as _;
-use rgrid::{Client, TaskRef, TaskSpec};
+use rgrid::{Client, TaskQuery, TaskRef, TaskSpec};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -429,6 +429,21 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
             futures::future::try_join_all(clients.iter().map(|c| submit_all(c, n / 4))).await?;
         let submitted = started.elapsed();
         let queued_rss = setup.head()?.status_kib("VmRSS").unwrap_or(0) / 1024;
+        // What `rgrid tasks` asks with all of them queued: one page.
+        let listed = Instant::now();
+        let page = clients[0].tasks_page(TaskQuery::default()).await?;
+        let list_ms = listed.elapsed().as_secs_f64() * 1000.0;
+        say(
+            args.json,
+            &format!(
+                "million: the first page of the listing ({} tasks) in {list_ms:.1} ms",
+                page.tasks.len()
+            ),
+        );
+        figures.insert(
+            "million_list_page_ms",
+            ((list_ms * 10.0).round() / 10.0).into(),
+        );
         setup.nodes(2, "noop", 1_000_000).await?;
         futures::future::try_join_all(clients.iter().zip(&refs).map(|(c, r)| wait_all(c, r)))
             .await?;
