@@ -106,6 +106,10 @@ pub struct NodeConfig {
     pub kill_grace: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`), like `127.0.0.1:9465`. Default: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most bytes of results the offline spool (`STATE_DIR/spool`) holds until the head
+    /// acknowledges them; past it (or past 10,000 results) a result is kept in memory only.
+    /// Default 256 MiB.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -136,6 +140,7 @@ impl Default for NodeConfig {
             read_only_rootfs: false,
             kill_grace: Duration::from_secs(10),
             metrics_listen: None,
+            spool_max_bytes: 256 << 20,
         }
     }
 }
@@ -167,6 +172,7 @@ const KEYS: &[&str] = &[
     "read_only_rootfs",
     "kill_grace",
     "metrics_listen",
+    "spool_max_bytes",
 ];
 
 /// Network modes a node can allow.
@@ -253,6 +259,7 @@ impl NodeConfig {
                         .map_err(|_| format!("{value:?} is not an address HOST:PORT"))?,
                 )
             }
+            "spool_max_bytes" => self.spool_max_bytes = number(value)?,
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())

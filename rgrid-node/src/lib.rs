@@ -7,6 +7,7 @@
 //! - [`executor`]: Docker (bollard) and process executors.
 //! - `capabilities`, `resources`, `gpu`: what the node advertises, configured or detected.
 //! - `session`: the head session, heartbeats, assignments, result delivery.
+//! - `spool`: results on disk until the head acknowledges them.
 //! - `metrics`: the node's Prometheus gauges (with `metrics_listen`).
 
 mod capabilities;
@@ -17,6 +18,7 @@ pub mod identity;
 mod metrics;
 mod resources;
 mod session;
+mod spool;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -50,6 +52,8 @@ pub enum NodeError {
     Refused(String),
     #[error(transparent)]
     Metrics(#[from] rgrid_core::metrics::MetricsError),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// Runs the node until it has left the cluster: cancelling `shutdown` drains it (no new work;
@@ -73,6 +77,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let creds =
         identity::load_or_join(&config.state_dir, head, config.token_file.as_deref(), &name)
             .await?;
+    let (spool, spooled) = spool::Spool::open(&config.state_dir, config.spool_max_bytes)?;
     let detected_gpus = gpu::detect(&config.gpu_probe, &config.gpu_device_dir).await;
     let gpu_ids = gpu::offered(detected_gpus, config.gpus);
     let gpus = gpu::GpuPool::new(gpu_ids.clone());
@@ -119,6 +124,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         executor,
         hello,
         attempts: Mutex::new(HashMap::new()),
+        spool,
         connection: watch::channel(None).0,
         control,
         tracker: tracker.clone(),
@@ -128,6 +134,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         leaving: AtomicBool::new(false),
         stopped: CancellationToken::new(),
     });
+    session::replay(&node, spooled);
     let cleanup = node.executor.as_docker().map(DockerExecutor::cleanup);
     pre_pull(&node, config.pre_pull);
     if config.metrics_listen.is_some() {

@@ -4,8 +4,9 @@
 //! connection drops, while attempts keep running.
 //!
 //! Results with small outputs go back on the control stream, batched; larger ones on a stream
-//! of their own. Either way a result is kept until the head acknowledges it (which it does once
-//! the result is durable), and sent again on every new session until then.
+//! of their own. Either way a result is first written to the offline [`Spool`], kept until the
+//! head acknowledges it (which it does once the result is durable), and sent again on every new
+//! session until then; a restarted node delivers what its spool holds ([`replay`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use tracing::Instrument;
 
 use crate::executor::Executor;
 use crate::identity::NodeCredentials;
+use crate::spool::Spool;
 
 /// Control messages from attempts waiting for the session, at most.
 pub(crate) const CONTROL_QUEUE: usize = 4096;
@@ -57,6 +59,8 @@ pub(crate) struct Node {
     /// Told to the head at every (re)connect.
     pub hello: NodeHello,
     pub attempts: Mutex<HashMap<AttemptId, Attempt>>,
+    /// Results on disk until the head acknowledges them.
+    pub spool: Spool,
     /// The live connection, for result streams; `None` while disconnected.
     pub connection: watch::Sender<Option<Connection>>,
     /// Control messages (`Started`, small results) for the session to forward.
@@ -291,6 +295,7 @@ async fn session(
                     for attempt in attempts {
                         if held.get(&attempt).is_some_and(|a| matches!(a.stage, Stage::Reported(_))) {
                             held.remove(&attempt);
+                            node.spool.remove(attempt);
                         }
                     }
                 }
@@ -381,11 +386,12 @@ async fn run_spec(
     node.executor.run(attempt, &spec, cancel, started).await
 }
 
-/// Hands a result to the head: small ones on the control stream (kept until acknowledged),
-/// large ones on a stream of their own, retried until the head accepts them.
+/// Spools a result, then hands it to the head: small ones on the control stream (kept until
+/// acknowledged), large ones on a stream of their own, retried until the head accepts them.
 async fn report_result(node: &Arc<Node>, report: AttemptReport) {
+    node.spool.write(&report).await;
     let attempt = report.attempt;
-    if report.stdout.len() + report.stderr.len() <= INLINE_RESULT_BYTES {
+    if is_inline(&report) {
         if let Some(held) = lock(&node.attempts).get_mut(&attempt) {
             held.stage = Stage::Reported(report.clone());
         }
@@ -396,12 +402,50 @@ async fn report_result(node: &Arc<Node>, report: AttemptReport) {
     if let Some(held) = lock(&node.attempts).get_mut(&attempt) {
         held.stage = Stage::Delivering;
     }
-    deliver(node, report).await;
+    if deliver(node, report).await {
+        node.spool.remove(attempt);
+    }
     lock(&node.attempts).remove(&attempt);
 }
 
-/// Sends a large result until the head acknowledges it (it does once the result is durable).
-async fn deliver(node: &Node, report: AttemptReport) {
+fn is_inline(report: &AttemptReport) -> bool {
+    report.stdout.len() + report.stderr.len() <= INLINE_RESULT_BYTES
+}
+
+/// Results spooled by an earlier run of the node, delivered as if they had just ended: small
+/// ones go with the first session's hello, large ones on their own streams.
+pub(crate) fn replay(node: &Arc<Node>, reports: Vec<AttemptReport>) {
+    for report in reports {
+        let attempt = report.attempt;
+        let inline = is_inline(&report);
+        let stage = if inline {
+            Stage::Reported(report.clone())
+        } else {
+            Stage::Delivering
+        };
+        lock(&node.attempts).insert(
+            attempt,
+            Attempt {
+                cancel: CancellationToken::new(),
+                stage,
+            },
+        );
+        if !inline {
+            let delivering = node.clone();
+            node.tracker.spawn(async move {
+                let node = delivering;
+                if deliver(&node, report).await {
+                    node.spool.remove(attempt);
+                }
+                lock(&node.attempts).remove(&attempt);
+            });
+        }
+    }
+}
+
+/// Sends a large result until the head acknowledges it (it does once the result is durable);
+/// false when the node stopped first.
+async fn deliver(node: &Node, report: AttemptReport) -> bool {
     let mut connection = node.connection.subscribe();
     let request = Request::ReportResult(report);
     let mut backoff = Duration::from_millis(100);
@@ -409,7 +453,7 @@ async fn deliver(node: &Node, report: AttemptReport) {
         let current = connection.borrow_and_update().clone();
         if let Some(conn) = current {
             match call(&conn, &request).await {
-                Ok(Response::ResultAccepted) => return,
+                Ok(Response::ResultAccepted) => return true,
                 Ok(other) => {
                     tracing::warn!(response = ?other, "head did not accept the result; retrying")
                 }
@@ -417,7 +461,7 @@ async fn deliver(node: &Node, report: AttemptReport) {
             }
         }
         tokio::select! {
-            _ = node.stopped.cancelled() => return,
+            _ = node.stopped.cancelled() => return false,
             _ = connection.changed() => {}
             _ = tokio::time::sleep(backoff) => {}
         }
