@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use common::process::{
     free_udp_port, start_head_with, start_node_with, wait_for, wait_ready, Daemon,
@@ -89,6 +90,82 @@ fn spooled(state_dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "result"))
         .collect()
+}
+
+/// Containers of `task` (any attempt, running or not), by id.
+fn containers_of(task: &TaskRef) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("label=rgrid.task={}", task.id))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_re_adopts_its_running_container() {
+    let field = Field::start("");
+    let node = field.node(&[]);
+    let client = field.client().await;
+    let task = client
+        .submit(sh(
+            "echo before; sleep 5; echo after attempt $RGRID_ATTEMPT",
+        ))
+        .await
+        .unwrap();
+    field.wait_running(&task).await;
+    let before = containers_of(&task);
+    assert_eq!(before.len(), 1);
+
+    node.signal("KILL");
+    drop(node);
+    // Within the head's 5 s heartbeat timeout.
+    let _node = field.node(&[]);
+    assert_eq!(containers_of(&task), before, "the container was kept");
+
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+    assert_eq!(out.stdout, b"before\nafter attempt 1\n", "all its output");
+    assert_eq!(out.attempts.len(), 1, "nothing reran: {:?}", out.attempts);
+    wait_for("the container to be removed", || {
+        containers_of(&task).is_empty()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_adopted_container_keeps_its_timeout() {
+    let field = Field::start("");
+    let node = field.node(&[]);
+    let client = field.client().await;
+    let task = client
+        .submit(sh("sleep 60").timeout(Duration::from_secs(8)))
+        .await
+        .unwrap();
+    field.wait_running(&task).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    node.signal("KILL");
+    drop(node);
+    let restarted = Instant::now();
+    let _node = field.node(&[]);
+
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Failed, "{out:?}");
+    assert!(
+        out.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("timed out")),
+        "{out:?}"
+    );
+    assert_eq!(out.attempts.len(), 1, "{:?}", out.attempts);
+    // About 4 s of its 8 were left; counted again from the restart, it would be 8.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(7),
+        "the timeout counts from the first start, not the restart: {:?}",
+        restarted.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,7 +84,6 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let executor = match config.executor {
         ExecutorKind::Docker => {
             let docker = DockerExecutor::connect(creds.node_id.to_string(), &config).await?;
-            docker.remove_leftovers().await;
             Executor::docker(docker, gpus)
         }
         ExecutorKind::Process => Executor::process(
@@ -135,6 +134,10 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         stopped: CancellationToken::new(),
     });
     session::replay(&node, spooled);
+    if let Some(docker) = node.executor.as_docker() {
+        let leftovers = docker.leftovers(|attempt| node.spool.holds(attempt)).await;
+        session::adopt(&node, leftovers);
+    }
     let cleanup = node.executor.as_docker().map(DockerExecutor::cleanup);
     pre_pull(&node, config.pre_pull);
     if config.metrics_listen.is_some() {

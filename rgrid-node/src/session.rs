@@ -9,6 +9,7 @@
 //! session until then; a restarted node delivers what its spool holds ([`replay`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::executor::Executor;
+use crate::executor::docker::Leftover;
+use crate::executor::{Execution, Executor};
 use crate::identity::NodeCredentials;
 use crate::spool::Spool;
 
@@ -327,31 +329,64 @@ fn kill(node: &Node, attempt: AttemptId) {
 
 fn start_attempt(node: &Arc<Node>, assignment: Assignment) {
     let attempt = assignment.attempt;
-    let cancel = CancellationToken::new();
-    {
-        let mut attempts = lock(&node.attempts);
-        if attempts.contains_key(&attempt) {
-            return; // a repeated assignment
+    let Some(cancel) = hold(node, attempt) else {
+        return; // a repeated assignment
+    };
+    let runner = node.clone();
+    spawn_attempt(node, attempt, async move {
+        match assignment.spec() {
+            Ok(spec) => run_spec(&runner, attempt, spec, cancel).await,
+            Err(err) => crate::executor::Execution::start_failed(format!(
+                "the head sent a task spec this node cannot decode ({err}); upgrade the node"
+            )),
         }
-        attempts.insert(
-            attempt,
-            Attempt {
-                cancel: cancel.clone(),
-                stage: Stage::Running,
-            },
-        );
+    });
+}
+
+/// Containers an earlier run of the node started: held as running (the first hello names them,
+/// so the head keeps them) and waited for like attempts that have just started.
+pub(crate) fn adopt(node: &Arc<Node>, leftovers: Vec<Leftover>) {
+    for leftover in leftovers {
+        let attempt = leftover.attempt;
+        let Some(cancel) = hold(node, attempt) else {
+            continue;
+        };
+        let runner = node.clone();
+        spawn_attempt(node, attempt, async move {
+            runner.executor.resume(leftover, cancel).await
+        });
     }
+}
+
+/// Records `attempt` as running here; `None` when it already is.
+fn hold(node: &Node, attempt: AttemptId) -> Option<CancellationToken> {
+    let mut attempts = lock(&node.attempts);
+    if attempts.contains_key(&attempt) {
+        return None;
+    }
+    let cancel = CancellationToken::new();
+    attempts.insert(
+        attempt,
+        Attempt {
+            cancel: cancel.clone(),
+            stage: Stage::Running,
+        },
+    );
+    Some(cancel)
+}
+
+/// Runs an attempt's `execution` to its end and reports how it went.
+fn spawn_attempt(
+    node: &Arc<Node>,
+    attempt: AttemptId,
+    execution: impl Future<Output = Execution> + Send + 'static,
+) {
     let node2 = node.clone();
     node.tracker.spawn(
         async move {
             let node = node2;
             let started_at_ms = unix_ms();
-            let execution = match assignment.spec() {
-                Ok(spec) => run_spec(&node, attempt, spec, cancel).await,
-                Err(err) => crate::executor::Execution::start_failed(format!(
-                    "the head sent a task spec this node cannot decode ({err}); upgrade the node"
-                )),
-            };
+            let execution = execution.await;
             if node.leaving.load(Ordering::SeqCst) {
                 // Killed because the node left: not the task's outcome; the head requeues it.
                 lock(&node.attempts).remove(&attempt);
@@ -377,7 +412,7 @@ async fn run_spec(
     attempt: AttemptId,
     spec: TaskSpec,
     cancel: CancellationToken,
-) -> crate::executor::Execution {
+) -> Execution {
     let control = node.control.clone();
     let started = move || {
         // The head learns from the result that it started, if this does not get through.

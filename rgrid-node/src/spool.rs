@@ -145,7 +145,6 @@ impl Spool {
     }
 
     /// Is a result of `attempt` spooled?
-    #[cfg(test)]
     pub(crate) fn holds(&self, attempt: AttemptId) -> bool {
         lock(&self.held).contains_key(&attempt)
     }
