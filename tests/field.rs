@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    free_udp_port, start_head_with, start_node_with, wait_for, wait_ready, Daemon,
+    free_udp_port, nodes, start_head_with, start_node_with, wait_for, wait_ready, Daemon,
 };
 use common::Cut;
 use rgrid::{Client, TaskRef, TaskSpec, TaskState};
@@ -59,6 +59,21 @@ impl Field {
         );
         wait_ready(&self.client_toml(), "node-a");
         node
+    }
+
+    /// A node config file holding `toml`; its path.
+    fn node_toml(&self, toml: &str) -> String {
+        let path = self.dir.path().join("node.toml");
+        std::fs::write(&path, toml).unwrap();
+        path.display().to_string()
+    }
+
+    /// `node-a`'s state as `rgrid nodes` shows it.
+    fn node_state(&self) -> Option<String> {
+        nodes(&self.client_toml())
+            .iter()
+            .find(|n| n["name"] == "node-a")
+            .and_then(|n| n["state"].as_str().map(str::to_owned))
     }
 
     fn spool(&self) -> Vec<PathBuf> {
@@ -193,4 +208,34 @@ async fn a_result_finished_while_cut_off_survives_a_node_kill() {
     });
     let listed = client.tasks().await.unwrap();
     assert!(listed.iter().all(|t| t.attempt == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_disconnect_grace_keeps_its_attempt_through_a_cut() {
+    // The head's own heartbeat timeout stays at 5 s; the node asks for 60 s.
+    let field = Field::start("");
+    let _node = field.node(&["--config", &field.node_toml("disconnect_grace = \"60s\"\n")]);
+    let client = field.client().await;
+    let task = client.submit(sh("sleep 24; echo kept")).await.unwrap();
+    field.wait_running(&task).await;
+
+    field.cut.set(true);
+    let cut_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while cut_at.elapsed() < Duration::from_secs(20) {
+        let state = field.node_state();
+        assert_eq!(state.as_deref(), Some("suspect"), "cut off, not dead");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    field.cut.set(false);
+
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+    assert_eq!(out.stdout, b"kept\n");
+    assert_eq!(
+        out.attempts.len(),
+        1,
+        "kept, not requeued: {:?}",
+        out.attempts
+    );
 }

@@ -214,6 +214,9 @@ pub struct NodeHello {
     /// Attempts that ended whose results the head has not acknowledged yet: the node sends them
     /// again on the new session, so the head keeps them instead of requeueing them.
     pub finished: Vec<AttemptId>,
+    /// How long the head keeps the node's attempts while it is silent (its `disconnect_grace`,
+    /// in ms) before it requeues them; `None`: the head's `heartbeat_timeout`.
+    pub disconnect_grace_ms: Option<u64>,
 }
 
 /// Head → node on the control stream.
@@ -472,6 +475,22 @@ mod tests {
         expected.extend_from_slice(&1u128.to_be_bytes());
         expected.push(0);
         assert_eq!(postcard::to_allocvec(&wait).expect("encodes"), expected);
+        // A node's hello, with the appended disconnect grace last.
+        let hello = Request::NodeSession(NodeHello {
+            name: "n".into(),
+            resources: Resources::default(),
+            labels: BTreeMap::new(),
+            capabilities: vec!["docker".into()],
+            running: vec![attempt],
+            finished: Vec::new(),
+            disconnect_grace_ms: Some(300),
+        });
+        let mut expected = vec![1, 1, b'n'];
+        expected.extend_from_slice(&postcard::to_allocvec(&Resources::default()).expect("encodes"));
+        expected.extend_from_slice(&[0, 1, 6, b'd', b'o', b'c', b'k', b'e', b'r', 1, 16]);
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.extend_from_slice(&[1, 0, 1, 0xac, 0x02]);
+        assert_eq!(postcard::to_allocvec(&hello).expect("encodes"), expected);
         // Appended variants: 5 and 6, after the original five.
         assert_eq!(
             postcard::to_allocvec(&ExitStatus::HandedBack("x".into())).expect("encodes"),

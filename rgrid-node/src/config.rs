@@ -110,6 +110,11 @@ pub struct NodeConfig {
     /// acknowledges them; past it (or past 10,000 results) a result is kept in memory only.
     /// Default 256 MiB.
     pub spool_max_bytes: u64,
+    /// How long the head keeps this node's attempts while it is silent (cut off, restarting)
+    /// before it requeues them elsewhere; the node tells the head when it registers. For sites
+    /// with an unreliable link. Default: the head's `heartbeat_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub disconnect_grace: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -141,6 +146,7 @@ impl Default for NodeConfig {
             kill_grace: Duration::from_secs(10),
             metrics_listen: None,
             spool_max_bytes: 256 << 20,
+            disconnect_grace: None,
         }
     }
 }
@@ -173,6 +179,7 @@ const KEYS: &[&str] = &[
     "kill_grace",
     "metrics_listen",
     "spool_max_bytes",
+    "disconnect_grace",
 ];
 
 /// Network modes a node can allow.
@@ -260,6 +267,7 @@ impl NodeConfig {
                 )
             }
             "spool_max_bytes" => self.spool_max_bytes = number(value)?,
+            "disconnect_grace" => self.disconnect_grace = Some(duration(value)?),
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())
@@ -351,6 +359,7 @@ mod tests {
             ("RGRID_NODE_CUSTOM", "licenses=2"),
             ("RGRID_NODE_READ_ONLY_ROOTFS", "true"),
             ("RGRID_NODE_ALLOWED_NETWORKS", "none,bridge"),
+            ("RGRID_NODE_DISCONNECT_GRACE", "10m"),
         ]);
         config
             .apply_env(|name| env.get(name).map(|v| (*v).to_owned()))
@@ -383,6 +392,7 @@ mod tests {
         assert_eq!(config.custom, BTreeMap::from([("licenses".into(), 2)]));
         assert!(config.read_only_rootfs);
         assert_eq!(config.allowed_networks, ["none", "bridge"]);
+        assert_eq!(config.disconnect_grace, Some(Duration::from_secs(600)));
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         capabilities: advertised.capabilities,
         running: Vec::new(),
         finished: Vec::new(),
+        disconnect_grace_ms: config
+            .disconnect_grace
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     tracing::info!(
         node = %creds.node_id,

@@ -2,8 +2,10 @@
 //!
 //! A node's last frame is recorded by its stream's reader ([`Session::last_seen`]), not by the
 //! loop, so a busy loop never makes a healthy node look silent. A node silent for three
-//! heartbeats is `suspect` (no new work; back to work when it is heard again); silent past the
-//! heartbeat timeout it is `dead`, and its attempts are requeued.
+//! heartbeats is `suspect` (no new work; back to work when it is heard again); silent past its
+//! disconnect grace (the `disconnect_grace` its hello names, else the head's heartbeat timeout)
+//! it is `dead`, and its attempts are requeued. Until then its attempts stay its own, and the
+//! results it spooled while cut off are accepted when it returns.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -86,6 +88,14 @@ impl Node {
             assignments: Vec::new(),
             acks: Vec::new(),
         }
+    }
+
+    /// How long it may be silent before it is dead: its own grace, else `timeout_ms`.
+    fn grace_ms(&self, timeout_ms: u64) -> u64 {
+        self.hello
+            .as_ref()
+            .and_then(|h| h.disconnect_grace_ms)
+            .unwrap_or(timeout_ms)
     }
 
     /// How long it has been silent.
@@ -218,7 +228,7 @@ impl<C: Comm> Cluster<C> {
                     node.state = NodeState::Suspect;
                     self.scheduler.set_schedulable(node.id, false);
                 }
-                NodeState::Suspect if silent > timeout => dead.push(index as u32),
+                NodeState::Suspect if silent > node.grace_ms(timeout) => dead.push(index as u32),
                 NodeState::Suspect if node.session.is_some() && silent <= suspect_after => {
                     tracing::info!(node = %node.id, "node heard again");
                     if node.draining {
