@@ -61,6 +61,7 @@ pub enum NodeError {
 /// so does a drain request from the head. Returns an error when the head refuses the node.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     config.validate()?;
+    // For joining; every session resolves the name again.
     let head = tokio::net::lookup_host(&config.head)
         .await
         .ok()
@@ -121,7 +122,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     );
     let (control, control_rx) = mpsc::channel(session::CONTROL_QUEUE);
     let node = Arc::new(session::Node {
-        head,
+        head: config.head.clone(),
         creds,
         executor,
         hello,

@@ -1,7 +1,8 @@
 //! The node's session with the head: connect (mutual TLS), open the control stream with a hello
 //! that lists the attempts still running and the results not yet acknowledged, heartbeat, take
-//! batches of assignments and kills; reconnect with exponential backoff and jitter when the
-//! connection drops, while attempts keep running.
+//! batches of assignments and kills; reconnect with exponential backoff and jitter (resolving the
+//! head's name again each time: its DNS may have moved) when the connection drops, while
+//! attempts keep running.
 //!
 //! Results with small outputs go back on the control stream, batched; larger ones on a stream
 //! of their own. Either way a result is first written to the offline [`Spool`], kept until the
@@ -55,7 +56,8 @@ pub(crate) struct Attempt {
 
 /// What the session and the attempt tasks share.
 pub(crate) struct Node {
-    pub head: SocketAddr,
+    /// The head's `HOST:PORT`, resolved again for every session (its DNS name may move).
+    pub head: String,
     pub creds: NodeCredentials,
     pub executor: Executor,
     /// Told to the head at every (re)connect.
@@ -151,6 +153,8 @@ pub(crate) enum SessionError {
     Frame(#[from] rgrid_core::frame::FrameError),
     #[error("the head closed the control stream")]
     Closed,
+    #[error("the head address {0:?} does not resolve now")]
+    Resolve(String),
     /// Not worth retrying as-is.
     #[error("the head refused this node: {0}")]
     Refused(String),
@@ -224,7 +228,8 @@ async fn session(
 ) -> Result<(), SessionError> {
     let tls = client_config(&node.creds.ca_pem, &node.creds.identity)
         .map_err(|e| SessionError::Refused(e.to_string()))?;
-    let (_endpoint, connection) = connect(node.head, tls, "rgrid-node").await?;
+    let head = resolve(&node.head).await?;
+    let (_endpoint, connection) = connect(head, tls, "rgrid-node").await?;
     let stream = open_request(&connection, &Request::NodeSession(node.hello())).await?;
     let mut send = stream.send.retype::<NodeMessage>();
     let mut recv = stream.recv.retype::<HeadMessage>();
@@ -247,7 +252,7 @@ async fn session(
             )))
         }
     };
-    tracing::info!(head = %node.head, node = %node.creds.node_id, "session open");
+    tracing::info!(head = %node.head, address = %head, node = %node.creds.node_id, "session open");
     *backoff = Duration::from_millis(100);
     node.connection.send_replace(Some(connection.clone()));
     // Results the last session did not see acknowledged.
@@ -313,6 +318,15 @@ async fn session(
             },
         }
     }
+}
+
+/// The first address `head` resolves to now.
+async fn resolve(head: &str) -> Result<SocketAddr, SessionError> {
+    tokio::net::lookup_host(head)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| SessionError::Resolve(head.to_owned()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
