@@ -277,6 +277,21 @@ pub enum NodeMessage {
     /// Attempts that ended, with small outputs (see [`INLINE_RESULT_BYTES`]); acknowledged with
     /// [`HeadMessage::ResultsAccepted`] once durable.
     Results(Vec<AttemptReport>),
+    /// The node's health, sent with its heartbeats when it changes (and when a session opens).
+    Health(NodeHealth),
+}
+
+/// What a node finds when it checks itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// Why the node cannot take work now; `None` when it is healthy.
+    pub problem: Option<String>,
+    /// Whether the Docker engine answered (`None`: not a Docker node).
+    pub engine_reachable: Option<bool>,
+    /// Free bytes in the Docker engine's root dir, when the node can see it.
+    pub docker_root_free_bytes: Option<u64>,
+    /// Free bytes in the node's state dir (its spool).
+    pub state_dir_free_bytes: Option<u64>,
 }
 
 /// How an attempt ended, sent on its own stream.
@@ -383,6 +398,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     pub capabilities: Vec<String>,
     pub running: u32,
+    /// Why the node takes no work although it is connected (its engine does not answer, its
+    /// disk is full); its state is then `unhealthy`.
+    pub unhealthy: Option<String>,
 }
 
 /// A task as `rgrid tasks` shows it.
@@ -491,6 +509,16 @@ mod tests {
         expected.extend_from_slice(&1u128.to_be_bytes());
         expected.extend_from_slice(&[1, 0, 1, 0xac, 0x02]);
         assert_eq!(postcard::to_allocvec(&hello).expect("encodes"), expected);
+        let health = NodeMessage::Health(NodeHealth {
+            problem: Some("x".into()),
+            engine_reachable: Some(false),
+            docker_root_free_bytes: None,
+            state_dir_free_bytes: Some(1),
+        });
+        assert_eq!(
+            postcard::to_allocvec(&health).expect("encodes"),
+            [5, 1, 1, b'x', 1, 0, 0, 1, 1]
+        );
         // Appended variants: 5 and 6, after the original five.
         assert_eq!(
             postcard::to_allocvec(&ExitStatus::HandedBack("x".into())).expect("encodes"),

@@ -115,6 +115,9 @@ pub struct NodeConfig {
     /// with an unreliable link. Default: the head's `heartbeat_timeout`.
     #[serde(with = "humantime_serde")]
     pub disconnect_grace: Option<Duration>,
+    /// Fewest free bytes in the Docker root dir and in the state dir for the node to take work;
+    /// under it the node reports itself unhealthy. Default 1 GiB.
+    pub min_free_disk: u64,
 }
 
 impl Default for NodeConfig {
@@ -147,6 +150,7 @@ impl Default for NodeConfig {
             metrics_listen: None,
             spool_max_bytes: 256 << 20,
             disconnect_grace: None,
+            min_free_disk: 1 << 30,
         }
     }
 }
@@ -180,6 +184,7 @@ const KEYS: &[&str] = &[
     "metrics_listen",
     "spool_max_bytes",
     "disconnect_grace",
+    "min_free_disk",
 ];
 
 /// Network modes a node can allow.
@@ -268,6 +273,7 @@ impl NodeConfig {
             }
             "spool_max_bytes" => self.spool_max_bytes = number(value)?,
             "disconnect_grace" => self.disconnect_grace = Some(duration(value)?),
+            "min_free_disk" => self.min_free_disk = number(value)?,
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())

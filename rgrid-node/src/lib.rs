@@ -8,12 +8,14 @@
 //! - `capabilities`, `resources`, `gpu`: what the node advertises, configured or detected.
 //! - `session`: the head session, heartbeats, assignments, result delivery.
 //! - `spool`: results on disk until the head acknowledges them.
+//! - `health`: the engine and free disk, checked all along and told to the head.
 //! - `metrics`: the node's Prometheus gauges (with `metrics_listen`).
 
 mod capabilities;
 pub mod config;
 pub mod executor;
 mod gpu;
+mod health;
 pub mod identity;
 mod metrics;
 mod resources;
@@ -128,6 +130,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         hello,
         attempts: Mutex::new(HashMap::new()),
         spool,
+        health: watch::channel(Default::default()).0,
         connection: watch::channel(None).0,
         control,
         tracker: tracker.clone(),
@@ -144,6 +147,11 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     }
     let cleanup = node.executor.as_docker().map(DockerExecutor::cleanup);
     pre_pull(&node, config.pre_pull);
+    tracker.spawn(health::watch(
+        node.clone(),
+        config.state_dir.clone(),
+        config.min_free_disk,
+    ));
     if config.metrics_listen.is_some() {
         tracker.spawn(metrics::sample(node.clone(), metrics_stop.clone()));
     }

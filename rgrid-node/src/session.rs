@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use quinn::Connection;
 use rgrid_core::frame::FrameWriter;
 use rgrid_core::protocol::{
-    Assignment, AttemptReport, HeadMessage, NodeHello, NodeMessage, Request, Response,
+    Assignment, AttemptReport, HeadMessage, NodeHealth, NodeHello, NodeMessage, Request, Response,
     INLINE_RESULT_BYTES,
 };
 use rgrid_core::time::unix_ms;
@@ -65,6 +65,8 @@ pub(crate) struct Node {
     pub attempts: Mutex<HashMap<AttemptId, Attempt>>,
     /// Results on disk until the head acknowledges them.
     pub spool: Spool,
+    /// The node's last health check, sent to the head when it changes.
+    pub health: watch::Sender<NodeHealth>,
     /// The live connection, for result streams; `None` while disconnected.
     pub connection: watch::Sender<Option<Connection>>,
     /// Control messages (`Started`, small results) for the session to forward.
@@ -260,6 +262,9 @@ async fn session(
     if !unacknowledged.is_empty() {
         send.send(&NodeMessage::Results(unacknowledged)).await?;
     }
+    let mut health = node.health.subscribe();
+    let current = health.borrow_and_update().clone();
+    send.send(&NodeMessage::Health(current)).await?;
     let mut heartbeat = tokio::time::interval(interval);
     let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     if lock(&node.drain_until).is_some() {
@@ -285,6 +290,10 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => send.send(&NodeMessage::Heartbeat).await?,
+            Ok(()) = health.changed() => {
+                let current = health.borrow_and_update().clone();
+                send.send(&NodeMessage::Health(current)).await?;
+            }
             n = control.recv_many(&mut outgoing, 1024) => {
                 if n == 0 {
                     return Err(SessionError::Closed);

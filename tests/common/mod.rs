@@ -428,6 +428,11 @@ impl NodeCluster {
         }
     }
 
+    /// The head's admin credentials file (for the CLI).
+    pub fn head_client_file(&self) -> std::path::PathBuf {
+        self.head.as_ref().expect("the head runs").client_file()
+    }
+
     pub async fn client(&self) -> rgrid::Client {
         let head = self.head.as_ref().expect("the head runs");
         rgrid::Client::connect_file(head.client_file())

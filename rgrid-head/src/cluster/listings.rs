@@ -21,12 +21,13 @@ impl<C: Comm> Cluster<C> {
                 NodeInfo {
                     id: node.id,
                     name: node.name.clone(),
-                    state: node.state.as_str().to_owned(),
+                    state: node.listed_state().to_owned(),
                     total: hello.map(|h| h.resources.clone()).unwrap_or_default(),
                     free: self.scheduler.free(node.id).cloned().unwrap_or_default(),
                     labels: hello.map(|h| h.labels.clone()).unwrap_or_default(),
                     capabilities: hello.map(|h| h.capabilities.clone()).unwrap_or_default(),
                     running: u32::try_from(node.running.len()).unwrap_or(u32::MAX),
+                    unhealthy: node.problem.clone(),
                 }
             })
             .collect();

@@ -6,6 +6,10 @@
 //! disconnect grace (the `disconnect_grace` its hello names, else the head's heartbeat timeout)
 //! it is `dead`, and its attempts are requeued. Until then its attempts stay its own, and the
 //! results it spooled while cut off are accepted when it returns.
+//!
+//! A connected node that says it is unhealthy ([`NodeMessage::Health`]: its engine does not
+//! answer, its disk is full) gets no new work until it says it is healthy again; listings show
+//! it as `unhealthy`, with why.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -57,6 +61,8 @@ pub(super) struct Node {
     /// A drain was asked: it outlasts a suspect spell.
     pub draining: bool,
     pub session: Option<Session>,
+    /// Why the node says it cannot take work (its last health report); `None`: healthy.
+    pub problem: Option<String>,
     /// Since when it has been without a session ([`monotonic_ms`]).
     pub silent_since_ms: u64,
     /// Attempts placed here that have not ended, with the shape of what they hold.
@@ -82,11 +88,20 @@ impl Node {
             state,
             draining: false,
             session: None,
+            problem: None,
             silent_since_ms: monotonic_ms(),
             running: HashMap::new(),
             idle_since_ms: Some(unix_ms()),
             assignments: Vec::new(),
             acks: Vec::new(),
+        }
+    }
+
+    /// Its state as listings show it: a ready node that reported a problem is `unhealthy`.
+    pub(super) fn listed_state(&self) -> &'static str {
+        match (self.state, &self.problem) {
+            (NodeState::Ready, Some(_)) => "unhealthy",
+            (state, _) => state.as_str(),
         }
     }
 
@@ -160,7 +175,8 @@ impl<C: Comm> Cluster<C> {
                 state: NodeState::Ready.as_str(),
                 joined_at_ms: unix_ms(),
             })));
-        self.scheduler.set_schedulable(id, true);
+        let healthy = node.problem.is_none();
+        self.scheduler.set_schedulable(id, healthy);
         self.dirty = true;
         if !opened {
             self.close_session(index);
@@ -185,6 +201,7 @@ impl<C: Comm> Cluster<C> {
                 }
             }
             NodeMessage::Draining => self.set_draining(index),
+            NodeMessage::Health(health) => self.set_health(index, health.problem),
             NodeMessage::Leaving { unfinished } => self.node_left(index, unfinished),
         }
     }
@@ -235,7 +252,8 @@ impl<C: Comm> Cluster<C> {
                         node.state = NodeState::Draining;
                     } else {
                         node.state = NodeState::Ready;
-                        self.scheduler.set_schedulable(node.id, true);
+                        self.scheduler
+                            .set_schedulable(node.id, node.problem.is_none());
                         self.dirty = true;
                     }
                 }
@@ -244,6 +262,27 @@ impl<C: Comm> Cluster<C> {
         }
         for index in dead {
             self.node_dead(index);
+        }
+    }
+
+    /// A node reported its health: unhealthy, it gets no new work until it is healthy again.
+    fn set_health(&mut self, index: u32, problem: Option<String>) {
+        let node = &mut self.nodes[index as usize];
+        if node.problem == problem {
+            return;
+        }
+        match &problem {
+            Some(why) => {
+                tracing::warn!(node = %node.id, name = %node.name, %why, "node is unhealthy; no new work")
+            }
+            None => tracing::info!(node = %node.id, name = %node.name, "node is healthy again"),
+        }
+        node.problem = problem;
+        if node.state == NodeState::Ready {
+            let id = node.id;
+            let healthy = node.problem.is_none();
+            self.scheduler.set_schedulable(id, healthy);
+            self.dirty = true;
         }
     }
 

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgrid_core::protocol::{ExitStatus, HeadMessage, NodeHello, NodeMessage, SubmitAnswer};
+use rgrid_core::protocol::{
+    ExitStatus, HeadMessage, NodeHealth, NodeHello, NodeMessage, SubmitAnswer,
+};
 use rgrid_core::scheduler::SchedulerConfig;
 use rgrid_core::time::monotonic_ms;
 use rgrid_core::{AttemptId, NodeId, Resources, TaskId, TaskSpec, TaskState};
@@ -540,6 +542,42 @@ fn a_node_keeps_its_attempts_for_its_disconnect_grace() {
     c.tick(now + 60_100);
     c.end_turn();
     assert_eq!(c.list_nodes()[0].state, "dead");
+}
+
+#[test]
+fn an_unhealthy_node_gets_no_work_until_it_is_healthy() {
+    let mut c = cluster();
+    let node = NodeId::new();
+    connect(&mut c, node, 1, hello(4000));
+    commit(&mut c);
+    let sick = NodeHealth {
+        problem: Some("the Docker engine does not answer".into()),
+        ..NodeHealth::default()
+    };
+    c.handle(Event::NodeMessage {
+        node,
+        session: 1,
+        message: NodeMessage::Health(sick),
+    });
+    let listed = &c.list_nodes()[0];
+    assert_eq!(listed.state, "unhealthy");
+    assert_eq!(
+        listed.unhealthy.as_deref(),
+        Some("the Docker engine does not answer")
+    );
+    let spec = task();
+    submit(&mut c, std::slice::from_ref(&spec));
+    commit(&mut c);
+    assert_eq!(state(&c, spec.id), Some(TaskState::Queued), "no work");
+    c.handle(Event::NodeMessage {
+        node,
+        session: 1,
+        message: NodeMessage::Health(NodeHealth::default()),
+    });
+    c.end_turn();
+    commit(&mut c);
+    assert_eq!(c.list_nodes()[0].state, "ready");
+    assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
 }
 
 #[test]

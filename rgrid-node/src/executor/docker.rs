@@ -192,6 +192,16 @@ impl DockerExecutor {
         });
     }
 
+    /// The engine's root dir (`DockerRootDir`), if it answers within a few seconds; why not
+    /// otherwise.
+    pub(crate) async fn root_dir(&self) -> Result<Option<std::path::PathBuf>, String> {
+        match tokio::time::timeout(Duration::from_secs(5), step("info", self.docker.info())).await {
+            Ok(Ok(info)) => Ok(info.docker_root_dir.map(Into::into)),
+            Ok(Err(err)) => Err(docker_message(&err)),
+            Err(_) => Err("no answer within 5 s".to_owned()),
+        }
+    }
+
     /// Pulls `image` as the pull policy says (a pre-pull); `cancel` stops it.
     pub(crate) async fn pre_pull(&self, image: &str, cancel: &CancellationToken) {
         match self.images.ensure(image, cancel).await {
