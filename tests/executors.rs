@@ -1,7 +1,7 @@
 //! The node's executors end to end, with real Docker and real processes: what the node decides
 //! for every container (network modes, user, read-only root, SIGTERM then SIGKILL, GPUs by device
-//! id), an engine that stops answering (the attempt is handed back, not failed; the node shows unhealthy), and the process
-//! executor's process groups, environment and signal deaths.
+//! id), an engine that stops answering (the attempt is handed back, not failed; the node shows
+//! unhealthy), and the process executor's process groups, environment and signal deaths.
 
 mod common;
 
