@@ -391,7 +391,8 @@ pub struct TaskOutcome {
 pub struct NodeInfo {
     pub id: NodeId,
     pub name: String,
-    /// `ready`, `suspect`, `draining` or `dead`.
+    /// `ready`, `unhealthy` (connected, but says it cannot take work), `suspect`, `draining`,
+    /// `dead` or `left`.
     pub state: String,
     pub total: Resources,
     pub free: Resources,

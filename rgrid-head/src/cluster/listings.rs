@@ -127,7 +127,7 @@ impl<C: Comm> Cluster<C> {
     pub(super) fn status(&self) -> ClusterStatus {
         let mut nodes: Vec<(String, u64)> = Vec::new();
         for node in &self.nodes {
-            let state = node.state.as_str();
+            let state = node.listed_state();
             match nodes.iter_mut().find(|(s, _)| s == state) {
                 Some((_, n)) => *n += 1,
                 None => nodes.push((state.to_owned(), 1)),
