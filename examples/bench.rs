@@ -607,6 +607,7 @@ async fn heartbeats(setup: &Setup, n: usize) -> anyhow::Result<f64> {
                 capabilities: Vec::new(),
                 running: Vec::new(),
                 finished: Vec::new(),
+                disconnect_grace_ms: None,
             };
             let permit = opening.acquire_owned().await?;
             let mut tries = 0;

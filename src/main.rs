@@ -324,8 +324,13 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                     for n in nodes {
                         let labels: Vec<String> =
                             n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let why = n
+                            .unhealthy
+                            .as_deref()
+                            .map(|why| format!("  unhealthy: {why}"))
+                            .unwrap_or_default();
                         println!(
-                            "{:<16} {:<36} {:<9} {:>13} {:>15} {:>7}  {}",
+                            "{:<16} {:<36} {:<9} {:>13} {:>15} {:>7}  {}{why}",
                             n.name,
                             n.id,
                             n.state,

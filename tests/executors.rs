@@ -1,7 +1,7 @@
 //! The node's executors end to end, with real Docker and real processes: what the node decides
 //! for every container (network modes, user, read-only root, SIGTERM then SIGKILL, GPUs by device
-//! id), an engine that stops answering (the attempt is handed back, not failed), and the process
-//! executor's process groups, environment and signal deaths.
+//! id), an engine that stops answering (the attempt is handed back, not failed; the node shows
+//! unhealthy), and the process executor's process groups, environment and signal deaths.
 
 mod common;
 
@@ -272,7 +272,7 @@ impl Drop for EngineProxy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_engine_is_gone_hands_attempts_back() {
+async fn a_node_whose_engine_is_gone_hands_attempts_back_and_shows_unhealthy() {
     common::demo_image();
     let mut cluster = NodeCluster::start().await;
     let socket = cluster.dir.path().join("engine.sock");
@@ -288,27 +288,52 @@ async fn a_node_whose_engine_is_gone_hands_attempts_back() {
         .submit(sh("echo ran").node_loss_retries(0))
         .await
         .expect("submit");
-    eventually("a hand-back", 30, || async {
-        let tasks = client.tasks().await.expect("tasks");
-        tasks
-            .iter()
-            .find(|t| t.task == task.id)
-            .and_then(|t| t.detail.clone())
-            .filter(|d| d.contains("handed back") && d.contains("Docker engine"))
+    // The node hands the task back if it got it before its health check saw the engine go
+    // (every 2 s); then it says why it takes no work, and gets none.
+    let why = eventually("the node to be unhealthy", 30, || async {
+        let nodes = client.nodes().await.expect("nodes");
+        let node = nodes.iter().find(|n| n.name == "n")?;
+        (node.state == "unhealthy").then(|| node.unhealthy.clone())?
     })
     .await;
+    assert!(why.contains("Docker engine does not answer"), "{why}");
+    let listed = common::process::rgrid(&cluster.head_client_file(), &["nodes"]);
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(table.contains("unhealthy: the Docker engine"), "{table}");
+    let queued = client.submit(sh("echo queued")).await.expect("submit");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let listed = client.tasks().await.expect("tasks");
+    let waiting = listed.iter().find(|t| t.task == queued.id).expect("listed");
+    assert_eq!(
+        waiting.state,
+        TaskState::Queued,
+        "not sent to an unhealthy node"
+    );
     let _proxy = EngineProxy::start(&socket);
+    eventually("the node to be healthy again", 30, || async {
+        let nodes = client.nodes().await.expect("nodes");
+        nodes
+            .iter()
+            .any(|n| n.name == "n" && n.state == "ready" && n.unhealthy.is_none())
+            .then_some(())
+    })
+    .await;
 
     let out = client.get(&task).await.expect("get");
     assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
     assert_eq!(out.stdout, b"ran\n");
     let (last, handed_back) = out.attempts.split_last().expect("attempts");
-    assert!(!handed_back.is_empty(), "handed back at least once");
     for attempt in handed_back {
         let outcome = attempt.outcome.as_deref().unwrap_or("");
         assert!(outcome.contains("handed back by its node"), "{outcome}");
     }
     assert_eq!(last.outcome.as_deref(), Some("exited with code 0"));
+    let out = client.get(&queued).await.expect("get");
+    assert_eq!(
+        out.attempts.len(),
+        1,
+        "it waited for the node to be healthy"
+    );
     cluster.stop().await;
 }
 

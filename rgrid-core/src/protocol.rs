@@ -214,6 +214,9 @@ pub struct NodeHello {
     /// Attempts that ended whose results the head has not acknowledged yet: the node sends them
     /// again on the new session, so the head keeps them instead of requeueing them.
     pub finished: Vec<AttemptId>,
+    /// How long the head keeps the node's attempts while it is silent (its `disconnect_grace`,
+    /// in ms) before it requeues them; `None`: the head's `heartbeat_timeout`.
+    pub disconnect_grace_ms: Option<u64>,
 }
 
 /// Head → node on the control stream.
@@ -274,6 +277,21 @@ pub enum NodeMessage {
     /// Attempts that ended, with small outputs (see [`INLINE_RESULT_BYTES`]); acknowledged with
     /// [`HeadMessage::ResultsAccepted`] once durable.
     Results(Vec<AttemptReport>),
+    /// The node's health, sent with its heartbeats when it changes (and when a session opens).
+    Health(NodeHealth),
+}
+
+/// What a node finds when it checks itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// Why the node cannot take work now; `None` when it is healthy.
+    pub problem: Option<String>,
+    /// Whether the Docker engine answered (`None`: not a Docker node).
+    pub engine_reachable: Option<bool>,
+    /// Free bytes in the Docker engine's root dir, when the node can see it.
+    pub docker_root_free_bytes: Option<u64>,
+    /// Free bytes in the node's state dir (its spool).
+    pub state_dir_free_bytes: Option<u64>,
 }
 
 /// How an attempt ended, sent on its own stream.
@@ -373,13 +391,17 @@ pub struct TaskOutcome {
 pub struct NodeInfo {
     pub id: NodeId,
     pub name: String,
-    /// `ready`, `suspect`, `draining` or `dead`.
+    /// `ready`, `unhealthy` (connected, but says it cannot take work), `suspect`, `draining`,
+    /// `dead` or `left`.
     pub state: String,
     pub total: Resources,
     pub free: Resources,
     pub labels: BTreeMap<String, String>,
     pub capabilities: Vec<String>,
     pub running: u32,
+    /// Why the node takes no work although it is connected (its engine does not answer, its
+    /// disk is full); its state is then `unhealthy`.
+    pub unhealthy: Option<String>,
 }
 
 /// A task as `rgrid tasks` shows it.
@@ -472,6 +494,32 @@ mod tests {
         expected.extend_from_slice(&1u128.to_be_bytes());
         expected.push(0);
         assert_eq!(postcard::to_allocvec(&wait).expect("encodes"), expected);
+        // A node's hello, with the appended disconnect grace last.
+        let hello = Request::NodeSession(NodeHello {
+            name: "n".into(),
+            resources: Resources::default(),
+            labels: BTreeMap::new(),
+            capabilities: vec!["docker".into()],
+            running: vec![attempt],
+            finished: Vec::new(),
+            disconnect_grace_ms: Some(300),
+        });
+        let mut expected = vec![1, 1, b'n'];
+        expected.extend_from_slice(&postcard::to_allocvec(&Resources::default()).expect("encodes"));
+        expected.extend_from_slice(&[0, 1, 6, b'd', b'o', b'c', b'k', b'e', b'r', 1, 16]);
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.extend_from_slice(&[1, 0, 1, 0xac, 0x02]);
+        assert_eq!(postcard::to_allocvec(&hello).expect("encodes"), expected);
+        let health = NodeMessage::Health(NodeHealth {
+            problem: Some("x".into()),
+            engine_reachable: Some(false),
+            docker_root_free_bytes: None,
+            state_dir_free_bytes: Some(1),
+        });
+        assert_eq!(
+            postcard::to_allocvec(&health).expect("encodes"),
+            [5, 1, 1, b'x', 1, 0, 0, 1, 1]
+        );
         // Appended variants: 5 and 6, after the original five.
         assert_eq!(
             postcard::to_allocvec(&ExitStatus::HandedBack("x".into())).expect("encodes"),

@@ -106,6 +106,18 @@ pub struct NodeConfig {
     pub kill_grace: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`), like `127.0.0.1:9465`. Default: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Most bytes of results the offline spool (`STATE_DIR/spool`) holds until the head
+    /// acknowledges them; past it (or past 10,000 results) a result is kept in memory only.
+    /// Default 256 MiB.
+    pub spool_max_bytes: u64,
+    /// How long the head keeps this node's attempts while it is silent (cut off, restarting)
+    /// before it requeues them elsewhere; the node tells the head when it registers. For sites
+    /// with an unreliable link. Default: the head's `heartbeat_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub disconnect_grace: Option<Duration>,
+    /// Fewest free bytes in the Docker root dir and in the state dir for the node to take work;
+    /// under it the node reports itself unhealthy. Default 1 GiB.
+    pub min_free_disk: u64,
 }
 
 impl Default for NodeConfig {
@@ -136,6 +148,9 @@ impl Default for NodeConfig {
             read_only_rootfs: false,
             kill_grace: Duration::from_secs(10),
             metrics_listen: None,
+            spool_max_bytes: 256 << 20,
+            disconnect_grace: None,
+            min_free_disk: 1 << 30,
         }
     }
 }
@@ -167,6 +182,9 @@ const KEYS: &[&str] = &[
     "read_only_rootfs",
     "kill_grace",
     "metrics_listen",
+    "spool_max_bytes",
+    "disconnect_grace",
+    "min_free_disk",
 ];
 
 /// Network modes a node can allow.
@@ -253,6 +271,9 @@ impl NodeConfig {
                         .map_err(|_| format!("{value:?} is not an address HOST:PORT"))?,
                 )
             }
+            "spool_max_bytes" => self.spool_max_bytes = number(value)?,
+            "disconnect_grace" => self.disconnect_grace = Some(duration(value)?),
+            "min_free_disk" => self.min_free_disk = number(value)?,
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())
@@ -344,6 +365,7 @@ mod tests {
             ("RGRID_NODE_CUSTOM", "licenses=2"),
             ("RGRID_NODE_READ_ONLY_ROOTFS", "true"),
             ("RGRID_NODE_ALLOWED_NETWORKS", "none,bridge"),
+            ("RGRID_NODE_DISCONNECT_GRACE", "10m"),
         ]);
         config
             .apply_env(|name| env.get(name).map(|v| (*v).to_owned()))
@@ -376,6 +398,7 @@ mod tests {
         assert_eq!(config.custom, BTreeMap::from([("licenses".into(), 2)]));
         assert!(config.read_only_rootfs);
         assert_eq!(config.allowed_networks, ["none", "bridge"]);
+        assert_eq!(config.disconnect_grace, Some(Duration::from_secs(600)));
     }
 
     #[test]

@@ -124,6 +124,18 @@ impl GpuPool {
         })
     }
 
+    /// The ids in `ids` (a re-adopted container's), held until the lease is dropped.
+    pub(crate) fn take_ids(&self, ids: &[String]) -> GpuLease {
+        let mut slots = lock(&self.slots);
+        for slot in slots.iter_mut().filter(|(id, _)| ids.contains(id)) {
+            slot.1 = true;
+        }
+        GpuLease {
+            pool: self.clone(),
+            ids: ids.to_vec(),
+        }
+    }
+
     /// How many ids are not held.
     pub(crate) fn free(&self) -> usize {
         lock(&self.slots).iter().filter(|(_, held)| !held).count()

@@ -7,16 +7,20 @@
 //! - [`executor`]: Docker (bollard) and process executors.
 //! - `capabilities`, `resources`, `gpu`: what the node advertises, configured or detected.
 //! - `session`: the head session, heartbeats, assignments, result delivery.
+//! - `spool`: results on disk until the head acknowledges them.
+//! - `health`: the engine and free disk, checked all along and told to the head.
 //! - `metrics`: the node's Prometheus gauges (with `metrics_listen`).
 
 mod capabilities;
 pub mod config;
 pub mod executor;
 mod gpu;
+mod health;
 pub mod identity;
 mod metrics;
 mod resources;
 mod session;
+mod spool;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -50,6 +54,8 @@ pub enum NodeError {
     Refused(String),
     #[error(transparent)]
     Metrics(#[from] rgrid_core::metrics::MetricsError),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// Runs the node until it has left the cluster: cancelling `shutdown` drains it (no new work;
@@ -57,6 +63,7 @@ pub enum NodeError {
 /// so does a drain request from the head. Returns an error when the head refuses the node.
 pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
     config.validate()?;
+    // For joining; every session resolves the name again.
     let head = tokio::net::lookup_host(&config.head)
         .await
         .ok()
@@ -73,13 +80,13 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let creds =
         identity::load_or_join(&config.state_dir, head, config.token_file.as_deref(), &name)
             .await?;
+    let (spool, spooled) = spool::Spool::open(&config.state_dir, config.spool_max_bytes)?;
     let detected_gpus = gpu::detect(&config.gpu_probe, &config.gpu_device_dir).await;
     let gpu_ids = gpu::offered(detected_gpus, config.gpus);
     let gpus = gpu::GpuPool::new(gpu_ids.clone());
     let executor = match config.executor {
         ExecutorKind::Docker => {
             let docker = DockerExecutor::connect(creds.node_id.to_string(), &config).await?;
-            docker.remove_leftovers().await;
             Executor::docker(docker, gpus)
         }
         ExecutorKind::Process => Executor::process(
@@ -101,6 +108,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         capabilities: advertised.capabilities,
         running: Vec::new(),
         finished: Vec::new(),
+        disconnect_grace_ms: config
+            .disconnect_grace
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     tracing::info!(
         node = %creds.node_id,
@@ -114,11 +124,13 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     );
     let (control, control_rx) = mpsc::channel(session::CONTROL_QUEUE);
     let node = Arc::new(session::Node {
-        head,
+        head: config.head.clone(),
         creds,
         executor,
         hello,
         attempts: Mutex::new(HashMap::new()),
+        spool,
+        health: watch::channel(Default::default()).0,
         connection: watch::channel(None).0,
         control,
         tracker: tracker.clone(),
@@ -128,8 +140,18 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         leaving: AtomicBool::new(false),
         stopped: CancellationToken::new(),
     });
+    session::replay(&node, spooled);
+    if let Some(docker) = node.executor.as_docker() {
+        let leftovers = docker.leftovers(|attempt| node.spool.holds(attempt)).await;
+        session::adopt(&node, leftovers);
+    }
     let cleanup = node.executor.as_docker().map(DockerExecutor::cleanup);
     pre_pull(&node, config.pre_pull);
+    tracker.spawn(health::watch(
+        node.clone(),
+        config.state_dir.clone(),
+        config.min_free_disk,
+    ));
     if config.metrics_listen.is_some() {
         tracker.spawn(metrics::sample(node.clone(), metrics_stop.clone()));
     }

@@ -1,13 +1,16 @@
 //! The node's session with the head: connect (mutual TLS), open the control stream with a hello
 //! that lists the attempts still running and the results not yet acknowledged, heartbeat, take
-//! batches of assignments and kills; reconnect with exponential backoff and jitter when the
-//! connection drops, while attempts keep running.
+//! batches of assignments and kills; reconnect with exponential backoff and jitter (resolving the
+//! head's name again each time: its DNS may have moved) when the connection drops, while
+//! attempts keep running.
 //!
 //! Results with small outputs go back on the control stream, batched; larger ones on a stream
-//! of their own. Either way a result is kept until the head acknowledges it (which it does once
-//! the result is durable), and sent again on every new session until then.
+//! of their own. Either way a result is first written to the offline [`Spool`], kept until the
+//! head acknowledges it (which it does once the result is durable), and sent again on every new
+//! session until then; a restarted node delivers what its spool holds ([`replay`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use quinn::Connection;
 use rgrid_core::frame::FrameWriter;
 use rgrid_core::protocol::{
-    Assignment, AttemptReport, HeadMessage, NodeHello, NodeMessage, Request, Response,
+    Assignment, AttemptReport, HeadMessage, NodeHealth, NodeHello, NodeMessage, Request, Response,
     INLINE_RESULT_BYTES,
 };
 use rgrid_core::time::unix_ms;
@@ -28,8 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::executor::Executor;
+use crate::executor::docker::Leftover;
+use crate::executor::{Execution, Executor};
 use crate::identity::NodeCredentials;
+use crate::spool::Spool;
 
 /// Control messages from attempts waiting for the session, at most.
 pub(crate) const CONTROL_QUEUE: usize = 4096;
@@ -51,12 +56,17 @@ pub(crate) struct Attempt {
 
 /// What the session and the attempt tasks share.
 pub(crate) struct Node {
-    pub head: SocketAddr,
+    /// The head's `HOST:PORT`, resolved again for every session (its DNS name may move).
+    pub head: String,
     pub creds: NodeCredentials,
     pub executor: Executor,
     /// Told to the head at every (re)connect.
     pub hello: NodeHello,
     pub attempts: Mutex<HashMap<AttemptId, Attempt>>,
+    /// Results on disk until the head acknowledges them.
+    pub spool: Spool,
+    /// The node's last health check, sent to the head when it changes.
+    pub health: watch::Sender<NodeHealth>,
     /// The live connection, for result streams; `None` while disconnected.
     pub connection: watch::Sender<Option<Connection>>,
     /// Control messages (`Started`, small results) for the session to forward.
@@ -145,6 +155,8 @@ pub(crate) enum SessionError {
     Frame(#[from] rgrid_core::frame::FrameError),
     #[error("the head closed the control stream")]
     Closed,
+    #[error("the head address {0:?} does not resolve now")]
+    Resolve(String),
     /// Not worth retrying as-is.
     #[error("the head refused this node: {0}")]
     Refused(String),
@@ -218,7 +230,8 @@ async fn session(
 ) -> Result<(), SessionError> {
     let tls = client_config(&node.creds.ca_pem, &node.creds.identity)
         .map_err(|e| SessionError::Refused(e.to_string()))?;
-    let (_endpoint, connection) = connect(node.head, tls, "rgrid-node").await?;
+    let head = resolve(&node.head).await?;
+    let (_endpoint, connection) = connect(head, tls, "rgrid-node").await?;
     let stream = open_request(&connection, &Request::NodeSession(node.hello())).await?;
     let mut send = stream.send.retype::<NodeMessage>();
     let mut recv = stream.recv.retype::<HeadMessage>();
@@ -241,7 +254,7 @@ async fn session(
             )))
         }
     };
-    tracing::info!(head = %node.head, node = %node.creds.node_id, "session open");
+    tracing::info!(head = %node.head, address = %head, node = %node.creds.node_id, "session open");
     *backoff = Duration::from_millis(100);
     node.connection.send_replace(Some(connection.clone()));
     // Results the last session did not see acknowledged.
@@ -249,6 +262,9 @@ async fn session(
     if !unacknowledged.is_empty() {
         send.send(&NodeMessage::Results(unacknowledged)).await?;
     }
+    let mut health = node.health.subscribe();
+    let current = health.borrow_and_update().clone();
+    send.send(&NodeMessage::Health(current)).await?;
     let mut heartbeat = tokio::time::interval(interval);
     let mut drain_check = tokio::time::interval(Duration::from_millis(100));
     if lock(&node.drain_until).is_some() {
@@ -274,6 +290,10 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => send.send(&NodeMessage::Heartbeat).await?,
+            Ok(()) = health.changed() => {
+                let current = health.borrow_and_update().clone();
+                send.send(&NodeMessage::Health(current)).await?;
+            }
             n = control.recv_many(&mut outgoing, 1024) => {
                 if n == 0 {
                     return Err(SessionError::Closed);
@@ -291,6 +311,7 @@ async fn session(
                     for attempt in attempts {
                         if held.get(&attempt).is_some_and(|a| matches!(a.stage, Stage::Reported(_))) {
                             held.remove(&attempt);
+                            node.spool.remove(attempt);
                         }
                     }
                 }
@@ -308,6 +329,15 @@ async fn session(
     }
 }
 
+/// The first address `head` resolves to now.
+async fn resolve(head: &str) -> Result<SocketAddr, SessionError> {
+    tokio::net::lookup_host(head)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| SessionError::Resolve(head.to_owned()))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -322,31 +352,64 @@ fn kill(node: &Node, attempt: AttemptId) {
 
 fn start_attempt(node: &Arc<Node>, assignment: Assignment) {
     let attempt = assignment.attempt;
-    let cancel = CancellationToken::new();
-    {
-        let mut attempts = lock(&node.attempts);
-        if attempts.contains_key(&attempt) {
-            return; // a repeated assignment
+    let Some(cancel) = hold(node, attempt) else {
+        return; // a repeated assignment
+    };
+    let runner = node.clone();
+    spawn_attempt(node, attempt, async move {
+        match assignment.spec() {
+            Ok(spec) => run_spec(&runner, attempt, spec, cancel).await,
+            Err(err) => crate::executor::Execution::start_failed(format!(
+                "the head sent a task spec this node cannot decode ({err}); upgrade the node"
+            )),
         }
-        attempts.insert(
-            attempt,
-            Attempt {
-                cancel: cancel.clone(),
-                stage: Stage::Running,
-            },
-        );
+    });
+}
+
+/// Containers an earlier run of the node started: held as running (the first hello names them,
+/// so the head keeps them) and waited for like attempts that have just started.
+pub(crate) fn adopt(node: &Arc<Node>, leftovers: Vec<Leftover>) {
+    for leftover in leftovers {
+        let attempt = leftover.attempt;
+        let Some(cancel) = hold(node, attempt) else {
+            continue;
+        };
+        let runner = node.clone();
+        spawn_attempt(node, attempt, async move {
+            runner.executor.resume(leftover, cancel).await
+        });
     }
+}
+
+/// Records `attempt` as running here; `None` when it already is.
+fn hold(node: &Node, attempt: AttemptId) -> Option<CancellationToken> {
+    let mut attempts = lock(&node.attempts);
+    if attempts.contains_key(&attempt) {
+        return None;
+    }
+    let cancel = CancellationToken::new();
+    attempts.insert(
+        attempt,
+        Attempt {
+            cancel: cancel.clone(),
+            stage: Stage::Running,
+        },
+    );
+    Some(cancel)
+}
+
+/// Runs an attempt's `execution` to its end and reports how it went.
+fn spawn_attempt(
+    node: &Arc<Node>,
+    attempt: AttemptId,
+    execution: impl Future<Output = Execution> + Send + 'static,
+) {
     let node2 = node.clone();
     node.tracker.spawn(
         async move {
             let node = node2;
             let started_at_ms = unix_ms();
-            let execution = match assignment.spec() {
-                Ok(spec) => run_spec(&node, attempt, spec, cancel).await,
-                Err(err) => crate::executor::Execution::start_failed(format!(
-                    "the head sent a task spec this node cannot decode ({err}); upgrade the node"
-                )),
-            };
+            let execution = execution.await;
             if node.leaving.load(Ordering::SeqCst) {
                 // Killed because the node left: not the task's outcome; the head requeues it.
                 lock(&node.attempts).remove(&attempt);
@@ -372,7 +435,7 @@ async fn run_spec(
     attempt: AttemptId,
     spec: TaskSpec,
     cancel: CancellationToken,
-) -> crate::executor::Execution {
+) -> Execution {
     let control = node.control.clone();
     let started = move || {
         // The head learns from the result that it started, if this does not get through.
@@ -381,11 +444,12 @@ async fn run_spec(
     node.executor.run(attempt, &spec, cancel, started).await
 }
 
-/// Hands a result to the head: small ones on the control stream (kept until acknowledged),
-/// large ones on a stream of their own, retried until the head accepts them.
+/// Spools a result, then hands it to the head: small ones on the control stream (kept until
+/// acknowledged), large ones on a stream of their own, retried until the head accepts them.
 async fn report_result(node: &Arc<Node>, report: AttemptReport) {
+    node.spool.write(&report).await;
     let attempt = report.attempt;
-    if report.stdout.len() + report.stderr.len() <= INLINE_RESULT_BYTES {
+    if is_inline(&report) {
         if let Some(held) = lock(&node.attempts).get_mut(&attempt) {
             held.stage = Stage::Reported(report.clone());
         }
@@ -396,12 +460,50 @@ async fn report_result(node: &Arc<Node>, report: AttemptReport) {
     if let Some(held) = lock(&node.attempts).get_mut(&attempt) {
         held.stage = Stage::Delivering;
     }
-    deliver(node, report).await;
+    if deliver(node, report).await {
+        node.spool.remove(attempt);
+    }
     lock(&node.attempts).remove(&attempt);
 }
 
-/// Sends a large result until the head acknowledges it (it does once the result is durable).
-async fn deliver(node: &Node, report: AttemptReport) {
+fn is_inline(report: &AttemptReport) -> bool {
+    report.stdout.len() + report.stderr.len() <= INLINE_RESULT_BYTES
+}
+
+/// Results spooled by an earlier run of the node, delivered as if they had just ended: small
+/// ones go with the first session's hello, large ones on their own streams.
+pub(crate) fn replay(node: &Arc<Node>, reports: Vec<AttemptReport>) {
+    for report in reports {
+        let attempt = report.attempt;
+        let inline = is_inline(&report);
+        let stage = if inline {
+            Stage::Reported(report.clone())
+        } else {
+            Stage::Delivering
+        };
+        lock(&node.attempts).insert(
+            attempt,
+            Attempt {
+                cancel: CancellationToken::new(),
+                stage,
+            },
+        );
+        if !inline {
+            let delivering = node.clone();
+            node.tracker.spawn(async move {
+                let node = delivering;
+                if deliver(&node, report).await {
+                    node.spool.remove(attempt);
+                }
+                lock(&node.attempts).remove(&attempt);
+            });
+        }
+    }
+}
+
+/// Sends a large result until the head acknowledges it (it does once the result is durable);
+/// false when the node stopped first.
+async fn deliver(node: &Node, report: AttemptReport) -> bool {
     let mut connection = node.connection.subscribe();
     let request = Request::ReportResult(report);
     let mut backoff = Duration::from_millis(100);
@@ -409,7 +511,7 @@ async fn deliver(node: &Node, report: AttemptReport) {
         let current = connection.borrow_and_update().clone();
         if let Some(conn) = current {
             match call(&conn, &request).await {
-                Ok(Response::ResultAccepted) => return,
+                Ok(Response::ResultAccepted) => return true,
                 Ok(other) => {
                     tracing::warn!(response = ?other, "head did not accept the result; retrying")
                 }
@@ -417,7 +519,7 @@ async fn deliver(node: &Node, report: AttemptReport) {
             }
         }
         tokio::select! {
-            _ = node.stopped.cancelled() => return,
+            _ = node.stopped.cancelled() => return false,
             _ = connection.changed() => {}
             _ = tokio::time::sleep(backoff) => {}
         }

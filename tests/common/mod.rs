@@ -214,6 +214,75 @@ pub mod process {
     }
 }
 
+/// A UDP forwarder between one node and the head that a test can cut: while cut, every
+/// datagram either way is dropped, as a severed network would. The node is pointed at
+/// [`Cut::addr`]; a node restarted behind it is forwarded too (the latest sender gets the
+/// head's datagrams).
+pub struct Cut {
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cut {
+    /// A forwarder to the head at `head`.
+    pub fn new(head: &str) -> Self {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let head: std::net::SocketAddr = head.parse().expect("a head address");
+        let front = UdpSocket::bind("127.0.0.1:0").expect("bind the forwarder");
+        let back = UdpSocket::bind("127.0.0.1:0").expect("bind the forwarder");
+        let tick = Some(std::time::Duration::from_millis(100));
+        front.set_read_timeout(tick).expect("a read timeout");
+        back.set_read_timeout(tick).expect("a read timeout");
+        let addr = front.local_addr().expect("an address");
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let node: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        let (front2, back2) = (
+            front.try_clone().expect("a socket"),
+            back.try_clone().expect("a socket"),
+        );
+        let (cut2, stop2, node2) = (cut.clone(), stop.clone(), node.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = front2.recv_from(&mut buf) {
+                    *node2.lock().unwrap() = Some(from);
+                    if !cut2.load(Ordering::Relaxed) {
+                        let _ = back2.send_to(&buf[..n], head);
+                    }
+                }
+            }
+        });
+        let (cut3, stop3) = (cut.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stop3.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = back.recv_from(&mut buf) {
+                    let to = *node.lock().unwrap();
+                    if let (Some(to), false) = (to, cut3.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&buf[..n], to);
+                    }
+                }
+            }
+        });
+        Self { addr, cut, stop }
+    }
+
+    /// Severs (`true`) or restores (`false`) the network between node and head.
+    pub fn set(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What a provisioned server boots with.
 pub mod cloud_init {
     /// What a machine boots with, read from its user data.
@@ -357,6 +426,11 @@ impl NodeCluster {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// The head's admin credentials file (for the CLI).
+    pub fn head_client_file(&self) -> std::path::PathBuf {
+        self.head.as_ref().expect("the head runs").client_file()
     }
 
     pub async fn client(&self) -> rgrid::Client {

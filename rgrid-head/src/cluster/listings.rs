@@ -21,12 +21,13 @@ impl<C: Comm> Cluster<C> {
                 NodeInfo {
                     id: node.id,
                     name: node.name.clone(),
-                    state: node.state.as_str().to_owned(),
+                    state: node.listed_state().to_owned(),
                     total: hello.map(|h| h.resources.clone()).unwrap_or_default(),
                     free: self.scheduler.free(node.id).cloned().unwrap_or_default(),
                     labels: hello.map(|h| h.labels.clone()).unwrap_or_default(),
                     capabilities: hello.map(|h| h.capabilities.clone()).unwrap_or_default(),
                     running: u32::try_from(node.running.len()).unwrap_or(u32::MAX),
+                    unhealthy: node.problem.clone(),
                 }
             })
             .collect();
@@ -126,7 +127,7 @@ impl<C: Comm> Cluster<C> {
     pub(super) fn status(&self) -> ClusterStatus {
         let mut nodes: Vec<(String, u64)> = Vec::new();
         for node in &self.nodes {
-            let state = node.state.as_str();
+            let state = node.listed_state();
             match nodes.iter_mut().find(|(s, _)| s == state) {
                 Some((_, n)) => *n += 1,
                 None => nodes.push((state.to_owned(), 1)),

@@ -2,8 +2,14 @@
 //!
 //! A node's last frame is recorded by its stream's reader ([`Session::last_seen`]), not by the
 //! loop, so a busy loop never makes a healthy node look silent. A node silent for three
-//! heartbeats is `suspect` (no new work; back to work when it is heard again); silent past the
-//! heartbeat timeout it is `dead`, and its attempts are requeued.
+//! heartbeats is `suspect` (no new work; back to work when it is heard again); silent past its
+//! disconnect grace (the `disconnect_grace` its hello names, else the head's heartbeat timeout)
+//! it is `dead`, and its attempts are requeued. Until then its attempts stay its own, and the
+//! results it spooled while cut off are accepted when it returns.
+//!
+//! A connected node that says it is unhealthy ([`NodeMessage::Health`]: its engine does not
+//! answer, its disk is full) gets no new work until it says it is healthy again; listings show
+//! it as `unhealthy`, with why.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -63,6 +69,8 @@ pub(super) struct Node {
     /// A drain was asked: it outlasts a suspect spell.
     pub draining: bool,
     pub session: Option<Session>,
+    /// Why the node says it cannot take work (its last health report); `None`: healthy.
+    pub problem: Option<String>,
     /// Since when it has been without a session ([`monotonic_ms`]).
     pub silent_since_ms: u64,
     /// Attempts placed here that have not ended, with the shape of what they hold.
@@ -88,12 +96,29 @@ impl Node {
             state,
             draining: false,
             session: None,
+            problem: None,
             silent_since_ms: monotonic_ms(),
             running: HashMap::new(),
             idle_since_ms: Some(unix_ms()),
             assignments: Vec::new(),
             acks: Vec::new(),
         }
+    }
+
+    /// Its state as listings show it: a ready node that reported a problem is `unhealthy`.
+    pub(super) fn listed_state(&self) -> &'static str {
+        match (self.state, &self.problem) {
+            (NodeState::Ready, Some(_)) => "unhealthy",
+            (state, _) => state.as_str(),
+        }
+    }
+
+    /// How long it may be silent before it is dead: its own grace, else `timeout_ms`.
+    fn grace_ms(&self, timeout_ms: u64) -> u64 {
+        self.hello
+            .as_ref()
+            .and_then(|h| h.disconnect_grace_ms)
+            .unwrap_or(timeout_ms)
     }
 
     /// How long it has been silent.
@@ -158,7 +183,8 @@ impl<C: Comm> Cluster<C> {
                 state: NodeState::Ready.as_str(),
                 joined_at_ms: unix_ms(),
             })));
-        self.scheduler.set_schedulable(id, true);
+        let healthy = node.problem.is_none();
+        self.scheduler.set_schedulable(id, healthy);
         self.dirty = true;
         if !opened {
             self.close_session(index);
@@ -183,6 +209,7 @@ impl<C: Comm> Cluster<C> {
                 }
             }
             NodeMessage::Draining => self.set_draining(index),
+            NodeMessage::Health(health) => self.set_health(index, health.problem),
             NodeMessage::Leaving { unfinished } => self.node_left(index, unfinished),
         }
     }
@@ -244,14 +271,15 @@ impl<C: Comm> Cluster<C> {
                     node.state = NodeState::Suspect;
                     self.scheduler.set_schedulable(node.id, false);
                 }
-                NodeState::Suspect if silent > timeout => dead.push(index as u32),
+                NodeState::Suspect if silent > node.grace_ms(timeout) => dead.push(index as u32),
                 NodeState::Suspect if node.session.is_some() && silent <= suspect_after => {
                     tracing::info!(node = %node.id, "node heard again");
                     if node.draining {
                         node.state = NodeState::Draining;
                     } else {
                         node.state = NodeState::Ready;
-                        self.scheduler.set_schedulable(node.id, true);
+                        self.scheduler
+                            .set_schedulable(node.id, node.problem.is_none());
                         self.dirty = true;
                     }
                 }
@@ -260,6 +288,27 @@ impl<C: Comm> Cluster<C> {
         }
         for index in dead {
             self.node_dead(index);
+        }
+    }
+
+    /// A node reported its health: unhealthy, it gets no new work until it is healthy again.
+    fn set_health(&mut self, index: u32, problem: Option<String>) {
+        let node = &mut self.nodes[index as usize];
+        if node.problem == problem {
+            return;
+        }
+        match &problem {
+            Some(why) => {
+                tracing::warn!(node = %node.id, name = %node.name, %why, "node is unhealthy; no new work")
+            }
+            None => tracing::info!(node = %node.id, name = %node.name, "node is healthy again"),
+        }
+        node.problem = problem;
+        if node.state == NodeState::Ready {
+            let id = node.id;
+            let healthy = node.problem.is_none();
+            self.scheduler.set_schedulable(id, healthy);
+            self.dirty = true;
         }
     }
 

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgrid_core::protocol::{ExitStatus, HeadMessage, NodeHello, NodeMessage, SubmitAnswer};
+use rgrid_core::protocol::{
+    ExitStatus, HeadMessage, NodeHealth, NodeHello, NodeMessage, SubmitAnswer,
+};
 use rgrid_core::scheduler::SchedulerConfig;
 use rgrid_core::time::monotonic_ms;
 use rgrid_core::{AttemptId, NodeId, Resources, TaskId, TaskSpec, TaskState};
@@ -63,6 +65,7 @@ fn hello(cpu_millis: u64) -> NodeHello {
         capabilities: Vec::new(),
         running: Vec::new(),
         finished: Vec::new(),
+        disconnect_grace_ms: None,
     }
 }
 
@@ -491,6 +494,90 @@ fn liveness_follows_the_last_frame_not_the_loop() {
     assert_eq!(batch.counters[0].node_losses, 1);
     assert_eq!(state(&c, spec.id), Some(TaskState::Queued));
     let _ = node;
+}
+
+#[test]
+fn a_node_keeps_its_attempts_for_its_disconnect_grace() {
+    let mut c = cluster();
+    let node = NodeId::new();
+    let graceful = NodeHello {
+        disconnect_grace_ms: Some(60_000),
+        ..hello(4000)
+    };
+    let last_seen = connect(&mut c, node, 1, graceful.clone());
+    commit(&mut c);
+    let spec = task();
+    submit(&mut c, std::slice::from_ref(&spec));
+    commit(&mut c);
+    let attempt = AttemptId {
+        task: spec.id,
+        attempt: 1,
+    };
+    assert_eq!(assigned(&mut c), [attempt]);
+    let start = last_seen.load(Ordering::Relaxed);
+    // Cut off for 20 s, well past the head's 5 s timeout: suspect, no new work, not dead.
+    c.node_disconnected(node, 1);
+    for second in 1..=20 {
+        c.tick(start + second * 1000);
+    }
+    c.end_turn();
+    assert_eq!(c.list_nodes()[0].state, "suspect");
+    assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
+    let later = task();
+    submit(&mut c, std::slice::from_ref(&later));
+    commit(&mut c);
+    assert_eq!(state(&c, later.id), Some(TaskState::Queued), "no new work");
+    // Back with the attempt's result spooled: accepted, nothing requeued.
+    let back = NodeHello {
+        finished: vec![attempt],
+        ..graceful
+    };
+    connect(&mut c, node, 2, back);
+    c.end_turn();
+    assert_eq!(c.list_nodes()[0].state, "ready");
+    assert_eq!(state(&c, spec.id), Some(TaskState::Assigned), "kept");
+    // Past its grace, a silent node is dead.
+    c.node_disconnected(node, 2);
+    let now = rgrid_core::time::monotonic_ms();
+    c.tick(now + 60_100);
+    c.end_turn();
+    assert_eq!(c.list_nodes()[0].state, "dead");
+}
+
+#[test]
+fn an_unhealthy_node_gets_no_work_until_it_is_healthy() {
+    let mut c = cluster();
+    let node = NodeId::new();
+    connect(&mut c, node, 1, hello(4000));
+    commit(&mut c);
+    let sick = NodeHealth {
+        problem: Some("the Docker engine does not answer".into()),
+        ..NodeHealth::default()
+    };
+    c.handle(Event::NodeMessage {
+        node,
+        session: 1,
+        message: NodeMessage::Health(sick),
+    });
+    let listed = &c.list_nodes()[0];
+    assert_eq!(listed.state, "unhealthy");
+    assert_eq!(
+        listed.unhealthy.as_deref(),
+        Some("the Docker engine does not answer")
+    );
+    let spec = task();
+    submit(&mut c, std::slice::from_ref(&spec));
+    commit(&mut c);
+    assert_eq!(state(&c, spec.id), Some(TaskState::Queued), "no work");
+    c.handle(Event::NodeMessage {
+        node,
+        session: 1,
+        message: NodeMessage::Health(NodeHealth::default()),
+    });
+    c.end_turn();
+    commit(&mut c);
+    assert_eq!(c.list_nodes()[0].state, "ready");
+    assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
 }
 
 #[test]

@@ -415,6 +415,8 @@ macro_rules! backend {
                         capabilities: decode(&c, "node capabilities")?,
                         running: Vec::new(),
                         finished: Vec::new(),
+                        // Not stored: a recovered node has the head's timeout until it is heard.
+                        disconnect_grace_ms: None,
                     }),
                     _ => None,
                 };

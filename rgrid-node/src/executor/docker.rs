@@ -6,6 +6,11 @@
 //! container's state when it exited non-zero. The result goes back first; the container is
 //! removed in the background afterwards.
 //!
+//! A node restarted on its state dir finds the containers it started ([`DockerExecutor::leftovers`],
+//! by their labels) and waits on them again ([`DockerExecutor::resume`]) instead of removing
+//! them: their output is read back from the engine's log, their timeout from the
+//! `rgrid.deadline` label set when they were created.
+//!
 //! A Docker engine that does not answer is the node's fault, not the task's: the attempt is
 //! handed back. Every engine call is a `docker` tracing span and a sample of the
 //! `rgrid_node_docker_call_seconds` histogram, by call.
@@ -18,19 +23,22 @@ use std::time::{Duration, Instant};
 
 use bollard::container::{
     AttachContainerOptions, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
-    LogOutput, RemoveContainerOptions, WaitContainerOptions,
+    LogOutput, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
 };
 use bollard::errors::Error as DockerError;
 use bollard::Docker;
 use futures::StreamExt;
 use rgrid_core::protocol::ExitStatus;
+use rgrid_core::time::unix_ms;
 use rgrid_core::{AttemptId, TaskSpec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use container::MANAGED_LABEL;
-use container::{create_options, ContainerPolicy, NODE_LABEL};
+use container::{
+    create_options, ContainerPolicy, ATTEMPT_LABEL, DEADLINE_LABEL, NODE_LABEL, TASK_LABEL,
+};
 use image::Images;
 
 use super::{watch, Capture, Channel, Ended, Execution, NotRun, OUTPUT_GRACE};
@@ -99,9 +107,10 @@ impl DockerExecutor {
         self.cleanup.clone()
     }
 
-    /// Removes containers this node left behind (it was killed while they ran): a node that
-    /// starts runs nothing yet, and the head has requeued or will requeue those attempts.
-    pub async fn remove_leftovers(&self) {
+    /// The containers an earlier run of this node left (it was killed while they ran or before
+    /// it had removed them). Those whose result is already spooled (`spooled`), and those
+    /// without a readable attempt label, are removed; the others are returned, to be re-adopted.
+    pub(crate) async fn leftovers(&self, spooled: impl Fn(AttemptId) -> bool) -> Vec<Leftover> {
         let filters = std::collections::HashMap::from([(
             "label".to_owned(),
             vec![format!("{NODE_LABEL}={}", self.policy.node)],
@@ -111,12 +120,85 @@ impl DockerExecutor {
             filters,
             ..Default::default()
         };
-        let Ok(containers) = self.docker.list_containers(Some(options)).await else {
-            return;
+        let containers = match step("list", self.docker.list_containers(Some(options))).await {
+            Ok(containers) => containers,
+            Err(err) => {
+                tracing::warn!(error = %docker_message(&err), "cannot list the containers of an earlier run");
+                return Vec::new();
+            }
         };
-        for id in containers.into_iter().filter_map(|c| c.id) {
-            tracing::info!(container = %id, "removing a container left by an earlier run");
-            let _ = self.remove(&id).await;
+        let mut leftovers = Vec::new();
+        for container in containers {
+            let Some(id) = container.id else { continue };
+            let labels = container.labels.unwrap_or_default();
+            let attempt = labels
+                .get(TASK_LABEL)
+                .and_then(|t| t.parse().ok())
+                .zip(labels.get(ATTEMPT_LABEL).and_then(|a| a.parse().ok()))
+                .map(|(task, attempt)| AttemptId { task, attempt });
+            let Some(attempt) = attempt.filter(|a| !spooled(*a)) else {
+                tracing::info!(container = %id, "removing a finished container left by an earlier run");
+                self.remove_later(id);
+                continue;
+            };
+            let deadline_ms = labels.get(DEADLINE_LABEL).and_then(|d| d.parse().ok());
+            let gpus = step("inspect", self.docker.inspect_container(&id, None))
+                .await
+                .ok()
+                .and_then(|c| c.host_config)
+                .and_then(|h| h.device_requests)
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.device_ids.unwrap_or_default())
+                .collect();
+            tracing::info!(container = %id, %attempt, "re-adopting a container left by an earlier run");
+            leftovers.push(Leftover {
+                attempt,
+                id,
+                deadline_ms,
+                gpus,
+            });
+        }
+        leftovers
+    }
+
+    /// Waits for a re-adopted container as for one it has just started: its output from the
+    /// beginning (the engine's log of it), its timeout from its label.
+    pub(crate) async fn resume(&self, leftover: Leftover, cancel: CancellationToken) -> Execution {
+        let options = LogsOptions::<String> {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            tail: "all".to_owned(),
+            ..Default::default()
+        };
+        let output = self.docker.logs(&leftover.id, Some(options));
+        let capture = Capture::spawn(Box::pin(channels(output)), self.max_output_bytes);
+        let timeout = leftover
+            .deadline_ms
+            .map(|d| Duration::from_millis(d.saturating_sub(unix_ms())));
+        let execution = self.finish(&leftover.id, capture, timeout, cancel).await;
+        self.remove_later(leftover.id);
+        execution
+    }
+
+    /// Removes container `id` in the background.
+    fn remove_later(&self, id: String) {
+        let docker = self.docker.clone();
+        self.cleanup.spawn(async move {
+            if let Err(err) = step("remove", remove(&docker, &id)).await {
+                tracing::warn!(container = %id, error = %docker_message(&err), "could not remove the container");
+            }
+        });
+    }
+
+    /// The engine's root dir (`DockerRootDir`), if it answers within a few seconds; why not
+    /// otherwise.
+    pub(crate) async fn root_dir(&self) -> Result<Option<std::path::PathBuf>, String> {
+        match tokio::time::timeout(Duration::from_secs(5), step("info", self.docker.info())).await {
+            Ok(Ok(info)) => Ok(info.docker_root_dir.map(Into::into)),
+            Ok(Err(err)) => Err(docker_message(&err)),
+            Err(_) => Err("no answer within 5 s".to_owned()),
         }
     }
 
@@ -145,12 +227,7 @@ impl DockerExecutor {
             Err(not_run) => return not_run.into(),
         };
         let execution = self.run_container(&id, spec, cancel, started).await;
-        let docker = self.docker.clone();
-        self.cleanup.spawn(async move {
-            if let Err(err) = step("remove", remove(&docker, &id)).await {
-                tracing::warn!(container = %id, error = %docker_message(&err), "could not remove the container");
-            }
-        });
+        self.remove_later(id);
         execution
     }
 
@@ -169,8 +246,12 @@ impl DockerExecutor {
         let mut repulled = false;
         loop {
             let image = self.images.ensure(&spec.image, cancel).await?;
-            let config =
+            let mut config =
                 create_options(&self.policy, attempt, spec, &image, gpus).map_err(NotRun::Task)?;
+            if let (Some(timeout), Some(labels)) = (spec.timeout_ms, config.labels.as_mut()) {
+                let deadline = unix_ms().saturating_add(timeout);
+                labels.insert(DEADLINE_LABEL.to_owned(), deadline.to_string());
+            }
             let options = CreateContainerOptions {
                 name,
                 platform: None,
@@ -228,21 +309,23 @@ impl DockerExecutor {
             Ok(attached) => attached.output,
             Err(err) => return fault(&err, "cannot attach to the container").into(),
         };
-        let output = output.filter_map(|chunk| async {
-            match chunk.ok()? {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    Some((Channel::Stdout, message))
-                }
-                LogOutput::StdErr { message } => Some((Channel::Stderr, message)),
-                LogOutput::StdIn { .. } => None,
-            }
-        });
-        let capture = Capture::spawn(Box::pin(output), self.max_output_bytes);
+        let capture = Capture::spawn(Box::pin(channels(output)), self.max_output_bytes);
         if let Err(err) = step("start", self.docker.start_container::<String>(id, None)).await {
             return fault(&err, "cannot start the container").into();
         }
         started();
         let timeout = spec.timeout_ms.map(Duration::from_millis);
+        self.finish(id, capture, timeout, cancel).await
+    }
+
+    /// Waits for a started container to end, its timeout or `cancel`; how it ended.
+    async fn finish(
+        &self,
+        id: &str,
+        capture: Capture,
+        timeout: Option<Duration>,
+        cancel: CancellationToken,
+    ) -> Execution {
         let ended = watch(self.wait(id), timeout, &cancel).await;
         if !matches!(ended, Ended::Exited(_)) {
             self.stop(id).await;
@@ -323,6 +406,31 @@ impl DockerExecutor {
     async fn remove(&self, id: &str) -> Result<(), DockerError> {
         remove(&self.docker, id).await
     }
+}
+
+/// A container an earlier run of this node started, found by its labels.
+pub(crate) struct Leftover {
+    pub attempt: AttemptId,
+    id: String,
+    /// When its timeout passes (Unix ms), if it has one.
+    deadline_ms: Option<u64>,
+    /// The GPU ids it was given.
+    pub gpus: Vec<String>,
+}
+
+/// An attach or log stream as chunks of stdout and stderr.
+fn channels(
+    output: impl futures::Stream<Item = Result<LogOutput, DockerError>>,
+) -> impl futures::Stream<Item = (Channel, bytes::Bytes)> {
+    output.filter_map(|chunk| async {
+        match chunk.ok()? {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                Some((Channel::Stdout, message))
+            }
+            LogOutput::StdErr { message } => Some((Channel::Stderr, message)),
+            LogOutput::StdIn { .. } => None,
+        }
+    })
 }
 
 async fn remove(docker: &Docker, id: &str) -> Result<(), DockerError> {

@@ -106,6 +106,22 @@ impl Executor {
         }
     }
 
+    /// Waits for a container an earlier run of the node started, holding its GPUs meanwhile.
+    pub(crate) async fn resume(
+        &self,
+        leftover: docker::Leftover,
+        cancel: CancellationToken,
+    ) -> Execution {
+        let _gpus = self.gpus.take_ids(&leftover.gpus);
+        match &self.kind {
+            Kind::Docker(docker) => docker.resume(leftover, cancel).await,
+            Kind::Process(_) | Kind::Noop => NotRun::Node(
+                "a container to re-adopt, but this node does not run the Docker executor".into(),
+            )
+            .into(),
+        }
+    }
+
     /// Runs `spec` as `attempt` to its end, its timeout, or `cancel`. `started` is called once
     /// the workload is running.
     pub async fn run(

@@ -19,6 +19,13 @@ pub const MANAGED_LABEL: &str = "rgrid.managed";
 /// Label naming the node that started a container.
 pub(crate) const NODE_LABEL: &str = "rgrid.node";
 
+/// Labels naming a container's task and attempt (how a restarted node knows its containers).
+pub(crate) const TASK_LABEL: &str = "rgrid.task";
+pub(crate) const ATTEMPT_LABEL: &str = "rgrid.attempt";
+
+/// Label holding when a container's timeout passes (Unix ms), so it survives a node restart.
+pub(crate) const DEADLINE_LABEL: &str = "rgrid.deadline";
+
 /// What the node decides for every container, whatever the task asks.
 #[derive(Clone, Debug)]
 pub(crate) struct ContainerPolicy {
@@ -65,8 +72,8 @@ pub(crate) fn create_options(
     let labels = HashMap::from([
         (MANAGED_LABEL.to_owned(), "true".to_owned()),
         (NODE_LABEL.to_owned(), policy.node.clone()),
-        ("rgrid.task".to_owned(), attempt.task.to_string()),
-        ("rgrid.attempt".to_owned(), attempt.attempt.to_string()),
+        (TASK_LABEL.to_owned(), attempt.task.to_string()),
+        (ATTEMPT_LABEL.to_owned(), attempt.attempt.to_string()),
     ]);
     let env = spec
         .env

@@ -1,0 +1,241 @@
+//! Nodes in the field: real `rgrid-head` and `rgrid-node` processes (Docker executor), a node
+//! cut off from its head by a forwarder the test controls ([`common::Cut`]), SIGKILLed and
+//! restarted on its state dir.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::process::{
+    free_udp_port, nodes, start_head_with, start_node_with, wait_for, wait_ready, Daemon,
+};
+use common::Cut;
+use rgrid::{Client, TaskRef, TaskSpec, TaskState};
+
+fn sh(script: &str) -> TaskSpec {
+    TaskSpec::new(common::demo_image())
+        .command(["sh", "-c", script])
+        .cpu_millis(500)
+        .memory_bytes(32 << 20)
+}
+
+/// A head process (with `head_toml` as its config) and one node, `node-a`, behind a [`Cut`].
+struct Field {
+    dir: tempfile::TempDir,
+    cut: Cut,
+    _head: Daemon,
+}
+
+impl Field {
+    fn start(head_toml: &str) -> Self {
+        common::demo_image();
+        let dir = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let config = dir.path().join("head.toml");
+        std::fs::write(&config, head_toml).unwrap();
+        let head = start_head_with(dir.path(), &listen, &["--config", config.to_str().unwrap()]);
+        let field = Self {
+            dir,
+            cut: Cut::new(&listen),
+            _head: head,
+        };
+        wait_for("client.toml", || field.client_toml().exists());
+        field
+    }
+
+    fn client_toml(&self) -> PathBuf {
+        self.dir.path().join("head").join("client.toml")
+    }
+
+    /// Starts `node-a` (again, on the same state dir) behind the cut; waits until it is ready.
+    fn node(&self, extra: &[&str]) -> Daemon {
+        let node = start_node_with(
+            self.dir.path(),
+            &self.cut.addr.to_string(),
+            "node-a",
+            2000,
+            extra,
+        );
+        wait_ready(&self.client_toml(), "node-a");
+        node
+    }
+
+    /// A node config file holding `toml`; its path.
+    fn node_toml(&self, toml: &str) -> String {
+        let path = self.dir.path().join("node.toml");
+        std::fs::write(&path, toml).unwrap();
+        path.display().to_string()
+    }
+
+    /// `node-a`'s state as `rgrid nodes` shows it.
+    fn node_state(&self) -> Option<String> {
+        nodes(&self.client_toml())
+            .iter()
+            .find(|n| n["name"] == "node-a")
+            .and_then(|n| n["state"].as_str().map(str::to_owned))
+    }
+
+    fn spool(&self) -> Vec<PathBuf> {
+        spooled(&self.dir.path().join("node-a"))
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect_file(self.client_toml()).await.unwrap()
+    }
+
+    async fn wait_running(&self, task: &TaskRef) {
+        let client = self.client().await;
+        common::wait_for_state(&client, task, TaskState::Running).await;
+    }
+}
+
+impl Drop for Field {
+    fn drop(&mut self) {
+        common::process::print_logs_if_panicking(self.dir.path(), 200);
+    }
+}
+
+/// The result files in a node's spool.
+fn spooled(state_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(state_dir.join("spool"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "result"))
+        .collect()
+}
+
+/// Containers of `task` (any attempt, running or not), by id.
+fn containers_of(task: &TaskRef) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("label=rgrid.task={}", task.id))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_re_adopts_its_running_container() {
+    let field = Field::start("");
+    let node = field.node(&[]);
+    let client = field.client().await;
+    let task = client
+        .submit(sh(
+            "echo before; sleep 5; echo after attempt $RGRID_ATTEMPT",
+        ))
+        .await
+        .unwrap();
+    field.wait_running(&task).await;
+    let before = containers_of(&task);
+    assert_eq!(before.len(), 1);
+
+    node.signal("KILL");
+    drop(node);
+    // Within the head's 5 s heartbeat timeout.
+    let _node = field.node(&[]);
+    assert_eq!(containers_of(&task), before, "the container was kept");
+
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+    assert_eq!(out.stdout, b"before\nafter attempt 1\n", "all its output");
+    assert_eq!(out.attempts.len(), 1, "nothing reran: {:?}", out.attempts);
+    wait_for("the container to be removed", || {
+        containers_of(&task).is_empty()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_adopted_container_keeps_its_timeout() {
+    let field = Field::start("");
+    let node = field.node(&[]);
+    let client = field.client().await;
+    let task = client
+        .submit(sh("sleep 60").timeout(Duration::from_secs(8)))
+        .await
+        .unwrap();
+    field.wait_running(&task).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    node.signal("KILL");
+    drop(node);
+    let restarted = Instant::now();
+    let _node = field.node(&[]);
+
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Failed, "{out:?}");
+    assert!(
+        out.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("timed out")),
+        "{out:?}"
+    );
+    assert_eq!(out.attempts.len(), 1, "{:?}", out.attempts);
+    // About 4 s of its 8 were left; counted again from the restart, it would be 8.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(7),
+        "the timeout counts from the first start, not the restart: {:?}",
+        restarted.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_finished_while_cut_off_survives_a_node_kill() {
+    // The head keeps the silent node's attempt for the whole test.
+    let field = Field::start("heartbeat_timeout = \"60s\"\n");
+    let node = field.node(&[]);
+    let client = field.client().await;
+    let task = client.submit(sh("sleep 1; echo spooled")).await.unwrap();
+    field.wait_running(&task).await;
+
+    field.cut.set(true);
+    wait_for("the result in the spool", || field.spool().len() == 1);
+    node.signal("KILL");
+    drop(node);
+    field.cut.set(false);
+    let _node = field.node(&[]);
+
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+    assert_eq!(out.stdout, b"spooled\n");
+    assert_eq!(out.attempts.len(), 1, "nothing reran: {:?}", out.attempts);
+    wait_for("the acknowledged result to leave the spool", || {
+        field.spool().is_empty()
+    });
+    let listed = client.tasks().await.unwrap();
+    assert!(listed.iter().all(|t| t.attempt == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_disconnect_grace_keeps_its_attempt_through_a_cut() {
+    // The head's own heartbeat timeout stays at 5 s; the node asks for 60 s.
+    let field = Field::start("");
+    let _node = field.node(&["--config", &field.node_toml("disconnect_grace = \"60s\"\n")]);
+    let client = field.client().await;
+    let task = client.submit(sh("sleep 24; echo kept")).await.unwrap();
+    field.wait_running(&task).await;
+
+    field.cut.set(true);
+    let cut_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while cut_at.elapsed() < Duration::from_secs(20) {
+        let state = field.node_state();
+        assert_eq!(state.as_deref(), Some("suspect"), "cut off, not dead");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    field.cut.set(false);
+
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+    assert_eq!(out.stdout, b"kept\n");
+    assert_eq!(
+        out.attempts.len(),
+        1,
+        "kept, not requeued: {:?}",
+        out.attempts
+    );
+}
