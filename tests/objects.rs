@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::process::{free_udp_port, print_logs_if_panicking, start_head_env, wait_for, Daemon};
-use rgrid::{Client, ClientError, ObjectQuery, ObjectRef};
+use rgrid::{Client, ClientError, ObjectQuery, ObjectRef, TaskSpec, TaskState};
 use rgrid_core::object::Hasher;
 use rgrid_core::protocol::{ErrorKind, ErrorReply, Request, Response};
 use rgrid_core::tls::ClientFile;
@@ -445,4 +445,78 @@ async fn objects_live_in_an_s3_bucket_when_configured() {
         .await
         .expect("the test finishes in time");
     print_logs_if_panicking(dir.path(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_staged_read_only_into_the_container() {
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let cluster = common::docker_cluster().await;
+        let client = cluster.client().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("words");
+        std::fs::write(&source, "one two three\nfour five\n").unwrap();
+        let words = client.put_file(&source).await.unwrap();
+        let large = dir.path().join("large");
+        let noise = write_noise(&large, 24 << 20);
+        assert_eq!(client.put_file(&large).await.unwrap(), noise);
+
+        let image = common::demo_image();
+        // Two tasks reading the same inputs: the second from the node's cache.
+        let count = |words| {
+            TaskSpec::new(image)
+                .command(["sh", "-c", "wc -w < /data/words; wc -c < /in/noise"])
+                .input("/data/words", words)
+                .input("/in/noise", noise)
+        };
+        for _ in 0..2 {
+            let task = client.submit(count(words)).await.unwrap();
+            let out = client.get(&task).await.unwrap();
+            assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let numbers: Vec<&str> = stdout.split_whitespace().collect();
+            assert_eq!(numbers, ["5", &(24u64 << 20).to_string()], "{stdout}");
+        }
+        // Read-only: the task cannot change its input.
+        let write = TaskSpec::new(image)
+            .command(["sh", "-c", "echo changed > /data/words"])
+            .input("/data/words", words);
+        let out = client
+            .get(&client.submit(write).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(out.state, TaskState::Failed, "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Read-only"),
+            "{out:?}"
+        );
+        // A missing object and a path escaping the container are refused at submit.
+        let missing = client
+            .submit(
+                TaskSpec::new(image)
+                    .command(["true"])
+                    .input("/data/x", ObjectRef::of(b"never uploaded")),
+            )
+            .await;
+        match missing {
+            Err(ClientError::Rejected { message, .. }) => {
+                assert!(message.contains("no object"), "{message}")
+            }
+            other => panic!("a missing input was accepted: {other:?}"),
+        }
+        let escaping = client
+            .submit(
+                TaskSpec::new(image)
+                    .command(["true"])
+                    .input("/data/../../etc/passwd", words),
+            )
+            .await;
+        assert!(
+            matches!(escaping, Err(ClientError::Rejected { .. })),
+            "{escaping:?}"
+        );
+        drop(client);
+        cluster.stop().await;
+    })
+    .await
+    .expect("the test finishes in time");
 }

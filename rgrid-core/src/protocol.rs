@@ -21,8 +21,9 @@ use crate::task::{TaskSpec, TaskState};
 pub const ALPN: &[u8] = b"rgrid/1";
 /// The protocol version exchanged in the handshake. Both sides must speak the same one.
 /// Version 2: batched assignments and results on the control stream, waits on many tasks,
-/// paged task listings, cluster status.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// paged task listings, cluster status. Version 3: objects, and task specs with inputs (a node
+/// of version 2 could not decode them).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The fixed server name of the head in its certificate. Nodes and clients verify the head by the
 /// cluster CA and this name, whatever address they reach it at.
 pub const HEAD_SERVER_NAME: &str = "head.rgrid";

@@ -22,6 +22,7 @@ use rgrid_core::object::{
     Incoming, ObjectInfo, ObjectPage, ObjectQuery, ObjectRef, TransferError, MAX_PAGE_OBJECTS,
 };
 use rgrid_core::resources::format_size;
+use rgrid_core::task::{InputSource, TaskSpec};
 use rgrid_core::time::unix_ms;
 use tokio::io::AsyncRead;
 
@@ -313,6 +314,26 @@ impl Objects {
             Err(object_store::Error::NotFound { .. }) => Err(TransferFailed::NotFound(object)),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Refuses a task whose inputs name an object the head does not hold; records the use of
+    /// those it does (retention counts from the submit).
+    pub(crate) fn check_inputs(&self, spec: &TaskSpec) -> Result<(), String> {
+        let now = unix_ms();
+        let mut index = lock(&self.index);
+        for input in &spec.inputs {
+            let InputSource::Object(object) = &input.source;
+            match index.objects.get_mut(&object.sha256) {
+                Some(entry) if entry.size == object.size => entry.used_at_ms = now,
+                _ => {
+                    return Err(format!(
+                        "input {}: no object {object}; upload it first (put_file, rgrid put)",
+                        input.path
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One page of the index.

@@ -520,7 +520,10 @@ async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
     let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
     for spec in specs {
-        match spec.validate() {
+        match spec
+            .validate()
+            .and_then(|()| shared.objects.check_inputs(&spec))
+        {
             Ok(()) => {
                 answers.push(None);
                 tasks.push(Admitted::from(spec));

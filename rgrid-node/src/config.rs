@@ -106,6 +106,9 @@ pub struct NodeConfig {
     pub kill_grace: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`), like `127.0.0.1:9465`. Default: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Bytes the cache of task inputs (`STATE_DIR/objects`) keeps; the least recently used
+    /// objects no running attempt needs are evicted beyond it. Default 10 GiB.
+    pub object_cache_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -136,6 +139,7 @@ impl Default for NodeConfig {
             read_only_rootfs: false,
             kill_grace: Duration::from_secs(10),
             metrics_listen: None,
+            object_cache_bytes: 10 << 30,
         }
     }
 }
@@ -167,6 +171,7 @@ const KEYS: &[&str] = &[
     "read_only_rootfs",
     "kill_grace",
     "metrics_listen",
+    "object_cache_bytes",
 ];
 
 /// Network modes a node can allow.
@@ -228,6 +233,7 @@ impl NodeConfig {
             }
             "gpu_probe" => self.gpu_probe = value.split_whitespace().map(str::to_owned).collect(),
             "gpu_device_dir" => self.gpu_device_dir = value.into(),
+            "object_cache_bytes" => self.object_cache_bytes = number(value)?,
             "max_output_bytes" => {
                 self.max_output_bytes =
                     usize::try_from(number(value)?).map_err(|e| e.to_string())?

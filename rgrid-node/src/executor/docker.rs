@@ -30,10 +30,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use container::MANAGED_LABEL;
-use container::{create_options, ContainerPolicy, NODE_LABEL};
+use container::{create_options, mount_inputs, ContainerPolicy, NODE_LABEL};
 use image::Images;
 
-use super::{watch, Capture, Channel, Ended, Execution, NotRun, OUTPUT_GRACE};
+use super::{watch, Capture, Channel, Ended, Execution, NotRun, StagedInput, OUTPUT_GRACE};
 use crate::config::NodeConfig;
 
 /// Seconds an engine call may take before it counts as the engine not answering.
@@ -135,12 +135,16 @@ impl DockerExecutor {
         &self,
         attempt: AttemptId,
         spec: &TaskSpec,
+        inputs: &[StagedInput],
         gpus: &[String],
         cancel: CancellationToken,
         started: impl FnOnce(),
     ) -> Execution {
         let name = format!("rgrid-{}-{}", attempt.task, attempt.attempt);
-        let id = match self.create(&name, attempt, spec, gpus, &cancel).await {
+        let id = match self
+            .create(&name, attempt, spec, inputs, gpus, &cancel)
+            .await
+        {
             Ok(id) => id,
             Err(not_run) => return not_run.into(),
         };
@@ -160,6 +164,7 @@ impl DockerExecutor {
         name: &str,
         attempt: AttemptId,
         spec: &TaskSpec,
+        inputs: &[StagedInput],
         gpus: &[String],
         cancel: &CancellationToken,
     ) -> Result<String, NotRun> {
@@ -169,8 +174,9 @@ impl DockerExecutor {
         let mut repulled = false;
         loop {
             let image = self.images.ensure(&spec.image, cancel).await?;
-            let config =
+            let mut config =
                 create_options(&self.policy, attempt, spec, &image, gpus).map_err(NotRun::Task)?;
+            mount_inputs(&mut config, inputs);
             let options = CreateContainerOptions {
                 name,
                 platform: None,
