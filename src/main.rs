@@ -58,6 +58,10 @@ enum Command {
         /// Node label the task requires: K=V, K!=V, 'K in (A,B)' or K. Repeatable.
         #[arg(long = "selector")]
         selectors: Vec<String>,
+        /// A file staged read-only into the container before it starts: PATH=OBJECT_ID (an id
+        /// `rgrid put` printed). Repeatable.
+        #[arg(long = "input", value_parser = parse_input)]
+        inputs: Vec<(String, rgrid::ObjectRef)>,
         /// Node-loss retries (default 3).
         #[arg(long)]
         retries: Option<u32>,
@@ -163,6 +167,13 @@ enum NodeCommand {
     },
 }
 
+fn parse_input(s: &str) -> Result<(String, rgrid::ObjectRef), String> {
+    let (path, object) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not an input: use PATH=OBJECT_ID"))?;
+    Ok((path.to_owned(), object.parse()?))
+}
+
 fn parse_state(s: &str) -> Result<TaskState, String> {
     TaskState::parse(s).ok_or_else(|| {
         let states: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
@@ -212,6 +223,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             memory,
             gpus,
             selectors,
+            inputs,
             retries,
             retry_on_failure,
             timeout,
@@ -231,6 +243,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 let requirement: LabelRequirement =
                     selector.parse().map_err(|e: String| anyhow::anyhow!(e))?;
                 spec.constraints.selector.push(requirement);
+            }
+            for (path, object) in inputs {
+                spec = spec.input(path, object);
             }
             if let Some(retries) = retries {
                 spec = spec.node_loss_retries(retries);
