@@ -13,11 +13,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{GetResultPayload, ObjectStore, PutPayload, WriteMultipart};
 use rgrid_core::object::{
     Incoming, ObjectInfo, ObjectPage, ObjectQuery, ObjectRef, TransferError, MAX_PAGE_OBJECTS,
 };
@@ -297,11 +295,12 @@ impl Objects {
         })
     }
 
-    /// The bytes of a stored object, as a stream of chunks.
+    /// The bytes of a stored object: the file itself for the local directory (read in large
+    /// chunks, not the store's small ones), else the store's stream of chunks.
     pub(crate) async fn read(
         &self,
         object: ObjectRef,
-    ) -> Result<BoxStream<'static, object_store::Result<Bytes>>, TransferFailed> {
+    ) -> Result<Box<dyn AsyncRead + Send + Unpin>, TransferFailed> {
         {
             let mut index = lock(&self.index);
             match index.objects.get_mut(&object.sha256) {
@@ -310,7 +309,12 @@ impl Objects {
             }
         }
         match self.store.get(&self.path(&object)).await {
-            Ok(found) => Ok(found.into_stream()),
+            Ok(found) => Ok(match found.payload {
+                GetResultPayload::File(file, _) => Box::new(tokio::fs::File::from_std(file)),
+                GetResultPayload::Stream(chunks) => Box::new(tokio_util::io::StreamReader::new(
+                    chunks.map_err(std::io::Error::other),
+                )),
+            }),
             Err(object_store::Error::NotFound { .. }) => Err(TransferFailed::NotFound(object)),
             Err(err) => Err(err.into()),
         }

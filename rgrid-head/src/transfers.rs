@@ -2,11 +2,11 @@
 //! a header frame, then the object's raw bytes, verified by the receiver (see
 //! [`rgrid_core::object`]). The head holds at most a few parts of an object in memory at once.
 
-use futures::StreamExt;
 use quinn::{RecvStream, SendStream};
 use rgrid_core::frame::{FrameReader, FrameWriter};
-use rgrid_core::object::{Incoming, ObjectRef};
+use rgrid_core::object::{Incoming, ObjectRef, CHUNK_BYTES};
 use rgrid_core::protocol::{ErrorKind, Request, Response};
+use tokio::io::BufReader;
 
 use crate::objects::TransferFailed;
 use crate::server::{error, respond, Shared};
@@ -56,8 +56,8 @@ pub(crate) async fn get(
     mut writer: FrameWriter<SendStream, Response>,
     shared: &Shared,
 ) {
-    let mut chunks = match shared.objects.read(object).await {
-        Ok(chunks) => chunks,
+    let reader = match shared.objects.read(object).await {
+        Ok(reader) => reader,
         Err(failed) => {
             respond(&mut writer, &refusal(&failed)).await;
             let _ = writer.get_mut().finish();
@@ -68,20 +68,15 @@ pub(crate) async fn get(
         return;
     }
     let mut send = writer.into_inner();
-    while let Some(chunk) = chunks.next().await {
-        let written = match chunk {
-            Ok(chunk) => send.write_all(&chunk).await.map_err(|e| e.to_string()),
-            Err(err) => {
-                tracing::error!(%object, error = %err, "cannot read a stored object");
-                Err(err.to_string())
-            }
-        };
-        if let Err(err) = written {
+    let mut reader = BufReader::with_capacity(CHUNK_BYTES, reader);
+    match tokio::io::copy_buf(&mut reader, &mut send).await {
+        Ok(_) => {
+            let _ = send.finish();
+        }
+        Err(err) => {
             tracing::debug!(%object, error = %err, "download cut");
             // The receiver sees a reset, not a short object it might take for whole.
             let _ = send.reset(1u32.into());
-            return;
         }
     }
-    let _ = send.finish();
 }
