@@ -34,6 +34,11 @@ const PART_BYTES: usize = 8 << 20;
 /// may hold in memory.
 const PARTS_IN_FLIGHT: usize = 2;
 
+/// Uploads received at once; more wait (their bytes wait in QUIC's flow control). With
+/// [`PART_BYTES`] and [`PARTS_IN_FLIGHT`], this bounds what uploads hold in memory: at most
+/// `16 × 3 × 8 MiB`.
+const CONCURRENT_UPLOADS: usize = 16;
+
 /// Why the object store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
@@ -99,6 +104,8 @@ pub(crate) struct Objects {
     local_dir: Option<std::path::PathBuf>,
     quota: u64,
     index: Mutex<Index>,
+    /// Permits for uploads being received ([`CONCURRENT_UPLOADS`]).
+    uploads: tokio::sync::Semaphore,
 }
 
 /// Room taken in the quota by an upload in progress; given back when dropped.
@@ -181,6 +188,7 @@ impl Objects {
             local_dir,
             quota,
             index: Mutex::new(index),
+            uploads: tokio::sync::Semaphore::new(CONCURRENT_UPLOADS),
         })
     }
 
@@ -226,6 +234,12 @@ impl Objects {
     ) -> Result<(), TransferFailed> {
         let object = reservation.object;
         let path = self.path(&object);
+        let _permit = self.uploads.acquire().await.map_err(|_| {
+            TransferFailed::Store(object_store::Error::Generic {
+                store: "objects",
+                source: "the head is shutting down".into(),
+            })
+        })?;
         if object.size <= PART_BYTES as u64 {
             let mut chunks = Vec::new();
             while let Some(chunk) = incoming.chunk().await? {
