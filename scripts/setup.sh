@@ -3,7 +3,8 @@
 # a Docker engine that answers (and the Compose tool), Debian's static busybox (the local demo
 # image is built from it, since no registry is assumed), Debian's docker-registry (the image
 # tests start their own registries), PostgreSQL for the persistence tests, systemd-analyze and
-# promtool for the deploy and metrics tests, and cargo-machete.
+# promtool for the deploy and metrics tests, moto's S3 server for the object store tests, and
+# cargo-machete.
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -88,7 +89,19 @@ if ! command -v promtool >/dev/null 2>&1; then
   apt_install --no-install-recommends prometheus
 fi
 
-# 7. cargo-machete, CI's check for unused dependencies (built once per machine from crates.io, unoptimized:
+# 7. A local S3 server for the S3 object store test (tests/objects.rs starts its own
+#    `moto_server` on a free port): moto from PyPI, with Debian's pip when there is none.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing moto[server]"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_install python3-pip
+  fi
+  python3 -m pip install --quiet 'moto[server]' 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages 'moto[server]'
+  command -v moto_server >/dev/null 2>&1 || { echo "setup: moto_server is not on PATH" >&2; exit 1; }
+fi
+
+# 8. cargo-machete, CI's check for unused dependencies (built once per machine from crates.io, unoptimized:
 #    it builds in a fraction of the time and checks a workspace in well under a second).
 if ! command -v cargo-machete >/dev/null 2>&1; then
   echo "setup: installing cargo-machete"

@@ -1,6 +1,9 @@
 //! The client API: a connection to the head authenticated by a client certificate, one stream
 //! per request. Requests about many tasks take many at once: `submit_batch`, and the waits
 //! (`get_many`, `as_completed`, `wait`), which are one request answered as the tasks end.
+//! Objects (`put_bytes`, `put_file`, `get_object`, `objects`) are in [`objects`].
+
+mod objects;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -42,6 +45,13 @@ pub enum ClientError {
     Rejected { task: TaskId, message: String },
     #[error("unexpected answer from the head: {0}")]
     Unexpected(String),
+    #[error(transparent)]
+    Object(#[from] rgrid_core::object::TransferError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A connection to the head.

@@ -23,6 +23,7 @@ pub mod local;
 
 pub use client::{Client, ClientError, TaskRef};
 pub use local::LocalCluster;
+pub use rgrid_core::object::{ObjectInfo, ObjectPage, ObjectQuery, ObjectRef};
 pub use rgrid_core::protocol::{
     AttemptInfo, ClusterStatus, ExitStatus, NodeInfo, SubmitAnswer, TaskInfo, TaskOutcome,
     TaskPage, TaskQuery, WaitingShape,

@@ -59,6 +59,10 @@ enum Command {
         /// Node label the task requires: K=V, K!=V, 'K in (A,B)' or K. Repeatable.
         #[arg(long = "selector")]
         selectors: Vec<String>,
+        /// A file staged read-only into the container before it starts: PATH=OBJECT_ID (an id
+        /// `rgrid put` printed). Repeatable.
+        #[arg(long = "input", value_parser = parse_input)]
+        inputs: Vec<(String, rgrid::ObjectRef)>,
         /// Node-loss retries (default 3).
         #[arg(long)]
         retries: Option<u32>,
@@ -130,6 +134,19 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Upload a file as an object; prints its id (HEX-SIZE), for `TaskSpec::input`.
+    Put { file: PathBuf },
+    /// List the head's objects (one page, in hash order) with their sizes.
+    Objects {
+        /// At most this many (the head allows up to 10000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this object id (the last one of the previous page).
+        #[arg(long)]
+        after: Option<rgrid::ObjectRef>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Node operations.
     Node {
         #[command(subcommand)]
@@ -149,6 +166,13 @@ enum NodeCommand {
         #[arg(long, default_value_t = 60)]
         deadline: u64,
     },
+}
+
+fn parse_input(s: &str) -> Result<(String, rgrid::ObjectRef), String> {
+    let (path, object) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not an input: use PATH=OBJECT_ID"))?;
+    Ok((path.to_owned(), object.parse()?))
 }
 
 fn parse_state(s: &str) -> Result<TaskState, String> {
@@ -200,6 +224,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             memory,
             gpus,
             selectors,
+            inputs,
             retries,
             retry_on_failure,
             timeout,
@@ -219,6 +244,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 let requirement: LabelRequirement =
                     selector.parse().map_err(|e: String| anyhow::anyhow!(e))?;
                 spec.constraints.selector.push(requirement);
+            }
+            for (path, object) in inputs {
+                spec = spec.input(path, object);
             }
             if let Some(retries) = retries {
                 spec = spec.node_loss_retries(retries);
@@ -388,6 +416,57 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                             t.detail.unwrap_or_default()
                         );
                     }
+                    if let Some(next) = page.next {
+                        eprintln!("(more: --after {next})");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Put { file } => {
+            let object = client.put_file(&file).await?;
+            println!("{object}");
+            Ok(0)
+        }
+        Command::Objects {
+            limit,
+            after,
+            output,
+        } => {
+            let page = client
+                .objects_page(rgrid::ObjectQuery { after, limit })
+                .await?;
+            match output {
+                Output::Json => {
+                    let objects: Vec<serde_json::Value> = page
+                        .objects
+                        .iter()
+                        .map(|o| {
+                            serde_json::json!({
+                                "object": o.object.to_string(),
+                                "size": o.object.size,
+                                "used_at_ms": o.used_at_ms,
+                            })
+                        })
+                        .collect();
+                    let json = serde_json::json!({
+                        "objects": objects,
+                        "next": page.next.map(|n| n.to_string()),
+                        "stored_bytes": page.stored_bytes,
+                        "quota_bytes": page.quota_bytes,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                }
+                Output::Table => {
+                    println!("{:<80} {:>9}", "OBJECT", "SIZE");
+                    for o in &page.objects {
+                        println!("{:<80} {:>9}", o.object, format_size(o.object.size));
+                    }
+                    eprintln!(
+                        "{} stored of a {} quota",
+                        format_size(page.stored_bytes),
+                        format_size(page.quota_bytes)
+                    );
                     if let Some(next) = page.next {
                         eprintln!("(more: --after {next})");
                     }

@@ -169,6 +169,48 @@ fn head_node_and_cli_as_separate_processes() {
     );
     let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(submitted["task"].as_str().is_some_and(|id| id.len() == 36));
+
+    // Objects: put prints the id, submit --input stages it read-only, objects lists it.
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "a b c\n").unwrap();
+    let out = rgrid(&client_toml, &["put", input.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let object = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let staged = format!("/in/words={object}");
+    let out = rgrid(
+        &client_toml,
+        &[
+            "submit",
+            "--image",
+            image,
+            "--input",
+            &staged,
+            "--wait",
+            "--",
+            "wc",
+            "-w",
+            "/in/words",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.split_whitespace().next(), Some("3"), "{stdout}");
+    let out = rgrid(&client_toml, &["objects", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed["objects"][0]["object"].as_str(),
+        Some(object.as_str())
+    );
+    assert_eq!(listed["objects"][0]["size"], 6);
+    let out = rgrid(
+        &client_toml,
+        &["submit", "--input", "/x=nonsense", "--", "true"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an object id"));
 }
 
 /// `rgrid-head token …` and `client create` against the state dir of a running head, then of

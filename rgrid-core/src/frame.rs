@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// Largest frame either side accepts: 64 MiB (a result carries up to 16 MiB of stdout and of
@@ -82,6 +82,13 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
     /// Gives the underlying reader back.
     pub fn into_inner(self) -> R {
         self.inner.into_inner()
+    }
+
+    /// The raw bytes after the frames read so far (an object after its header frame): what
+    /// was buffered already, then the rest of the stream.
+    pub fn into_raw(mut self) -> tokio::io::Chain<std::io::Cursor<bytes::BytesMut>, R> {
+        let buffered = self.inner.read_buffer_mut().split();
+        std::io::Cursor::new(buffered).chain(self.inner.into_inner())
     }
 
     /// The same stream, read as messages of another type from now on (keeps buffered bytes).

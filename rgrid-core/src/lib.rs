@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: reading the daemons' TOML config files.
 //! - [`metrics`]: the daemons' Prometheus endpoint.
+//! - [`object`]: objects named by SHA-256 and size, moved and verified in chunks.
 //! - [`id`]: task ids (client-generated, time-ordered), node ids, attempts.
 //! - [`resources`]: cpu, memory, gpus and custom resources with checked arithmetic.
 //! - [`task`]: the task spec a client submits and the task state machine.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod frame;
 pub mod id;
 pub mod metrics;
+pub mod object;
 pub mod protocol;
 pub mod resources;
 pub mod scheduler;
@@ -23,5 +25,6 @@ pub mod tls;
 pub mod transport;
 
 pub use id::{AttemptId, NodeId, TaskId};
+pub use object::ObjectRef;
 pub use resources::Resources;
 pub use task::{TaskSpec, TaskState};

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AttemptId, NodeId, TaskId};
+use crate::object::{ObjectPage, ObjectQuery, ObjectRef};
 use crate::resources::Resources;
 use crate::task::{TaskSpec, TaskState};
 
@@ -20,8 +21,9 @@ use crate::task::{TaskSpec, TaskState};
 pub const ALPN: &[u8] = b"rgrid/1";
 /// The protocol version exchanged in the handshake. Both sides must speak the same one.
 /// Version 2: batched assignments and results on the control stream, waits on many tasks,
-/// paged task listings, cluster status.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// paged task listings, cluster status. Version 3: objects, and task specs with inputs (a node
+/// of version 2 could not decode them).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The fixed server name of the head in its certificate. Nodes and clients verify the head by the
 /// cluster CA and this name, whatever address they reach it at.
 pub const HEAD_SERVER_NAME: &str = "head.rgrid";
@@ -70,6 +72,16 @@ pub enum Request {
     Wait { tasks: Vec<TaskId>, outputs: bool },
     /// A client asks for counts of tasks and nodes by state.
     Status,
+    /// A client uploads an object. The head answers [`Response::ObjectWanted`] (then the client
+    /// sends exactly `size` raw bytes and finishes the stream; the head answers
+    /// [`Response::ObjectStored`] once they are verified and stored), or at once
+    /// [`Response::ObjectStored`] (it has the object already) or an error (over the quota).
+    PutObject(ObjectRef),
+    /// A client or node downloads an object: the head answers [`Response::Object`], then sends
+    /// its `size` raw bytes and finishes the stream; or an error (unknown object).
+    GetObject(ObjectRef),
+    /// A client lists one page of the head's objects.
+    ListObjects(ObjectQuery),
 }
 
 /// Most task ids one [`Request::Wait`] may name.
@@ -160,6 +172,13 @@ pub enum Response {
     /// Outcomes of waited-for tasks, as they end (one [`Request::Wait`] gets many frames).
     Outcomes(Vec<TaskOutcome>),
     Status(ClusterStatus),
+    /// Send the object's bytes (see [`Request::PutObject`]).
+    ObjectWanted,
+    /// The object is stored durably.
+    ObjectStored(ObjectRef),
+    /// The object's raw bytes follow on this stream (see [`Request::GetObject`]).
+    Object(ObjectRef),
+    Objects(ObjectPage),
 }
 
 /// Why a request failed.
@@ -182,6 +201,8 @@ pub enum ErrorKind {
     Internal,
     /// The answer would exceed the frame limit: ask for less (a smaller page or fewer tasks).
     TooLarge,
+    /// Storing it would take the head past a quota (`max_object_bytes`).
+    QuotaExceeded,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -532,6 +553,59 @@ mod tests {
             })
             .expect("encodes"),
             [6, 18, 7, b'S', b'I', b'G', b'K', b'I', b'L', b'L']
+        );
+    }
+
+    /// Objects: appended requests, responses and error kind.
+    #[test]
+    fn golden_bytes_of_objects() {
+        let object = ObjectRef {
+            sha256: [0xab; 32],
+            size: 300,
+        };
+        let mut encoded_object = vec![0xab; 32];
+        encoded_object.extend_from_slice(&[0xac, 0x02]);
+        let put = Request::PutObject(object);
+        let mut expected = vec![11];
+        expected.extend_from_slice(&encoded_object);
+        assert_eq!(postcard::to_allocvec(&put).expect("encodes"), expected);
+        let get = Request::GetObject(object);
+        expected[0] = 12;
+        assert_eq!(postcard::to_allocvec(&get).expect("encodes"), expected);
+        let list = Request::ListObjects(ObjectQuery {
+            after: None,
+            limit: 5,
+        });
+        assert_eq!(postcard::to_allocvec(&list).expect("encodes"), [13, 0, 5]);
+        assert_eq!(
+            postcard::to_allocvec(&Response::ObjectWanted).expect("encodes"),
+            [11]
+        );
+        let stored = Response::ObjectStored(object);
+        let mut expected = vec![12];
+        expected.extend_from_slice(&encoded_object);
+        assert_eq!(postcard::to_allocvec(&stored).expect("encodes"), expected);
+        expected[0] = 13;
+        assert_eq!(
+            postcard::to_allocvec(&Response::Object(object)).expect("encodes"),
+            expected
+        );
+        let page = Response::Objects(ObjectPage {
+            objects: vec![crate::object::ObjectInfo {
+                object,
+                used_at_ms: 1,
+            }],
+            next: None,
+            stored_bytes: 2,
+            quota_bytes: 3,
+        });
+        let mut expected = vec![14, 1];
+        expected.extend_from_slice(&encoded_object);
+        expected.extend_from_slice(&[1, 0, 2, 3]);
+        assert_eq!(postcard::to_allocvec(&page).expect("encodes"), expected);
+        assert_eq!(
+            postcard::to_allocvec(&ErrorKind::QuotaExceeded).expect("encodes"),
+            [5]
         );
     }
 

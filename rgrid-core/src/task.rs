@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::id::TaskId;
+use crate::object::ObjectRef;
 use crate::resources::Resources;
 
 /// Docker refuses memory limits below 6 MiB.
@@ -45,6 +46,43 @@ pub struct TaskSpec {
     /// Run on a read-only root file system (with a writable tmpfs `/tmp`), even where the node
     /// does not make that its default.
     pub read_only_rootfs: bool,
+    /// Files staged into the container, read-only, before it starts.
+    pub inputs: Vec<Input>,
+}
+
+/// Most inputs one task may have.
+pub const MAX_INPUTS: usize = 1000;
+
+/// A file staged into the container before it starts, read-only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// Absolute path inside the container.
+    pub path: String,
+    pub source: InputSource,
+}
+
+/// Where an input's content comes from. Wire type: variants are only ever appended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputSource {
+    /// An object uploaded to the head.
+    Object(ObjectRef),
+}
+
+/// Checks a path inside the container: absolute, not the root, no `..`, no empty parts.
+fn check_container_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} is not an absolute path in the container"));
+    }
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(format!(
+            "{path:?} must name a file without empty, `.` or `..` parts (it may not escape or be the container's root)"
+        ));
+    }
+    Ok(())
 }
 
 impl TaskSpec {
@@ -64,7 +102,17 @@ impl TaskSpec {
             network: NetworkMode::default(),
             priority: 0,
             read_only_rootfs: false,
+            inputs: Vec::new(),
         }
+    }
+
+    /// Stages `object` at `path` (absolute) in the container, read-only, before it starts.
+    pub fn input(mut self, path: impl Into<String>, object: ObjectRef) -> Self {
+        self.inputs.push(Input {
+            path: path.into(),
+            source: InputSource::Object(object),
+        });
+        self
     }
 
     /// Sets the command and its arguments.
@@ -164,6 +212,19 @@ impl TaskSpec {
         }
         if self.timeout_ms == Some(0) {
             return Err("a timeout of 0 would kill the task at once".into());
+        }
+        if self.inputs.len() > MAX_INPUTS {
+            return Err(format!(
+                "task has {} inputs; at most {MAX_INPUTS}",
+                self.inputs.len()
+            ));
+        }
+        let mut paths = std::collections::HashSet::new();
+        for input in &self.inputs {
+            check_container_path(&input.path).map_err(|e| format!("input {e}"))?;
+            if !paths.insert(input.path.as_str()) {
+                return Err(format!("two inputs at {:?}", input.path));
+            }
         }
         Ok(())
     }
@@ -476,5 +537,32 @@ mod tests {
         assert!(TaskSpec::new("").validate().is_err());
         assert!(TaskSpec::new("img").cpu_millis(0).validate().is_err());
         assert!(TaskSpec::new("img").memory_bytes(1).validate().is_err());
+    }
+
+    #[test]
+    fn input_paths_stay_inside_the_container() {
+        let object = ObjectRef::of(b"x");
+        assert!(TaskSpec::new("img")
+            .input("/data/in", object)
+            .validate()
+            .is_ok());
+        for bad in [
+            "data/in",
+            "/",
+            "/data/../etc/passwd",
+            "/data//in",
+            "/data/.",
+        ] {
+            let err = TaskSpec::new("img")
+                .input(bad, object)
+                .validate()
+                .expect_err("refused");
+            assert!(err.starts_with("input"), "{bad}: {err}");
+        }
+        let twice = TaskSpec::new("img")
+            .input("/a", object)
+            .input("/a", object)
+            .validate();
+        assert!(twice.is_err());
     }
 }

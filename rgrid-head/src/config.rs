@@ -52,6 +52,57 @@ pub struct HeadConfig {
     /// Auto-scaling on Hetzner Cloud (`[autoscaler]`; see `rgrid_cloud::AutoscalerConfig` for
     /// every key). Default: disabled.
     pub autoscaler: rgrid_cloud::AutoscalerConfig,
+    /// Where objects are kept, their quota and retention (`[objects]`).
+    pub objects: ObjectsConfig,
+}
+
+/// The object store (`[objects]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectsConfig {
+    /// An S3-compatible bucket, `s3://BUCKET/PREFIX` (Hetzner Object Storage, MinIO, AWS).
+    /// Credentials, region and endpoint come from the environment only: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` (and `AWS_ALLOW_HTTP=true` for a
+    /// plain-http endpoint). Default: the directory `STATE_DIR/objects`.
+    pub url: Option<String>,
+    /// The quota: the most bytes all objects together may take; an upload beyond it is
+    /// refused. A size like `100G`. Default `100G`.
+    pub max_object_bytes: String,
+    /// An object not used (uploaded, downloaded) for this long is deleted. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub object_retention: Duration,
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_object_bytes: "100G".into(),
+            object_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ObjectsConfig {
+    /// The quota in bytes.
+    pub fn max_object_bytes(&self) -> Result<u64, ConfigError> {
+        rgrid_core::resources::parse_size(&self.max_object_bytes)
+            .map_err(|e| ConfigError::Invalid(format!("[objects] max_object_bytes: {e}")))
+    }
+
+    /// `s3://BUCKET/PREFIX` split into the bucket and the prefix (possibly empty).
+    pub fn parse_s3_url(url: &str) -> Result<(&str, &str), String> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            format!("[objects] url = {url:?} is not an S3 url: use s3://BUCKET/PREFIX (or leave it out for STATE_DIR/objects)")
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!(
+                "[objects] url = {url:?} names no bucket: use s3://BUCKET/PREFIX"
+            ));
+        }
+        Ok((bucket, prefix.trim_matches('/')))
+    }
 }
 
 impl Default for HeadConfig {
@@ -69,6 +120,7 @@ impl Default for HeadConfig {
             pack_threshold: SchedulerConfig::default().pack_threshold,
             metrics_listen: None,
             autoscaler: rgrid_cloud::AutoscalerConfig::default(),
+            objects: ObjectsConfig::default(),
         }
     }
 }
@@ -106,6 +158,15 @@ impl HeadConfig {
                 "pack_threshold = {} is not a fraction: use a number from 0 to 1 (0.5 packs nodes half full, then spreads; 1.0 packs them full)",
                 self.pack_threshold
             )));
+        }
+        self.objects.max_object_bytes()?;
+        if let Some(url) = &self.objects.url {
+            ObjectsConfig::parse_s3_url(url).map_err(ConfigError::Invalid)?;
+        }
+        if self.objects.object_retention.is_zero() {
+            return Err(ConfigError::Invalid(
+                "[objects] object_retention must be above 0 (an object would be deleted as soon as it is stored)".into(),
+            ));
         }
         Ok(())
     }
@@ -154,6 +215,31 @@ mod tests {
             ..HeadConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn objects_config_is_checked() {
+        let config: HeadConfig = toml::from_str(
+            "[objects]\nurl = \"s3://bucket/some/prefix/\"\nmax_object_bytes = \"2G\"\nobject_retention = \"1h\"",
+        )
+        .expect("the config parses");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.objects.max_object_bytes().ok(), Some(2 << 30));
+        assert_eq!(
+            ObjectsConfig::parse_s3_url("s3://bucket/some/prefix/"),
+            Ok(("bucket", "some/prefix"))
+        );
+        for (key, value) in [
+            ("url", "\"http://bucket\""),
+            ("url", "\"s3:///prefix\""),
+            ("max_object_bytes", "\"lots\""),
+            ("object_retention", "\"0s\""),
+        ] {
+            let config: HeadConfig =
+                toml::from_str(&format!("[objects]\n{key} = {value}")).expect("the config parses");
+            let err = config.validate().expect_err("refused").to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

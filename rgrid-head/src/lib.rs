@@ -9,6 +9,8 @@
 //! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
 //! - `server`: QUIC connections and requests.
 //! - `outputs`: content-addressed large task outputs.
+//! - `objects`: the object store (a directory or an S3 bucket), its index, quota and retention;
+//!   `transfers`: object uploads and downloads on their own streams.
 //! - `autoscaler`: the driver that turns demand into Hetzner servers and idle ones back into
 //!   nothing, when `[autoscaler]` is enabled.
 
@@ -18,9 +20,11 @@ mod cluster;
 pub mod config;
 mod credentials;
 mod metrics;
+mod objects;
 mod outputs;
 mod server;
 mod store;
+mod transfers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +41,7 @@ pub use admin::{Admin, AdminError};
 pub use autoscaler::AutoscalerError;
 pub use config::HeadConfig;
 pub use credentials::CredentialsError;
+pub use objects::ObjectsError;
 pub use store::StoreError;
 
 use crate::cluster::{Channels, Cluster, Io, Liveness};
@@ -65,6 +70,8 @@ pub enum StartError {
     Autoscaler(#[from] AutoscalerError),
     #[error(transparent)]
     Metrics(#[from] rgrid_core::metrics::MetricsError),
+    #[error(transparent)]
+    Objects(#[from] ObjectsError),
 }
 
 /// A head that is serving.
@@ -170,6 +177,12 @@ pub async fn start(
             source,
         }
     })?;
+    let objects = Arc::new(objects::Objects::open(&config.objects, &state_dir).await?);
+    tracker.spawn(objects::retain(
+        objects.clone(),
+        config.objects.object_retention,
+        shutdown.clone(),
+    ));
     let liveness = Liveness {
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
@@ -222,6 +235,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         store: store.clone(),
         outputs,
+        objects,
         ca: ca.clone(),
         channels,
         next_session: AtomicU64::new(1),

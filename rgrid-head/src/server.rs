@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::cluster::{
     Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
+use crate::objects::Objects;
 use crate::outputs::OutputStore;
 use crate::store::{Output, Store, StoredNode, StoredTask, Write};
 
@@ -41,6 +42,7 @@ const OUTCOMES_FRAME_BYTES: usize = 1 << 20;
 pub(crate) struct Shared {
     pub store: Store,
     pub outputs: OutputStore,
+    pub objects: Arc<Objects>,
     pub ca: Arc<ClusterCa>,
     pub channels: Channels,
     /// Distinguishes a node's sessions, so events from a replaced one are ignored.
@@ -113,7 +115,7 @@ async fn handle_connection(connection: Connection, shared: Arc<Shared>) {
     }
 }
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     Response::Error(ErrorReply {
         kind,
         message: message.into(),
@@ -125,7 +127,10 @@ fn gone() -> Response {
 }
 
 /// Sends `response`; one too large for a frame is replaced by an error saying so.
-async fn respond(writer: &mut FrameWriter<SendStream, Response>, response: &Response) -> bool {
+pub(crate) async fn respond(
+    writer: &mut FrameWriter<SendStream, Response>,
+    response: &Response,
+) -> bool {
     match writer.send(response).await {
         Ok(()) => true,
         Err(FrameError::TooLarge) => {
@@ -203,6 +208,15 @@ async fn handle_stream(
             list_tasks(query, &shared).await
         }
         (Request::Status, Some(PeerIdentity::Client(_))) => status(&shared).await,
+        (Request::PutObject(object), Some(PeerIdentity::Client(_))) => {
+            return crate::transfers::put(object, writer, reader, &shared).await;
+        }
+        (Request::GetObject(object), Some(_)) => {
+            return crate::transfers::get(object, writer, &shared).await;
+        }
+        (Request::ListObjects(query), Some(PeerIdentity::Client(_))) => {
+            Response::Objects(shared.objects.page(&query))
+        }
         (_, None) => error(
             ErrorKind::Unauthorized,
             "this connection has no client certificate: it may only join with a token; clients connect with the client.toml rgrid-head wrote to its state dir",
@@ -506,7 +520,10 @@ async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
     let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
     for spec in specs {
-        match spec.validate() {
+        match spec
+            .validate()
+            .and_then(|()| shared.objects.check_inputs(&spec))
+        {
             Ok(()) => {
                 answers.push(None);
                 tasks.push(Admitted::from(spec));

@@ -118,6 +118,9 @@ pub struct NodeConfig {
     /// Fewest free bytes in the Docker root dir and in the state dir for the node to take work;
     /// under it the node reports itself unhealthy. Default 1 GiB.
     pub min_free_disk: u64,
+    /// Bytes the cache of task inputs (`STATE_DIR/objects`) keeps; the least recently used
+    /// objects no running attempt needs are evicted beyond it. Default 10 GiB.
+    pub object_cache_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -151,6 +154,7 @@ impl Default for NodeConfig {
             spool_max_bytes: 256 << 20,
             disconnect_grace: None,
             min_free_disk: 1 << 30,
+            object_cache_bytes: 10 << 30,
         }
     }
 }
@@ -185,6 +189,7 @@ const KEYS: &[&str] = &[
     "spool_max_bytes",
     "disconnect_grace",
     "min_free_disk",
+    "object_cache_bytes",
 ];
 
 /// Network modes a node can allow.
@@ -246,6 +251,7 @@ impl NodeConfig {
             }
             "gpu_probe" => self.gpu_probe = value.split_whitespace().map(str::to_owned).collect(),
             "gpu_device_dir" => self.gpu_device_dir = value.into(),
+            "object_cache_bytes" => self.object_cache_bytes = number(value)?,
             "max_output_bytes" => {
                 self.max_output_bytes =
                     usize::try_from(number(value)?).map_err(|e| e.to_string())?

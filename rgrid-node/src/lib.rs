@@ -6,11 +6,13 @@
 //! - [`identity`]: joining and the node's credentials.
 //! - [`executor`]: Docker (bollard) and process executors.
 //! - `capabilities`, `resources`, `gpu`: what the node advertises, configured or detected.
+//! - `cache`: task inputs by hash, fetched from the head, capped, least recently used evicted.
 //! - `session`: the head session, heartbeats, assignments, result delivery.
 //! - `spool`: results on disk until the head acknowledges them.
 //! - `health`: the engine and free disk, checked all along and told to the head.
 //! - `metrics`: the node's Prometheus gauges (with `metrics_listen`).
 
+mod cache;
 mod capabilities;
 pub mod config;
 pub mod executor;
@@ -56,6 +58,11 @@ pub enum NodeError {
     Metrics(#[from] rgrid_core::metrics::MetricsError),
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    #[error("object cache {path}: {source}")]
+    Cache {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the node until it has left the cluster: cancelling `shutdown` drains it (no new work;
@@ -122,11 +129,19 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         gpus = ?gpu_ids,
         "node starting"
     );
+    let cache_dir = config.state_dir.join("objects");
+    let cache = cache::ObjectCache::open(cache_dir.clone(), config.object_cache_bytes).map_err(
+        |source| NodeError::Cache {
+            path: cache_dir.display().to_string(),
+            source,
+        },
+    )?;
     let (control, control_rx) = mpsc::channel(session::CONTROL_QUEUE);
     let node = Arc::new(session::Node {
         head: config.head.clone(),
         creds,
         executor,
+        cache,
         hello,
         attempts: Mutex::new(HashMap::new()),
         spool,

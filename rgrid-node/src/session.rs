@@ -22,6 +22,7 @@ use rgrid_core::protocol::{
     Assignment, AttemptReport, HeadMessage, NodeHealth, NodeHello, NodeMessage, Request, Response,
     INLINE_RESULT_BYTES,
 };
+use rgrid_core::task::InputSource;
 use rgrid_core::time::unix_ms;
 use rgrid_core::tls::client_config;
 use rgrid_core::transport::{call, connect, open_request, TransportError};
@@ -31,8 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::cache::{Held, ObjectCache};
 use crate::executor::docker::Leftover;
-use crate::executor::{Execution, Executor};
+use crate::executor::{Execution, Executor, NotRun, StagedInput};
 use crate::identity::NodeCredentials;
 use crate::spool::Spool;
 
@@ -60,6 +62,8 @@ pub(crate) struct Node {
     pub head: String,
     pub creds: NodeCredentials,
     pub executor: Executor,
+    /// Task inputs by hash, fetched from the head.
+    pub cache: Arc<ObjectCache>,
     /// Told to the head at every (re)connect.
     pub hello: NodeHello,
     pub attempts: Mutex<HashMap<AttemptId, Attempt>>,
@@ -441,7 +445,55 @@ async fn run_spec(
         // The head learns from the result that it started, if this does not get through.
         let _ = control.try_send(NodeMessage::Started { attempt });
     };
-    node.executor.run(attempt, &spec, cancel, started).await
+    // Held in the cache until the attempt ends.
+    let held = match stage_inputs(node, &spec, &cancel).await {
+        Ok(held) => held,
+        Err(not_run) => return not_run.into(),
+    };
+    let inputs: Vec<StagedInput> = held
+        .iter()
+        .map(|(container, held)| StagedInput {
+            host: held.path.clone(),
+            container: container.clone(),
+        })
+        .collect();
+    node.executor
+        .run(attempt, &spec, &inputs, cancel, started)
+        .await
+}
+
+/// How long an attempt with inputs waits for a connection to the head to fetch them.
+const INPUT_CONNECTION_WAIT: Duration = Duration::from_secs(30);
+
+/// The task's inputs in the node's cache (fetched from the head when missing), held for the
+/// attempt: `(path in the container, held object)`.
+async fn stage_inputs(
+    node: &Node,
+    spec: &TaskSpec,
+    cancel: &CancellationToken,
+) -> Result<Vec<(String, Held)>, NotRun> {
+    if spec.inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut connection = node.connection.subscribe();
+    let connection = tokio::select! {
+        current = connection.wait_for(Option::is_some) => current.ok().and_then(|c| c.clone()),
+        _ = tokio::time::sleep(INPUT_CONNECTION_WAIT) => None,
+        _ = cancel.cancelled() => return Err(NotRun::Cancelled),
+    };
+    let connection = connection.ok_or_else(|| {
+        NotRun::Node("no connection to the head to fetch the task's inputs".into())
+    })?;
+    let mut held = Vec::with_capacity(spec.inputs.len());
+    for input in &spec.inputs {
+        let InputSource::Object(object) = &input.source;
+        let fetched = tokio::select! {
+            fetched = node.cache.hold(*object, &connection) => fetched,
+            _ = cancel.cancelled() => return Err(NotRun::Cancelled),
+        };
+        held.push((input.path.clone(), fetched?));
+    }
+    Ok(held)
 }
 
 /// Spools a result, then hands it to the head: small ones on the control stream (kept until

@@ -37,11 +37,11 @@ use tracing::Instrument;
 
 pub use container::MANAGED_LABEL;
 use container::{
-    create_options, ContainerPolicy, ATTEMPT_LABEL, DEADLINE_LABEL, NODE_LABEL, TASK_LABEL,
+    create_options, mount_inputs, ContainerPolicy, ATTEMPT_LABEL, DEADLINE_LABEL, NODE_LABEL, TASK_LABEL,
 };
 use image::Images;
 
-use super::{watch, Capture, Channel, Ended, Execution, NotRun, OUTPUT_GRACE};
+use super::{watch, Capture, Channel, Ended, Execution, NotRun, StagedInput, OUTPUT_GRACE};
 use crate::config::NodeConfig;
 
 /// Seconds an engine call may take before it counts as the engine not answering.
@@ -217,12 +217,16 @@ impl DockerExecutor {
         &self,
         attempt: AttemptId,
         spec: &TaskSpec,
+        inputs: &[StagedInput],
         gpus: &[String],
         cancel: CancellationToken,
         started: impl FnOnce(),
     ) -> Execution {
         let name = format!("rgrid-{}-{}", attempt.task, attempt.attempt);
-        let id = match self.create(&name, attempt, spec, gpus, &cancel).await {
+        let id = match self
+            .create(&name, attempt, spec, inputs, gpus, &cancel)
+            .await
+        {
             Ok(id) => id,
             Err(not_run) => return not_run.into(),
         };
@@ -237,6 +241,7 @@ impl DockerExecutor {
         name: &str,
         attempt: AttemptId,
         spec: &TaskSpec,
+        inputs: &[StagedInput],
         gpus: &[String],
         cancel: &CancellationToken,
     ) -> Result<String, NotRun> {
@@ -252,6 +257,7 @@ impl DockerExecutor {
                 let deadline = unix_ms().saturating_add(timeout);
                 labels.insert(DEADLINE_LABEL.to_owned(), deadline.to_string());
             }
+            mount_inputs(&mut config, inputs);
             let options = CreateContainerOptions {
                 name,
                 platform: None,

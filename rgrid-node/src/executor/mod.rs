@@ -18,6 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gpu::GpuPool;
 
+/// A task input staged into the container: the cached file, mounted read-only at `container`.
+#[derive(Clone, Debug)]
+pub struct StagedInput {
+    pub host: std::path::PathBuf,
+    pub container: String,
+}
+
 /// How an attempt ended, with its captured output.
 #[derive(Debug)]
 pub struct Execution {
@@ -122,12 +129,13 @@ impl Executor {
         }
     }
 
-    /// Runs `spec` as `attempt` to its end, its timeout, or `cancel`. `started` is called once
-    /// the workload is running.
+    /// Runs `spec` as `attempt` with its `inputs` staged, to its end, its timeout, or `cancel`.
+    /// `started` is called once the workload is running.
     pub async fn run(
         &self,
         attempt: AttemptId,
         spec: &TaskSpec,
+        inputs: &[StagedInput],
         cancel: CancellationToken,
         started: impl FnOnce(),
     ) -> Execution {
@@ -142,7 +150,14 @@ impl Executor {
             .into();
         };
         match &self.kind {
-            Kind::Docker(docker) => docker.run(attempt, spec, &gpus.ids, cancel, started).await,
+            Kind::Docker(docker) => {
+                docker
+                    .run(attempt, spec, inputs, &gpus.ids, cancel, started)
+                    .await
+            }
+            Kind::Process(_) if !inputs.is_empty() => Execution::start_failed(
+                "the task has inputs, which only the docker executor stages: run it on a Docker node".into(),
+            ),
             Kind::Process(process) => process.run(attempt, spec, &gpus.ids, cancel, started).await,
             Kind::Noop => Execution::without_output(ExitStatus::Exited(0)),
         }

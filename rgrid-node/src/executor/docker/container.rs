@@ -11,7 +11,7 @@ use bollard::models::{DeviceRequest, HostConfig, HostConfigLogConfig};
 use rgrid_core::task::NetworkMode;
 use rgrid_core::{AttemptId, TaskSpec};
 
-use crate::executor::gpu_env;
+use crate::executor::{gpu_env, StagedInput};
 
 /// Label on every container rgrid starts, so leftovers can be found and removed.
 pub const MANAGED_LABEL: &str = "rgrid.managed";
@@ -134,6 +134,20 @@ pub(crate) fn create_options(
         }),
         ..Default::default()
     })
+}
+
+/// Mounts each staged input read-only at its path in the container.
+pub(crate) fn mount_inputs(config: &mut Config<String>, inputs: &[StagedInput]) {
+    if inputs.is_empty() {
+        return;
+    }
+    let binds = inputs
+        .iter()
+        .map(|input| format!("{}:{}:ro", input.host.display(), input.container))
+        .collect();
+    if let Some(host) = config.host_config.as_mut() {
+        host.binds = Some(binds);
+    }
 }
 
 #[cfg(test)]
