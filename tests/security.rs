@@ -146,6 +146,34 @@ async fn wrong_and_expired_tokens_are_refused() {
 }
 
 #[tokio::test]
+async fn concurrent_joins_with_one_single_use_token_admit_exactly_one() {
+    let h = head().await;
+    for _ in 0..5 {
+        let single = h.head.create_join_token(None, true).await.unwrap();
+        let single = JoinToken::parse(&single).unwrap();
+        let joins = (0..8).map(|_| h.join(&single));
+        let responses = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures::future::join_all(joins),
+        )
+        .await
+        .expect("the joins are answered");
+        let joined = responses
+            .iter()
+            .filter(|r| matches!(r, Response::Joined(_)))
+            .count();
+        assert_eq!(joined, 1, "{responses:?}");
+        for response in responses {
+            if let Response::Error(e) = response {
+                assert_eq!(e.kind, ErrorKind::Unauthorized);
+                assert!(e.message.contains("single-use"), "{}", e.message);
+            }
+        }
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_peer_pinning_another_ca_fails() {
     let h = head().await;
     let other = ClusterCa::generate("other").unwrap();

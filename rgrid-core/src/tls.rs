@@ -125,6 +125,13 @@ impl ClusterCa {
         })
     }
 
+    /// Checks that `csr_pem` is a CSR [`Self::sign_node_csr`] can sign, without signing it (a
+    /// join consumes its token only for a request that can succeed).
+    pub fn check_node_csr(csr_pem: &str) -> Result<(), TlsError> {
+        CertificateSigningRequestParams::from_pem(csr_pem)?;
+        Ok(())
+    }
+
     /// Signs a node's CSR as `node:<id>`. Whatever subject the CSR asked for is replaced.
     pub fn sign_node_csr(&self, csr_pem: &str, node: NodeId) -> Result<String, TlsError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;

@@ -28,7 +28,7 @@ use crate::cluster::{
     Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
 use crate::outputs::OutputStore;
-use crate::store::{Output, Store, StoredNode, StoredTask, Write};
+use crate::store::{Output, Store, StoredNode, StoredTask};
 
 /// Messages waiting to go out on a node's control stream, at most. Each carries a turn's
 /// assignments or acknowledgements, so a node this far behind is not reading its stream.
@@ -243,59 +243,63 @@ async fn join_node(join: JoinRequest, shared: &Shared) -> Response {
 
 async fn try_join(join: JoinRequest, shared: &Shared) -> Result<JoinReply, String> {
     let token = JoinToken::parse(&join.token).map_err(|e| e.to_string())?;
-    let stored = shared
-        .store
-        .token(&token.id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let refused = "join token refused: unknown or wrong secret; copy the current STATE_DIR/join-token from the head";
-    let stored = stored.ok_or(refused)?;
-    if stored.secret_hash != token.secret_hash() {
-        return Err(refused.into());
-    }
-    if stored.revoked {
-        return Err("join token refused: it was revoked; create a new one".into());
-    }
-    if let Some(expires) = stored.expires_at_ms.filter(|e| *e <= unix_ms()) {
-        return Err(format!(
-            "join token refused: it expired at {} (unix ms {expires}); restart the head or create a new token",
-            humanize_ms(expires)
-        ));
-    }
-    if stored.single_use && stored.used {
-        return Err("join token refused: it was single-use and has been used".into());
-    }
-    let node = NodeId::new();
-    let cert_pem = shared
-        .ca
-        .sign_node_csr(&join.csr_pem, node)
+    ClusterCa::check_node_csr(&join.csr_pem)
         .map_err(|e| format!("bad certificate signing request: {e}"))?;
+    let node = NodeId::new();
     let name = if join.name.trim().is_empty() {
         format!("node-{}", &node.to_string()[..8])
     } else {
         join.name
     };
-    let mut writes = vec![Write::UpsertNode(Box::new(StoredNode {
+    let stored = StoredNode {
         id: node,
         name: name.clone(),
         hello: None,
         state: "joined",
         joined_at_ms: unix_ms(),
-    }))];
-    if stored.single_use {
-        writes.push(Write::UseToken { id: stored.id });
-    }
-    shared
+    };
+    // The token is consumed (and the node stored) before anything is signed.
+    let secret_hash = token.secret_hash();
+    let joined = shared
         .store
-        .write(writes)
+        .join(&token.id, &secret_hash, unix_ms(), &stored)
         .await
         .map_err(|e| e.to_string())?;
+    if !joined {
+        return Err(join_refusal(&token, &secret_hash, shared).await);
+    }
+    let cert_pem = shared
+        .ca
+        .sign_node_csr(&join.csr_pem, node)
+        .map_err(|e| format!("bad certificate signing request: {e}"))?;
     tracing::info!(node = %node, %name, "node joined");
     Ok(JoinReply {
         node_id: node,
         cert_pem,
         ca_pem: shared.ca.cert_pem().to_owned(),
     })
+}
+
+/// Why the store refused `token`, for the joining node.
+async fn join_refusal(token: &JoinToken, secret_hash: &str, shared: &Shared) -> String {
+    let refused = "join token refused: unknown or wrong secret; copy the current STATE_DIR/join-token from the head";
+    let stored = match shared.store.token(&token.id).await {
+        Ok(Some(stored)) if stored.secret_hash == secret_hash => stored,
+        Ok(_) => return refused.into(),
+        Err(err) => return err.to_string(),
+    };
+    if stored.revoked {
+        "join token refused: it was revoked; create a new one".into()
+    } else if let Some(expires) = stored.expires_at_ms.filter(|e| *e <= unix_ms()) {
+        format!(
+            "join token refused: it expired at {} (unix ms {expires}); restart the head or create a new token",
+            humanize_ms(expires)
+        )
+    } else if stored.single_use && stored.used {
+        "join token refused: it was single-use and has been used".into()
+    } else {
+        refused.into()
+    }
 }
 
 fn humanize_ms(ms: u64) -> String {

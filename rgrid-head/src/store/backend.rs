@@ -515,6 +515,39 @@ macro_rules! backend {
                 Ok(known)
             }
 
+            /// Consumes join token `id` and stores the node that joins with it, in one
+            /// transaction: the token is used only if its secret matches and it is neither
+            /// revoked nor expired, nor a single-use token used already. Of two concurrent joins
+            /// with one single-use token, one updates the row and the other finds nothing to
+            /// update. `false`: the token was refused and nothing was written.
+            pub(crate) async fn join(
+                pool: &Pool,
+                id: &str,
+                secret_hash: &str,
+                now_ms: u64,
+                node: &StoredNode,
+            ) -> Result<bool, sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                let used = sqlx::query(
+                    "UPDATE join_tokens SET used = TRUE
+                     WHERE id = $1 AND secret_hash = $2 AND revoked = FALSE
+                       AND (expires_at_ms IS NULL OR expires_at_ms > $3)
+                       AND (single_use = FALSE OR used = FALSE)",
+                )
+                .bind(id)
+                .bind(secret_hash)
+                .bind(to_i64(now_ms))
+                .execute(&mut *tx)
+                .await?;
+                if used.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                apply(&mut tx, &Write::UpsertNode(Box::new(node.clone()))).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
             /// Applies writes outside the task path in one transaction of their own.
             pub(crate) async fn write(pool: &Pool, writes: &[Write]) -> Result<(), sqlx::Error> {
                 let mut tx = pool.begin().await?;
@@ -572,12 +605,6 @@ macro_rules! backend {
                         .bind(token.revoked)
                         .execute(conn)
                         .await?;
-                    }
-                    Write::UseToken { id } => {
-                        sqlx::query("UPDATE join_tokens SET used = TRUE WHERE id = $1")
-                            .bind(id)
-                            .execute(conn)
-                            .await?;
                     }
                 }
                 Ok(())

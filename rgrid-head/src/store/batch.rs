@@ -108,7 +108,6 @@ pub(crate) enum Write {
     UpsertNode(Box<StoredNode>),
     NodeState { node: NodeId, state: &'static str },
     InsertToken(StoredToken),
-    UseToken { id: String },
 }
 
 /// Everything one commit writes, applied in this order (inserts first, so that a task submitted

@@ -230,6 +230,19 @@ impl Store {
         on_pool!(&self.pool, write(&writes)).map_err(StoreError::from)
     }
 
+    /// Consumes join token `id` (whose secret hashes to `secret_hash`) and stores `node`, in
+    /// one transaction. `false`: the token is unknown, has another secret, is revoked, expired
+    /// or a used single-use token, and nothing was written.
+    pub(crate) async fn join(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now_ms: u64,
+        node: &StoredNode,
+    ) -> Result<bool, StoreError> {
+        on_pool!(&self.pool, join(id, secret_hash, now_ms, node)).map_err(StoreError::from)
+    }
+
     pub(crate) async fn token(&self, id: &str) -> Result<Option<StoredToken>, StoreError> {
         on_pool!(&self.pool, token(id))
     }
