@@ -97,14 +97,16 @@ async fn first_start_writes_credentials_and_a_join_works() {
 #[tokio::test]
 async fn peers_without_a_client_certificate_can_only_join() {
     let h = head().await;
-    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
-        .await
-        .unwrap();
     for request in [
         Request::ListNodes,
         Request::Submit(vec![]),
         Request::ListTasks(Default::default()),
     ] {
+        // One request per connection: a cert-less connection gets one.
+        let (_endpoint, conn) =
+            connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+                .await
+                .unwrap();
         let (kind, message) = refusal(call(&conn, &request).await.unwrap());
         assert_eq!(kind, ErrorKind::Unauthorized);
         assert!(message.contains("only join"), "{message}");
@@ -264,4 +266,223 @@ async fn bad_frames_close_only_their_stream() {
         matches!(call(&conn, &Request::ListTasks(Default::default())).await.unwrap(), Response::Tasks(t) if t.tasks.is_empty())
     );
     h.stop().await;
+}
+
+/// A QUIC connection to `head` from the loopback address `from` (127.0.0.0/8 all reach the
+/// head: each is another source address), with the handshake done.
+async fn connect_from(
+    from: std::net::IpAddr,
+    head: std::net::SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client((from, 0).into()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let connecting = endpoint
+        .connect(head, rgrid_core::protocol::HEAD_SERVER_NAME)
+        .unwrap();
+    let conn = tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    handshake(&conn, rgrid_core::protocol::PROTOCOL_VERSION, "test")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((endpoint, conn))
+}
+
+#[tokio::test]
+async fn a_peer_without_a_certificate_gets_one_stream_no_uni_streams_and_small_frames() {
+    let h = head().await;
+    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+        .await
+        .unwrap();
+    let short = std::time::Duration::from_millis(500);
+    assert!(
+        tokio::time::timeout(short, conn.open_uni()).await.is_err(),
+        "no unidirectional stream"
+    );
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    assert!(
+        tokio::time::timeout(short, conn.open_bi()).await.is_err(),
+        "a second stream at once"
+    );
+    // A frame of 1 MiB is declared: refused by its length prefix.
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    let mut reader = rgrid_core::frame::FrameReader::<_, Response>::new(recv);
+    let (kind, message) = refusal(reader.expect().await.unwrap());
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(message.contains("4096"), "{message}");
+
+    // A client with a certificate keeps the large limits: many streams at once.
+    let client = Client::connect_file(h.head.client_file()).await.unwrap();
+    let listings = (0..50).map(|_| client.nodes());
+    for listing in futures::future::join_all(listings).await {
+        assert!(listing.unwrap().is_empty());
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_without_a_certificate_is_closed_after_the_deadline() {
+    let h = head().await;
+    let started = std::time::Instant::now();
+    // After the handshake, nothing.
+    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+        .await
+        .unwrap();
+    // Without even the hello (a raw QUIC connection).
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(join_config(&h.token()).unwrap())
+            .unwrap();
+    let mut raw = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    raw.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let raw = raw
+        .connect(h.head.local_addr, rgrid_core::protocol::HEAD_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    for conn in [conn, raw] {
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(8), conn.closed())
+            .await
+            .expect("the head closes the connection");
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(4500),
+            "{took:?}: {reason}"
+        );
+        assert!(reason.to_string().contains("only join"), "{reason}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_per_address_and_a_client_is_still_served() {
+    let h = head().await;
+    let attacker: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let tls = join_config(&h.token()).unwrap();
+        held.push(
+            connect_from(attacker, h.head.local_addr, tls)
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = connect_from(
+        attacker,
+        h.head.local_addr,
+        join_config(&h.token()).unwrap(),
+    )
+    .await
+    .expect_err("the 17th from one address is refused");
+    assert!(refused.contains("refused"), "{refused}");
+
+    // Another address still joins, and a client is served.
+    let other: std::net::IpAddr = [127, 0, 0, 3].into();
+    let (_e, conn) = connect_from(other, h.head.local_addr, join_config(&h.token()).unwrap())
+        .await
+        .unwrap();
+    let (_, csr_pem) = node_csr().unwrap();
+    let join = Request::Join(JoinRequest {
+        token: h.token().encode(),
+        csr_pem,
+        name: "n".into(),
+    });
+    assert!(matches!(
+        call(&conn, &join).await.unwrap(),
+        Response::Joined(_)
+    ));
+    let client = Client::connect_file(h.head.client_file()).await.unwrap();
+    assert!(client.nodes().await.unwrap().is_empty());
+
+    // When the held connections go, the address may connect again.
+    drop(held);
+    common::eventually("the address is admitted again", 10, || async {
+        connect_from(
+            attacker,
+            h.head.local_addr,
+            join_config(&h.token()).unwrap(),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    h.stop().await;
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/PID/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn cert_less_floods_declaring_large_frames_leave_the_head_process_bounded() {
+    use common::process;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", process::free_udp_port());
+    let head = process::start_head(dir.path(), &listen);
+    let client_toml = dir.path().join("head/client.toml");
+    process::wait_for("the head's client.toml", || client_toml.exists());
+    let client = Client::connect_file(&client_toml).await.unwrap();
+    client.status().await.unwrap();
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let token =
+        JoinToken::parse(&std::fs::read_to_string(dir.path().join("head/join-token")).unwrap())
+            .unwrap();
+    let before = rss_bytes(head.0.id());
+
+    // One peer (one address) opens connections until refused; each declares a 64 MiB frame
+    // and pushes as much of it as the head lets through.
+    let peer: std::net::IpAddr = [127, 0, 0, 9].into();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..64 {
+        match connect_from(peer, addr, join_config(&token).unwrap()).await {
+            Ok((endpoint, conn)) => {
+                let (mut send, recv) = conn.open_bi().await.unwrap();
+                send.write_all(&(64u32 << 20).to_be_bytes()).await.unwrap();
+                let junk = vec![7u8; 1 << 20];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(100),
+                    send.write_all(&junk),
+                )
+                .await;
+                held.push((endpoint, conn, send, recv));
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let during = rss_bytes(head.0.id());
+    let grew = during.saturating_sub(before);
+    eprintln!(
+        "held {} connections ({refused} refused): head RSS {before} -> {during} bytes (+{grew})",
+        held.len()
+    );
+    assert_eq!(held.len(), 16, "the per-address cap");
+    assert!(grew < 1 << 20, "the head grew by {grew} bytes");
+
+    // A client is still served meanwhile.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), client.status())
+        .await
+        .expect("answered in time");
+    assert!(status.is_ok(), "{status:?}");
+    // And the flood is gone after the deadline.
+    for (_, conn, _, _) in &held {
+        tokio::time::timeout(std::time::Duration::from_secs(8), conn.closed())
+            .await
+            .expect("closed by the deadline");
+    }
+    drop(head);
 }

@@ -13,6 +13,7 @@
 //!   nothing, when `[autoscaler]` is enabled.
 
 pub mod admin;
+mod admission;
 mod autoscaler;
 mod cluster;
 pub mod config;
@@ -224,6 +225,7 @@ pub async fn start(
         channels,
         next_session: AtomicU64::new(1),
         heartbeat_interval: config.heartbeat_interval,
+        admission: admission::Admission::new(config.admission_limits()),
         tracker: tracker.clone(),
         shutdown,
     });

@@ -17,13 +17,14 @@ use rgrid_core::protocol::{
 };
 use rgrid_core::time::{monotonic_ms, unix_ms};
 use rgrid_core::tls::{ClusterCa, JoinToken, PeerIdentity};
-use rgrid_core::transport::accept_handshake;
+use rgrid_core::transport::{accept_handshake, raise_limits, UNAUTHENTICATED_FRAME_BYTES};
 use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::{Admission, Slot, UNAUTHENTICATED_DEADLINE};
 use crate::cluster::{
     Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     /// Distinguishes a node's sessions, so events from a replaced one are ignored.
     pub next_session: AtomicU64,
     pub heartbeat_interval: Duration,
+    /// What peers without a certificate may hold.
+    pub admission: Arc<Admission>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -59,14 +62,26 @@ pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
         };
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
+        // Every connection counts as unauthenticated until its certificate says otherwise.
+        let Some(slot) = shared.admission.admit(remote.ip()) else {
+            tracing::debug!(%remote, "too many unauthenticated connections; refused");
+            incoming.refuse();
+            continue;
+        };
         let shared2 = shared.clone();
         shared.tracker.spawn(
             async move {
-                match incoming.await {
-                    Ok(connection) => handle_connection(connection, shared2).await,
-                    Err(err) => {
+                let deadline = tokio::time::Instant::now() + UNAUTHENTICATED_DEADLINE;
+                match tokio::time::timeout_at(deadline, incoming).await {
+                    Ok(Ok(connection)) => {
+                        handle_connection(connection, slot, deadline, shared2).await
+                    }
+                    Ok(Err(err)) => {
                         tracing::info!(error = %err, "connection failed during the TLS handshake")
                     }
+                    Err(_) => tracing::info!(
+                        "TLS handshake not complete within {UNAUTHENTICATED_DEADLINE:?}; dropped"
+                    ),
                 }
             }
             .instrument(tracing::info_span!("conn", %remote)),
@@ -84,8 +99,30 @@ fn identity(connection: &Connection) -> Option<PeerIdentity> {
     PeerIdentity::from_cert(certs.first()?)
 }
 
-async fn handle_connection(connection: Connection, shared: Arc<Shared>) {
-    let peer = identity(&connection);
+async fn handle_connection(
+    connection: Connection,
+    slot: Slot,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+) {
+    let Some(peer) = identity(&connection) else {
+        // No certificate: one join within the deadline, then the connection goes.
+        if tokio::time::timeout_at(deadline, join_connection(&connection, &shared))
+            .await
+            .is_err()
+        {
+            tracing::info!("no join within {UNAUTHENTICATED_DEADLINE:?}; closing");
+        }
+        connection.close(
+            2u32.into(),
+            b"a peer without a certificate may only join, once",
+        );
+        drop(slot);
+        return;
+    };
+    drop(slot);
+    raise_limits(&connection);
+    let peer = Some(peer);
     let agent = match accept_handshake(&connection).await {
         Ok(agent) => agent,
         Err(err) => {
@@ -111,6 +148,23 @@ async fn handle_connection(connection: Connection, shared: Arc<Shared>) {
             .tracker
             .spawn(handle_stream(peer, send, recv, shared2).in_current_span());
     }
+}
+
+/// A connection without a certificate: its handshake, then one request (a join), answered
+/// before the connection goes. The caller bounds it by the deadline.
+async fn join_connection(connection: &Connection, shared: &Arc<Shared>) {
+    if let Err(err) = accept_handshake(connection).await {
+        tracing::info!(error = %err, "handshake failed");
+        // Give the peer time to read the refusal.
+        connection.closed().await;
+        return;
+    }
+    let Ok((send, recv)) = connection.accept_bi().await else {
+        return;
+    };
+    handle_stream(None, send, recv, shared.clone()).await;
+    // Let the peer read the answer; it closes the connection then (or the deadline does).
+    connection.closed().await;
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -149,7 +203,10 @@ async fn handle_stream(
     shared: Arc<Shared>,
 ) {
     let mut writer = FrameWriter::<_, Response>::new(send);
-    let mut reader = FrameReader::<_, Request>::new(recv);
+    let mut reader = match peer {
+        Some(_) => FrameReader::<_, Request>::new(recv),
+        None => FrameReader::with_limit(recv, UNAUTHENTICATED_FRAME_BYTES),
+    };
     let request = match reader.expect().await {
         Ok(request) => request,
         Err(err) => {
@@ -164,7 +221,10 @@ async fn handle_stream(
         }
     };
     let response = match (request, &peer) {
-        (Request::Join(join), _) => join_node(join, &shared).await,
+        (Request::Join(join), None) => {
+            shared.admission.join_turn().await;
+            join_node(join, &shared).await
+        }
         (Request::NodeSession(hello), Some(PeerIdentity::Node(node))) => {
             return node_session(*node, hello, writer, reader, shared).await;
         }
