@@ -486,3 +486,54 @@ async fn cert_less_floods_declaring_large_frames_leave_the_head_process_bounded(
     }
     drop(head);
 }
+
+#[test]
+fn a_removed_node_cannot_reconnect() {
+    use common::process;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", process::free_udp_port());
+    let _head = process::start_head(dir.path(), &listen);
+    let config = dir.path().join("head/client.toml");
+    process::wait_for("the head's client.toml", || config.exists());
+    let process_executor = ["--executor", "process"];
+    let node = process::start_node_with(dir.path(), &listen, "victim", 1000, &process_executor);
+    let _other = process::start_node_with(dir.path(), &listen, "other", 1000, &process_executor);
+    process::wait_ready(&config, "victim");
+    process::wait_ready(&config, "other");
+    let id = process::nodes(&config)
+        .iter()
+        .find(|n| n["name"] == "victim")
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .unwrap();
+
+    let out = process::rgrid(&config, &["node", "remove", "victim"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&id),
+        "{out:?}"
+    );
+    let listed = |name: &str| process::nodes(&config).iter().any(|n| n["name"] == name);
+    assert!(!listed("victim"), "the node left the listing");
+    assert!(listed("other"));
+
+    // The node keeps reconnecting (same certificate): refused each time, never listed again,
+    // and after a restart on its state dir too.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(!listed("victim"));
+    drop(node);
+    let _node = process::start_node_with(dir.path(), &listen, "victim", 1000, &process_executor);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(!listed("victim"));
+    assert!(listed("other"), "other nodes are not affected");
+    let log = std::fs::read_to_string(dir.path().join("head.log")).unwrap();
+    assert!(log.contains("refused a removed node"), "{log}");
+
+    // Removing it again: nothing to remove, a clear error.
+    let out = process::rgrid(&config, &["node", "remove", &id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no node"),
+        "{out:?}"
+    );
+    process::print_logs_if_panicking(dir.path(), 30);
+}

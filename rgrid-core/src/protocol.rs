@@ -70,6 +70,9 @@ pub enum Request {
     Wait { tasks: Vec<TaskId>, outputs: bool },
     /// A client asks for counts of tasks and nodes by state.
     Status,
+    /// An admin removes a node (by name: every node of that name; or by id) from the cluster:
+    /// its certificate is revoked, what it runs is requeued, it leaves the listings.
+    RemoveNode { node: String },
 }
 
 /// Most task ids one [`Request::Wait`] may name.
@@ -160,6 +163,10 @@ pub enum Response {
     /// Outcomes of waited-for tasks, as they end (one [`Request::Wait`] gets many frames).
     Outcomes(Vec<TaskOutcome>),
     Status(ClusterStatus),
+    /// The nodes removed and revoked.
+    Removed {
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// Why a request failed.
@@ -399,6 +406,22 @@ pub struct TaskInfo {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    /// Freezes the encoding of the security messages (issue 12).
+    #[test]
+    fn golden_bytes_of_node_removal() {
+        let remove = Request::RemoveNode { node: "n".into() };
+        assert_eq!(
+            postcard::to_allocvec(&remove).expect("encodes"),
+            [11, 1, b'n']
+        );
+        let removed = Response::Removed {
+            nodes: vec![NodeId(Uuid::from_u128(1))],
+        };
+        let mut expected = vec![11, 1, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        assert_eq!(postcard::to_allocvec(&removed).expect("encodes"), expected);
+    }
 
     /// Freezes the encoding: a change here breaks every deployed peer.
     #[test]

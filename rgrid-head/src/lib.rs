@@ -19,6 +19,7 @@ mod cluster;
 pub mod config;
 mod credentials;
 mod outputs;
+mod revoked;
 mod server;
 mod store;
 
@@ -174,6 +175,7 @@ pub async fn start(
         heartbeat_timeout: config.heartbeat_timeout,
         recovery_grace: config.recovery_grace,
     };
+    let revoked = revoked::Revoked::load(&store).await?;
     let (channels, inputs) = Channels::new();
     let ca = Arc::new(ca);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -192,6 +194,7 @@ pub async fn start(
             events: channels.events.clone(),
             wake: wake.clone(),
             store: store.clone(),
+            revoked: revoked.clone(),
             ca: ca.clone(),
             head_addr: config.node_facing_address(local_addr)?,
             tracker: tracker.clone(),
@@ -226,6 +229,7 @@ pub async fn start(
         next_session: AtomicU64::new(1),
         heartbeat_interval: config.heartbeat_interval,
         admission: admission::Admission::new(config.admission_limits()),
+        revoked: revoked.clone(),
         tracker: tracker.clone(),
         shutdown,
     });

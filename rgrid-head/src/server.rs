@@ -29,6 +29,7 @@ use crate::cluster::{
     Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
 use crate::outputs::OutputStore;
+use crate::revoked::Revoked;
 use crate::store::{Output, Store, StoredNode, StoredTask};
 
 /// Messages waiting to go out on a node's control stream, at most. Each carries a turn's
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub heartbeat_interval: Duration,
     /// What peers without a certificate may hold.
     pub admission: Arc<Admission>,
+    /// Nodes that may not connect any more.
+    pub revoked: Arc<Revoked>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -121,6 +124,13 @@ async fn handle_connection(
         return;
     };
     drop(slot);
+    if let PeerIdentity::Node(node) = peer {
+        if shared.revoked.contains(node) {
+            tracing::info!(node = %node, "refused a removed node");
+            connection.close(3u32.into(), REMOVED.as_bytes());
+            return;
+        }
+    }
     raise_limits(&connection);
     let peer = Some(peer);
     let agent = match accept_handshake(&connection).await {
@@ -166,6 +176,10 @@ async fn join_connection(connection: &Connection, shared: &Arc<Shared>) {
     // Let the peer read the answer; it closes the connection then (or the deadline does).
     connection.closed().await;
 }
+
+/// What a removed node hears.
+const REMOVED: &str =
+    "this node was removed from the cluster and its certificate revoked; join again with a new token";
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     Response::Error(ErrorReply {
@@ -220,6 +234,14 @@ async fn handle_stream(
             return;
         }
     };
+    if let Some(PeerIdentity::Node(node)) = &peer {
+        // Removed while this connection was open.
+        if shared.revoked.contains(*node) {
+            respond(&mut writer, &error(ErrorKind::Unauthorized, REMOVED)).await;
+            let _ = writer.get_mut().finish();
+            return;
+        }
+    }
     let response = match (request, &peer) {
         (Request::Join(join), None) => {
             shared.admission.join_turn().await;
@@ -263,6 +285,9 @@ async fn handle_stream(
             list_tasks(query, &shared).await
         }
         (Request::Status, Some(PeerIdentity::Client(_))) => status(&shared).await,
+        (Request::RemoveNode { node }, Some(PeerIdentity::Client(_))) => {
+            remove_node(&node, &shared).await
+        }
         (_, None) => error(
             ErrorKind::Unauthorized,
             "this connection has no client certificate: it may only join with a token; clients connect with the client.toml rgrid-head wrote to its state dir",
@@ -908,6 +933,26 @@ async fn list_tasks(query: TaskQuery, shared: &Shared) -> Response {
         .then(|| tasks.last().map(|t| t.task))
         .flatten();
     Response::Tasks(TaskPage { tasks, next })
+}
+
+async fn remove_node(node: &str, shared: &Shared) -> Response {
+    let removed = shared
+        .revoked
+        .remove(
+            node,
+            "removed by an operator",
+            &shared.store,
+            &shared.channels.events,
+        )
+        .await;
+    match removed {
+        Ok(nodes) if nodes.is_empty() => error(ErrorKind::NotFound, format!("no node {node:?}")),
+        Ok(nodes) => Response::Removed { nodes },
+        Err(err) => error(
+            ErrorKind::Internal,
+            format!("cannot remove {node:?}: {err}"),
+        ),
+    }
 }
 
 /// Counts by state: open tasks from the loop, finished ones from the store.

@@ -153,6 +153,12 @@ pub(crate) enum Event {
         deadline: Duration,
         reply: oneshot::Sender<Option<NodeId>>,
     },
+    /// Nodes removed from the cluster (revoked already): what they run is requeued, they leave
+    /// the listings and never come back.
+    RemoveNodes {
+        nodes: Vec<NodeId>,
+        reply: oneshot::Sender<()>,
+    },
     /// May `node` report on `attempt` (before its large outputs are written)?
     Holds {
         node: NodeId,

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 mod backend;
 pub(crate) mod batch;
+mod revocations;
 mod tokens;
 
 pub(crate) use batch::{
