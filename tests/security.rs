@@ -537,3 +537,87 @@ fn a_removed_node_cannot_reconnect() {
     );
     process::print_logs_if_panicking(dir.path(), 30);
 }
+
+/// Credentials for `client:NAME` with `role`, issued by the head's CA.
+fn client_with_role(h: &Head, name: &str, role: ClientRole) -> ClientFile {
+    let dir = &h.head.state_dir;
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca = ClusterCa::load(&read("ca.pem"), &read("ca.key")).unwrap();
+    let identity = ca.issue_client(&format!("client:{name}"), role).unwrap();
+    ClientFile {
+        cert_pem: identity.cert_pem,
+        key_pem: identity.key_pem,
+        ..h.client_file()
+    }
+}
+
+fn forbidden(err: rgrid::ClientError) -> String {
+    match err {
+        rgrid::ClientError::Refused(e) if e.kind == ErrorKind::Forbidden => e.message,
+        other => panic!("expected a Forbidden refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn roles_limit_what_each_client_may_ask() {
+    let h = head().await;
+    let admin = Client::connect_file(h.head.client_file()).await.unwrap();
+    let alice = Client::connect(&client_with_role(&h, "alice", ClientRole::Submit))
+        .await
+        .unwrap();
+    let bob = Client::connect(&client_with_role(&h, "bob", ClientRole::Submit))
+        .await
+        .unwrap();
+    let reader = Client::connect(&client_with_role(&h, "reader", ClientRole::Read))
+        .await
+        .unwrap();
+    let spec = || rgrid::TaskSpec::new("img").command(["true"]);
+
+    // A read client cannot submit, cancel or administer; it may list and read.
+    let message = forbidden(reader.submit(spec()).await.unwrap_err());
+    assert!(message.contains("role read"), "{message}");
+    assert!(
+        reader.tasks().await.unwrap().is_empty(),
+        "nothing was stored"
+    );
+    assert!(reader.nodes().await.unwrap().is_empty());
+    reader.status().await.unwrap();
+
+    // A submit client cancels its own tasks only; an admin cancels anyone's.
+    let task = alice.submit(spec()).await.unwrap();
+    let message = forbidden(bob.cancel(&task).await.unwrap_err());
+    assert!(message.contains("not submitted by"), "{message}");
+    forbidden(reader.cancel(&task).await.unwrap_err());
+    assert_eq!(
+        alice.cancel(&task).await.unwrap(),
+        rgrid::TaskState::Cancelled
+    );
+    let other = bob.submit(spec()).await.unwrap();
+    assert_eq!(
+        admin.cancel(&other).await.unwrap(),
+        rgrid::TaskState::Cancelled
+    );
+    assert_eq!(
+        reader.get(&other).await.unwrap().state,
+        rgrid::TaskState::Cancelled
+    );
+
+    // A network other than none needs an admin; node operations need an admin.
+    let networked = || spec().network(rgrid_core::task::NetworkMode::Host);
+    match alice.submit(networked()).await {
+        Err(rgrid::ClientError::Rejected { message, .. }) => {
+            assert!(message.contains("admin"), "{message}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let cancelled = admin.submit(networked()).await.unwrap();
+    admin.cancel(&cancelled).await.unwrap();
+    forbidden(
+        alice
+            .drain_node("n", std::time::Duration::from_secs(1))
+            .await
+            .unwrap_err(),
+    );
+    forbidden(bob.remove_node("n").await.unwrap_err());
+    h.stop().await;
+}

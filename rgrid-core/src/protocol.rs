@@ -189,6 +189,8 @@ pub enum ErrorKind {
     Internal,
     /// The answer would exceed the frame limit: ask for less (a smaller page or fewer tasks).
     TooLarge,
+    /// The client's role does not allow this request (or not on this task).
+    Forbidden,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

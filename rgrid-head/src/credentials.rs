@@ -147,7 +147,7 @@ pub(crate) fn write_client_file(
     let existing = std::fs::read_to_string(&path)
         .ok()
         .and_then(|text| toml::from_str::<ClientFile>(&text).ok())
-        .filter(|file| file.ca_pem == ca.cert_pem());
+        .filter(|file| file.ca_pem == ca.cert_pem() && is_admin(file));
     let file = match existing {
         Some(file) => ClientFile {
             head: head.to_owned(),
@@ -157,6 +157,14 @@ pub(crate) fn write_client_file(
     };
     write_client(&path, &file)?;
     Ok(path)
+}
+
+/// Do these credentials carry the admin role (files written before roles existed do not)?
+fn is_admin(file: &ClientFile) -> bool {
+    rgrid_core::tls::pem_certs(&file.cert_pem, "client")
+        .ok()
+        .and_then(|certs| certs.first().and_then(|c| ClientRole::from_cert(c)))
+        == Some(ClientRole::Admin)
 }
 
 /// New credentials for client `name` with `role`, connecting to `head`.

@@ -20,6 +20,7 @@ pub mod config;
 mod credentials;
 mod outputs;
 mod revoked;
+mod roles;
 mod server;
 mod store;
 

@@ -16,7 +16,7 @@ use rgrid_core::protocol::{
     INLINE_RESULT_BYTES, MAX_PAGE_TASKS, MAX_WAIT_TASKS,
 };
 use rgrid_core::time::{monotonic_ms, unix_ms};
-use rgrid_core::tls::{ClusterCa, JoinToken, PeerIdentity};
+use rgrid_core::tls::{ClientRole, ClusterCa, JoinToken, PeerIdentity};
 use rgrid_core::transport::{accept_handshake, raise_limits, UNAUTHENTICATED_FRAME_BYTES};
 use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,7 @@ use crate::cluster::{
 };
 use crate::outputs::OutputStore;
 use crate::revoked::Revoked;
+use crate::roles;
 use crate::store::{Output, Store, StoredNode, StoredTask};
 
 /// Messages waiting to go out on a node's control stream, at most. Each carries a turn's
@@ -93,13 +94,16 @@ pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
     endpoint.close(0u32.into(), b"head shutting down");
 }
 
-/// The peer's identity from its verified certificate, if it presented one.
-fn identity(connection: &Connection) -> Option<PeerIdentity> {
+/// The peer's identity and role from its verified certificate, if it presented one (a client
+/// certificate naming no role may only read).
+fn identity(connection: &Connection) -> Option<(PeerIdentity, ClientRole)> {
     let certs = connection
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    PeerIdentity::from_cert(certs.first()?)
+    let cert = certs.first()?;
+    let role = ClientRole::from_cert(cert).unwrap_or(ClientRole::Read);
+    Some((PeerIdentity::from_cert(cert)?, role))
 }
 
 async fn handle_connection(
@@ -108,7 +112,7 @@ async fn handle_connection(
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
 ) {
-    let Some(peer) = identity(&connection) else {
+    let Some((peer, role)) = identity(&connection) else {
         // No certificate: one join within the deadline, then the connection goes.
         if tokio::time::timeout_at(deadline, join_connection(&connection, &shared))
             .await
@@ -156,7 +160,7 @@ async fn handle_connection(
         let peer = peer.clone();
         shared
             .tracker
-            .spawn(handle_stream(peer, send, recv, shared2).in_current_span());
+            .spawn(handle_stream(peer, role, send, recv, shared2).in_current_span());
     }
 }
 
@@ -172,7 +176,7 @@ async fn join_connection(connection: &Connection, shared: &Arc<Shared>) {
     let Ok((send, recv)) = connection.accept_bi().await else {
         return;
     };
-    handle_stream(None, send, recv, shared.clone()).await;
+    handle_stream(None, ClientRole::Read, send, recv, shared.clone()).await;
     // Let the peer read the answer; it closes the connection then (or the deadline does).
     connection.closed().await;
 }
@@ -212,6 +216,7 @@ async fn respond(writer: &mut FrameWriter<SendStream, Response>, response: &Resp
 
 async fn handle_stream(
     peer: Option<PeerIdentity>,
+    role: ClientRole,
     send: SendStream,
     recv: RecvStream,
     shared: Arc<Shared>,
@@ -242,6 +247,13 @@ async fn handle_stream(
             return;
         }
     }
+    if let Some(PeerIdentity::Client(_)) = &peer {
+        if let Some(message) = roles::refusal(role, &request) {
+            respond(&mut writer, &error(ErrorKind::Forbidden, message)).await;
+            let _ = writer.get_mut().finish();
+            return;
+        }
+    }
     let response = match (request, &peer) {
         (Request::Join(join), None) => {
             shared.admission.join_turn().await;
@@ -253,14 +265,18 @@ async fn handle_stream(
         (Request::ReportResult(report), Some(PeerIdentity::Node(node))) => {
             report_result(*node, report, &shared).await
         }
-        (Request::Submit(specs), Some(PeerIdentity::Client(_))) => submit(specs, &shared).await,
+        (Request::Submit(specs), Some(PeerIdentity::Client(client))) => {
+            submit(specs, client, role, &shared).await
+        }
         (Request::Get { task }, Some(PeerIdentity::Client(_))) => get(task, &shared).await,
         (Request::Wait { tasks, outputs }, Some(PeerIdentity::Client(_))) => {
             wait(tasks, outputs, &shared, &mut writer).await;
             let _ = writer.get_mut().finish();
             return;
         }
-        (Request::Cancel { task }, Some(PeerIdentity::Client(_))) => cancel(task, &shared).await,
+        (Request::Cancel { task }, Some(PeerIdentity::Client(client))) => {
+            cancel(task, client, role, &shared).await
+        }
         (Request::ListNodes, Some(PeerIdentity::Client(_))) => {
             ask(&shared, |reply| Event::ListNodes { reply })
                 .await
@@ -591,10 +607,14 @@ async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> 
     }
 }
 
-async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
+async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &Shared) -> Response {
     let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
     for spec in specs {
+        if let Some(message) = roles::spec_refusal(role, &spec) {
+            answers.push(Some(SubmitAnswer::Rejected(message)));
+            continue;
+        }
         match spec.validate() {
             Ok(()) => {
                 answers.push(None);
@@ -609,7 +629,11 @@ async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
     if !tasks.is_empty() {
         let specs: Vec<(TaskId, Vec<u8>)> = tasks.iter().map(|t| (t.id, t.spec.clone())).collect();
         let (reply, rx) = oneshot::channel();
-        let submission = Submission { tasks, reply };
+        let submission = Submission {
+            tasks,
+            client: Some(client.to_owned()),
+            reply,
+        };
         if shared.channels.submissions.send(submission).await.is_err() {
             return gone();
         }
@@ -647,7 +671,20 @@ async fn known_answer(id: TaskId, spec: &[u8], shared: &Shared) -> SubmitAnswer 
     }
 }
 
-async fn cancel(task: TaskId, shared: &Shared) -> Response {
+async fn cancel(task: TaskId, client: &str, role: ClientRole, shared: &Shared) -> Response {
+    if role != ClientRole::Admin {
+        match shared.store.task_submitter(task).await {
+            Ok(Some(Some(submitter))) if submitter == client => {}
+            Ok(Some(_)) => {
+                return error(
+                    ErrorKind::Forbidden,
+                    format!("task {task} was not submitted by client {client:?}: only its submitter or an admin may cancel it"),
+                )
+            }
+            Ok(None) => return error(ErrorKind::NotFound, format!("no task {task}")),
+            Err(err) => return error(ErrorKind::Internal, err.to_string()),
+        }
+    }
     match ask(shared, |reply| Event::Cancel { task, reply }).await {
         Ok(Some(state)) => Response::Cancelled { state },
         Ok(None) => match shared.store.task(task).await {

@@ -68,6 +68,8 @@ pub(crate) struct SubmitReply {
 #[derive(Debug)]
 pub(crate) struct Submission {
     pub tasks: Vec<Admitted>,
+    /// The client that submits them (recorded with each task).
+    pub client: Option<String>,
     /// Answers in the order of `tasks`; positions of tasks the server refused are filled in by it.
     pub reply: oneshot::Sender<SubmitReply>,
 }

@@ -76,9 +76,9 @@ impl TaskSql {
         Self {
             insert: per_chunk(&|n| {
                 format!(
-                    "INSERT INTO tasks (id, spec, state, submitted_at_ms) VALUES {}
+                    "INSERT INTO tasks (id, spec, state, submitted_at_ms, submitted_by) VALUES {}
                      ON CONFLICT (id) DO NOTHING RETURNING id",
-                    rows("(?, ?, 'queued', ?)", n)
+                    rows("(?, ?, 'queued', ?, ?)", n)
                 )
             }),
             attempts: per_chunk(&|n| {
@@ -194,6 +194,19 @@ macro_rules! backend {
                     used: row.get("used"),
                     revoked: row.get("revoked"),
                 }))
+            }
+
+            /// The client that submitted task `id`: `None` when there is no such task,
+            /// `Some(None)` when it was stored without one.
+            pub(crate) async fn task_submitter(
+                pool: &Pool,
+                id: TaskId,
+            ) -> Result<Option<Option<String>>, StoreError> {
+                let row = sqlx::query("SELECT submitted_by FROM tasks WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(pool)
+                    .await?;
+                Ok(row.map(|row| row.get("submitted_by")))
             }
 
             /// Every node that ever joined, with its last known description.
@@ -443,7 +456,8 @@ macro_rules! backend {
                         query = query
                             .bind(row.id.to_string())
                             .bind(&row.spec)
-                            .bind(to_i64(row.submitted_at_ms));
+                            .bind(to_i64(row.submitted_at_ms))
+                            .bind(&row.submitted_by);
                     }
                     let new: HashSet<String> = query
                         .fetch_all(&mut *tx)
@@ -673,7 +687,7 @@ mod plans {
         let sql = TaskSql::new("BLOB", true);
         let single = |s: &String| vec![s.clone()];
         for (what, statements, width) in [
-            ("insert", sql.insert.clone(), 3),
+            ("insert", sql.insert.clone(), 4),
             ("attempts", sql.attempts.clone(), 5),
             ("finishes", sql.finishes.clone(), 13),
             ("attempt end", single(&sql.attempt_end), 4),

@@ -248,6 +248,15 @@ impl Store {
         on_pool!(&self.pool, token(id))
     }
 
+    /// The client that submitted task `id`: `None` when there is no such task, `Some(None)`
+    /// when it was stored without one.
+    pub(crate) async fn task_submitter(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        on_pool!(&self.pool, task_submitter(id))
+    }
+
     /// Every node that ever joined, with its last known description.
     pub(crate) async fn nodes(&self) -> Result<Vec<StoredNode>, StoreError> {
         on_pool!(&self.pool, nodes())
