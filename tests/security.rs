@@ -81,6 +81,26 @@ async fn first_start_writes_credentials_and_a_join_works() {
     for file in ["ca.pem", "ca.key", "join-token", "client.toml"] {
         assert!(h.head.state_dir.join(file).exists(), "{file}");
     }
+    // Owner only: the state dir, outputs, keys, tokens, credentials and the database.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |f: &str| {
+        std::fs::metadata(h.head.state_dir.join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700);
+    assert_eq!(mode("outputs"), 0o700);
+    for file in [
+        "ca.key",
+        "join-token",
+        "client.toml",
+        "rgrid.db",
+        "rgrid.db-wal",
+    ] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
     match h.join(&h.token()).await {
         Response::Joined(reply) => {
             assert!(reply.cert_pem.contains("BEGIN CERTIFICATE"));

@@ -130,7 +130,7 @@ pub async fn start(
 ) -> Result<RunningHead, StartError> {
     config.validate()?;
     let state_dir = config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| StartError::StateDir {
+    rgrid_core::tls::create_private_dir(&state_dir).map_err(|source| StartError::StateDir {
         path: state_dir.clone(),
         source,
     })?;
