@@ -152,6 +152,23 @@ async fn wrong_and_expired_tokens_are_refused() {
     let (_, message) = refusal(h.join(&JoinToken::parse(&expired).unwrap()).await);
     assert!(message.contains("expired"), "{message}");
 
+    // A name with control characters (an escape sequence for a terminal) is refused.
+    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+        .await
+        .unwrap();
+    let (_, csr_pem) = node_csr().unwrap();
+    let bad_name = Request::Join(JoinRequest {
+        token: h.token().encode(),
+        csr_pem,
+        name: "evil\u{1b}[2J\nnode".into(),
+    });
+    let (kind, message) = refusal(call(&conn, &bad_name).await.unwrap());
+    assert_eq!(kind, ErrorKind::Unauthorized);
+    assert!(
+        message.contains("node name") && !message.contains('\u{1b}'),
+        "{message}"
+    );
+
     let single = h.head.create_join_token(None, true).await.unwrap();
     let single = JoinToken::parse(&single).unwrap();
     assert!(matches!(h.join(&single).await, Response::Joined(_)));

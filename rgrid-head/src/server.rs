@@ -350,6 +350,7 @@ async fn try_join(join: JoinRequest, shared: &Shared) -> Result<JoinReply, Strin
     let name = if join.name.trim().is_empty() {
         format!("node-{}", &node.to_string()[..8])
     } else {
+        check_node_name(&join.name)?;
         join.name
     };
     let stored = StoredNode {
@@ -403,6 +404,23 @@ async fn join_refusal(token: &JoinToken, secret_hash: &str, shared: &Shared) -> 
     }
 }
 
+/// Node names reach logs, terminals and the autoscaler's matching: a hostname's characters
+/// only, so that nothing a node says can carry control characters or escape sequences.
+fn check_node_name(name: &str) -> Result<(), String> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name {:?} refused: use 1 to 63 letters, digits, '.', '_' or '-'",
+            name.escape_debug().to_string()
+        ))
+    }
+}
+
 fn humanize_ms(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -436,7 +454,16 @@ async fn node_session(
     reader: FrameReader<RecvStream, Request>,
     shared: Arc<Shared>,
 ) {
-    match shared.store.node_exists(node).await {
+    let known = match check_node_name(&hello.name) {
+        Ok(()) => shared.store.node_exists(node).await,
+        Err(message) => {
+            let mut writer = writer.retype::<HeadMessage>();
+            let _ = writer.send(&HeadMessage::Refused { message }).await;
+            let _ = writer.get_mut().finish();
+            return;
+        }
+    };
+    match known {
         Ok(true) => {}
         Ok(false) => {
             let mut writer = writer.retype::<HeadMessage>();
