@@ -111,6 +111,10 @@ async fn serve_head(state_dir: PathBuf, listen: String) -> anyhow::Result<()> {
     let config = rgrid_head::HeadConfig {
         listen: listen.parse()?,
         state_dir,
+        // Every simulated node joins and connects from this one host, many at once.
+        max_unauthenticated: 4096,
+        max_unauthenticated_per_address: 1024,
+        joins_per_second: 1000,
         ..rgrid_head::HeadConfig::default()
     };
     let shutdown = CancellationToken::new();

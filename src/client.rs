@@ -297,6 +297,19 @@ impl Client {
         }
     }
 
+    /// Removes a node (by id, or by name: every node of that name) from the cluster: its
+    /// certificate is revoked (it cannot reconnect), what it runs is requeued, it leaves the
+    /// listings. Admin only. Returns the removed ids.
+    pub async fn remove_node(&self, node: &str) -> Result<Vec<rgrid_core::NodeId>, ClientError> {
+        let request = Request::RemoveNode {
+            node: node.to_owned(),
+        };
+        match self.call(request).await? {
+            Response::Removed { nodes } => Ok(nodes),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The cluster's nodes.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         match self.call(Request::ListNodes).await? {

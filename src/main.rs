@@ -166,6 +166,10 @@ enum NodeCommand {
         #[arg(long, default_value_t = 60)]
         deadline: u64,
     },
+    /// Remove NODE (id, or name: every node of that name) from the cluster: its certificate is
+    /// revoked so it cannot reconnect, what it runs is requeued, it leaves the listing. Admin
+    /// only. A removed machine rejoins only with a new token (as a new node).
+    Remove { node: String },
 }
 
 fn parse_input(s: &str) -> Result<(String, rgrid::ObjectRef), String> {
@@ -383,6 +387,14 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 .drain_node(&node, Duration::from_secs(deadline))
                 .await?;
             println!("draining {node} ({id}), deadline {deadline}s");
+            Ok(0)
+        }
+        Command::Node {
+            command: NodeCommand::Remove { node },
+        } => {
+            for id in client.remove_node(&node).await? {
+                println!("removed {node} ({id}); its certificate is revoked");
+            }
             Ok(0)
         }
         Command::Tasks {

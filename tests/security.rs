@@ -81,6 +81,26 @@ async fn first_start_writes_credentials_and_a_join_works() {
     for file in ["ca.pem", "ca.key", "join-token", "client.toml"] {
         assert!(h.head.state_dir.join(file).exists(), "{file}");
     }
+    // Owner only: the state dir, outputs, keys, tokens, credentials and the database.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |f: &str| {
+        std::fs::metadata(h.head.state_dir.join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700);
+    assert_eq!(mode("outputs"), 0o700);
+    for file in [
+        "ca.key",
+        "join-token",
+        "client.toml",
+        "rgrid.db",
+        "rgrid.db-wal",
+    ] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
     match h.join(&h.token()).await {
         Response::Joined(reply) => {
             assert!(reply.cert_pem.contains("BEGIN CERTIFICATE"));
@@ -97,14 +117,16 @@ async fn first_start_writes_credentials_and_a_join_works() {
 #[tokio::test]
 async fn peers_without_a_client_certificate_can_only_join() {
     let h = head().await;
-    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
-        .await
-        .unwrap();
     for request in [
         Request::ListNodes,
         Request::Submit(vec![]),
         Request::ListTasks(Default::default()),
     ] {
+        // One request per connection: a cert-less connection gets one.
+        let (_endpoint, conn) =
+            connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+                .await
+                .unwrap();
         let (kind, message) = refusal(call(&conn, &request).await.unwrap());
         assert_eq!(kind, ErrorKind::Unauthorized);
         assert!(message.contains("only join"), "{message}");
@@ -130,6 +152,23 @@ async fn wrong_and_expired_tokens_are_refused() {
     let (_, message) = refusal(h.join(&JoinToken::parse(&expired).unwrap()).await);
     assert!(message.contains("expired"), "{message}");
 
+    // A name with control characters (an escape sequence for a terminal) is refused.
+    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+        .await
+        .unwrap();
+    let (_, csr_pem) = node_csr().unwrap();
+    let bad_name = Request::Join(JoinRequest {
+        token: h.token().encode(),
+        csr_pem,
+        name: "evil\u{1b}[2J\nnode".into(),
+    });
+    let (kind, message) = refusal(call(&conn, &bad_name).await.unwrap());
+    assert_eq!(kind, ErrorKind::Unauthorized);
+    assert!(
+        message.contains("node name") && !message.contains('\u{1b}'),
+        "{message}"
+    );
+
     let single = h.head.create_join_token(None, true).await.unwrap();
     let single = JoinToken::parse(&single).unwrap();
     assert!(matches!(h.join(&single).await, Response::Joined(_)));
@@ -142,6 +181,34 @@ async fn wrong_and_expired_tokens_are_refused() {
         client.nodes().await.unwrap().is_empty(),
         "joined nodes have no session yet"
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_joins_with_one_single_use_token_admit_exactly_one() {
+    let h = head().await;
+    for _ in 0..5 {
+        let single = h.head.create_join_token(None, true).await.unwrap();
+        let single = JoinToken::parse(&single).unwrap();
+        let joins = (0..8).map(|_| h.join(&single));
+        let responses = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures::future::join_all(joins),
+        )
+        .await
+        .expect("the joins are answered");
+        let joined = responses
+            .iter()
+            .filter(|r| matches!(r, Response::Joined(_)))
+            .count();
+        assert_eq!(joined, 1, "{responses:?}");
+        for response in responses {
+            if let Response::Error(e) = response {
+                assert_eq!(e.kind, ErrorKind::Unauthorized);
+                assert!(e.message.contains("single-use"), "{}", e.message);
+            }
+        }
+    }
     h.stop().await;
 }
 
@@ -235,5 +302,359 @@ async fn bad_frames_close_only_their_stream() {
     assert!(
         matches!(call(&conn, &Request::ListTasks(Default::default())).await.unwrap(), Response::Tasks(t) if t.tasks.is_empty())
     );
+    h.stop().await;
+}
+
+/// A QUIC connection to `head` from the loopback address `from` (127.0.0.0/8 all reach the
+/// head: each is another source address), with the handshake done.
+async fn connect_from(
+    from: std::net::IpAddr,
+    head: std::net::SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client((from, 0).into()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let connecting = endpoint
+        .connect(head, rgrid_core::protocol::HEAD_SERVER_NAME)
+        .unwrap();
+    let conn = tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    handshake(&conn, rgrid_core::protocol::PROTOCOL_VERSION, "test")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((endpoint, conn))
+}
+
+#[tokio::test]
+async fn a_peer_without_a_certificate_gets_one_stream_no_uni_streams_and_small_frames() {
+    let h = head().await;
+    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+        .await
+        .unwrap();
+    let short = std::time::Duration::from_millis(500);
+    assert!(
+        tokio::time::timeout(short, conn.open_uni()).await.is_err(),
+        "no unidirectional stream"
+    );
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    assert!(
+        tokio::time::timeout(short, conn.open_bi()).await.is_err(),
+        "a second stream at once"
+    );
+    // A frame of 1 MiB is declared: refused by its length prefix.
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    let mut reader = rgrid_core::frame::FrameReader::<_, Response>::new(recv);
+    let (kind, message) = refusal(reader.expect().await.unwrap());
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(message.contains("4096"), "{message}");
+
+    // A client with a certificate keeps the large limits: many streams at once.
+    let client = Client::connect_file(h.head.client_file()).await.unwrap();
+    let listings = (0..50).map(|_| client.nodes());
+    for listing in futures::future::join_all(listings).await {
+        assert!(listing.unwrap().is_empty());
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_without_a_certificate_is_closed_after_the_deadline() {
+    let h = head().await;
+    let started = std::time::Instant::now();
+    // After the handshake, nothing.
+    let (_endpoint, conn) = connect(h.head.local_addr, join_config(&h.token()).unwrap(), "test")
+        .await
+        .unwrap();
+    // Without even the hello (a raw QUIC connection).
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(join_config(&h.token()).unwrap())
+            .unwrap();
+    let mut raw = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    raw.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let raw = raw
+        .connect(h.head.local_addr, rgrid_core::protocol::HEAD_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    for conn in [conn, raw] {
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(8), conn.closed())
+            .await
+            .expect("the head closes the connection");
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(4500),
+            "{took:?}: {reason}"
+        );
+        assert!(reason.to_string().contains("only join"), "{reason}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_per_address_and_a_client_is_still_served() {
+    let h = head().await;
+    let attacker: std::net::IpAddr = [127, 0, 0, 2].into();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let tls = join_config(&h.token()).unwrap();
+        held.push(
+            connect_from(attacker, h.head.local_addr, tls)
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = connect_from(
+        attacker,
+        h.head.local_addr,
+        join_config(&h.token()).unwrap(),
+    )
+    .await
+    .expect_err("the 17th from one address is refused");
+    assert!(refused.contains("refused"), "{refused}");
+
+    // Another address still joins, and a client is served.
+    let other: std::net::IpAddr = [127, 0, 0, 3].into();
+    let (_e, conn) = connect_from(other, h.head.local_addr, join_config(&h.token()).unwrap())
+        .await
+        .unwrap();
+    let (_, csr_pem) = node_csr().unwrap();
+    let join = Request::Join(JoinRequest {
+        token: h.token().encode(),
+        csr_pem,
+        name: "n".into(),
+    });
+    assert!(matches!(
+        call(&conn, &join).await.unwrap(),
+        Response::Joined(_)
+    ));
+    let client = Client::connect_file(h.head.client_file()).await.unwrap();
+    assert!(client.nodes().await.unwrap().is_empty());
+
+    // When the held connections go, the address may connect again.
+    drop(held);
+    common::eventually("the address is admitted again", 10, || async {
+        connect_from(
+            attacker,
+            h.head.local_addr,
+            join_config(&h.token()).unwrap(),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    h.stop().await;
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/PID/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn cert_less_floods_declaring_large_frames_leave_the_head_process_bounded() {
+    use common::process;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", process::free_udp_port());
+    let head = process::start_head(dir.path(), &listen);
+    let client_toml = dir.path().join("head/client.toml");
+    process::wait_for("the head's client.toml", || client_toml.exists());
+    let client = Client::connect_file(&client_toml).await.unwrap();
+    client.status().await.unwrap();
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let token =
+        JoinToken::parse(&std::fs::read_to_string(dir.path().join("head/join-token")).unwrap())
+            .unwrap();
+    let before = rss_bytes(head.0.id());
+
+    // One peer (one address) opens connections until refused; each declares a 64 MiB frame
+    // and pushes as much of it as the head lets through.
+    let peer: std::net::IpAddr = [127, 0, 0, 9].into();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..64 {
+        match connect_from(peer, addr, join_config(&token).unwrap()).await {
+            Ok((endpoint, conn)) => {
+                let (mut send, recv) = conn.open_bi().await.unwrap();
+                send.write_all(&(64u32 << 20).to_be_bytes()).await.unwrap();
+                let junk = vec![7u8; 1 << 20];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(100),
+                    send.write_all(&junk),
+                )
+                .await;
+                held.push((endpoint, conn, send, recv));
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let during = rss_bytes(head.0.id());
+    let grew = during.saturating_sub(before);
+    eprintln!(
+        "held {} connections ({refused} refused): head RSS {before} -> {during} bytes (+{grew})",
+        held.len()
+    );
+    assert_eq!(held.len(), 16, "the per-address cap");
+    assert!(grew < 1 << 20, "the head grew by {grew} bytes");
+
+    // A client is still served meanwhile.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), client.status())
+        .await
+        .expect("answered in time");
+    assert!(status.is_ok(), "{status:?}");
+    // And the flood is gone after the deadline.
+    for (_, conn, _, _) in &held {
+        tokio::time::timeout(std::time::Duration::from_secs(8), conn.closed())
+            .await
+            .expect("closed by the deadline");
+    }
+    drop(head);
+}
+
+#[test]
+fn a_removed_node_cannot_reconnect() {
+    use common::process;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", process::free_udp_port());
+    let _head = process::start_head(dir.path(), &listen);
+    let config = dir.path().join("head/client.toml");
+    process::wait_for("the head's client.toml", || config.exists());
+    let process_executor = ["--executor", "process"];
+    let node = process::start_node_with(dir.path(), &listen, "victim", 1000, &process_executor);
+    let _other = process::start_node_with(dir.path(), &listen, "other", 1000, &process_executor);
+    process::wait_ready(&config, "victim");
+    process::wait_ready(&config, "other");
+    let id = process::nodes(&config)
+        .iter()
+        .find(|n| n["name"] == "victim")
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .unwrap();
+
+    let out = process::rgrid(&config, &["node", "remove", "victim"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&id),
+        "{out:?}"
+    );
+    let listed = |name: &str| process::nodes(&config).iter().any(|n| n["name"] == name);
+    assert!(!listed("victim"), "the node left the listing");
+    assert!(listed("other"));
+
+    // The node keeps reconnecting (same certificate): refused each time, never listed again,
+    // and after a restart on its state dir too.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(!listed("victim"));
+    drop(node);
+    let _node = process::start_node_with(dir.path(), &listen, "victim", 1000, &process_executor);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(!listed("victim"));
+    assert!(listed("other"), "other nodes are not affected");
+    let log = std::fs::read_to_string(dir.path().join("head.log")).unwrap();
+    assert!(log.contains("refused a removed node"), "{log}");
+
+    // Removing it again: nothing to remove, a clear error.
+    let out = process::rgrid(&config, &["node", "remove", &id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no node"),
+        "{out:?}"
+    );
+    process::print_logs_if_panicking(dir.path(), 30);
+}
+
+/// Credentials for `client:NAME` with `role`, issued by the head's CA.
+fn client_with_role(h: &Head, name: &str, role: ClientRole) -> ClientFile {
+    let dir = &h.head.state_dir;
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca = ClusterCa::load(&read("ca.pem"), &read("ca.key")).unwrap();
+    let identity = ca.issue_client(&format!("client:{name}"), role).unwrap();
+    ClientFile {
+        cert_pem: identity.cert_pem,
+        key_pem: identity.key_pem,
+        ..h.client_file()
+    }
+}
+
+fn forbidden(err: rgrid::ClientError) -> String {
+    match err {
+        rgrid::ClientError::Refused(e) if e.kind == ErrorKind::Forbidden => e.message,
+        other => panic!("expected a Forbidden refusal, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn roles_limit_what_each_client_may_ask() {
+    let h = head().await;
+    let admin = Client::connect_file(h.head.client_file()).await.unwrap();
+    let alice = Client::connect(&client_with_role(&h, "alice", ClientRole::Submit))
+        .await
+        .unwrap();
+    let bob = Client::connect(&client_with_role(&h, "bob", ClientRole::Submit))
+        .await
+        .unwrap();
+    let reader = Client::connect(&client_with_role(&h, "reader", ClientRole::Read))
+        .await
+        .unwrap();
+    let spec = || rgrid::TaskSpec::new("img").command(["true"]);
+
+    // A read client cannot submit, cancel or administer; it may list and read.
+    let message = forbidden(reader.submit(spec()).await.unwrap_err());
+    assert!(message.contains("role read"), "{message}");
+    assert!(
+        reader.tasks().await.unwrap().is_empty(),
+        "nothing was stored"
+    );
+    assert!(reader.nodes().await.unwrap().is_empty());
+    reader.status().await.unwrap();
+
+    // A submit client cancels its own tasks only; an admin cancels anyone's.
+    let task = alice.submit(spec()).await.unwrap();
+    let message = forbidden(bob.cancel(&task).await.unwrap_err());
+    assert!(message.contains("not submitted by"), "{message}");
+    forbidden(reader.cancel(&task).await.unwrap_err());
+    assert_eq!(
+        alice.cancel(&task).await.unwrap(),
+        rgrid::TaskState::Cancelled
+    );
+    let other = bob.submit(spec()).await.unwrap();
+    assert_eq!(
+        admin.cancel(&other).await.unwrap(),
+        rgrid::TaskState::Cancelled
+    );
+    assert_eq!(
+        reader.get(&other).await.unwrap().state,
+        rgrid::TaskState::Cancelled
+    );
+
+    // A network other than none needs an admin; node operations need an admin.
+    let networked = || spec().network(rgrid_core::task::NetworkMode::Host);
+    match alice.submit(networked()).await {
+        Err(rgrid::ClientError::Rejected { message, .. }) => {
+            assert!(message.contains("admin"), "{message}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let cancelled = admin.submit(networked()).await.unwrap();
+    admin.cancel(&cancelled).await.unwrap();
+    forbidden(
+        alice
+            .drain_node("n", std::time::Duration::from_secs(1))
+            .await
+            .unwrap_err(),
+    );
+    forbidden(bob.remove_node("n").await.unwrap_err());
     h.stop().await;
 }

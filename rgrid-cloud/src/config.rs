@@ -410,7 +410,28 @@ impl AutoscalerConfig {
                 "is shorter than boot_estimate: nodes would boot with an expired token",
             ));
         }
-        Ok(())
+        check_api_url(&self.api_url)
+    }
+}
+
+/// The API token travels in every request: only over TLS, unless to this machine (a test API).
+fn check_api_url(api_url: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(api_url)
+        .map_err(|e| invalid("api_url", format!("{api_url:?} is not a URL: {e}")))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        scheme => Err(invalid(
+            "api_url",
+            format!("{api_url:?} uses {scheme}: the API token must travel over https (plain http only to a loopback address)"),
+        )),
     }
 }
 
@@ -480,6 +501,32 @@ mod tests {
         assert_eq!(cfg.max_nodes, 10);
         assert_eq!(cfg.scale_down_window, Duration::from_secs(240));
         cfg.validate().expect("the config is valid");
+    }
+
+    #[test]
+    fn api_url_must_be_https_unless_loopback() {
+        for ok in [
+            "https://api.hetzner.cloud/v1",
+            "http://127.0.0.1:8080/v1",
+            "http://[::1]:8080",
+            "http://localhost:9000",
+        ] {
+            check_api_url(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "http://api.hetzner.cloud/v1",
+            "http://10.0.0.1/v1",
+            "ftp://x",
+            "nonsense",
+        ] {
+            let err = check_api_url(bad).expect_err(bad).to_string();
+            assert!(err.contains("api_url"), "{err}");
+        }
+        let cfg = AutoscalerConfig {
+            api_url: "http://api.example.com".into(),
+            ..AutoscalerConfig::default()
+        };
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

@@ -250,6 +250,26 @@ async fn rate_limited_requests_honour_the_ratelimit_headers() -> anyhow::Result<
 }
 
 #[tokio::test]
+async fn absurd_rate_limit_headers_neither_panic_nor_stall() -> anyhow::Result<()> {
+    let fake = FakeHetzner::start().await;
+    let mut s = fake_hetzner::too_many(Some(u64::MAX), 0);
+    for (name, value) in &mut s.headers {
+        if name == "RateLimit-Reset" || name == "RateLimit-Limit" {
+            *value = u64::MAX.to_string();
+        }
+    }
+    fake.state().script.push_back(s);
+    let client = client(&fake)?;
+    let start = Instant::now();
+    let listed = tokio::time::timeout(Duration::from_secs(20), client.list_servers("")).await;
+    assert!(listed.is_ok(), "the client stalled");
+    listed??;
+    // The wait was capped by backoff_max, whatever the headers said.
+    assert!(start.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_spent_budget_delays_the_next_request() -> anyhow::Result<()> {
     let fake = FakeHetzner::start().await;
     fake.state().remaining = 0;

@@ -19,6 +19,9 @@ pub const MAX_FRAME_BYTES: usize = 64 << 20;
 pub enum FrameError {
     #[error("frame exceeds the maximum of {MAX_FRAME_BYTES} bytes")]
     TooLarge,
+    /// Past the smaller limit of a reader made with [`FrameReader::with_limit`].
+    #[error("frame exceeds this stream's maximum of {limit} bytes")]
+    OverLimit { limit: usize },
     #[error("frame does not decode as {expected}: {source}")]
     Decode {
         expected: &'static str,
@@ -32,23 +35,33 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-fn codec() -> LengthDelimitedCodec {
+fn codec(max: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
-        .max_frame_length(MAX_FRAME_BYTES)
+        .max_frame_length(max)
         .new_codec()
 }
 
 /// Reads typed frames from a byte stream.
 pub struct FrameReader<R, T> {
     inner: FramedRead<R, LengthDelimitedCodec>,
+    /// The largest frame this reader takes (the codec reserves a declared frame's length, so a
+    /// peer that may not send much gets a reader with a small limit).
+    limit: usize,
     _marker: PhantomData<fn() -> T>,
 }
 
 impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
     pub fn new(reader: R) -> Self {
+        Self::with_limit(reader, MAX_FRAME_BYTES)
+    }
+
+    /// A reader that takes frames of at most `limit` bytes (at most [`MAX_FRAME_BYTES`]).
+    pub fn with_limit(reader: R, limit: usize) -> Self {
+        let limit = limit.min(MAX_FRAME_BYTES);
         Self {
-            inner: FramedRead::new(reader, codec()),
+            inner: FramedRead::new(reader, codec(limit)),
+            limit,
             _marker: PhantomData,
         }
     }
@@ -58,7 +71,11 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
         match self.inner.next().await {
             None => Ok(None),
             Some(Err(err)) if err.kind() == std::io::ErrorKind::InvalidData => {
-                Err(FrameError::TooLarge)
+                Err(if self.limit == MAX_FRAME_BYTES {
+                    FrameError::TooLarge
+                } else {
+                    FrameError::OverLimit { limit: self.limit }
+                })
             }
             Some(Err(err)) => Err(FrameError::Io(err)),
             Some(Ok(bytes)) => {
@@ -95,6 +112,7 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
     pub fn retype<U>(self) -> FrameReader<R, U> {
         FrameReader {
             inner: self.inner,
+            limit: self.limit,
             _marker: PhantomData,
         }
     }
@@ -109,7 +127,7 @@ pub struct FrameWriter<W, T> {
 impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
     pub fn new(writer: W) -> Self {
         Self {
-            inner: FramedWrite::new(writer, codec()),
+            inner: FramedWrite::new(writer, codec(MAX_FRAME_BYTES)),
             _marker: PhantomData,
         }
     }
@@ -183,5 +201,20 @@ mod tests {
             .await
             .expect("the bytes are written");
         assert!(matches!(r.next().await, Err(FrameError::TooLarge)));
+    }
+
+    #[tokio::test]
+    async fn a_reader_with_a_small_limit_refuses_larger_frames() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut r = FrameReader::<_, Hello>::with_limit(b, 4096);
+        a.write_all(&4097u32.to_be_bytes())
+            .await
+            .expect("the bytes are written");
+        let err = r.next().await.expect_err("over the limit");
+        assert!(
+            matches!(err, FrameError::OverLimit { limit: 4096 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("4096"), "{err}");
     }
 }

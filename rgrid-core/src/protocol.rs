@@ -82,6 +82,9 @@ pub enum Request {
     GetObject(ObjectRef),
     /// A client lists one page of the head's objects.
     ListObjects(ObjectQuery),
+    /// An admin removes a node (by name: every node of that name; or by id) from the cluster:
+    /// its certificate is revoked, what it runs is requeued, it leaves the listings.
+    RemoveNode { node: String },
 }
 
 /// Most task ids one [`Request::Wait`] may name.
@@ -179,6 +182,10 @@ pub enum Response {
     /// The object's raw bytes follow on this stream (see [`Request::GetObject`]).
     Object(ObjectRef),
     Objects(ObjectPage),
+    /// The nodes removed and revoked.
+    Removed {
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// Why a request failed.
@@ -203,6 +210,8 @@ pub enum ErrorKind {
     TooLarge,
     /// Storing it would take the head past a quota (`max_object_bytes`).
     QuotaExceeded,
+    /// The client's role does not allow this request (or not on this task).
+    Forbidden,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -442,6 +451,22 @@ pub struct TaskInfo {
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    /// Freezes the encoding of the security messages (issue 12).
+    #[test]
+    fn golden_bytes_of_node_removal() {
+        let remove = Request::RemoveNode { node: "n".into() };
+        assert_eq!(
+            postcard::to_allocvec(&remove).expect("encodes"),
+            [14, 1, b'n']
+        );
+        let removed = Response::Removed {
+            nodes: vec![NodeId(Uuid::from_u128(1))],
+        };
+        let mut expected = vec![15, 1, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        assert_eq!(postcard::to_allocvec(&removed).expect("encodes"), expected);
+    }
 
     /// Freezes the encoding: a change here breaks every deployed peer.
     #[test]

@@ -125,6 +125,13 @@ impl ClusterCa {
         })
     }
 
+    /// Checks that `csr_pem` is a CSR [`Self::sign_node_csr`] can sign, without signing it (a
+    /// join consumes its token only for a request that can succeed).
+    pub fn check_node_csr(csr_pem: &str) -> Result<(), TlsError> {
+        CertificateSigningRequestParams::from_pem(csr_pem)?;
+        Ok(())
+    }
+
     /// Signs a node's CSR as `node:<id>`. Whatever subject the CSR asked for is replaced.
     pub fn sign_node_csr(&self, csr_pem: &str, node: NodeId) -> Result<String, TlsError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
@@ -346,20 +353,42 @@ pub fn ca_pin(ca_pem: &str) -> Result<String, TlsError> {
         })
 }
 
-/// Writes a file readable by its owner only (keys, tokens, credentials), atomically and durably.
+/// Writes a file readable by its owner only (keys, tokens, credentials), atomically and durably:
+/// a temporary file created new (`O_EXCL`: never an existing file or a symlink planted there),
+/// renamed over `path`, then the directory synced so that the rename survives a power loss.
 pub fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(&tmp)?;
+    let tmp = path.with_extension(format!("tmp-{}", hex::encode(random_bytes::<8>())));
+    let mut file = create_private_file(&tmp)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(std::path::Path::new(".")))?.sync_all()
+}
+
+/// Creates a new file (failing if anything, a symlink included, is at `path`) that only its
+/// owner may read or write.
+pub fn create_private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)
+}
+
+/// Creates a directory (and its parents) and makes it accessible to its owner only (state
+/// directories hold keys, task environments and outputs).
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo.
@@ -572,5 +601,37 @@ mod tests {
         assert!(!format!("{token:?}").contains(&token.secret));
         assert!(JoinToken::parse("nope").is_err());
         assert!(JoinToken::parse("a.b.c").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_and_dirs_are_owner_only_and_never_follow_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!(
+            "rgrid-private-{}",
+            hex::encode(random_bytes::<8>())
+        ));
+        let dir = base.join("state");
+        create_private_dir(&dir).expect("the dir is created");
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+        };
+        assert_eq!(mode(&dir), 0o700);
+        let key = dir.join("key");
+        write_private_file(&key, "secret").expect("written");
+        write_private_file(&key, "secret 2").expect("replaced");
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), "secret 2");
+        assert_eq!(mode(&key), 0o600);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("listed").collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left");
+        // A symlink planted where a new file goes: refused, its target untouched.
+        let target = base.join("target");
+        std::fs::write(&target, "untouched").expect("written");
+        let link = dir.join("planted");
+        std::os::unix::fs::symlink(&target, &link).expect("a symlink");
+        let err = create_private_file(&link).expect_err("never follows the link");
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "untouched");
+        std::fs::remove_dir_all(&base).expect("cleaned up");
     }
 }

@@ -42,15 +42,61 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Idle timeout and keep-alive: the keep-alive must be shorter than the idle timeout or a quiet
 /// connection silently dies (quinn's defaults are a 30 s timeout and no keep-alive).
-fn transport_config() -> Arc<quinn::TransportConfig> {
+fn base_transport_config() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     // Constant durations well below the QUIC varint limit: the conversion cannot fail.
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         transport.max_idle_timeout(Some(idle));
     }
     transport.keep_alive_interval(Some(Duration::from_secs(2)));
-    transport.max_concurrent_bidi_streams(1024u32.into());
+    transport
+}
+
+/// What nodes and clients connect with.
+fn client_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = base_transport_config();
+    transport.max_concurrent_bidi_streams(AUTHENTICATED_STREAMS.into());
     Arc::new(transport)
+}
+
+/// Concurrent bidirectional streams a peer may open before its certificate names it: the
+/// handshake's, then its join request's.
+pub const UNAUTHENTICATED_STREAMS: u32 = 1;
+
+/// Bytes in flight a peer may send on a connection before its certificate names it: enough for
+/// a hello and a join request (a token and a CSR, well under 4 KiB).
+pub const UNAUTHENTICATED_RECEIVE_WINDOW: u32 = 16 << 10;
+
+/// Largest frame the head reads from a peer that has no certificate, and largest hello.
+pub const UNAUTHENTICATED_FRAME_BYTES: usize = 4 << 10;
+
+/// Concurrent bidirectional streams of an authenticated peer (requests, a node's control and
+/// bulk streams).
+const AUTHENTICATED_STREAMS: u32 = 1024;
+
+/// Concurrent unidirectional streams of an authenticated peer (quinn's default).
+const AUTHENTICATED_UNI_STREAMS: u32 = 100;
+
+/// What every connection to the head starts with: the limits of a peer without a certificate
+/// (one stream at a time, no unidirectional streams, a small connection window).
+/// [`raise_limits`] lifts them once a verified certificate names the peer. QUIC fixes the
+/// per-stream window when the connection starts; the connection window bounds what all streams
+/// together hold, so a cert-less peer holds at most [`UNAUTHENTICATED_RECEIVE_WINDOW`] of
+/// stream data whatever it declares.
+fn server_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = base_transport_config();
+    transport
+        .max_concurrent_bidi_streams(UNAUTHENTICATED_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .receive_window(UNAUTHENTICATED_RECEIVE_WINDOW.into());
+    Arc::new(transport)
+}
+
+/// Gives a peer whose verified certificate names it the limits of an authenticated peer.
+pub fn raise_limits(connection: &Connection) {
+    connection.set_max_concurrent_bi_streams(AUTHENTICATED_STREAMS.into());
+    connection.set_max_concurrent_uni_streams(AUTHENTICATED_UNI_STREAMS.into());
+    connection.set_receive_window(quinn::VarInt::MAX);
 }
 
 /// The head's endpoint, listening on `addr`.
@@ -66,7 +112,13 @@ pub fn server_endpoint(
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(server_transport_config());
+    // Connection attempts waiting to be accepted, and what each may buffer meanwhile (quinn's
+    // defaults, 65,536 and 10 MiB each, let a flood of initial packets cost gigabytes).
+    config
+        .max_incoming(1024)
+        .incoming_buffer_size(u64::from(UNAUTHENTICATED_RECEIVE_WINDOW))
+        .incoming_buffer_size_total(16 << 20);
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
     // Connection ids signed with a key derived from the same secret, so the restarted head
@@ -97,7 +149,7 @@ pub async fn connect(
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(client_transport_config());
     let bind: SocketAddr = if addr.is_ipv6() {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
@@ -146,7 +198,7 @@ pub async fn handshake(
 pub async fn accept_handshake(connection: &Connection) -> Result<String, TransportError> {
     let (send, recv) = connection.accept_bi().await?;
     let mut writer = FrameWriter::<_, HelloReply>::new(send);
-    let mut reader = FrameReader::<_, Hello>::new(recv);
+    let mut reader = FrameReader::<_, Hello>::with_limit(recv, UNAUTHENTICATED_FRAME_BYTES);
     let hello = reader.expect().await?;
     if hello.version != PROTOCOL_VERSION {
         let message = format!(

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{self, AutoscaleView, Event, NodeSummary, Shape, WaitRuns};
 use crate::credentials;
+use crate::revoked::Revoked;
 use crate::store::Store;
 
 /// The id standing for a server whose create request has not returned yet (Hetzner's ids
@@ -68,6 +69,8 @@ pub(crate) struct Autoscaler {
     events: mpsc::Sender<Event>,
     wake: Arc<Notify>,
     store: Store,
+    /// A deleted server's node is removed and revoked: its certificate must not outlive it.
+    revoked: Arc<Revoked>,
     ca: Arc<ClusterCa>,
     /// `HOST:PORT` provisioned nodes join.
     head_addr: String,
@@ -117,6 +120,7 @@ pub(crate) struct Parts {
     pub events: mpsc::Sender<Event>,
     pub wake: Arc<Notify>,
     pub store: Store,
+    pub revoked: Arc<Revoked>,
     pub ca: Arc<ClusterCa>,
     pub head_addr: String,
     pub tracker: TaskTracker,
@@ -138,6 +142,7 @@ impl Autoscaler {
             events: parts.events,
             wake: parts.wake,
             store: parts.store,
+            revoked: parts.revoked,
             ca: parts.ca,
             head_addr: parts.head_addr,
             tracker: parts.tracker,
@@ -305,6 +310,21 @@ impl Autoscaler {
                     return;
                 }
                 tracing::info!(%server, node = %name, %reason, "deleting a server");
+                // Revoked before the server goes: whoever holds its disk holds no credential.
+                if let Err(err) = self
+                    .revoked
+                    .remove(
+                        &name,
+                        "its server was deleted by the autoscaler",
+                        &self.store,
+                        &self.events,
+                    )
+                    .await
+                {
+                    tracing::error!(%server, node = %name, error = %err, "cannot revoke the node of a server; not deleting it yet");
+                    self.deleting.remove(&server);
+                    return;
+                }
                 let provider = self.provider.clone();
                 let done = self.done_tx.clone();
                 self.tracker.spawn(async move {
@@ -513,8 +533,10 @@ fn from_node(node: &NodeSummary, created: SystemTime) -> ServerView {
             node.running,
             None,
         ),
-        // Drained and gone: its server can go.
-        cluster::NodeState::Left => (ServerState::Draining, Resources::default(), 0, None),
+        // Drained and gone, or removed (not listed to the autoscaler): its server can go.
+        cluster::NodeState::Left | cluster::NodeState::Removed => {
+            (ServerState::Draining, Resources::default(), 0, None)
+        }
         cluster::NodeState::Dead => (ServerState::Failed, Resources::default(), 0, None),
     };
     ServerView {

@@ -220,6 +220,10 @@ impl<C: Comm> Cluster<C> {
             } => {
                 let _ = reply.send(self.drain(&node, deadline));
             }
+            Event::RemoveNodes { nodes, reply } => {
+                self.remove_nodes(&nodes);
+                let _ = reply.send(());
+            }
             Event::Holds {
                 node,
                 attempt,

@@ -39,6 +39,14 @@ pub struct HeadConfig {
     /// How long the join token written to `STATE_DIR/join-token` stays valid. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub join_token_ttl: Duration,
+    /// Connections the head holds at once from peers it has not authenticated yet (joining
+    /// nodes, TLS handshakes in progress); more are refused. Default `256`.
+    pub max_unauthenticated: usize,
+    /// The same, per source address. Default `16`.
+    pub max_unauthenticated_per_address: usize,
+    /// Joins the head handles per second on average, and at most this many at once; more wait
+    /// their turn (within the 5 s a joining peer has). Default `20`.
+    pub joins_per_second: u32,
     /// How long a failing database commit is retried before the head stops (exit status 1) so
     /// that a restart recovers; nothing of the failed commit was acknowledged. Default `30s`.
     #[serde(with = "humantime_serde")]
@@ -116,6 +124,9 @@ impl Default for HeadConfig {
             heartbeat_timeout: Duration::from_secs(5),
             recovery_grace: Duration::from_secs(10),
             join_token_ttl: Duration::from_secs(24 * 3600),
+            max_unauthenticated: 256,
+            max_unauthenticated_per_address: 16,
+            joins_per_second: 20,
             commit_retry_for: Duration::from_secs(30),
             pack_threshold: SchedulerConfig::default().pack_threshold,
             metrics_listen: None,
@@ -153,6 +164,14 @@ impl HeadConfig {
                 self.heartbeat_timeout, self.heartbeat_interval
             )));
         }
+        if self.max_unauthenticated == 0
+            || self.max_unauthenticated_per_address == 0
+            || self.joins_per_second == 0
+        {
+            return Err(ConfigError::Invalid(
+                "max_unauthenticated, max_unauthenticated_per_address and joins_per_second must be above 0 (or no node could join)".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.pack_threshold) {
             return Err(ConfigError::Invalid(format!(
                 "pack_threshold = {} is not a fraction: use a number from 0 to 1 (0.5 packs nodes half full, then spreads; 1.0 packs them full)",
@@ -169,6 +188,15 @@ impl HeadConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The limits on peers without a certificate from this config.
+    pub(crate) fn admission_limits(&self) -> crate::admission::Limits {
+        crate::admission::Limits {
+            total: self.max_unauthenticated,
+            per_address: self.max_unauthenticated_per_address,
+            joins_per_second: self.joins_per_second,
+        }
     }
 
     /// The scheduler's tunables from this config.
@@ -215,6 +243,12 @@ mod tests {
             ..HeadConfig::default()
         };
         assert!(bad.validate().is_err());
+        let closed = HeadConfig {
+            max_unauthenticated_per_address: 0,
+            ..HeadConfig::default()
+        };
+        let err = closed.validate().expect_err("no node could join");
+        assert!(err.to_string().contains("max_unauthenticated"), "{err}");
     }
 
     #[test]

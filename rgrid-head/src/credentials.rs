@@ -110,7 +110,8 @@ pub(crate) async fn create_join_token(
     Ok(token)
 }
 
-/// Keeps `STATE_DIR/join-token` valid: a new token when the file is missing or its token expired.
+/// Keeps `STATE_DIR/join-token` valid for at least half of `ttl`: a new token when the file is
+/// missing, or its token is revoked, expired, or past half its life (renewed at each start).
 pub(crate) async fn ensure_join_token_file(
     state_dir: &Path,
     store: &Store,
@@ -118,10 +119,13 @@ pub(crate) async fn ensure_join_token_file(
     ttl: Duration,
 ) -> Result<PathBuf, CredentialsError> {
     let path = state_dir.join("join-token");
+    let renew_after = unix_ms().saturating_add(ttl.as_millis() as u64 / 2);
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(token) = JoinToken::parse(&text) {
             let stored = store.token(&token.id).await?;
-            if stored.is_some_and(|t| !t.revoked && t.expires_at_ms.is_none_or(|e| e > unix_ms())) {
+            if stored
+                .is_some_and(|t| !t.revoked && t.expires_at_ms.is_some_and(|e| e > renew_after))
+            {
                 return Ok(path);
             }
         }
@@ -143,7 +147,7 @@ pub(crate) fn write_client_file(
     let existing = std::fs::read_to_string(&path)
         .ok()
         .and_then(|text| toml::from_str::<ClientFile>(&text).ok())
-        .filter(|file| file.ca_pem == ca.cert_pem());
+        .filter(|file| file.ca_pem == ca.cert_pem() && is_admin(file));
     let file = match existing {
         Some(file) => ClientFile {
             head: head.to_owned(),
@@ -153,6 +157,14 @@ pub(crate) fn write_client_file(
     };
     write_client(&path, &file)?;
     Ok(path)
+}
+
+/// Do these credentials carry the admin role (files written before roles existed do not)?
+fn is_admin(file: &ClientFile) -> bool {
+    rgrid_core::tls::pem_certs(&file.cert_pem, "client")
+        .ok()
+        .and_then(|certs| certs.first().and_then(|c| ClientRole::from_cert(c)))
+        == Some(ClientRole::Admin)
 }
 
 /// New credentials for client `name` with `role`, connecting to `head`.
@@ -175,4 +187,57 @@ pub(crate) fn client_file(
 pub(crate) fn write_client(path: &Path, file: &ClientFile) -> Result<(), CredentialsError> {
     let text = toml::to_string(file).map_err(|e| CredentialsError::ClientFile(e.to_string()))?;
     write_private(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RetryPolicy;
+    use tokio_util::task::TaskTracker;
+
+    #[tokio::test]
+    async fn the_operator_join_token_expires_and_is_renewed_at_start() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let tracker = TaskTracker::new();
+        let url = format!("sqlite://{}", dir.path().join("rgrid.db").display());
+        let store = Store::open(&url, RetryPolicy::default(), &tracker)
+            .await
+            .expect("the store opens");
+        let ca = load_or_create_ca(dir.path()).expect("a CA");
+        let day = Duration::from_secs(24 * 3600);
+        let read = || {
+            let path = dir.path().join("join-token");
+            JoinToken::parse(&std::fs::read_to_string(path).expect("the file reads"))
+                .expect("the token parses")
+        };
+        ensure_join_token_file(dir.path(), &store, &ca, day)
+            .await
+            .expect("a token is written");
+        let first = read();
+        let stored = store.token(&first.id).await.expect("read").expect("stored");
+        let expires = stored.expires_at_ms.expect("it expires");
+        let left = expires.saturating_sub(unix_ms());
+        assert!(left > day.as_millis() as u64 - 60_000 && left <= day.as_millis() as u64);
+
+        // Fresh: kept at the next start.
+        ensure_join_token_file(dir.path(), &store, &ca, day)
+            .await
+            .expect("kept");
+        assert_eq!(read().id, first.id);
+        // With a longer ttl the same token is past half its life: renewed.
+        ensure_join_token_file(dir.path(), &store, &ca, day * 4)
+            .await
+            .expect("renewed");
+        let second = read();
+        assert_ne!(second.id, first.id);
+        // Revoked: renewed.
+        assert!(store.revoke_token(&second.id).await.expect("revoked"));
+        ensure_join_token_file(dir.path(), &store, &ca, day)
+            .await
+            .expect("renewed");
+        assert_ne!(read().id, second.id);
+        drop(store);
+        tracker.close();
+        tracker.wait().await;
+    }
 }

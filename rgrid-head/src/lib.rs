@@ -15,6 +15,7 @@
 //!   nothing, when `[autoscaler]` is enabled.
 
 pub mod admin;
+mod admission;
 mod autoscaler;
 mod cluster;
 pub mod config;
@@ -22,6 +23,8 @@ mod credentials;
 mod metrics;
 mod objects;
 mod outputs;
+mod revoked;
+mod roles;
 mod server;
 mod store;
 mod transfers;
@@ -135,7 +138,7 @@ pub async fn start(
 ) -> Result<RunningHead, StartError> {
     config.validate()?;
     let state_dir = config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| StartError::StateDir {
+    rgrid_core::tls::create_private_dir(&state_dir).map_err(|source| StartError::StateDir {
         path: state_dir.clone(),
         source,
     })?;
@@ -188,6 +191,7 @@ pub async fn start(
         heartbeat_timeout: config.heartbeat_timeout,
         recovery_grace: config.recovery_grace,
     };
+    let revoked = revoked::Revoked::load(&store).await?;
     let (channels, inputs) = Channels::new();
     let ca = Arc::new(ca);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -206,6 +210,7 @@ pub async fn start(
             events: channels.events.clone(),
             wake: wake.clone(),
             store: store.clone(),
+            revoked: revoked.clone(),
             ca: ca.clone(),
             head_addr: config.node_facing_address(local_addr)?,
             tracker: tracker.clone(),
@@ -240,6 +245,8 @@ pub async fn start(
         channels,
         next_session: AtomicU64::new(1),
         heartbeat_interval: config.heartbeat_interval,
+        admission: admission::Admission::new(config.admission_limits()),
+        revoked: revoked.clone(),
         tracker: tracker.clone(),
         shutdown,
     });

@@ -51,7 +51,7 @@ pub(crate) fn describe() {
     );
     metrics::describe_gauge!(
         NODES,
-        "Nodes by state (ready, suspect, draining, dead, left), sampled once a second"
+        "Nodes by state (ready, suspect, draining, dead, left, removed), sampled once a second"
     );
     metrics::describe_gauge!(
         HEARTBEAT_LAG,

@@ -16,7 +16,7 @@ pub(crate) struct OutputStore {
 
 impl OutputStore {
     pub(crate) fn new(dir: PathBuf) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        rgrid_core::tls::create_private_dir(&dir)?;
         Ok(Self { dir })
     }
 
@@ -32,10 +32,7 @@ impl OutputStore {
             let path = dir.join(&hash);
             if !path.exists() {
                 let tmp = dir.join(format!("{hash}.tmp-{}", uuid::Uuid::new_v4()));
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)?;
+                let mut file = rgrid_core::tls::create_private_file(&tmp)?;
                 file.write_all(&bytes)?;
                 file.sync_all()?;
                 std::fs::rename(&tmp, &path)?;

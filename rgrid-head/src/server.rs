@@ -16,20 +16,23 @@ use rgrid_core::protocol::{
     INLINE_RESULT_BYTES, MAX_PAGE_TASKS, MAX_WAIT_TASKS,
 };
 use rgrid_core::time::{monotonic_ms, unix_ms};
-use rgrid_core::tls::{ClusterCa, JoinToken, PeerIdentity};
-use rgrid_core::transport::accept_handshake;
+use rgrid_core::tls::{ClientRole, ClusterCa, JoinToken, PeerIdentity};
+use rgrid_core::transport::{accept_handshake, raise_limits, UNAUTHENTICATED_FRAME_BYTES};
 use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::{Admission, Slot, UNAUTHENTICATED_DEADLINE};
 use crate::cluster::{
     Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
 use crate::objects::Objects;
 use crate::outputs::OutputStore;
-use crate::store::{Output, Store, StoredNode, StoredTask, Write};
+use crate::revoked::Revoked;
+use crate::roles;
+use crate::store::{Output, Store, StoredNode, StoredTask};
 
 /// Messages waiting to go out on a node's control stream, at most. Each carries a turn's
 /// assignments or acknowledgements, so a node this far behind is not reading its stream.
@@ -48,6 +51,10 @@ pub(crate) struct Shared {
     /// Distinguishes a node's sessions, so events from a replaced one are ignored.
     pub next_session: AtomicU64,
     pub heartbeat_interval: Duration,
+    /// What peers without a certificate may hold.
+    pub admission: Arc<Admission>,
+    /// Nodes that may not connect any more.
+    pub revoked: Arc<Revoked>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -61,14 +68,26 @@ pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
         };
         let Some(incoming) = incoming else { break };
         let remote = incoming.remote_address();
+        // Every connection counts as unauthenticated until its certificate says otherwise.
+        let Some(slot) = shared.admission.admit(remote.ip()) else {
+            tracing::debug!(%remote, "too many unauthenticated connections; refused");
+            incoming.refuse();
+            continue;
+        };
         let shared2 = shared.clone();
         shared.tracker.spawn(
             async move {
-                match incoming.await {
-                    Ok(connection) => handle_connection(connection, shared2).await,
-                    Err(err) => {
+                let deadline = tokio::time::Instant::now() + UNAUTHENTICATED_DEADLINE;
+                match tokio::time::timeout_at(deadline, incoming).await {
+                    Ok(Ok(connection)) => {
+                        handle_connection(connection, slot, deadline, shared2).await
+                    }
+                    Ok(Err(err)) => {
                         tracing::info!(error = %err, "connection failed during the TLS handshake")
                     }
+                    Err(_) => tracing::info!(
+                        "TLS handshake not complete within {UNAUTHENTICATED_DEADLINE:?}; dropped"
+                    ),
                 }
             }
             .instrument(tracing::info_span!("conn", %remote)),
@@ -77,17 +96,49 @@ pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
     endpoint.close(0u32.into(), b"head shutting down");
 }
 
-/// The peer's identity from its verified certificate, if it presented one.
-fn identity(connection: &Connection) -> Option<PeerIdentity> {
+/// The peer's identity and role from its verified certificate, if it presented one (a client
+/// certificate naming no role may only read).
+fn identity(connection: &Connection) -> Option<(PeerIdentity, ClientRole)> {
     let certs = connection
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    PeerIdentity::from_cert(certs.first()?)
+    let cert = certs.first()?;
+    let role = ClientRole::from_cert(cert).unwrap_or(ClientRole::Read);
+    Some((PeerIdentity::from_cert(cert)?, role))
 }
 
-async fn handle_connection(connection: Connection, shared: Arc<Shared>) {
-    let peer = identity(&connection);
+async fn handle_connection(
+    connection: Connection,
+    slot: Slot,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+) {
+    let Some((peer, role)) = identity(&connection) else {
+        // No certificate: one join within the deadline, then the connection goes.
+        if tokio::time::timeout_at(deadline, join_connection(&connection, &shared))
+            .await
+            .is_err()
+        {
+            tracing::info!("no join within {UNAUTHENTICATED_DEADLINE:?}; closing");
+        }
+        connection.close(
+            2u32.into(),
+            b"a peer without a certificate may only join, once",
+        );
+        drop(slot);
+        return;
+    };
+    drop(slot);
+    if let PeerIdentity::Node(node) = peer {
+        if shared.revoked.contains(node) {
+            tracing::info!(node = %node, "refused a removed node");
+            connection.close(3u32.into(), REMOVED.as_bytes());
+            return;
+        }
+    }
+    raise_limits(&connection);
+    let peer = Some(peer);
     let agent = match accept_handshake(&connection).await {
         Ok(agent) => agent,
         Err(err) => {
@@ -111,9 +162,30 @@ async fn handle_connection(connection: Connection, shared: Arc<Shared>) {
         let peer = peer.clone();
         shared
             .tracker
-            .spawn(handle_stream(peer, send, recv, shared2).in_current_span());
+            .spawn(handle_stream(peer, role, send, recv, shared2).in_current_span());
     }
 }
+
+/// A connection without a certificate: its handshake, then one request (a join), answered
+/// before the connection goes. The caller bounds it by the deadline.
+async fn join_connection(connection: &Connection, shared: &Arc<Shared>) {
+    if let Err(err) = accept_handshake(connection).await {
+        tracing::info!(error = %err, "handshake failed");
+        // Give the peer time to read the refusal.
+        connection.closed().await;
+        return;
+    }
+    let Ok((send, recv)) = connection.accept_bi().await else {
+        return;
+    };
+    handle_stream(None, ClientRole::Read, send, recv, shared.clone()).await;
+    // Let the peer read the answer; it closes the connection then (or the deadline does).
+    connection.closed().await;
+}
+
+/// What a removed node hears.
+const REMOVED: &str =
+    "this node was removed from the cluster and its certificate revoked; join again with a new token";
 
 pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     Response::Error(ErrorReply {
@@ -149,12 +221,16 @@ pub(crate) async fn respond(
 
 async fn handle_stream(
     peer: Option<PeerIdentity>,
+    role: ClientRole,
     send: SendStream,
     recv: RecvStream,
     shared: Arc<Shared>,
 ) {
     let mut writer = FrameWriter::<_, Response>::new(send);
-    let mut reader = FrameReader::<_, Request>::new(recv);
+    let mut reader = match peer {
+        Some(_) => FrameReader::<_, Request>::new(recv),
+        None => FrameReader::with_limit(recv, UNAUTHENTICATED_FRAME_BYTES),
+    };
     let request = match reader.expect().await {
         Ok(request) => request,
         Err(err) => {
@@ -168,22 +244,44 @@ async fn handle_stream(
             return;
         }
     };
+    if let Some(PeerIdentity::Node(node)) = &peer {
+        // Removed while this connection was open.
+        if shared.revoked.contains(*node) {
+            respond(&mut writer, &error(ErrorKind::Unauthorized, REMOVED)).await;
+            let _ = writer.get_mut().finish();
+            return;
+        }
+    }
+    if let Some(PeerIdentity::Client(_)) = &peer {
+        if let Some(message) = roles::refusal(role, &request) {
+            respond(&mut writer, &error(ErrorKind::Forbidden, message)).await;
+            let _ = writer.get_mut().finish();
+            return;
+        }
+    }
     let response = match (request, &peer) {
-        (Request::Join(join), _) => join_node(join, &shared).await,
+        (Request::Join(join), None) => {
+            shared.admission.join_turn().await;
+            join_node(join, &shared).await
+        }
         (Request::NodeSession(hello), Some(PeerIdentity::Node(node))) => {
             return node_session(*node, hello, writer, reader, shared).await;
         }
         (Request::ReportResult(report), Some(PeerIdentity::Node(node))) => {
             report_result(*node, report, &shared).await
         }
-        (Request::Submit(specs), Some(PeerIdentity::Client(_))) => submit(specs, &shared).await,
+        (Request::Submit(specs), Some(PeerIdentity::Client(client))) => {
+            submit(specs, client, role, &shared).await
+        }
         (Request::Get { task }, Some(PeerIdentity::Client(_))) => get(task, &shared).await,
         (Request::Wait { tasks, outputs }, Some(PeerIdentity::Client(_))) => {
             wait(tasks, outputs, &shared, &mut writer).await;
             let _ = writer.get_mut().finish();
             return;
         }
-        (Request::Cancel { task }, Some(PeerIdentity::Client(_))) => cancel(task, &shared).await,
+        (Request::Cancel { task }, Some(PeerIdentity::Client(client))) => {
+            cancel(task, client, role, &shared).await
+        }
         (Request::ListNodes, Some(PeerIdentity::Client(_))) => {
             ask(&shared, |reply| Event::ListNodes { reply })
                 .await
@@ -216,6 +314,9 @@ async fn handle_stream(
         }
         (Request::ListObjects(query), Some(PeerIdentity::Client(_))) => {
             Response::Objects(shared.objects.page(&query))
+        }
+        (Request::RemoveNode { node }, Some(PeerIdentity::Client(_))) => {
+            remove_node(&node, &shared).await
         }
         (_, None) => error(
             ErrorKind::Unauthorized,
@@ -257,59 +358,81 @@ async fn join_node(join: JoinRequest, shared: &Shared) -> Response {
 
 async fn try_join(join: JoinRequest, shared: &Shared) -> Result<JoinReply, String> {
     let token = JoinToken::parse(&join.token).map_err(|e| e.to_string())?;
-    let stored = shared
-        .store
-        .token(&token.id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let refused = "join token refused: unknown or wrong secret; copy the current STATE_DIR/join-token from the head";
-    let stored = stored.ok_or(refused)?;
-    if stored.secret_hash != token.secret_hash() {
-        return Err(refused.into());
-    }
-    if stored.revoked {
-        return Err("join token refused: it was revoked; create a new one".into());
-    }
-    if let Some(expires) = stored.expires_at_ms.filter(|e| *e <= unix_ms()) {
-        return Err(format!(
-            "join token refused: it expired at {} (unix ms {expires}); restart the head or create a new token",
-            humanize_ms(expires)
-        ));
-    }
-    if stored.single_use && stored.used {
-        return Err("join token refused: it was single-use and has been used".into());
-    }
-    let node = NodeId::new();
-    let cert_pem = shared
-        .ca
-        .sign_node_csr(&join.csr_pem, node)
+    ClusterCa::check_node_csr(&join.csr_pem)
         .map_err(|e| format!("bad certificate signing request: {e}"))?;
+    let node = NodeId::new();
     let name = if join.name.trim().is_empty() {
         format!("node-{}", &node.to_string()[..8])
     } else {
+        check_node_name(&join.name)?;
         join.name
     };
-    let mut writes = vec![Write::UpsertNode(Box::new(StoredNode {
+    let stored = StoredNode {
         id: node,
         name: name.clone(),
         hello: None,
         state: "joined",
         joined_at_ms: unix_ms(),
-    }))];
-    if stored.single_use {
-        writes.push(Write::UseToken { id: stored.id });
-    }
-    shared
+    };
+    // The token is consumed (and the node stored) before anything is signed.
+    let secret_hash = token.secret_hash();
+    let joined = shared
         .store
-        .write(writes)
+        .join(&token.id, &secret_hash, unix_ms(), &stored)
         .await
         .map_err(|e| e.to_string())?;
+    if !joined {
+        return Err(join_refusal(&token, &secret_hash, shared).await);
+    }
+    let cert_pem = shared
+        .ca
+        .sign_node_csr(&join.csr_pem, node)
+        .map_err(|e| format!("bad certificate signing request: {e}"))?;
     tracing::info!(node = %node, %name, "node joined");
     Ok(JoinReply {
         node_id: node,
         cert_pem,
         ca_pem: shared.ca.cert_pem().to_owned(),
     })
+}
+
+/// Why the store refused `token`, for the joining node.
+async fn join_refusal(token: &JoinToken, secret_hash: &str, shared: &Shared) -> String {
+    let refused = "join token refused: unknown or wrong secret; copy the current STATE_DIR/join-token from the head";
+    let stored = match shared.store.token(&token.id).await {
+        Ok(Some(stored)) if stored.secret_hash == secret_hash => stored,
+        Ok(_) => return refused.into(),
+        Err(err) => return err.to_string(),
+    };
+    if stored.revoked {
+        "join token refused: it was revoked; create a new one".into()
+    } else if let Some(expires) = stored.expires_at_ms.filter(|e| *e <= unix_ms()) {
+        format!(
+            "join token refused: it expired at {} (unix ms {expires}); restart the head or create a new token",
+            humanize_ms(expires)
+        )
+    } else if stored.single_use && stored.used {
+        "join token refused: it was single-use and has been used".into()
+    } else {
+        refused.into()
+    }
+}
+
+/// Node names reach logs, terminals and the autoscaler's matching: a hostname's characters
+/// only, so that nothing a node says can carry control characters or escape sequences.
+fn check_node_name(name: &str) -> Result<(), String> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "node name {:?} refused: use 1 to 63 letters, digits, '.', '_' or '-'",
+            name.escape_debug().to_string()
+        ))
+    }
 }
 
 fn humanize_ms(ms: u64) -> String {
@@ -345,7 +468,16 @@ async fn node_session(
     reader: FrameReader<RecvStream, Request>,
     shared: Arc<Shared>,
 ) {
-    match shared.store.node_exists(node).await {
+    let known = match check_node_name(&hello.name) {
+        Ok(()) => shared.store.node_exists(node).await,
+        Err(message) => {
+            let mut writer = writer.retype::<HeadMessage>();
+            let _ = writer.send(&HeadMessage::Refused { message }).await;
+            let _ = writer.get_mut().finish();
+            return;
+        }
+    };
+    match known {
         Ok(true) => {}
         Ok(false) => {
             let mut writer = writer.retype::<HeadMessage>();
@@ -516,10 +648,14 @@ async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> 
     }
 }
 
-async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
+async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &Shared) -> Response {
     let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
     for spec in specs {
+        if let Some(message) = roles::spec_refusal(role, &spec) {
+            answers.push(Some(SubmitAnswer::Rejected(message)));
+            continue;
+        }
         match spec
             .validate()
             .and_then(|()| shared.objects.check_inputs(&spec))
@@ -537,7 +673,11 @@ async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
     if !tasks.is_empty() {
         let specs: Vec<(TaskId, Vec<u8>)> = tasks.iter().map(|t| (t.id, t.spec.clone())).collect();
         let (reply, rx) = oneshot::channel();
-        let submission = Submission { tasks, reply };
+        let submission = Submission {
+            tasks,
+            client: Some(client.to_owned()),
+            reply,
+        };
         if shared.channels.submissions.send(submission).await.is_err() {
             return gone();
         }
@@ -575,7 +715,20 @@ async fn known_answer(id: TaskId, spec: &[u8], shared: &Shared) -> SubmitAnswer 
     }
 }
 
-async fn cancel(task: TaskId, shared: &Shared) -> Response {
+async fn cancel(task: TaskId, client: &str, role: ClientRole, shared: &Shared) -> Response {
+    if role != ClientRole::Admin {
+        match shared.store.task_submitter(task).await {
+            Ok(Some(Some(submitter))) if submitter == client => {}
+            Ok(Some(_)) => {
+                return error(
+                    ErrorKind::Forbidden,
+                    format!("task {task} was not submitted by client {client:?}: only its submitter or an admin may cancel it"),
+                )
+            }
+            Ok(None) => return error(ErrorKind::NotFound, format!("no task {task}")),
+            Err(err) => return error(ErrorKind::Internal, err.to_string()),
+        }
+    }
     match ask(shared, |reply| Event::Cancel { task, reply }).await {
         Ok(Some(state)) => Response::Cancelled { state },
         Ok(None) => match shared.store.task(task).await {
@@ -861,6 +1014,26 @@ async fn list_tasks(query: TaskQuery, shared: &Shared) -> Response {
         .then(|| tasks.last().map(|t| t.task))
         .flatten();
     Response::Tasks(TaskPage { tasks, next })
+}
+
+async fn remove_node(node: &str, shared: &Shared) -> Response {
+    let removed = shared
+        .revoked
+        .remove(
+            node,
+            "removed by an operator",
+            &shared.store,
+            &shared.channels.events,
+        )
+        .await;
+    match removed {
+        Ok(nodes) if nodes.is_empty() => error(ErrorKind::NotFound, format!("no node {node:?}")),
+        Ok(nodes) => Response::Removed { nodes },
+        Err(err) => error(
+            ErrorKind::Internal,
+            format!("cannot remove {node:?}: {err}"),
+        ),
+    }
 }
 
 /// Counts by state: open tasks from the loop, finished ones from the store.

@@ -61,7 +61,7 @@ pub async fn load_or_join(
     token_file: Option<&Path>,
     name: &str,
 ) -> Result<NodeCredentials, JoinError> {
-    std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+    rgrid_core::tls::create_private_dir(state_dir).map_err(io(state_dir))?;
     let id_path = state_dir.join("node-id");
     if id_path.exists() {
         return load(state_dir);

@@ -474,7 +474,8 @@ impl HcloudClient {
             }
         }
         if let Some(reset) = num("ratelimit-reset") {
-            rate.reset = Some(UNIX_EPOCH + Duration::from_secs(reset));
+            // A reset past what a SystemTime holds is no reset (adding it would panic).
+            rate.reset = UNIX_EPOCH.checked_add(Duration::from_secs(reset));
         }
         num("retry-after")
             .map(Duration::from_secs)

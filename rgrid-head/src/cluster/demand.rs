@@ -176,6 +176,7 @@ impl<C: Comm> Cluster<C> {
         let nodes = self
             .nodes
             .iter()
+            .filter(|node| node.state != NodeState::Removed)
             .map(|node| NodeSummary {
                 name: node.name.clone(),
                 state: node.state,

@@ -68,6 +68,8 @@ pub(crate) struct SubmitReply {
 #[derive(Debug)]
 pub(crate) struct Submission {
     pub tasks: Vec<Admitted>,
+    /// The client that submits them (recorded with each task).
+    pub client: Option<String>,
     /// Answers in the order of `tasks`; positions of tasks the server refused are filled in by it.
     pub reply: oneshot::Sender<SubmitReply>,
 }
@@ -152,6 +154,12 @@ pub(crate) enum Event {
         node: String,
         deadline: Duration,
         reply: oneshot::Sender<Option<NodeId>>,
+    },
+    /// Nodes removed from the cluster (revoked already): what they run is requeued, they leave
+    /// the listings and never come back.
+    RemoveNodes {
+        nodes: Vec<NodeId>,
+        reply: oneshot::Sender<()>,
     },
     /// May `node` report on `attempt` (before its large outputs are written)?
     Holds {

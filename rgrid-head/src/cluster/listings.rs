@@ -8,7 +8,7 @@ use rgrid_core::task::Constraints;
 use rgrid_core::{TaskId, TaskState};
 
 use super::tasks::{ShapeId, Task};
-use super::{Cluster, Comm};
+use super::{Cluster, Comm, NodeState};
 use crate::store::ListedTask;
 
 impl<C: Comm> Cluster<C> {
@@ -16,6 +16,7 @@ impl<C: Comm> Cluster<C> {
         let mut nodes: Vec<NodeInfo> = self
             .nodes
             .iter()
+            .filter(|node| node.state != NodeState::Removed)
             .map(|node| {
                 let hello = node.hello.as_ref();
                 NodeInfo {
@@ -126,7 +127,7 @@ impl<C: Comm> Cluster<C> {
     /// Open tasks by state, nodes by state, and what queued shapes wait for.
     pub(super) fn status(&self) -> ClusterStatus {
         let mut nodes: Vec<(String, u64)> = Vec::new();
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| n.state != NodeState::Removed) {
             let state = node.listed_state();
             match nodes.iter_mut().find(|(s, _)| s == state) {
                 Some((_, n)) => *n += 1,

@@ -34,15 +34,18 @@ pub(crate) enum NodeState {
     Dead,
     /// Drained and gone.
     Left,
+    /// Removed by an operator or the autoscaler and revoked: never back, not listed.
+    Removed,
 }
 
 impl NodeState {
-    pub(crate) const ALL: [NodeState; 5] = [
+    pub(crate) const ALL: [NodeState; 6] = [
         Self::Ready,
         Self::Suspect,
         Self::Draining,
         Self::Dead,
         Self::Left,
+        Self::Removed,
     ];
 
     /// Serving work, or out of touch but expected back.
@@ -57,6 +60,7 @@ impl NodeState {
             Self::Draining => "draining",
             Self::Dead => "dead",
             Self::Left => "left",
+            Self::Removed => "removed",
         }
     }
 }
@@ -154,6 +158,14 @@ impl<C: Comm> Cluster<C> {
     }
 
     pub(super) fn node_connected(&mut self, id: NodeId, hello: NodeHello, session: Session) {
+        if self
+            .node_index
+            .get(&id)
+            .is_some_and(|&index| self.node(index).state == NodeState::Removed)
+        {
+            // Its session opened as it was removed: dropping the session ends it.
+            return;
+        }
         tracing::info!(node = %id, name = %hello.name, resources = %hello.resources, "node session opened");
         self.scheduler.upsert_node(node_view(id, &hello));
         let index = self.node_slot(id, &hello.name);
@@ -371,6 +383,28 @@ impl<C: Comm> Cluster<C> {
             state: NodeState::Left.as_str(),
         });
         self.dirty = true;
+    }
+
+    /// Nodes removed and revoked: what they run is requeued (not counted as a node loss), they
+    /// get no more work and leave the listings. Their rows are gone from the store already.
+    pub(super) fn remove_nodes(&mut self, ids: &[NodeId]) {
+        for id in ids {
+            let Some(&index) = self.node_index.get(id) else {
+                continue;
+            };
+            let attempts: Vec<AttemptId> = self.node(index).running.keys().copied().collect();
+            for attempt in attempts {
+                self.release_attempt(index, attempt);
+                self.requeue(attempt, "node removed", false);
+            }
+            let node = &mut self.nodes[index as usize];
+            node.state = NodeState::Removed;
+            node.session = None;
+            node.assignments.clear();
+            node.acks.clear();
+            self.scheduler.remove_node(*id);
+            self.dirty = true;
+        }
     }
 
     fn node_dead(&mut self, index: u32) {

@@ -293,6 +293,7 @@ impl<C: Comm> Cluster<C> {
                 id: admitted.id,
                 spec: admitted.spec.clone(),
                 submitted_at_ms: now,
+                submitted_by: submission.client.clone(),
             });
             let task = Task {
                 spec: admitted.spec.into_boxed_slice(),

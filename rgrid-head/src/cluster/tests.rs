@@ -97,6 +97,7 @@ fn admitted(spec: &TaskSpec) -> Admitted {
 fn submit(c: &mut Loop, specs: &[TaskSpec]) -> oneshot::Receiver<SubmitReply> {
     let (reply, rx) = oneshot::channel();
     c.submit(Submission {
+        client: None,
         tasks: specs.iter().map(admitted).collect(),
         reply,
     });
@@ -606,6 +607,7 @@ fn submissions_wait_when_the_database_is_behind() {
     assert!(c.accepting(), "the first batch is in flight");
     let (reply, _rx) = oneshot::channel();
     c.submit(Submission {
+        client: None,
         tasks: specs[1..].iter().map(admitted).collect(),
         reply,
     });

@@ -76,9 +76,9 @@ impl TaskSql {
         Self {
             insert: per_chunk(&|n| {
                 format!(
-                    "INSERT INTO tasks (id, spec, state, submitted_at_ms) VALUES {}
+                    "INSERT INTO tasks (id, spec, state, submitted_at_ms, submitted_by) VALUES {}
                      ON CONFLICT (id) DO NOTHING RETURNING id",
-                    rows("(?, ?, 'queued', ?)", n)
+                    rows("(?, ?, 'queued', ?, ?)", n)
                 )
             }),
             attempts: per_chunk(&|n| {
@@ -194,6 +194,19 @@ macro_rules! backend {
                     used: row.get("used"),
                     revoked: row.get("revoked"),
                 }))
+            }
+
+            /// The client that submitted task `id`: `None` when there is no such task,
+            /// `Some(None)` when it was stored without one.
+            pub(crate) async fn task_submitter(
+                pool: &Pool,
+                id: TaskId,
+            ) -> Result<Option<Option<String>>, StoreError> {
+                let row = sqlx::query("SELECT submitted_by FROM tasks WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(pool)
+                    .await?;
+                Ok(row.map(|row| row.get("submitted_by")))
             }
 
             /// Every node that ever joined, with its last known description.
@@ -445,7 +458,8 @@ macro_rules! backend {
                         query = query
                             .bind(row.id.to_string())
                             .bind(&row.spec)
-                            .bind(to_i64(row.submitted_at_ms));
+                            .bind(to_i64(row.submitted_at_ms))
+                            .bind(&row.submitted_by);
                     }
                     let new: HashSet<String> = query
                         .fetch_all(&mut *tx)
@@ -517,6 +531,39 @@ macro_rules! backend {
                 Ok(known)
             }
 
+            /// Consumes join token `id` and stores the node that joins with it, in one
+            /// transaction: the token is used only if its secret matches and it is neither
+            /// revoked nor expired, nor a single-use token used already. Of two concurrent joins
+            /// with one single-use token, one updates the row and the other finds nothing to
+            /// update. `false`: the token was refused and nothing was written.
+            pub(crate) async fn join(
+                pool: &Pool,
+                id: &str,
+                secret_hash: &str,
+                now_ms: u64,
+                node: &StoredNode,
+            ) -> Result<bool, sqlx::Error> {
+                let mut tx = pool.begin().await?;
+                let used = sqlx::query(
+                    "UPDATE join_tokens SET used = TRUE
+                     WHERE id = $1 AND secret_hash = $2 AND revoked = FALSE
+                       AND (expires_at_ms IS NULL OR expires_at_ms > $3)
+                       AND (single_use = FALSE OR used = FALSE)",
+                )
+                .bind(id)
+                .bind(secret_hash)
+                .bind(to_i64(now_ms))
+                .execute(&mut *tx)
+                .await?;
+                if used.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                apply(&mut tx, &Write::UpsertNode(Box::new(node.clone()))).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
             /// Applies writes outside the task path in one transaction of their own.
             pub(crate) async fn write(pool: &Pool, writes: &[Write]) -> Result<(), sqlx::Error> {
                 let mut tx = pool.begin().await?;
@@ -574,12 +621,6 @@ macro_rules! backend {
                         .bind(token.revoked)
                         .execute(conn)
                         .await?;
-                    }
-                    Write::UseToken { id } => {
-                        sqlx::query("UPDATE join_tokens SET used = TRUE WHERE id = $1")
-                            .bind(id)
-                            .execute(conn)
-                            .await?;
                     }
                 }
                 Ok(())
@@ -648,7 +689,7 @@ mod plans {
         let sql = TaskSql::new("BLOB", true);
         let single = |s: &String| vec![s.clone()];
         for (what, statements, width) in [
-            ("insert", sql.insert.clone(), 3),
+            ("insert", sql.insert.clone(), 4),
             ("attempts", sql.attempts.clone(), 5),
             ("finishes", sql.finishes.clone(), 13),
             ("attempt end", single(&sql.attempt_end), 4),

@@ -19,6 +19,8 @@ pub(crate) struct NewTask {
     /// The postcard-encoded spec.
     pub spec: Vec<u8>,
     pub submitted_at_ms: u64,
+    /// The client that submitted it (`None` in tests of the loop alone).
+    pub submitted_by: Option<String>,
 }
 
 /// An attempt placed on a node, committed before the node hears of it, so that an attempt
@@ -108,7 +110,6 @@ pub(crate) enum Write {
     UpsertNode(Box<StoredNode>),
     NodeState { node: NodeId, state: &'static str },
     InsertToken(StoredToken),
-    UseToken { id: String },
 }
 
 /// Everything one commit writes, applied in this order (inserts first, so that a task submitted

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 mod backend;
 pub(crate) mod batch;
+mod revocations;
 mod tokens;
 
 pub(crate) use batch::{
@@ -194,6 +195,7 @@ impl Store {
                 // 32 MiB of pages per connection (SQLite's default is 2 MiB): the task table's
                 // indexes of a busy head stay in memory instead of being read back per commit.
                 .pragma("cache_size", "-32768");
+            private_database_file(options.get_filename())?;
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
@@ -230,8 +232,30 @@ impl Store {
         on_pool!(&self.pool, write(&writes)).map_err(StoreError::from)
     }
 
+    /// Consumes join token `id` (whose secret hashes to `secret_hash`) and stores `node`, in
+    /// one transaction. `false`: the token is unknown, has another secret, is revoked, expired
+    /// or a used single-use token, and nothing was written.
+    pub(crate) async fn join(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now_ms: u64,
+        node: &StoredNode,
+    ) -> Result<bool, StoreError> {
+        on_pool!(&self.pool, join(id, secret_hash, now_ms, node)).map_err(StoreError::from)
+    }
+
     pub(crate) async fn token(&self, id: &str) -> Result<Option<StoredToken>, StoreError> {
         on_pool!(&self.pool, token(id))
+    }
+
+    /// The client that submitted task `id`: `None` when there is no such task, `Some(None)`
+    /// when it was stored without one.
+    pub(crate) async fn task_submitter(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        on_pool!(&self.pool, task_submitter(id))
     }
 
     /// Every node that ever joined, with its last known description.
@@ -284,6 +308,33 @@ impl Store {
     /// Stored tasks by state (open tasks count as `queued`).
     pub(crate) async fn counts(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
         on_pool!(&self.pool, counts())
+    }
+}
+
+/// The SQLite file holds task environments (secrets): readable by the head's user only, from
+/// its creation on. SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn private_database_file(path: &std::path::Path) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| {
+        StoreError::Sql(sqlx::Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )))
+    };
+    if path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    match rgrid_core::tls::create_private_file(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
     }
 }
 
