@@ -80,8 +80,9 @@ pub fn render(
     for name in ty.custom.keys() {
         check_label_part("custom resource name", name)?;
     }
-    // What the node advertises beyond what it detects: its type's GPUs and custom resources.
-    let mut env = Vec::new();
+    // What the node advertises beyond what it detects: its type's price (what its tasks
+    // cost), GPUs and custom resources.
+    let mut env = vec![format!("RGRID_NODE_HOURLY_PRICE={}", ty.hourly_price)];
     if ty.gpus > 0 {
         env.push(format!("RGRID_NODE_GPUS={}", ty.gpus));
     }

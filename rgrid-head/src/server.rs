@@ -171,7 +171,9 @@ async fn handle_stream(
         (Request::ReportResult(report), Some(PeerIdentity::Node(node))) => {
             report_result(*node, report, &shared).await
         }
-        (Request::Submit(specs), Some(PeerIdentity::Client(_))) => submit(specs, &shared).await,
+        (Request::Submit(specs), Some(PeerIdentity::Client(client))) => {
+            submit(specs, client, &shared).await
+        }
         (Request::Get { task }, Some(PeerIdentity::Client(_))) => get(task, &shared).await,
         (Request::Wait { tasks, outputs }, Some(PeerIdentity::Client(_))) => {
             wait(tasks, outputs, &shared, &mut writer).await;
@@ -203,6 +205,12 @@ async fn handle_stream(
             list_tasks(query, &shared).await
         }
         (Request::Status, Some(PeerIdentity::Client(_))) => status(&shared).await,
+        (Request::Cost(query), Some(PeerIdentity::Client(_))) => {
+            match shared.store.cost(&query, rgrid_core::time::unix_ms()).await {
+                Ok(report) => Response::Cost(report),
+                Err(err) => error(ErrorKind::Internal, err.to_string()),
+            }
+        }
         (_, None) => error(
             ErrorKind::Unauthorized,
             "this connection has no client certificate: it may only join with a token; clients connect with the client.toml rgrid-head wrote to its state dir",
@@ -502,14 +510,16 @@ async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> 
     }
 }
 
-async fn submit(specs: Vec<TaskSpec>, shared: &Shared) -> Response {
+async fn submit(specs: Vec<TaskSpec>, client: &str, shared: &Shared) -> Response {
     let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
     for spec in specs {
         match spec.validate() {
             Ok(()) => {
                 answers.push(None);
-                tasks.push(Admitted::from(spec));
+                let mut admitted = Admitted::from(spec);
+                admitted.cost_keys.client = client.to_owned();
+                tasks.push(admitted);
             }
             Err(message) => answers.push(Some(SubmitAnswer::Rejected(format!(
                 "task {}: {message}",

@@ -106,6 +106,11 @@ pub struct NodeConfig {
     pub kill_grace: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`), like `127.0.0.1:9465`. Default: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What this node costs per hour (any currency, the same as the autoscaler's node types):
+    /// the head charges its tasks from it (`rgrid cost`). The node advertises it as the label
+    /// `rgrid-hourly-price`; provisioned nodes get their type's price. Default: none (its tasks
+    /// have no cost).
+    pub hourly_price: Option<f64>,
 }
 
 impl Default for NodeConfig {
@@ -136,6 +141,7 @@ impl Default for NodeConfig {
             read_only_rootfs: false,
             kill_grace: Duration::from_secs(10),
             metrics_listen: None,
+            hourly_price: None,
         }
     }
 }
@@ -167,6 +173,7 @@ const KEYS: &[&str] = &[
     "read_only_rootfs",
     "kill_grace",
     "metrics_listen",
+    "hourly_price",
 ];
 
 /// Network modes a node can allow.
@@ -181,6 +188,8 @@ pub enum ConfigError {
     Env { name: String, message: String },
     #[error("allowed_networks: {0:?} is not a network mode; use none, bridge or host")]
     Network(String),
+    #[error("hourly_price: {0} is not a positive number")]
+    HourlyPrice(f64),
 }
 
 impl NodeConfig {
@@ -253,13 +262,23 @@ impl NodeConfig {
                         .map_err(|_| format!("{value:?} is not an address HOST:PORT"))?,
                 )
             }
+            "hourly_price" => {
+                self.hourly_price = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("{value:?} is not a number"))?,
+                )
+            }
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())
     }
 
-    /// Checks what serde cannot (the network modes).
+    /// Checks what serde cannot (the network modes, the price).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(price) = self.hourly_price.filter(|p| !(p.is_finite() && *p > 0.0)) {
+            return Err(ConfigError::HourlyPrice(price));
+        }
         match self
             .allowed_networks
             .iter()
@@ -344,6 +363,7 @@ mod tests {
             ("RGRID_NODE_CUSTOM", "licenses=2"),
             ("RGRID_NODE_READ_ONLY_ROOTFS", "true"),
             ("RGRID_NODE_ALLOWED_NETWORKS", "none,bridge"),
+            ("RGRID_NODE_HOURLY_PRICE", "0.012"),
         ]);
         config
             .apply_env(|name| env.get(name).map(|v| (*v).to_owned()))
@@ -376,6 +396,21 @@ mod tests {
         assert_eq!(config.custom, BTreeMap::from([("licenses".into(), 2)]));
         assert!(config.read_only_rootfs);
         assert_eq!(config.allowed_networks, ["none", "bridge"]);
+        assert_eq!(config.hourly_price, Some(0.012));
+    }
+
+    #[test]
+    fn a_price_must_be_positive() {
+        for value in ["0", "-1", "NaN", "inf"] {
+            let mut config = NodeConfig::default();
+            let err = config
+                .apply_env(|n| (n == "RGRID_NODE_HOURLY_PRICE").then(|| value.to_owned()))
+                .expect_err("not a price");
+            assert!(err.to_string().contains("hourly_price"), "{err}");
+        }
+        let err =
+            toml::from_str::<NodeConfig>("hourly_price = \"cheap\"").expect_err("not a number");
+        assert!(err.to_string().contains("hourly_price"), "{err}");
     }
 
     #[test]
@@ -386,6 +421,7 @@ mod tests {
             ("RGRID_NODE_LABELS", "site"),
             ("RGRID_NODE_KILL_GRACE", "soon"),
             ("RGRID_NODE_ALLOWED_NETWORKS", "none,overlay"),
+            ("RGRID_NODE_HOURLY_PRICE", "cheap"),
         ] {
             let mut config = NodeConfig::default();
             let err = config

@@ -158,7 +158,7 @@ fn image(spec: &[u8]) -> String {
 }
 
 /// Constraints as the command line writes them: `site=a, capability docker`.
-fn describe(constraints: &Constraints) -> String {
+pub(super) fn describe(constraints: &Constraints) -> String {
     let labels = constraints.selector.iter().map(ToString::to_string);
     let capabilities = (constraints.capabilities.iter()).map(|c| format!("capability {c}"));
     labels.chain(capabilities).collect::<Vec<_>>().join(", ")

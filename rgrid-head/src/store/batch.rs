@@ -19,6 +19,16 @@ pub(crate) struct NewTask {
     /// The postcard-encoded spec.
     pub spec: Vec<u8>,
     pub submitted_at_ms: u64,
+    /// What `rgrid cost --by` groups it by: its resources, its label selector, its client.
+    pub cost_keys: CostKeys,
+}
+
+/// A task's keys for `rgrid cost --by shape|label|client`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CostKeys {
+    pub shape: String,
+    pub selector: String,
+    pub client: String,
 }
 
 /// An attempt placed on a node, committed before the node hears of it, so that an attempt
@@ -30,6 +40,10 @@ pub(crate) struct AttemptRow {
     pub node: NodeId,
     pub node_name: String,
     pub started_at_ms: u64,
+    /// Its share of the node (see [`rgrid_cloud::task_cost::share`]).
+    pub share: f64,
+    /// The node's hourly price; `None` when the node has none (the attempt has no cost).
+    pub hourly_price: Option<f64>,
 }
 
 /// An attempt that ended without ending its task (requeued after a node loss, retried after a
@@ -106,9 +120,25 @@ pub(crate) struct Finish {
 #[derive(Debug)]
 pub(crate) enum Write {
     UpsertNode(Box<StoredNode>),
-    NodeState { node: NodeId, state: &'static str },
+    NodeState {
+        node: NodeId,
+        state: &'static str,
+    },
     InsertToken(StoredToken),
-    UseToken { id: String },
+    UseToken {
+        id: String,
+    },
+    /// A billed hour of a node closed with use (see [`rgrid_cloud::task_cost`]).
+    NodeHour {
+        node: NodeId,
+        hour: rgrid_cloud::task_cost::ClosedHour,
+    },
+    /// A node left with idle hours after its last hour with use: they go to that hour.
+    AmendHour {
+        node: NodeId,
+        start_ms: u64,
+        extra: f64,
+    },
 }
 
 /// Everything one commit writes, applied in this order (inserts first, so that a task submitted
