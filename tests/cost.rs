@@ -68,10 +68,10 @@ fn a_priced_node_charges_its_tasks_and_cost_sums_them() {
 
     // Half the node (1 of 2 cpus) with a selector; a quarter of it (0.5 cpu) without.
     let submit = |args: &[&str]| {
-        let mut all = vec!["submit", "--memory", "64M"];
+        let mut all = vec!["submit", "-o", "json", "--memory", "64M"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--", "sh", "-c", "sleep 1"]);
-        let out = json(&rgrid(&client_toml, &[&all[..], &["-o", "json"]].concat()));
+        let out = json(&rgrid(&client_toml, &all));
         out["task"].as_str().expect("a task id").to_owned()
     };
     let half = submit(&["--cpus", "1", "--selector", "site=test"]);
