@@ -4,7 +4,8 @@
 mod common;
 
 use common::process::{
-    binary, free_udp_port, print_logs_if_panicking, rgrid, start_head, wait_for, wait_ready, Daemon,
+    binary, free_udp_port, print_logs_if_panicking, rgrid, start_head_with, wait_for, wait_ready,
+    Daemon,
 };
 
 /// The node's price: 3.6 an hour, so a whole node for one second costs 0.001.
@@ -34,10 +35,25 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn a_priced_node_charges_its_tasks_and_cost_sums_them() {
+    priced_node_scenario(&[]);
+}
+
+/// The same on PostgreSQL (the cost query is written for each backend).
+#[test]
+fn the_same_on_postgres() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = runtime.block_on(common::postgres_database()) else {
+        return;
+    };
+    priced_node_scenario(&["--database-url", &url]);
+}
+
+/// A head (started with `head_args`), a node with a price, two tasks on it: their costs.
+fn priced_node_scenario(head_args: &[&str]) {
     let logs = Logs(tempfile::tempdir().unwrap());
     let dir = &logs.0;
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let _head = start_head(dir.path(), &listen);
+    let _head = start_head_with(dir.path(), &listen, head_args);
     let client_toml = dir.path().join("head").join("client.toml");
     wait_for("client.toml", || client_toml.exists());
     let log = std::fs::File::create(dir.path().join("node.log")).unwrap();

@@ -318,6 +318,12 @@ mod tests {
         assert!(text.contains("--label 'gpu=true'"));
         assert!(text.contains("-e 'RGRID_NODE_GPUS=2'"), "{text}");
         assert!(text.contains("-e 'RGRID_NODE_CUSTOM=licenses=3'"), "{text}");
+        // Its type's price, which its tasks' costs are computed from.
+        let price = format!(
+            "-e 'RGRID_NODE_HOURLY_PRICE={}'",
+            cfg.node_types[0].hourly_price
+        );
+        assert!(text.contains(&price), "{text}");
         assert!(!render(&config(), "cx23", "h:1", TOKEN)
             .expect("renders")
             .contains("RGRID_NODE_GPUS"));

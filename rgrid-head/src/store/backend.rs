@@ -421,9 +421,10 @@ macro_rules! backend {
                     CostBy::Client => "COALESCE(t.client, '')",
                 };
                 let only = if task.is_some() { "AND a.task = $3" } else { "" };
+                // Zero without an hour (PostgreSQL's LEAST and GREATEST skip NULLs).
                 let overlap = concat!(
-                    "CAST(", $least, "(r.end_ms, h.end_ms) - ", $greatest,
-                    "(r.start_ms, h.start_ms) AS ", $real, ")"
+                    "CASE WHEN h.node IS NULL THEN 0 ELSE CAST(", $least, "(r.end_ms, h.end_ms) - ",
+                    $greatest, "(r.start_ms, h.start_ms) AS ", $real, ") END"
                 );
                 let sql = format!(
                     "WITH runs AS (
@@ -461,20 +462,21 @@ macro_rules! backend {
                     query = query.bind(task.to_string());
                 }
                 let rows = query.fetch_all(pool).await?;
-                Ok(rows
-                    .iter()
+                rows.iter()
                     .map(|row| {
-                        let real = |name: &str| row.try_get::<Option<f64>, _>(name).ok().flatten().unwrap_or(0.0);
-                        let provisional = real("open_cost").max(0.0);
-                        CostGroup {
-                            key: row.get("k"),
-                            tasks: to_u64(row.get("tasks")),
-                            node_seconds: real("node_seconds"),
-                            cost: real("closed_cost") + provisional,
+                        let real = |name: &str| {
+                            row.try_get::<Option<f64>, _>(name).map(|v| v.unwrap_or(0.0))
+                        };
+                        let provisional = real("open_cost")?.max(0.0);
+                        Ok(CostGroup {
+                            key: row.try_get("k")?,
+                            tasks: to_u64(row.try_get("tasks")?),
+                            node_seconds: real("node_seconds")?,
+                            cost: real("closed_cost")? + provisional,
                             provisional,
-                        }
+                        })
                     })
-                    .collect())
+                    .collect()
             }
 
             fn parse_state(state: String) -> Result<TaskState, StoreError> {
@@ -736,26 +738,61 @@ mod cost {
     use std::time::Duration;
 
     use rgrid_cloud::task_cost::{apply_amends, attempt_cost, held_cost, Ledger};
-    use rgrid_core::protocol::CostBy;
-    use rgrid_core::TaskId;
+    use rgrid_core::protocol::{CostBy, CostQuery};
+    use rgrid_core::{NodeId, TaskId, TaskState};
+
+    use crate::store::{
+        AttemptRow, CostKeys, Finish, NewTask, Output, RetryPolicy, Store, Write, WriteBatch,
+    };
 
     const HOUR: u64 = 3_600_000;
 
-    /// The cost query charges what `rgrid_cloud::task_cost` says: closed hours by share × time
-    /// × price / used, the rest provisional at the hourly price.
+    /// The cost query charges what `rgrid_cloud::task_cost` says — closed hours by share × time
+    /// × price / used, the rest provisional at the hourly price — on SQLite.
     #[tokio::test]
     async fn the_query_applies_the_rule() {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("head.db").display());
+        applies_the_rule(&url).await;
+    }
+
+    /// The same on PostgreSQL, when `RGRID_TEST_POSTGRES_URL` (default: the server
+    /// `scripts/setup.sh` makes) answers; skipped otherwise, except under `CI=true`.
+    #[tokio::test]
+    async fn the_query_applies_the_rule_on_postgres() {
+        use sqlx::Connection as _;
+        let server = std::env::var("RGRID_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://rgrid:rgrid@127.0.0.1:5432/postgres".to_owned());
+        let mut conn = match sqlx::PgConnection::connect(&server).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                assert!(
+                    std::env::var("CI").map_or(true, |v| v != "true"),
+                    "no PostgreSQL: {err}"
+                );
+                eprintln!("skipping: no PostgreSQL at {server} ({err})");
+                return;
+            }
+        };
+        let name = format!("rgrid_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
             .await
-            .expect("an in-memory database");
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
+            .expect("a test database");
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+        applies_the_rule(&format!("{base}/{name}")).await;
+    }
+
+    /// Writes three attempts and a node's closed hours through the store's own write path,
+    /// and compares what the query says with the rule.
+    async fn applies_the_rule(url: &str) {
+        let tracker = tokio_util::task::TaskTracker::new();
+        let store = Store::open(url, RetryPolicy::default(), &tracker)
             .await
-            .expect("migrations");
+            .expect("a store");
+        let node = NodeId::new();
         let price = 2.0;
-        // (share, start, end, shape): the last one runs on into the open third hour.
+        // (share, start, end, shape): the last one ends in the third hour, still open.
         let runs = [
             (0.5, 600_000, 1_800_000, "a"),
             (0.25, 1_200_000, HOUR + 900_000, "b"),
@@ -774,70 +811,97 @@ mod cost {
         ledger.advance(2 * HOUR + 200_000, &mut billed);
         let hours = apply_amends(&billed);
         assert_eq!(hours.len(), 2, "two hours closed");
-        for hour in &hours {
-            sqlx::query("INSERT INTO node_hours (node, start_ms, end_ms, price, used) VALUES ('n', $1, $2, $3, $4)")
-                .bind(hour.start_ms as i64)
-                .bind(hour.end_ms as i64)
-                .bind(hour.price)
-                .bind(hour.used)
-                .execute(&pool)
-                .await
-                .expect("an hour");
-        }
+        let mut batch = WriteBatch::default();
         let mut expected = Vec::new();
         for (i, &(share, start, end, shape)) in runs.iter().enumerate() {
-            let id = TaskId::new();
-            sqlx::query("INSERT INTO tasks (id, spec, state, submitted_at_ms, attempt, finished_at_ms, shape) VALUES ($1, X'00', 'succeeded', 0, 1, $2, $3)")
-                .bind(id.to_string())
-                .bind(end as i64)
-                .bind(shape)
-                .execute(&pool)
-                .await
-                .expect("a task");
-            sqlx::query("INSERT INTO attempts (task, attempt, node, node_name, started_at_ms, share, hourly_price) VALUES ($1, 1, 'n', 'n', $2, $3, $4)")
-                .bind(id.to_string())
-                .bind(start as i64)
-                .bind(share)
-                .bind(price)
-                .execute(&pool)
-                .await
-                .expect("an attempt");
+            let task = TaskId::new();
+            batch.inserts.push(NewTask {
+                id: task,
+                spec: vec![0],
+                submitted_at_ms: 0,
+                cost_keys: CostKeys {
+                    shape: shape.to_owned(),
+                    ..CostKeys::default()
+                },
+            });
+            batch.attempts.push(AttemptRow {
+                task,
+                attempt: 1,
+                node,
+                node_name: "n".into(),
+                started_at_ms: start,
+                share,
+                hourly_price: Some(price),
+            });
+            batch.finishes.push(Finish {
+                task,
+                state: TaskState::Succeeded,
+                finished_at_ms: end,
+                exit_code: Some(0),
+                reason: None,
+                stdout: Output::Empty,
+                stderr: Output::Empty,
+                attempt: 1,
+                node: Some(node),
+                node_losses: 0,
+                failures: 0,
+            });
             let open = if i == 2 {
                 held_cost(share, end - start, price)
             } else {
                 0.0
             };
-            expected.push((id, attempt_cost(share, start, end, &hours) + open, open));
+            expected.push((task, attempt_cost(share, start, end, &hours) + open, open));
         }
+        batch.other.extend(billed.iter().map(|b| match *b {
+            rgrid_cloud::task_cost::Billed::Hour(hour) => Write::NodeHour { node, hour },
+            rgrid_cloud::task_cost::Billed::Amend { start_ms, extra } => Write::AmendHour {
+                node,
+                start_ms,
+                extra,
+            },
+        }));
+        store
+            .commit(batch)
+            .await
+            .expect("the writer")
+            .expect("a commit");
+        let query = |by, since_ms, task| CostQuery { since_ms, by, task };
+        // "Now" is the end of the third hour, for `since`.
+        let now = 3 * HOUR;
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        for &(id, cost, open) in &expected {
-            let got = super::sqlite::cost(&pool, CostBy::Total, 0, Some(id), 10)
+        for &(task, cost, open) in &expected {
+            let got = store
+                .cost(&query(CostBy::Total, None, Some(task)), now)
                 .await
-                .expect("a cost");
-            assert_eq!(got.len(), 1);
-            assert!(close(got[0].cost, cost), "{got:?} against {cost}");
-            assert!(close(got[0].provisional, open), "{got:?} against {open}");
+                .expect("a cost")
+                .total;
+            assert_eq!(got.tasks, 1);
+            assert!(close(got.cost, cost), "{got:?} against {cost}");
+            assert!(close(got.provisional, open), "{got:?} against {open}");
         }
         // The closed hours are paid in full: 2 hours at 2.0, plus the open part.
-        let total = super::sqlite::cost(&pool, CostBy::Total, 0, None, 10)
+        let total = store
+            .cost(&query(CostBy::Total, None, None), now)
             .await
-            .expect("the total");
-        assert!(close(total[0].cost, 4.0 + expected[2].2), "{total:?}");
-        assert_eq!(total[0].tasks, 3);
-        let by_shape = super::sqlite::cost(&pool, CostBy::Shape, 0, None, 10)
+            .expect("the total")
+            .total;
+        assert!(close(total.cost, 4.0 + expected[2].2), "{total:?}");
+        assert_eq!(total.tasks, 3);
+        let by_shape = store
+            .cost(&query(CostBy::Shape, None, None), now)
             .await
             .expect("by shape");
-        let keys: Vec<&str> = by_shape.iter().map(|g| g.key.as_str()).collect();
-        assert_eq!(keys.len(), 2);
-        assert!(close(
-            by_shape.iter().map(|g| g.cost).sum::<f64>(),
-            total[0].cost
-        ));
+        let keys: Vec<&str> = by_shape.groups.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(keys.len(), 2, "{by_shape:?}");
+        let sum: f64 = by_shape.groups.iter().map(|g| g.cost).sum();
+        assert!(close(sum, total.cost) && close(by_shape.total.cost, total.cost));
         // Since the middle of the second hour: only the attempts that ended after it.
-        let recent = super::sqlite::cost(&pool, CostBy::Total, HOUR + 1, None, 10)
+        let recent = store
+            .cost(&query(CostBy::Total, Some(2 * HOUR - 1), None), now)
             .await
             .expect("recent");
-        assert_eq!(recent[0].tasks, 2);
+        assert_eq!(recent.total.tasks, 2, "{recent:?}");
     }
 }
 
