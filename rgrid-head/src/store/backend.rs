@@ -427,14 +427,20 @@ macro_rules! backend {
                     $greatest, "(r.start_ms, h.start_ms) AS ", $real, ") END"
                 );
                 let sql = format!(
-                    "WITH runs AS (
+                    "WITH ends AS (
                        SELECT a.task, a.attempt, a.node, a.share, a.hourly_price,
                          a.started_at_ms AS start_ms,
                          COALESCE(a.ended_at_ms,
-                           CASE WHEN t.attempt = a.attempt THEN t.finished_at_ms END) AS end_ms,
+                           CASE WHEN t.attempt = a.attempt THEN t.finished_at_ms END) AS end_raw,
                          {key} AS k
                        FROM attempts a JOIN tasks t ON t.id = a.task
                        WHERE a.hourly_price IS NOT NULL {only}
+                     ), runs AS (
+                       -- A finish carries the node's clock, the start the head's: a node
+                       -- whose clock is behind must not make a run negative.
+                       SELECT task, attempt, node, share, hourly_price, start_ms, k,
+                         CASE WHEN end_raw < start_ms THEN start_ms ELSE end_raw END AS end_ms
+                       FROM ends
                      ), per_attempt AS (
                        SELECT r.k, r.task, r.share, r.hourly_price,
                          CAST(r.end_ms - r.start_ms AS {real}) AS ms,
@@ -902,6 +908,53 @@ mod cost {
             .await
             .expect("recent");
         assert_eq!(recent.total.tasks, 2, "{recent:?}");
+        // A node whose clock is behind the head's reports an end before the start: no time,
+        // no cost, never a negative one.
+        let skewed = TaskId::new();
+        let mut batch = WriteBatch::default();
+        batch.inserts.push(NewTask {
+            id: skewed,
+            spec: vec![0],
+            submitted_at_ms: 0,
+            cost_keys: CostKeys::default(),
+        });
+        batch.attempts.push(AttemptRow {
+            task: skewed,
+            attempt: 1,
+            node,
+            node_name: "n".into(),
+            started_at_ms: 1_000_000,
+            share: 1.0,
+            hourly_price: Some(price),
+        });
+        batch.finishes.push(Finish {
+            task: skewed,
+            state: TaskState::Succeeded,
+            finished_at_ms: 900_000,
+            exit_code: Some(0),
+            reason: None,
+            stdout: Output::Empty,
+            stderr: Output::Empty,
+            attempt: 1,
+            node: Some(node),
+            node_losses: 0,
+            failures: 0,
+        });
+        store
+            .commit(batch)
+            .await
+            .expect("the writer")
+            .expect("a commit");
+        let got = store
+            .cost(&query(CostBy::Total, None, Some(skewed)), now)
+            .await
+            .expect("a cost")
+            .total;
+        assert_eq!(
+            (got.tasks, got.cost, got.node_seconds),
+            (1, 0.0, 0.0),
+            "{got:?}"
+        );
     }
 }
 
