@@ -3,6 +3,8 @@
 //! its baseline in the same run (this machine is noisy), and Ray's figures when Ray is installed.
 //!
 //! `cargo run --release --example bench [-- --json] [--tasks N] [--million N] [--only LIST]`
+//! (the nodes take `RGRID_NODE_*` overrides: `RGRID_NODE_HOURLY_PRICE=1` measures the task path
+//! with the head billing every attempt)
 //!
 //! The head runs as a child process (this program started again with `head`), so its memory and
 //! cpu are its own; noop and process nodes run as children too. Figures:
@@ -132,7 +134,7 @@ async fn serve_node(
     executor: &str,
     cpu_millis: u64,
 ) -> anyhow::Result<()> {
-    let config = rgrid_node::NodeConfig {
+    let mut config = rgrid_node::NodeConfig {
         head,
         token_file: Some(token_file),
         state_dir,
@@ -144,6 +146,8 @@ async fn serve_node(
         memory: Some("1024G".into()),
         ..rgrid_node::NodeConfig::default()
     };
+    // `RGRID_NODE_*` overrides, e.g. `RGRID_NODE_HOURLY_PRICE` to measure the head's billing.
+    config.apply_env(|name| std::env::var(name).ok())?;
     rgrid_node::run(config, CancellationToken::new()).await?;
     Ok(())
 }

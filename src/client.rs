@@ -15,8 +15,9 @@ use futures::{Stream, StreamExt};
 use quinn::{Connection, Endpoint, RecvStream};
 use rgrid_core::frame::FrameReader;
 use rgrid_core::protocol::{
-    ClusterStatus, ErrorReply, NodeInfo, Request, Response, SubmitAnswer, TaskInfo, TaskOutcome,
-    TaskPage, TaskQuery, MAX_PAGE_TASKS, MAX_WAIT_TASKS,
+    ClusterStatus, CostBy, CostGroup, CostQuery, CostReport, ErrorReply, NodeInfo, Request,
+    Response, SubmitAnswer, TaskInfo, TaskOutcome, TaskPage, TaskQuery, MAX_PAGE_TASKS,
+    MAX_WAIT_TASKS,
 };
 use rgrid_core::tls::{client_config, ClientFile};
 use rgrid_core::transport::{call, connect, open_request, TransportError};
@@ -363,5 +364,25 @@ impl Client {
             Response::Status(status) => Ok(status),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// What tasks cost (see [`CostQuery`]): the costliest groups and the total.
+    pub async fn cost(&self, query: CostQuery) -> Result<CostReport, ClientError> {
+        match self.call(Request::Cost(query)).await? {
+            Response::Cost(report) => Ok(report),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// What one task cost (`None` when none of its attempts ran on a node with a price).
+    pub async fn task_cost(&self, task: &TaskRef) -> Result<Option<CostGroup>, ClientError> {
+        let report = self
+            .cost(CostQuery {
+                since_ms: None,
+                by: CostBy::Total,
+                task: Some(task.id),
+            })
+            .await?;
+        Ok(Some(report.total).filter(|t| t.tasks > 0))
     }
 }

@@ -25,8 +25,8 @@ pub use client::{Client, ClientError, TaskRef};
 pub use local::LocalCluster;
 pub use rgrid_core::object::{ObjectInfo, ObjectPage, ObjectQuery, ObjectRef};
 pub use rgrid_core::protocol::{
-    AttemptInfo, ClusterStatus, ExitStatus, NodeInfo, SubmitAnswer, TaskInfo, TaskOutcome,
-    TaskPage, TaskQuery, WaitingShape,
+    AttemptInfo, ClusterStatus, CostBy, CostGroup, CostQuery, CostReport, ExitStatus, NodeInfo,
+    SubmitAnswer, TaskInfo, TaskOutcome, TaskPage, TaskQuery, WaitingShape,
 };
 pub use rgrid_core::resources::{format_size, parse_size};
 pub use rgrid_core::task::{LabelRequirement, NetworkMode, RetryPolicy, Strategy};

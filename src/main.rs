@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::ProgressBar;
 use rgrid::{
-    format_size, parse_size, Client, LabelRequirement, TaskId, TaskInfo, TaskOutcome, TaskQuery,
-    TaskRef, TaskSpec, TaskState,
+    format_size, parse_size, Client, CostBy, CostGroup, CostQuery, LabelRequirement, TaskId,
+    TaskInfo, TaskOutcome, TaskQuery, TaskRef, TaskSpec, TaskState,
 };
 
 /// Exit code of the CLI's own failures (bad usage, credentials, connection, a request the head
@@ -147,6 +147,17 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// What tasks cost: their share of their nodes' billed hours, idle time apportioned.
+    Cost {
+        /// Only attempts that ended this long ago or later (`90m`, `24h`, `7d`). Default: all.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Group by the task's label selector, its resources or the client that submitted it.
+        #[arg(long, value_enum)]
+        by: Option<By>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Node operations.
     Node {
         #[command(subcommand)]
@@ -154,6 +165,13 @@ enum Command {
     },
     /// Print a shell completion script: `rgrid completions bash > /etc/bash_completion.d/rgrid`.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum By {
+    Label,
+    Shape,
+    Client,
 }
 
 #[derive(Subcommand)]
@@ -486,6 +504,47 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Cost { since, by, output } => {
+            let by = match by {
+                None => CostBy::Total,
+                Some(By::Label) => CostBy::Label,
+                Some(By::Shape) => CostBy::Shape,
+                Some(By::Client) => CostBy::Client,
+            };
+            let since_ms = since.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let report = client
+                .cost(CostQuery {
+                    since_ms,
+                    by,
+                    task: None,
+                })
+                .await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => {
+                    println!(
+                        "{:<40} {:>8} {:>14} {:>12} {:>12}",
+                        "GROUP", "TASKS", "NODE-SECONDS", "COST", "PROVISIONAL"
+                    );
+                    let row = |name: &str, g: &CostGroup| {
+                        println!(
+                            "{:<40} {:>8} {:>14.1} {:>12.6} {:>12.6}",
+                            name, g.tasks, g.node_seconds, g.cost, g.provisional
+                        );
+                    };
+                    if by != CostBy::Total {
+                        for g in &report.groups {
+                            row(if g.key.is_empty() { "-" } else { &g.key }, g);
+                        }
+                    }
+                    row("total", &report.total);
+                    if report.truncated {
+                        eprintln!("(only the costliest groups are shown; the total counts all)");
+                    }
+                }
+            }
+            Ok(0)
+        }
         // Printed above, before connecting.
         Command::Completions { .. } => Ok(0),
     }
@@ -498,8 +557,17 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
         Output::Table if std::io::stdout().is_terminal() => with_progress(client, task).await?,
         _ => client.get(task).await?,
     };
+    let cost = client.task_cost(task).await?;
     if let Output::Json = output {
-        println!("{}", serde_json::to_string_pretty(&outcome_json(&outcome))?);
+        let mut json = outcome_json(&outcome);
+        json["cost"] = serde_json::to_value(cost.map(|c| {
+            serde_json::json!({
+                "cost": c.cost,
+                "provisional": c.provisional,
+                "node_seconds": c.node_seconds,
+            })
+        }))?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(exit_code(&outcome));
     }
     std::io::stdout().write_all(&outcome.stdout)?;
@@ -519,6 +587,20 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
                 a.outcome.as_deref().unwrap_or("running")
             );
         }
+    }
+    if let Some(c) = cost {
+        let provisional = if c.provisional > 0.0 {
+            format!(
+                ", {:.6} of it provisional until its billed hour closes",
+                c.provisional
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "cost: {:.6} ({:.1} node-seconds{provisional})",
+            c.cost, c.node_seconds
+        );
     }
     if outcome.state != TaskState::Succeeded {
         eprintln!(

@@ -127,6 +127,7 @@ impl Machines {
         for label in &boot.labels {
             command.args(["--label", label]);
         }
+        command.envs(boot.env.iter().map(|(k, v)| (k, v)));
         let node = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
         Machine {
             name: name.to_owned(),
@@ -282,6 +283,17 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
         2,
         "no server beyond the two the demand needed"
     );
+    // Each ran on a node priced by its type: what it cost is known.
+    for node in common::process::nodes(&client) {
+        assert_eq!(node["labels"]["rgrid-hourly-price"], "0.0056", "{node}");
+    }
+    for id in &ids {
+        let out = rgrid(&client, &["get", id, "-o", "json"]);
+        let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cost = outcome["cost"]["cost"].as_f64().unwrap_or_default();
+        // Half a cx23 (1 of 2 cpus) for about a second at 0.0056 an hour.
+        assert!(cost > 0.0 && cost < 0.0056, "{outcome}");
+    }
 
     // A join token is single-use: a second machine booting with it is refused.
     let first = machines.running.values().next().unwrap();

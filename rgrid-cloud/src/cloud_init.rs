@@ -80,8 +80,9 @@ pub fn render(
     for name in ty.custom.keys() {
         check_label_part("custom resource name", name)?;
     }
-    // What the node advertises beyond what it detects: its type's GPUs and custom resources.
-    let mut env = Vec::new();
+    // What the node advertises beyond what it detects: its type's price (what its tasks
+    // cost), GPUs and custom resources.
+    let mut env = vec![format!("RGRID_NODE_HOURLY_PRICE={}", ty.hourly_price)];
     if ty.gpus > 0 {
         env.push(format!("RGRID_NODE_GPUS={}", ty.gpus));
     }
@@ -317,6 +318,12 @@ mod tests {
         assert!(text.contains("--label 'gpu=true'"));
         assert!(text.contains("-e 'RGRID_NODE_GPUS=2'"), "{text}");
         assert!(text.contains("-e 'RGRID_NODE_CUSTOM=licenses=3'"), "{text}");
+        // Its type's price, which its tasks' costs are computed from.
+        let price = format!(
+            "-e 'RGRID_NODE_HOURLY_PRICE={}'",
+            cfg.node_types[0].hourly_price
+        );
+        assert!(text.contains(&price), "{text}");
         assert!(!render(&config(), "cx23", "h:1", TOKEN)
             .expect("renders")
             .contains("RGRID_NODE_GPUS"));

@@ -9,6 +9,8 @@
 //! - [`policy`]: the pure autoscaling policy (snapshot + `now` → actions, waits, next wake-up).
 //! - [`sim`] (feature `sim`): a discrete-event simulator measuring the policy's cost and queue wait against
 //!   workload traces and a model of Hetzner, next to the earlier Python design's policy.
+//! - [`task_cost`]: what each task cost (its share of its node's billed hours, idle time
+//!   included), one rule for the head and the simulator.
 //!
 //! The head's driver loop, in short: build a [`policy::Snapshot`], call [`policy::decide`],
 //! carry out each [`policy::Action`] through the provider (a `Create` renders
@@ -25,6 +27,7 @@ pub mod policy;
 pub mod provider;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod task_cost;
 
 pub use config::{AutoscalerConfig, HcloudToken, NodeTypeConfig};
 #[cfg(feature = "fake")]

@@ -85,6 +85,61 @@ pub enum Request {
     /// An admin removes a node (by name: every node of that name; or by id) from the cluster:
     /// its certificate is revoked, what it runs is requeued, it leaves the listings.
     RemoveNode { node: String },
+    /// A client asks what tasks cost: answered with [`Response::Cost`].
+    Cost(CostQuery),
+}
+
+/// Which tasks' costs to sum, and how to group them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CostQuery {
+    /// Only attempts that ended in the last this many milliseconds; `None` = all.
+    pub since_ms: Option<u64>,
+    pub by: CostBy,
+    /// Only this task (its cost, as `rgrid get` shows it).
+    pub task: Option<TaskId>,
+}
+
+/// How [`CostQuery`] groups tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CostBy {
+    /// One group: the total.
+    Total,
+    /// By the task's label selector (as the command line writes it; empty for none).
+    Label,
+    /// By the task's resources (`cpu=1000m mem=256M`).
+    Shape,
+    /// By the client (certificate name) that submitted it.
+    Client,
+}
+
+/// Most groups one [`Response::Cost`] holds (the costliest first).
+pub const MAX_COST_GROUPS: u32 = 1000;
+
+/// What a group of tasks cost, in the currency of the nodes' hourly prices. Only attempts on
+/// nodes with a price count.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostGroup {
+    /// The group's key (empty for the total, or for tasks without one).
+    pub key: String,
+    pub tasks: u64,
+    /// Node-seconds held: share of the node × seconds, summed over attempts.
+    pub node_seconds: f64,
+    /// The cost, idle time apportioned, of the billed hours that have closed, plus
+    /// `provisional`.
+    pub cost: f64,
+    /// The part of `cost` in hours not closed yet: node-seconds at the hourly price, without
+    /// idle time (it can only grow when the hour closes).
+    pub provisional: f64,
+}
+
+/// Costs grouped as asked, costliest first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostReport {
+    pub groups: Vec<CostGroup>,
+    /// Every task of the query (also those in groups left out).
+    pub total: CostGroup,
+    /// More than [`MAX_COST_GROUPS`] groups: the cheapest were left out.
+    pub truncated: bool,
 }
 
 /// Most task ids one [`Request::Wait`] may name.
@@ -186,6 +241,7 @@ pub enum Response {
     Removed {
         nodes: Vec<NodeId>,
     },
+    Cost(CostReport),
 }
 
 /// Why a request failed.
@@ -248,6 +304,11 @@ pub struct NodeHello {
     /// in ms) before it requeues them; `None`: the head's `heartbeat_timeout`.
     pub disconnect_grace_ms: Option<u64>,
 }
+
+/// The node label that carries a node's hourly price (a decimal number, in the currency of the
+/// autoscaler's node types): what its tasks' costs are computed from. Provisioned nodes get it
+/// from their node type, nodes joined by hand from their `hourly_price` config key.
+pub const HOURLY_PRICE_LABEL: &str = "rgrid-hourly-price";
 
 /// Head → node on the control stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -566,6 +627,33 @@ mod tests {
             postcard::to_allocvec(&health).expect("encodes"),
             [5, 1, 1, b'x', 1, 0, 0, 1, 1]
         );
+        // Cost (appended): request 15, response 16.
+        let cost = Request::Cost(CostQuery {
+            since_ms: Some(1),
+            by: CostBy::Shape,
+            task: None,
+        });
+        assert_eq!(
+            postcard::to_allocvec(&cost).expect("encodes"),
+            [15, 1, 1, 2, 0]
+        );
+        let report = Response::Cost(CostReport {
+            groups: Vec::new(),
+            total: CostGroup {
+                key: "k".into(),
+                tasks: 1,
+                node_seconds: 0.0,
+                cost: 1.0,
+                provisional: 0.0,
+            },
+            truncated: true,
+        });
+        let mut expected = vec![16, 0, 1, b'k', 1];
+        expected.extend_from_slice(&0f64.to_le_bytes());
+        expected.extend_from_slice(&1f64.to_le_bytes());
+        expected.extend_from_slice(&0f64.to_le_bytes());
+        expected.push(1);
+        assert_eq!(postcard::to_allocvec(&report).expect("encodes"), expected);
         // Appended variants: 5 and 6, after the original five.
         assert_eq!(
             postcard::to_allocvec(&ExitStatus::HandedBack("x".into())).expect("encodes"),

@@ -15,7 +15,8 @@
 //! is open, and leaves the loop once its end is durable; an old task is read from the store.
 //!
 //! Files by concept: [`events`] (inputs), `tasks` (the task table, submission, placement,
-//! ends), `membership` (nodes, sessions, liveness, drains), `fencing` (which attempt is
+//! ends), `membership` (nodes, sessions, liveness, drains), `billing` (what each node's hours
+//! cost), `fencing` (which attempt is
 //! current, a node's hello), `effects` (what waits for a commit), `recovery` (the state a
 //! restart reads back), `listings`, [`demand`] (what the autoscaler sees) and `run` (the async
 //! loop around it all).
@@ -30,6 +31,7 @@ use rgrid_core::{NodeId, TaskId};
 use crate::metrics::LoopMetrics;
 use crate::store::{Committed, StoreError, WriteBatch};
 
+mod billing;
 mod demand;
 mod effects;
 pub(crate) mod events;
@@ -260,6 +262,7 @@ impl<C: Comm> Cluster<C> {
         if self.metrics.sample_due(now_ms) {
             self.sample_metrics(now_ms);
         }
+        self.bill_hours();
     }
 
     /// Ends a turn (after a burst of events): places what can run, sends what the nodes should

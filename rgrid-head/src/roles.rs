@@ -5,8 +5,8 @@
 //! - `admin`: everything.
 //! - `submit`: what `read` may, and submit tasks (network mode `none` only), cancel the tasks
 //!   it submitted, and upload objects.
-//! - `read`: listings, status, gets and waits (outputs and logs included), object downloads and
-//!   listings.
+//! - `read`: listings, status, gets and waits (outputs and logs included), costs, object
+//!   downloads and listings.
 
 use rgrid_core::protocol::Request;
 use rgrid_core::task::NetworkMode;
@@ -30,6 +30,7 @@ pub(crate) fn refusal(role: ClientRole, request: &Request) -> Option<String> {
                 | Request::PutObject(_)
                 | Request::GetObject(_)
                 | Request::ListObjects(_)
+                | Request::Cost(_)
         ),
         ClientRole::Read => matches!(
             request,
@@ -40,6 +41,7 @@ pub(crate) fn refusal(role: ClientRole, request: &Request) -> Option<String> {
                 | Request::Status
                 | Request::GetObject(_)
                 | Request::ListObjects(_)
+                | Request::Cost(_)
         ),
     };
     (!allowed).then(|| {

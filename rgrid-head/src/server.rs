@@ -318,6 +318,12 @@ async fn handle_stream(
         (Request::RemoveNode { node }, Some(PeerIdentity::Client(_))) => {
             remove_node(&node, &shared).await
         }
+        (Request::Cost(query), Some(PeerIdentity::Client(_))) => {
+            match shared.store.cost(&query, rgrid_core::time::unix_ms()).await {
+                Ok(report) => Response::Cost(report),
+                Err(err) => error(ErrorKind::Internal, err.to_string()),
+            }
+        }
         (_, None) => error(
             ErrorKind::Unauthorized,
             "this connection has no client certificate: it may only join with a token; clients connect with the client.toml rgrid-head wrote to its state dir",

@@ -37,13 +37,20 @@ pub(crate) struct Advertised {
     pub capabilities_from: &'static str,
 }
 
-/// Configured labels over the detected `arch`; configured capabilities instead of the detected
-/// ones. `gpus` is the number offered; `path` is searched for runtimes.
+/// Configured labels over the detected `arch`, and the `hourly_price` as its label;
+/// configured capabilities instead of the detected ones. `gpus` is the number offered; `path`
+/// is searched for runtimes.
 pub(crate) fn advertise(config: &NodeConfig, gpus: usize, path: Option<&OsStr>) -> Advertised {
     let mut labels = config.labels.clone();
     labels
         .entry("arch".to_owned())
         .or_insert_with(|| std::env::consts::ARCH.to_owned());
+    if let Some(price) = config.hourly_price {
+        labels.insert(
+            rgrid_core::protocol::HOURLY_PRICE_LABEL.to_owned(),
+            price.to_string(),
+        );
+    }
     let (capabilities, capabilities_from) = match &config.capabilities {
         Some(configured) => (configured.clone(), "configured"),
         None => (detect(config.executor, gpus, path), "detected"),

@@ -121,6 +121,11 @@ pub struct NodeConfig {
     /// Bytes the cache of task inputs (`STATE_DIR/objects`) keeps; the least recently used
     /// objects no running attempt needs are evicted beyond it. Default 10 GiB.
     pub object_cache_bytes: u64,
+    /// What this node costs per hour (any currency, the same as the autoscaler's node types):
+    /// the head charges its tasks from it (`rgrid cost`). The node advertises it as the label
+    /// `rgrid-hourly-price`; provisioned nodes get their type's price. Default: none (its tasks
+    /// have no cost).
+    pub hourly_price: Option<f64>,
 }
 
 impl Default for NodeConfig {
@@ -155,6 +160,7 @@ impl Default for NodeConfig {
             disconnect_grace: None,
             min_free_disk: 1 << 30,
             object_cache_bytes: 10 << 30,
+            hourly_price: None,
         }
     }
 }
@@ -190,6 +196,7 @@ const KEYS: &[&str] = &[
     "disconnect_grace",
     "min_free_disk",
     "object_cache_bytes",
+    "hourly_price",
 ];
 
 /// Network modes a node can allow.
@@ -204,6 +211,8 @@ pub enum ConfigError {
     Env { name: String, message: String },
     #[error("allowed_networks: {0:?} is not a network mode; use none, bridge or host")]
     Network(String),
+    #[error("hourly_price: {0} is not a positive number")]
+    HourlyPrice(f64),
 }
 
 impl NodeConfig {
@@ -280,13 +289,23 @@ impl NodeConfig {
             "spool_max_bytes" => self.spool_max_bytes = number(value)?,
             "disconnect_grace" => self.disconnect_grace = Some(duration(value)?),
             "min_free_disk" => self.min_free_disk = number(value)?,
+            "hourly_price" => {
+                self.hourly_price = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("{value:?} is not a number"))?,
+                )
+            }
             other => return Err(format!("{other} is not a node config key")),
         }
         Ok(())
     }
 
-    /// Checks what serde cannot (the network modes).
+    /// Checks what serde cannot (the network modes, the price).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(price) = self.hourly_price.filter(|p| !(p.is_finite() && *p > 0.0)) {
+            return Err(ConfigError::HourlyPrice(price));
+        }
         match self
             .allowed_networks
             .iter()
@@ -372,6 +391,7 @@ mod tests {
             ("RGRID_NODE_READ_ONLY_ROOTFS", "true"),
             ("RGRID_NODE_ALLOWED_NETWORKS", "none,bridge"),
             ("RGRID_NODE_DISCONNECT_GRACE", "10m"),
+            ("RGRID_NODE_HOURLY_PRICE", "0.012"),
         ]);
         config
             .apply_env(|name| env.get(name).map(|v| (*v).to_owned()))
@@ -405,6 +425,21 @@ mod tests {
         assert!(config.read_only_rootfs);
         assert_eq!(config.allowed_networks, ["none", "bridge"]);
         assert_eq!(config.disconnect_grace, Some(Duration::from_secs(600)));
+        assert_eq!(config.hourly_price, Some(0.012));
+    }
+
+    #[test]
+    fn a_price_must_be_positive() {
+        for value in ["0", "-1", "NaN", "inf"] {
+            let mut config = NodeConfig::default();
+            let err = config
+                .apply_env(|n| (n == "RGRID_NODE_HOURLY_PRICE").then(|| value.to_owned()))
+                .expect_err("not a price");
+            assert!(err.to_string().contains("hourly_price"), "{err}");
+        }
+        let err =
+            toml::from_str::<NodeConfig>("hourly_price = \"cheap\"").expect_err("not a number");
+        assert!(err.to_string().contains("hourly_price"), "{err}");
     }
 
     #[test]
@@ -415,6 +450,7 @@ mod tests {
             ("RGRID_NODE_LABELS", "site"),
             ("RGRID_NODE_KILL_GRACE", "soon"),
             ("RGRID_NODE_ALLOWED_NETWORKS", "none,overlay"),
+            ("RGRID_NODE_HOURLY_PRICE", "cheap"),
         ] {
             let mut config = NodeConfig::default();
             let err = config

@@ -290,6 +290,8 @@ pub mod cloud_init {
         pub head: String,
         pub token: String,
         pub labels: Vec<String>,
+        /// `RGRID_NODE_*` variables the node container gets (`-e K=V`).
+        pub env: Vec<(String, String)>,
     }
 
     /// The content of the file at `path` in a cloud-config's `write_files`.
@@ -325,6 +327,11 @@ pub mod cloud_init {
             head: after("--head").remove(0),
             token: written_file(user_data, rgrid_cloud::cloud_init::TOKEN_PATH),
             labels: after("--label"),
+            env: after("-e")
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
         }
     }
 }

@@ -184,6 +184,17 @@ pub fn comparison_table(runs: &[Vec<Report>]) -> String {
         .map(|(r, t)| format!("{} {t:.3}", r.policy))
         .collect();
     let _ = writeln!(out, "all traces, EUR: {}", names.join(", "));
+    let worst = runs
+        .iter()
+        .flatten()
+        .map(|r| (r.attributed() - 1.0).abs())
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        out,
+        "per-task costs add up to the bill within 1 % on every run: {} (worst {:.2} %)",
+        if worst <= 0.01 { "yes" } else { "NO" },
+        worst * 100.0
+    );
     let total_of = |pick: fn(&Report) -> bool| {
         first
             .iter()

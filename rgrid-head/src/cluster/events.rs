@@ -15,7 +15,7 @@ use rgrid_core::{AttemptId, NodeId, Resources, TaskId, TaskState};
 use tokio::sync::{mpsc, oneshot};
 
 use super::demand::{AutoscaleView, Shape, WaitRuns};
-use crate::store::{ListedTask, Output};
+use crate::store::{CostKeys, ListedTask, Output};
 
 /// A node's live control stream, as the loop holds it.
 #[derive(Clone, Debug)]
@@ -39,11 +39,18 @@ pub(crate) struct Admitted {
     pub constraints: Constraints,
     pub strategy: Strategy,
     pub priority: i32,
+    /// What `rgrid cost --by` groups it by (the server fills in the client).
+    pub cost_keys: CostKeys,
 }
 
 impl From<rgrid_core::TaskSpec> for Admitted {
     fn from(spec: rgrid_core::TaskSpec) -> Self {
+        let cost_keys = CostKeys {
+            shape: spec.resources.to_string(),
+            selector: super::listings::describe(&spec.constraints),
+        };
         Self {
+            cost_keys,
             id: spec.id,
             spec: crate::store::encode(&spec),
             resources: spec.resources,

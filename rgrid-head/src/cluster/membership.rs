@@ -84,6 +84,8 @@ pub(super) struct Node {
     /// What to send it at the end of this turn.
     pub assignments: Vec<Assignment>,
     pub acks: Vec<AttemptId>,
+    /// Its billed hours, while it has a price and a session (see `billing`).
+    pub ledger: Option<rgrid_cloud::task_cost::Ledger>,
 }
 
 impl Node {
@@ -106,6 +108,7 @@ impl Node {
             idle_since_ms: Some(unix_ms()),
             assignments: Vec::new(),
             acks: Vec::new(),
+            ledger: None,
         }
     }
 
@@ -197,6 +200,7 @@ impl<C: Comm> Cluster<C> {
             })));
         let healthy = node.problem.is_none();
         self.scheduler.set_schedulable(id, healthy);
+        self.bill_from_now(index);
         self.dirty = true;
         if !opened {
             self.close_session(index);
@@ -374,6 +378,7 @@ impl<C: Comm> Cluster<C> {
                 self.requeue(attempt, "node drained", false);
             }
         }
+        self.bill_close(index);
         let node = &mut self.nodes[index as usize];
         node.state = NodeState::Left;
         node.session = None;
@@ -424,6 +429,7 @@ impl<C: Comm> Cluster<C> {
             self.release_attempt(index, attempt);
             self.requeue(attempt, "node lost", true);
         }
+        self.bill_close(index);
         self.scheduler.remove_node(id);
         self.dirty = true;
     }

@@ -294,6 +294,7 @@ impl<C: Comm> Cluster<C> {
                 spec: admitted.spec.clone(),
                 submitted_at_ms: now,
                 submitted_by: submission.client.clone(),
+                cost_keys: admitted.cost_keys,
             });
             let task = Task {
                 spec: admitted.spec.into_boxed_slice(),
@@ -372,6 +373,8 @@ impl<C: Comm> Cluster<C> {
         self.shapes.hold(shape);
         self.details.remove(&id);
         self.set_state(id, TaskState::Assigned);
+        let share = self.share_of(index, shape);
+        self.bill_busy(index, share);
         let node = &mut self.nodes[index as usize];
         node.running.insert(attempt, shape);
         node.idle_since_ms = None;
@@ -381,6 +384,8 @@ impl<C: Comm> Cluster<C> {
             node: node.id,
             node_name: node.name.clone(),
             started_at_ms: now,
+            share,
+            hourly_price: node.ledger.as_ref().map(|l| l.hourly_price()),
         });
         tracing::debug!(%attempt, node = %node.id, "assigned");
         self.after(seq, Effect::Assign(attempt));
@@ -455,6 +460,7 @@ impl<C: Comm> Cluster<C> {
             node.idle_since_ms = Some(unix_ms());
         }
         let id = node.id;
+        self.bill_busy(index, -self.share_of(index, shape));
         self.scheduler.release(id, self.shapes.resources(shape));
         self.shapes.release(shape);
         self.dirty = true;

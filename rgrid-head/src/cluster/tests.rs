@@ -659,3 +659,53 @@ fn a_handed_back_attempt_runs_again_after_a_pause_without_counting_a_node_loss()
     assert_eq!(batch.finishes[0].state, TaskState::Failed);
     assert_eq!(batch.finishes[0].exit_code, Some(139));
 }
+
+#[test]
+fn a_priced_node_bills_its_hours_to_the_attempts_it_ran() {
+    let mut c = cluster();
+    let node = NodeId::new();
+    let mut priced = hello(4000);
+    (priced.labels).insert(
+        rgrid_core::protocol::HOURLY_PRICE_LABEL.into(),
+        "3.6".into(),
+    );
+    connect(&mut c, node, 1, priced);
+    commit(&mut c);
+    // A quarter of the node: 1 of its 4 cpus (64 MiB of 1 GiB is less).
+    let spec = task();
+    let _reply = submit(&mut c, std::slice::from_ref(&spec));
+    let batch = commit(&mut c);
+    let row = &batch.attempts[0];
+    assert_eq!((row.share, row.hourly_price), (0.25, Some(3.6)));
+    let attempt = assigned(&mut c)[0];
+    std::thread::sleep(Duration::from_millis(20));
+    result(&mut c, node, attempt, ExitStatus::Exited(0));
+    commit(&mut c);
+    // The node leaves: its started hour closes, in full, paid by what ran in it.
+    c.handle(Event::NodeMessage {
+        node,
+        session: 1,
+        message: NodeMessage::Leaving {
+            unfinished: Vec::new(),
+        },
+    });
+    c.end_turn();
+    let hours: Vec<_> = (commit(&mut c).other.into_iter())
+        .filter_map(|w| match w {
+            crate::store::Write::NodeHour { node: n, hour } if n == node => Some(hour),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    assert_eq!(hours[0].price, 3.6);
+    assert_eq!(hours[0].end_ms - hours[0].start_ms, 3_600_000);
+    // A quarter of the node for at least the 20 ms it ran.
+    assert!(hours[0].used >= 0.25 * 20.0, "{hours:?}");
+    // A node without a price bills nothing, and its attempts have no price.
+    let free = NodeId::new();
+    connect(&mut c, free, 2, hello(4000));
+    commit(&mut c);
+    let _reply = submit(&mut c, &[task()]);
+    let batch = commit(&mut c);
+    assert_eq!(batch.attempts[0].hourly_price, None);
+}

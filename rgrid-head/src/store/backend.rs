@@ -42,7 +42,8 @@ pub(super) fn rows(row: &str, n: usize, numbered: bool) -> String {
     out
 }
 
-/// The statement texts of the task path for one backend (`blob` is its bytes type; `sqlite`:
+/// The statement texts of the task path for one backend (`blob` and `real` are its bytes and
+/// floating-point types; `sqlite`:
 /// its placeholders are `?`, else `$N`): one per kind and chunk size for the rows every task
 /// writes, one single-row statement for the rare ones (requeues, retries).
 ///
@@ -59,7 +60,7 @@ pub(super) struct TaskSql {
 }
 
 impl TaskSql {
-    pub(super) fn new(blob: &str, sqlite: bool) -> Self {
+    pub(super) fn new(blob: &str, real: &str, sqlite: bool) -> Self {
         let rows = |row: &str, n: usize| rows(row, n, !sqlite);
         let param = |i: usize| {
             if sqlite {
@@ -76,20 +77,25 @@ impl TaskSql {
         Self {
             insert: per_chunk(&|n| {
                 format!(
-                    "INSERT INTO tasks (id, spec, state, submitted_at_ms, submitted_by) VALUES {}
-                     ON CONFLICT (id) DO NOTHING RETURNING id",
-                    rows("(?, ?, 'queued', ?, ?)", n)
+                    "INSERT INTO tasks (id, spec, state, submitted_at_ms, submitted_by, shape, selector)
+                     VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+                    rows("(?, ?, 'queued', ?, ?, ?, ?)", n)
                 )
             }),
             attempts: per_chunk(&|n| {
                 format!(
-                    "INSERT INTO attempts (task, attempt, node, node_name, started_at_ms)
-                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5
+                    "INSERT INTO attempts (task, attempt, node, node_name, started_at_ms, share,
+                       hourly_price)
+                     SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6,
+                       v.column7
                      FROM (VALUES {}) AS v CROSS JOIN tasks t
                      WHERE t.id = v.column1 AND {}
                      ON CONFLICT (task, attempt) DO NOTHING",
                     rows(
-                        "(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT))",
+                        &format!(
+                            "(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), \
+                             CAST(? AS BIGINT), CAST(? AS {real}), CAST(? AS {real}))"
+                        ),
                         n
                     ),
                     guard("t")
@@ -153,11 +159,11 @@ pub(super) fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> 
 
 /// One module per backend with the same functions over that backend's pool.
 macro_rules! backend {
-    ($name:ident, $db:ty, $blob:literal, $sqlite:literal) => {
+    ($name:ident, $db:ty, $blob:literal, $real:literal, $least:literal, $greatest:literal, $sqlite:literal) => {
         pub(crate) mod $name {
             use std::collections::HashSet;
 
-            use rgrid_core::protocol::AttemptInfo;
+            use rgrid_core::protocol::{AttemptInfo, CostBy, CostGroup};
             use rgrid_core::{NodeId, TaskId, TaskState};
             use sqlx::Row as _;
 
@@ -174,7 +180,7 @@ macro_rules! backend {
             type Row = <Db as sqlx::Database>::Row;
 
             pub(crate) fn task_sql() -> TaskSql {
-                TaskSql::new($blob, $sqlite)
+                TaskSql::new($blob, $real, $sqlite)
             }
 
             pub(crate) async fn token(pool: &Pool, id: &str) -> Result<Option<StoredToken>, StoreError> {
@@ -409,6 +415,89 @@ macro_rules! backend {
                     .collect()
             }
 
+            /// What tasks cost, by `by`, costliest first, at most `limit` groups: attempts on
+            /// priced nodes that ended at or after `since_ms` (of `task` alone, if given). An
+            /// attempt pays, of each closed billed hour of its node it overlaps, share × ms in
+            /// it × price / used (the rule of `rgrid_cloud::task_cost::attempt_cost`), and of
+            /// the rest of its run its node-seconds at the hourly price (provisional).
+            pub(crate) async fn cost(
+                pool: &Pool,
+                by: CostBy,
+                since_ms: u64,
+                task: Option<TaskId>,
+                limit: u32,
+            ) -> Result<Vec<CostGroup>, StoreError> {
+                let key = match by {
+                    CostBy::Total => "''",
+                    CostBy::Label => "COALESCE(t.selector, '')",
+                    CostBy::Shape => "COALESCE(t.shape, '')",
+                    CostBy::Client => "COALESCE(t.submitted_by, '')",
+                };
+                let only = if task.is_some() { "AND a.task = $3" } else { "" };
+                // Zero without an hour (PostgreSQL's LEAST and GREATEST skip NULLs).
+                let overlap = concat!(
+                    "CASE WHEN h.node IS NULL THEN 0 ELSE CAST(", $least, "(r.end_ms, h.end_ms) - ",
+                    $greatest, "(r.start_ms, h.start_ms) AS ", $real, ") END"
+                );
+                let sql = format!(
+                    "WITH ends AS (
+                       SELECT a.task, a.attempt, a.node, a.share, a.hourly_price,
+                         a.started_at_ms AS start_ms,
+                         COALESCE(a.ended_at_ms,
+                           CASE WHEN t.attempt = a.attempt THEN t.finished_at_ms END) AS end_raw,
+                         {key} AS k
+                       FROM attempts a JOIN tasks t ON t.id = a.task
+                       WHERE a.hourly_price IS NOT NULL {only}
+                     ), runs AS (
+                       -- A finish carries the node's clock, the start the head's: a node
+                       -- whose clock is behind must not make a run negative.
+                       SELECT task, attempt, node, share, hourly_price, start_ms, k,
+                         CASE WHEN end_raw < start_ms THEN start_ms ELSE end_raw END AS end_ms
+                       FROM ends
+                     ), per_attempt AS (
+                       SELECT r.k, r.task, r.share, r.hourly_price,
+                         CAST(r.end_ms - r.start_ms AS {real}) AS ms,
+                         COALESCE(SUM({overlap}), 0) AS covered,
+                         COALESCE(SUM({overlap} * h.price / h.used), 0) AS closed
+                       FROM runs r LEFT JOIN node_hours h ON h.node = r.node
+                         AND h.start_ms < r.end_ms AND h.end_ms > r.start_ms
+                       WHERE r.end_ms IS NOT NULL AND r.end_ms >= $1
+                       GROUP BY r.task, r.attempt, r.k, r.share, r.hourly_price, r.start_ms, r.end_ms
+                     ), groups AS (
+                       SELECT k, COUNT(DISTINCT task) AS tasks,
+                         SUM(share * ms) / 1000.0 AS node_seconds,
+                         SUM(share * closed) AS closed_cost,
+                         SUM(share * (ms - covered) * hourly_price / 3600000.0) AS open_cost
+                       FROM per_attempt GROUP BY k
+                     )
+                     SELECT k, tasks, node_seconds, closed_cost, open_cost FROM groups
+                     ORDER BY closed_cost + open_cost DESC, k LIMIT $2",
+                    real = $real,
+                );
+                let mut query = sqlx::query(&sql)
+                    .bind(to_i64(since_ms))
+                    .bind(i64::from(limit));
+                if let Some(task) = task {
+                    query = query.bind(task.to_string());
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        let real = |name: &str| {
+                            row.try_get::<Option<f64>, _>(name).map(|v| v.unwrap_or(0.0))
+                        };
+                        let provisional = real("open_cost")?.max(0.0);
+                        Ok(CostGroup {
+                            key: row.try_get("k")?,
+                            tasks: to_u64(row.try_get("tasks")?),
+                            node_seconds: real("node_seconds")?,
+                            cost: real("closed_cost")? + provisional,
+                            provisional,
+                        })
+                    })
+                    .collect()
+            }
+
             fn parse_state(state: String) -> Result<TaskState, StoreError> {
                 TaskState::parse(&state).ok_or(StoreError::Corrupt {
                     what: "task state",
@@ -459,7 +548,9 @@ macro_rules! backend {
                             .bind(row.id.to_string())
                             .bind(&row.spec)
                             .bind(to_i64(row.submitted_at_ms))
-                            .bind(&row.submitted_by);
+                            .bind(&row.submitted_by)
+                            .bind(&row.cost_keys.shape)
+                            .bind(&row.cost_keys.selector);
                     }
                     let new: HashSet<String> = query
                         .fetch_all(&mut *tx)
@@ -483,7 +574,9 @@ macro_rules! backend {
                             .bind(i64::from(row.attempt))
                             .bind(row.node.to_string())
                             .bind(&row.node_name)
-                            .bind(to_i64(row.started_at_ms));
+                            .bind(to_i64(row.started_at_ms))
+                            .bind(row.share)
+                            .bind(row.hourly_price);
                     }
                     query.execute(&mut *tx).await?;
                 }
@@ -622,6 +715,29 @@ macro_rules! backend {
                         .execute(conn)
                         .await?;
                     }
+                    Write::NodeHour { node, hour } => {
+                        sqlx::query(
+                            "INSERT INTO node_hours (node, start_ms, end_ms, price, used)
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (node, start_ms) DO NOTHING",
+                        )
+                        .bind(node.to_string())
+                        .bind(to_i64(hour.start_ms))
+                        .bind(to_i64(hour.end_ms))
+                        .bind(hour.price)
+                        .bind(hour.used)
+                        .execute(conn)
+                        .await?;
+                    }
+                    Write::AmendHour { node, start_ms, extra } => {
+                        sqlx::query(
+                            "UPDATE node_hours SET price = price + $3 WHERE node = $1 AND start_ms = $2",
+                        )
+                        .bind(node.to_string())
+                        .bind(to_i64(*start_ms))
+                        .bind(*extra)
+                        .execute(conn)
+                        .await?;
+                    }
                 }
                 Ok(())
             }
@@ -629,8 +745,16 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite, "BLOB", true);
-backend!(postgres, sqlx::Postgres, "BYTEA", false);
+backend!(sqlite, sqlx::Sqlite, "BLOB", "REAL", "MIN", "MAX", true);
+backend!(
+    postgres,
+    sqlx::Postgres,
+    "BYTEA",
+    "DOUBLE PRECISION",
+    "LEAST",
+    "GREATEST",
+    false
+);
 
 #[cfg(test)]
 mod tests {
@@ -654,6 +778,227 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 2000);
         assert_eq!(sizes, [1024, 256, 256, 256, 64, 64, 64, 16]);
         assert_eq!(chunks::<u32>(&[]).count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use std::time::Duration;
+
+    use rgrid_cloud::task_cost::{apply_amends, attempt_cost, held_cost, Ledger};
+    use rgrid_core::protocol::{CostBy, CostQuery};
+    use rgrid_core::{NodeId, TaskId, TaskState};
+
+    use crate::store::{
+        AttemptRow, CostKeys, Finish, NewTask, Output, RetryPolicy, Store, Write, WriteBatch,
+    };
+
+    const HOUR: u64 = 3_600_000;
+
+    /// The cost query charges what `rgrid_cloud::task_cost` says — closed hours by share × time
+    /// × price / used, the rest provisional at the hourly price — on SQLite.
+    #[tokio::test]
+    async fn the_query_applies_the_rule() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("head.db").display());
+        applies_the_rule(&url).await;
+    }
+
+    /// The same on PostgreSQL, when `RGRID_TEST_POSTGRES_URL` (default: the server
+    /// `scripts/setup.sh` makes) answers; skipped otherwise, except under `CI=true`.
+    #[tokio::test]
+    async fn the_query_applies_the_rule_on_postgres() {
+        use sqlx::Connection as _;
+        let server = std::env::var("RGRID_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://rgrid:rgrid@127.0.0.1:5432/postgres".to_owned());
+        let mut conn = match sqlx::PgConnection::connect(&server).await {
+            Ok(conn) => conn,
+            Err(err) => {
+                assert!(
+                    std::env::var("CI").map_or(true, |v| v != "true"),
+                    "no PostgreSQL: {err}"
+                );
+                eprintln!("skipping: no PostgreSQL at {server} ({err})");
+                return;
+            }
+        };
+        let name = format!("rgrid_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("a test database");
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+        applies_the_rule(&format!("{base}/{name}")).await;
+    }
+
+    /// Writes three attempts and a node's closed hours through the store's own write path,
+    /// and compares what the query says with the rule.
+    async fn applies_the_rule(url: &str) {
+        let tracker = tokio_util::task::TaskTracker::new();
+        let store = Store::open(url, RetryPolicy::default(), &tracker)
+            .await
+            .expect("a store");
+        let node = NodeId::new();
+        let price = 2.0;
+        // (share, start, end, shape): the last one ends in the third hour, still open.
+        let runs = [
+            (0.5, 600_000, 1_800_000, "a"),
+            (0.25, 1_200_000, HOUR + 900_000, "b"),
+            (1.0, 2 * HOUR + 60_000, 2 * HOUR + 120_000, "b"),
+        ];
+        let mut ledger = Ledger::new(0, price, Duration::from_secs(3600));
+        let mut billed = Vec::new();
+        let mut events: Vec<(u64, f64)> = runs
+            .iter()
+            .flat_map(|&(s, a, b, _)| [(a, s), (b, -s)])
+            .collect();
+        events.sort_by_key(|e| e.0);
+        for (t, delta) in events {
+            ledger.add_busy(t, delta, &mut billed);
+        }
+        ledger.advance(2 * HOUR + 200_000, &mut billed);
+        let hours = apply_amends(&billed);
+        assert_eq!(hours.len(), 2, "two hours closed");
+        let mut batch = WriteBatch::default();
+        let mut expected = Vec::new();
+        for (i, &(share, start, end, shape)) in runs.iter().enumerate() {
+            let task = TaskId::new();
+            batch.inserts.push(NewTask {
+                id: task,
+                spec: vec![0],
+                submitted_at_ms: 0,
+                submitted_by: None,
+                cost_keys: CostKeys {
+                    shape: shape.to_owned(),
+                    ..CostKeys::default()
+                },
+            });
+            batch.attempts.push(AttemptRow {
+                task,
+                attempt: 1,
+                node,
+                node_name: "n".into(),
+                started_at_ms: start,
+                share,
+                hourly_price: Some(price),
+            });
+            batch.finishes.push(Finish {
+                task,
+                state: TaskState::Succeeded,
+                finished_at_ms: end,
+                exit_code: Some(0),
+                reason: None,
+                stdout: Output::Empty,
+                stderr: Output::Empty,
+                attempt: 1,
+                node: Some(node),
+                node_losses: 0,
+                failures: 0,
+            });
+            let open = if i == 2 {
+                held_cost(share, end - start, price)
+            } else {
+                0.0
+            };
+            expected.push((task, attempt_cost(share, start, end, &hours) + open, open));
+        }
+        batch.other.extend(billed.iter().map(|b| match *b {
+            rgrid_cloud::task_cost::Billed::Hour(hour) => Write::NodeHour { node, hour },
+            rgrid_cloud::task_cost::Billed::Amend { start_ms, extra } => Write::AmendHour {
+                node,
+                start_ms,
+                extra,
+            },
+        }));
+        store
+            .commit(batch)
+            .await
+            .expect("the writer")
+            .expect("a commit");
+        let query = |by, since_ms, task| CostQuery { since_ms, by, task };
+        // "Now" is the end of the third hour, for `since`.
+        let now = 3 * HOUR;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        for &(task, cost, open) in &expected {
+            let got = store
+                .cost(&query(CostBy::Total, None, Some(task)), now)
+                .await
+                .expect("a cost")
+                .total;
+            assert_eq!(got.tasks, 1);
+            assert!(close(got.cost, cost), "{got:?} against {cost}");
+            assert!(close(got.provisional, open), "{got:?} against {open}");
+        }
+        // The closed hours are paid in full: 2 hours at 2.0, plus the open part.
+        let total = store
+            .cost(&query(CostBy::Total, None, None), now)
+            .await
+            .expect("the total")
+            .total;
+        assert!(close(total.cost, 4.0 + expected[2].2), "{total:?}");
+        assert_eq!(total.tasks, 3);
+        let by_shape = store
+            .cost(&query(CostBy::Shape, None, None), now)
+            .await
+            .expect("by shape");
+        let keys: Vec<&str> = by_shape.groups.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(keys.len(), 2, "{by_shape:?}");
+        let sum: f64 = by_shape.groups.iter().map(|g| g.cost).sum();
+        assert!(close(sum, total.cost) && close(by_shape.total.cost, total.cost));
+        // Since the middle of the second hour: only the attempts that ended after it.
+        let recent = store
+            .cost(&query(CostBy::Total, Some(2 * HOUR - 1), None), now)
+            .await
+            .expect("recent");
+        assert_eq!(recent.total.tasks, 2, "{recent:?}");
+        // A node whose clock is behind the head's reports an end before the start: no time,
+        // no cost, never a negative one.
+        let skewed = TaskId::new();
+        let mut batch = WriteBatch::default();
+        batch.inserts.push(NewTask {
+            id: skewed,
+            spec: vec![0],
+            submitted_at_ms: 0,
+            submitted_by: None,
+            cost_keys: CostKeys::default(),
+        });
+        batch.attempts.push(AttemptRow {
+            task: skewed,
+            attempt: 1,
+            node,
+            node_name: "n".into(),
+            started_at_ms: 1_000_000,
+            share: 1.0,
+            hourly_price: Some(price),
+        });
+        batch.finishes.push(Finish {
+            task: skewed,
+            state: TaskState::Succeeded,
+            finished_at_ms: 900_000,
+            exit_code: Some(0),
+            reason: None,
+            stdout: Output::Empty,
+            stderr: Output::Empty,
+            attempt: 1,
+            node: Some(node),
+            node_losses: 0,
+            failures: 0,
+        });
+        store
+            .commit(batch)
+            .await
+            .expect("the writer")
+            .expect("a commit");
+        let got = store
+            .cost(&query(CostBy::Total, None, Some(skewed)), now)
+            .await
+            .expect("a cost")
+            .total;
+        assert_eq!(
+            (got.tasks, got.cost, got.node_seconds),
+            (1, 0.0, 0.0),
+            "{got:?}"
+        );
     }
 }
 
@@ -686,11 +1031,11 @@ mod plans {
                 .expect("insert");
         }
         tx.commit().await.expect("commit");
-        let sql = TaskSql::new("BLOB", true);
+        let sql = TaskSql::new("BLOB", "REAL", true);
         let single = |s: &String| vec![s.clone()];
         for (what, statements, width) in [
-            ("insert", sql.insert.clone(), 4),
-            ("attempts", sql.attempts.clone(), 5),
+            ("insert", sql.insert.clone(), 6),
+            ("attempts", sql.attempts.clone(), 7),
             ("finishes", sql.finishes.clone(), 13),
             ("attempt end", single(&sql.attempt_end), 4),
             ("counters", single(&sql.counters), 3),

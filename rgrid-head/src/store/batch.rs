@@ -21,6 +21,16 @@ pub(crate) struct NewTask {
     pub submitted_at_ms: u64,
     /// The client that submitted it (`None` in tests of the loop alone).
     pub submitted_by: Option<String>,
+    /// What `rgrid cost --by` groups it by (with `submitted_by`): its resources and its label
+    /// selector.
+    pub cost_keys: CostKeys,
+}
+
+/// A task's keys for `rgrid cost --by shape|label|client`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CostKeys {
+    pub shape: String,
+    pub selector: String,
 }
 
 /// An attempt placed on a node, committed before the node hears of it, so that an attempt
@@ -32,6 +42,10 @@ pub(crate) struct AttemptRow {
     pub node: NodeId,
     pub node_name: String,
     pub started_at_ms: u64,
+    /// Its share of the node (see [`rgrid_cloud::task_cost::share`]).
+    pub share: f64,
+    /// The node's hourly price; `None` when the node has none (the attempt has no cost).
+    pub hourly_price: Option<f64>,
 }
 
 /// An attempt that ended without ending its task (requeued after a node loss, retried after a
@@ -108,8 +122,22 @@ pub(crate) struct Finish {
 #[derive(Debug)]
 pub(crate) enum Write {
     UpsertNode(Box<StoredNode>),
-    NodeState { node: NodeId, state: &'static str },
+    NodeState {
+        node: NodeId,
+        state: &'static str,
+    },
     InsertToken(StoredToken),
+    /// A billed hour of a node closed with use (see [`rgrid_cloud::task_cost`]).
+    NodeHour {
+        node: NodeId,
+        hour: rgrid_cloud::task_cost::ClosedHour,
+    },
+    /// A node left with idle hours after its last hour with use: they go to that hour.
+    AmendHour {
+        node: NodeId,
+        start_ms: u64,
+        extra: f64,
+    },
 }
 
 /// Everything one commit writes, applied in this order (inserts first, so that a task submitted

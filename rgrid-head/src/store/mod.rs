@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use rgrid_core::protocol::AttemptInfo;
+use rgrid_core::protocol::{AttemptInfo, CostBy, CostQuery, CostReport, MAX_COST_GROUPS};
 use rgrid_core::{NodeId, TaskId, TaskState};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -26,7 +26,7 @@ mod revocations;
 mod tokens;
 
 pub(crate) use batch::{
-    AttemptEnd, AttemptRow, Counters, Finish, NewTask, Output, Write, WriteBatch,
+    AttemptEnd, AttemptRow, CostKeys, Counters, Finish, NewTask, Output, Write, WriteBatch,
 };
 
 /// Storage failures.
@@ -303,6 +303,34 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<ListedTask>, StoreError> {
         on_pool!(&self.pool, tasks_page(state, after, limit))
+    }
+
+    /// What tasks cost, grouped as `query` asks (the costliest [`MAX_COST_GROUPS`] groups),
+    /// with the total; attempts that end at or after `now_ms - since_ms`.
+    pub(crate) async fn cost(
+        &self,
+        query: &CostQuery,
+        now_ms: u64,
+    ) -> Result<CostReport, StoreError> {
+        let since = query.since_ms.map_or(0, |s| now_ms.saturating_sub(s));
+        let mut groups = on_pool!(
+            &self.pool,
+            cost(query.by, since, query.task, MAX_COST_GROUPS + 1)
+        )?;
+        let truncated = groups.len() > MAX_COST_GROUPS as usize;
+        groups.truncate(MAX_COST_GROUPS as usize);
+        let total = if query.by == CostBy::Total {
+            groups.first().cloned().unwrap_or_default()
+        } else {
+            on_pool!(&self.pool, cost(CostBy::Total, since, query.task, 1))?
+                .pop()
+                .unwrap_or_default()
+        };
+        Ok(CostReport {
+            groups,
+            total,
+            truncated,
+        })
     }
 
     /// Stored tasks by state (open tasks count as `queued`).

@@ -37,7 +37,8 @@ use tracing::Instrument;
 
 pub use container::MANAGED_LABEL;
 use container::{
-    create_options, mount_inputs, ContainerPolicy, ATTEMPT_LABEL, DEADLINE_LABEL, NODE_LABEL, TASK_LABEL,
+    create_options, mount_inputs, ContainerPolicy, ATTEMPT_LABEL, DEADLINE_LABEL, NODE_LABEL,
+    TASK_LABEL,
 };
 use image::Images;
 
