@@ -75,11 +75,6 @@ enum Role {
     },
 }
 
-/// The allocator of the daemons' binaries (`rgrid-head`, `rgrid-node`), so that the head
-/// measured here allocates as the one that ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BATCH: usize = 1000;
 
 /// `--keep`: every run's state dir and logs stay.

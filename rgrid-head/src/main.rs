@@ -1,10 +1,5 @@
 //! `rgrid-head`: parses arguments, sets up logging, runs the head until SIGINT/SIGTERM.
 
-/// mimalloc: the task path allocates small objects at a high rate from several threads,
-/// which glibc's allocator serves poorly (its fastbin consolidation showed in profiles).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,11 +1,6 @@
 //! `rgrid-node`: parses arguments, sets up logging, runs the node until SIGINT/SIGTERM.
 //! Precedence: flags over `RGRID_NODE_*` variables over the config file over detection.
 
-/// mimalloc: the task path allocates small objects at a high rate from several threads,
-/// which glibc's allocator serves poorly (its fastbin consolidation showed in profiles).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 
 use anyhow::Context;
