@@ -221,7 +221,16 @@ async fn a_node_with_a_disconnect_grace_keeps_its_attempt_through_a_cut() {
 
     field.cut.set(true);
     let cut_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three missed heartbeats (about 3 s) make it suspect; from then on it stays suspect, not
+    // dead, for as long as the cut lasts.
+    while field.node_state().as_deref() != Some("suspect") {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(10),
+            "the cut-off node never turned suspect: {:?}",
+            field.node_state()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     while cut_at.elapsed() < Duration::from_secs(20) {
         let state = field.node_state();
         assert_eq!(state.as_deref(), Some("suspect"), "cut off, not dead");
