@@ -20,6 +20,17 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
+/// Runs the same function of `module` (its `sqlite` or its `postgres` variant) on whichever
+/// pool the store has.
+macro_rules! on_pool {
+    ($pool:expr, $module:ident :: $f:ident($($arg:expr),*)) => {
+        match $pool {
+            Pool::Sqlite(pool) => $module::sqlite::$f(pool, $($arg),*).await,
+            Pool::Postgres(pool) => $module::postgres::$f(pool, $($arg),*).await,
+        }
+    };
+}
+
 mod backend;
 pub(crate) mod batch;
 mod revocations;
@@ -160,16 +171,6 @@ enum Pool {
     Postgres(backend::postgres::Pool),
 }
 
-/// Runs the same backend function on whichever pool the store has.
-macro_rules! on_pool {
-    ($pool:expr, $f:ident($($arg:expr),*)) => {
-        match $pool {
-            Pool::Sqlite(pool) => backend::sqlite::$f(pool, $($arg),*).await,
-            Pool::Postgres(pool) => backend::postgres::$f(pool, $($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Opens (creating a SQLite file if needed) and migrates the database at `url`
     /// (`sqlite://PATH` or `postgres://…`), and starts the writer.
@@ -229,7 +230,7 @@ impl Store {
     /// Writes outside the task path (nodes, tokens) in one transaction, and waits until they
     /// are durable.
     pub(crate) async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        on_pool!(&self.pool, write(&writes)).map_err(StoreError::from)
+        on_pool!(&self.pool, backend::write(&writes)).map_err(StoreError::from)
     }
 
     /// Consumes join token `id` (whose secret hashes to `secret_hash`) and stores `node`, in
@@ -242,11 +243,11 @@ impl Store {
         now_ms: u64,
         node: &StoredNode,
     ) -> Result<bool, StoreError> {
-        on_pool!(&self.pool, join(id, secret_hash, now_ms, node)).map_err(StoreError::from)
+        on_pool!(&self.pool, backend::join(id, secret_hash, now_ms, node)).map_err(StoreError::from)
     }
 
     pub(crate) async fn token(&self, id: &str) -> Result<Option<StoredToken>, StoreError> {
-        on_pool!(&self.pool, token(id))
+        on_pool!(&self.pool, backend::token(id))
     }
 
     /// The client that submitted task `id`: `None` when there is no such task, `Some(None)`
@@ -255,17 +256,17 @@ impl Store {
         &self,
         id: TaskId,
     ) -> Result<Option<Option<String>>, StoreError> {
-        on_pool!(&self.pool, task_submitter(id))
+        on_pool!(&self.pool, backend::task_submitter(id))
     }
 
     /// Every node that ever joined, with its last known description.
     pub(crate) async fn nodes(&self) -> Result<Vec<StoredNode>, StoreError> {
-        on_pool!(&self.pool, nodes())
+        on_pool!(&self.pool, backend::nodes())
     }
 
     /// Is this node known (it joined and was not removed)?
     pub(crate) async fn node_exists(&self, id: NodeId) -> Result<bool, StoreError> {
-        on_pool!(&self.pool, node_exists(id))
+        on_pool!(&self.pool, backend::node_exists(id))
     }
 
     /// Up to `limit` open tasks after `after`, in id order, with their latest attempts.
@@ -274,7 +275,7 @@ impl Store {
         after: Option<TaskId>,
         limit: u32,
     ) -> Result<Vec<RecoveredTask>, StoreError> {
-        on_pool!(&self.pool, recover_page(after, limit))
+        on_pool!(&self.pool, backend::recover_page(after, limit))
     }
 
     /// One task, whatever its state.
@@ -287,12 +288,12 @@ impl Store {
         &self,
         ids: &[TaskId],
     ) -> Result<Vec<(TaskId, StoredTask)>, StoreError> {
-        on_pool!(&self.pool, tasks(ids))
+        on_pool!(&self.pool, backend::tasks(ids))
     }
 
     /// Every attempt of a task, in order.
     pub(crate) async fn attempts(&self, id: TaskId) -> Result<Vec<AttemptInfo>, StoreError> {
-        on_pool!(&self.pool, attempts(id))
+        on_pool!(&self.pool, backend::attempts(id))
     }
 
     /// A page of stored tasks in id order, of one state or all.
@@ -302,7 +303,7 @@ impl Store {
         after: Option<TaskId>,
         limit: u32,
     ) -> Result<Vec<ListedTask>, StoreError> {
-        on_pool!(&self.pool, tasks_page(state, after, limit))
+        on_pool!(&self.pool, backend::tasks_page(state, after, limit))
     }
 
     /// What tasks cost, grouped as `query` asks (the costliest [`MAX_COST_GROUPS`] groups),
@@ -315,16 +316,19 @@ impl Store {
         let since = query.since_ms.map_or(0, |s| now_ms.saturating_sub(s));
         let mut groups = on_pool!(
             &self.pool,
-            cost(query.by, since, query.task, MAX_COST_GROUPS + 1)
+            backend::cost(query.by, since, query.task, MAX_COST_GROUPS + 1)
         )?;
         let truncated = groups.len() > MAX_COST_GROUPS as usize;
         groups.truncate(MAX_COST_GROUPS as usize);
         let total = if query.by == CostBy::Total {
             groups.first().cloned().unwrap_or_default()
         } else {
-            on_pool!(&self.pool, cost(CostBy::Total, since, query.task, 1))?
-                .pop()
-                .unwrap_or_default()
+            on_pool!(
+                &self.pool,
+                backend::cost(CostBy::Total, since, query.task, 1)
+            )?
+            .pop()
+            .unwrap_or_default()
         };
         Ok(CostReport {
             groups,
@@ -335,7 +339,7 @@ impl Store {
 
     /// Stored tasks by state (open tasks count as `queued`).
     pub(crate) async fn counts(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
-        on_pool!(&self.pool, counts())
+        on_pool!(&self.pool, backend::counts())
     }
 }
 

@@ -57,16 +57,6 @@ macro_rules! revocations {
 revocations!(sqlite, sqlx::Sqlite);
 revocations!(postgres, sqlx::Postgres);
 
-/// Runs the same function of this file on whichever pool the store has.
-macro_rules! on_pool {
-    ($pool:expr, $f:ident($($arg:expr),*)) => {
-        match $pool {
-            Pool::Sqlite(pool) => sqlite::$f(pool, $($arg),*).await,
-            Pool::Postgres(pool) => postgres::$f(pool, $($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Revokes `nodes` and forgets them (their rows go), in one transaction, durable when this
     /// returns.
@@ -76,11 +66,11 @@ impl Store {
         now_ms: u64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        on_pool!(&self.pool, revoke_nodes(nodes, now_ms, reason))
+        on_pool!(&self.pool, self::revoke_nodes(nodes, now_ms, reason))
     }
 
     /// Every revoked node.
     pub(crate) async fn revoked_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
-        on_pool!(&self.pool, revoked_nodes())
+        on_pool!(&self.pool, self::revoked_nodes())
     }
 }

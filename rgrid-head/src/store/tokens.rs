@@ -83,16 +83,6 @@ macro_rules! tokens {
 tokens!(sqlite, sqlx::Sqlite);
 tokens!(postgres, sqlx::Postgres);
 
-/// Runs the same function of this file on whichever pool the store has.
-macro_rules! on_pool {
-    ($pool:expr, $f:ident($($arg:expr),*)) => {
-        match $pool {
-            Pool::Sqlite(pool) => sqlite::$f(pool, $($arg),*).await,
-            Pool::Postgres(pool) => postgres::$f(pool, $($arg),*).await,
-        }
-    };
-}
-
 impl Store {
     /// Stores a new token with its labels, committed when this returns.
     pub(crate) async fn insert_token(
@@ -100,16 +90,16 @@ impl Store {
         token: &StoredToken,
         labels: &Labels,
     ) -> Result<(), StoreError> {
-        on_pool!(&self.pool, insert(token, labels))
+        on_pool!(&self.pool, self::insert(token, labels))
     }
 
     /// Every token, oldest first, with its labels.
     pub(crate) async fn tokens(&self) -> Result<Vec<(StoredToken, Labels)>, StoreError> {
-        on_pool!(&self.pool, list())
+        on_pool!(&self.pool, self::list())
     }
 
     /// Revokes a token: no node joins with it any more. `false` when there is no such token.
     pub(crate) async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        on_pool!(&self.pool, revoke(id))
+        on_pool!(&self.pool, self::revoke(id))
     }
 }
