@@ -83,9 +83,14 @@ pub(crate) struct Autoscaler {
     list_again: Instant,
     /// Whether a listing has succeeded since the start: until one has, nothing is created.
     listed: bool,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Outcomes of creates and deletes; a finished call waits for room (the driver reads the
+    /// channel in every turn of its loop).
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
 }
+
+/// Finished cloud calls waiting for the driver, at most.
+const DONE_QUEUE: usize = 64;
 
 /// Why the autoscaler cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +140,7 @@ impl Autoscaler {
             cloud_init::render(&parts.config, &t.name, &parts.head_addr, "check.only.token")?;
         }
         metrics::describe();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::channel(DONE_QUEUE);
         Ok(Self {
             config: parts.config,
             provider: parts.provider,
@@ -329,7 +334,7 @@ impl Autoscaler {
                 let done = self.done_tx.clone();
                 self.tracker.spawn(async move {
                     let result = provider.delete(server).await;
-                    let _ = done.send(Done::Deleted { server, result });
+                    let _ = done.send(Done::Deleted { server, result }).await;
                 });
             }
         }
@@ -367,12 +372,14 @@ impl Autoscaler {
         let (node_type, location) = (node_type.to_owned(), location.to_owned());
         self.tracker.spawn(async move {
             let result = provider.create(&request).await;
-            let _ = done.send(Done::Created {
-                name: request.name,
-                node_type,
-                location,
-                result,
-            });
+            let _ = done
+                .send(Done::Created {
+                    name: request.name,
+                    node_type,
+                    location,
+                    result,
+                })
+                .await;
         });
         Ok(())
     }
