@@ -114,6 +114,8 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long)]
         timeout: Option<f64>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// List nodes.
     Nodes {
@@ -322,6 +324,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                         .map(|(s, n)| (s.to_string(), *n))
                         .collect();
                     println!("tasks: {}", counts(tasks));
+                    if !status.servers.is_empty() {
+                        println!("servers: {}", counts(status.servers));
+                    }
                     for w in status.waiting {
                         let on = if w.constraints.is_empty() {
                             String::new()
@@ -344,19 +349,41 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             tasks,
             any,
             timeout,
+            output,
         } => {
             let refs: Vec<TaskRef> = tasks.into_iter().map(|id| TaskRef { id }).collect();
             let timeout = timeout.map(Duration::from_secs_f64);
             let wanted = if any { 1 } else { refs.len() };
             let (ready, not_ready) = client.wait(&refs, wanted, timeout).await?;
             let outcomes = client.get_many(&ready).await?;
-            for outcome in &outcomes {
-                println!("{} {}", outcome.task, outcome.state);
+            match output {
+                Output::Json => {
+                    let ended: Vec<serde_json::Value> = (outcomes.iter())
+                        .map(|o| {
+                            serde_json::json!({
+                                "task": o.task,
+                                "state": o.state,
+                                "exit_code": o.exit_code,
+                                "reason": o.reason,
+                            })
+                        })
+                        .collect();
+                    let not_ended: Vec<_> = not_ready.iter().map(|t| t.id).collect();
+                    let answer = serde_json::json!({ "ended": ended, "not_ended": not_ended });
+                    println!("{}", serde_json::to_string_pretty(&answer)?);
+                }
+                Output::Table => {
+                    for outcome in &outcomes {
+                        println!("{} {}", outcome.task, outcome.state);
+                    }
+                    if ready.len() < wanted {
+                        for task in &not_ready {
+                            println!("{} not ended", task.id);
+                        }
+                    }
+                }
             }
             if ready.len() < wanted {
-                for task in &not_ready {
-                    println!("{} not ended", task.id);
-                }
                 return Ok(3);
             }
             let all_ok = outcomes.iter().all(|o| o.state == TaskState::Succeeded);
@@ -614,7 +641,7 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
 }
 
 /// Waits for the task's outcome showing one live line (on stderr) of where it is: queued and
-/// why, starting on its node (the image is pulled then), running for how long.
+/// why, pulling the image, starting on its node, running for how long.
 async fn with_progress(client: &Client, task: &TaskRef) -> anyhow::Result<TaskOutcome> {
     let line = ProgressBar::new_spinner();
     line.enable_steady_tick(Duration::from_millis(120));
@@ -645,10 +672,10 @@ fn progress(info: &TaskInfo, running_since: &mut Option<(u32, Instant)>) -> Stri
     };
     match info.state {
         TaskState::Queued => why("queued"),
-        TaskState::Assigned => format!(
-            "starting on its node: image, container (attempt {})",
-            info.attempt
-        ),
+        TaskState::Assigned => match &info.detail {
+            Some(detail) => format!("{detail} (attempt {})", info.attempt),
+            None => format!("starting on its node (attempt {})", info.attempt),
+        },
         TaskState::Running => {
             // Timed from when this line first saw the attempt run.
             let since = match running_since {

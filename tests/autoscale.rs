@@ -21,31 +21,18 @@ use fake_hetzner::FakeHetzner;
 use serde_json::Value;
 
 /// One node type: two cpus, two GiB (what the node processes offer).
-const CONFIG: &str = r#"
-[autoscaler]
-enabled = true
-cluster_name = "e2e"
-api_url = "API_URL"
+/// The head's config: up to two servers, from two locations.
+fn config() -> String {
+    common::autoscaler_toml(
+        "",
+        r#"cluster_name = "e2e"
 locations = ["fsn1", "nbg1"]
 max_nodes = 2
 max_concurrent_provisioning = 2
-scale_up_delay = "0s"
 min_idle = "1s"
-drain_ahead = "0s"
-boot_estimate = "90s"
-
-[[autoscaler.node_types]]
-name = "cx23"
-cpus = 2
-memory = "2G"
-hourly_price = 0.0056
-
-[autoscaler.api]
-action_poll = "50ms"
-action_poll_max = "100ms"
-list_cache_ttl = "200ms"
-backoff_base = "50ms"
-"#;
+drain_ahead = "0s""#,
+    )
+}
 
 /// A machine: the node process booted for a server.
 struct Machine {
@@ -164,7 +151,7 @@ fn state_of(client: &Path, id: &str) -> String {
         .to_owned()
 }
 
-/// A head process with [`CONFIG`] against the fake cloud.
+/// A head process with [`config`] against the fake cloud.
 struct Setup {
     dir: tempfile::TempDir,
     listen: String,
@@ -174,7 +161,7 @@ struct Setup {
 
 /// Starts a head whose `HCLOUD_TOKEN` is `token` (none when `None`).
 fn start(fake: &FakeHetzner, token: Option<&str>) -> Setup {
-    start_with(fake, token, CONFIG)
+    start_with(fake, token, &config())
 }
 
 /// [`start`] with another config (`API_URL` is replaced by the fake's).
@@ -251,6 +238,11 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
                     && d.ends_with(" s left)")
             })
         })
+    });
+    wait_for("rgrid status to count them as provisioning", || {
+        let out = rgrid(&client, &["status", "-o", "json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|s| s["servers"] == serde_json::json!([["provisioning", 2]]))
     });
     let creates = fake.requests("POST", "/v1/servers");
     let locations: Vec<&str> = (creates.iter())
@@ -432,7 +424,7 @@ fn a_head_killed_mid_flight_finds_its_servers_again_and_buys_nothing_twice() {
     let fake = runtime.block_on(FakeHetzner::start());
     // A slow cloud: create actions do not finish while the first head lives.
     fake.state().action_polls = 1_000_000;
-    let config = CONFIG.replace("min_idle", "join_timeout = \"10s\"\nmin_idle");
+    let config = config().replace("min_idle", "join_timeout = \"10s\"\nmin_idle");
     let Setup {
         dir,
         listen,

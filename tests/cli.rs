@@ -162,6 +162,40 @@ fn head_node_and_cli_as_separate_processes() {
     let out = rgrid(&client_toml, &["tasks", "--state", "bogus"]);
     assert_eq!(out.status.code(), Some(125));
 
+    // wait: the ended ones, and exit 3 when the timeout leaves some running.
+    let out = rgrid(
+        &client_toml,
+        &["submit", "--image", image, "--", "sleep", "30"],
+    );
+    let sleeper = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = rgrid(&client_toml, &["wait", &id, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let waited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(waited["ended"][0]["task"], id.as_str(), "{waited}");
+    assert_eq!(waited["ended"][0]["state"], "succeeded", "{waited}");
+    assert_eq!(waited["not_ended"], serde_json::json!([]), "{waited}");
+    let out = rgrid(
+        &client_toml,
+        &["wait", &id, &sleeper, "--timeout", "0.5", "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let waited: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        waited["not_ended"],
+        serde_json::json!([sleeper]),
+        "{waited}"
+    );
+    let out = rgrid(
+        &client_toml,
+        &["wait", &sleeper, "--any", "--timeout", "0.5"],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{sleeper} not ended\n")
+    );
+    assert!(rgrid(&client_toml, &["cancel", &sleeper]).status.success());
+
     // submit -o json prints the id as JSON.
     let out = rgrid(
         &client_toml,

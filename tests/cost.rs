@@ -4,8 +4,7 @@
 mod common;
 
 use common::process::{
-    binary, free_udp_port, print_logs_if_panicking, rgrid, start_head_with, wait_for, wait_ready,
-    Daemon,
+    binary, free_udp_port, rgrid, start_head_with, wait_for, wait_ready, Daemon, Logs,
 };
 
 /// The node's price: 3.6 an hour, so a whole node for one second costs 0.001.
@@ -18,15 +17,6 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON")
-}
-
-/// Prints the daemons' logs when the test fails.
-struct Logs(tempfile::TempDir);
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        print_logs_if_panicking(self.0.path(), 40);
-    }
 }
 
 fn close(a: f64, b: f64) -> bool {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    free_udp_port, nodes, start_head_with, start_node_with, wait_for, wait_ready, Daemon,
+    free_udp_port, nodes, start_head_env, start_node_with, wait_for, wait_ready, Daemon,
 };
 use common::Cut;
 use rgrid::{Client, TaskRef, TaskSpec, TaskState};
@@ -23,21 +23,34 @@ fn sh(script: &str) -> TaskSpec {
 /// A head process (with `head_toml` as its config) and one node, `node-a`, behind a [`Cut`].
 struct Field {
     dir: tempfile::TempDir,
+    /// The head's own address (not behind the cut).
+    listen: String,
     cut: Cut,
     _head: Daemon,
 }
 
 impl Field {
     fn start(head_toml: &str) -> Self {
+        Self::start_env(head_toml, &[])
+    }
+
+    /// [`Field::start`] with the head's environment extended by `env`.
+    fn start_env(head_toml: &str, env: &[(&str, &str)]) -> Self {
         common::demo_image();
         let dir = tempfile::tempdir().unwrap();
         let listen = format!("127.0.0.1:{}", free_udp_port());
         let config = dir.path().join("head.toml");
         std::fs::write(&config, head_toml).unwrap();
-        let head = start_head_with(dir.path(), &listen, &["--config", config.to_str().unwrap()]);
+        let head = start_head_env(
+            dir.path(),
+            &listen,
+            &["--config", config.to_str().unwrap()],
+            env,
+        );
         let field = Self {
             dir,
             cut: Cut::new(&listen),
+            listen,
             _head: head,
         };
         wait_for("client.toml", || field.client_toml().exists());
@@ -247,4 +260,130 @@ async fn a_node_with_a_disconnect_grace_keeps_its_attempt_through_a_cut() {
         "kept, not requeued: {:?}",
         out.attempts
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignments_reaching_a_draining_node_are_handed_back() {
+    // The head does not hear that the node drains, so it keeps assigning to it: the window in
+    // which an assignment crosses the node's `Draining`, held open.
+    let field = Field::start_env("", &[("FAILPOINTS", "head-misses-draining=return")]);
+    let node = field.node(&[]);
+    let client = field.client().await;
+    let long = client.submit(sh("sleep 60")).await.unwrap();
+    field.wait_running(&long).await;
+    node.signal("TERM");
+    wait_for("node-a to drain", || {
+        std::fs::read_to_string(field.dir.path().join("node-a.log"))
+            .is_ok_and(|log| log.contains("draining: no new work"))
+    });
+
+    // No node-loss retries: a hand-back must not use one.
+    let task = client
+        .submit(sh("echo elsewhere").node_loss_retries(0))
+        .await
+        .unwrap();
+    common::eventually("a hand-back by the draining node", 30, || async {
+        let tasks = client.tasks().await.unwrap();
+        let listed = tasks.iter().find(|t| t.task == task.id)?;
+        listed
+            .detail
+            .as_deref()
+            .filter(|d| d.contains("handed back") && d.contains("the node is draining"))
+            .map(drop)
+    })
+    .await;
+
+    // Once the drain is over, node-b runs it.
+    let _other = start_node_with(field.dir.path(), &field.listen, "node-b", 2000, &[]);
+    wait_ready(&field.client_toml(), "node-b");
+    client.cancel(&long).await.unwrap();
+    let out = client.get(&task).await.unwrap();
+    assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+    assert_eq!(out.stdout, b"elsewhere\n");
+    let (last, earlier) = out.attempts.split_last().unwrap();
+    assert_eq!(last.node_name, "node-b", "{:?}", out.attempts);
+    assert!(!earlier.is_empty(), "{:?}", out.attempts);
+    for attempt in earlier {
+        assert_eq!(attempt.node_name, "node-a", "{:?}", out.attempts);
+        assert!(
+            attempt
+                .outcome
+                .as_deref()
+                .is_some_and(|o| o.contains("the node is draining")),
+            "{:?}",
+            out.attempts
+        );
+    }
+}
+
+/// Whether this process may make mount namespaces (root): required under `CI=true`.
+fn may_unshare() -> bool {
+    let ok = std::process::Command::new("unshare")
+        .args(["--mount", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok || std::env::var("CI").as_deref() != Ok("true"),
+        "the DNS test needs `unshare --mount` (root) under CI=true"
+    );
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_its_head_to_a_new_address() {
+    if !may_unshare() {
+        eprintln!("skipping: `unshare --mount` is not permitted here");
+        return;
+    }
+    common::demo_image();
+    let logs = common::process::Logs(tempfile::tempdir().unwrap());
+    let dir = &logs.0;
+    let port = free_udp_port();
+    // The node sees its own /etc/hosts (bind-mounted in a mount namespace of its own), where the
+    // test moves the head's name; rewritten in place, so the mount keeps showing it.
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.2 head.rgrid.test\n").unwrap();
+    let head_at = |ip: &str| start_head_env(dir.path(), &format!("{ip}:{port}"), &[], &[]);
+    let mut head = head_at("127.0.0.2");
+    let client_toml = dir.path().join("head").join("client.toml");
+    wait_for("client.toml", || client_toml.exists());
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+    ]
+    .map(std::ffi::OsStr::new);
+    let mut wrapper = wrapper.to_vec();
+    wrapper.push(hosts.as_os_str());
+    let _node = common::process::start_node_under(
+        &wrapper,
+        dir.path(),
+        &format!("head.rgrid.test:{port}"),
+        "node-a",
+        2000,
+        &[],
+    );
+    wait_ready(&client_toml, "node-a");
+
+    // The head moves: the old address has nothing behind it, the name points at the new one.
+    head.signal("KILL");
+    let _ = head.0.wait();
+    std::fs::remove_file(&client_toml).unwrap();
+    head = head_at("127.0.0.3");
+    std::fs::write(&hosts, "127.0.0.3 head.rgrid.test\n").unwrap();
+    wait_for("client.toml", || client_toml.exists());
+    wait_ready(&client_toml, "node-a");
+    let client = Client::connect_file(&client_toml).await.unwrap();
+    let task = client.submit(sh("echo found")).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), client.get(&task))
+        .await
+        .expect("the node reaches the head at its new address")
+        .unwrap();
+    assert_eq!(out.state, TaskState::Succeeded, "{out:?}");
+    assert_eq!(out.stdout, b"found\n");
+    drop(head);
 }

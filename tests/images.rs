@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::free_tcp_port;
 use common::{eventually, NodeCluster};
 use rgrid::{TaskRef, TaskSpec, TaskState};
 use rgrid_node::PullPolicy;
@@ -18,13 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `rgrid:rgrid-pw`, bcrypt (the registry's htpasswd accepts only bcrypt).
 const HTPASSWD: &str = "rgrid:$2b$04$xHOX6dG5kxgXK.A8ma99BO1PcpGXxZ/sFyaQGPhic/qAQFhtQp3PC\n";
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// A registry process; killed when dropped.
 struct Registry {
@@ -412,9 +405,15 @@ async fn registry_faults_hand_the_attempt_back() {
         .submit(cat_version(&other).selector("pull", "patient"))
         .await
         .expect("submit");
-    // Assigned and not yet running: pulling.
-    common::wait_for_state(&client, &stuck, TaskState::Assigned).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Assigned and not yet running: the listing says it is pulling.
+    eventually("the listing to say the image is pulled", 30, || async {
+        let tasks = client.tasks().await.expect("tasks");
+        let listed = tasks.iter().find(|t| t.task == stuck.id)?;
+        (listed.state == TaskState::Assigned
+            && listed.detail.as_deref() == Some("pulling the image"))
+        .then_some(())
+    })
+    .await;
     client.cancel(&stuck).await.expect("cancel");
     eventually("the patient node's resources back", 10, || async {
         let nodes = client.nodes().await.expect("nodes");

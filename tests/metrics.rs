@@ -15,41 +15,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cloud_init::boot_of;
-use common::process::{binary, free_udp_port, rgrid, start_head_env, wait_for, Daemon};
+use common::process::{
+    binary, free_tcp_port, free_udp_port, rgrid, start_head_env, wait_for, Daemon,
+};
 use fake_hetzner::{FakeHetzner, Scripted};
 use serde_json::json;
-
-const CONFIG: &str = r#"
-metrics_listen = "METRICS"
-
-[autoscaler]
-enabled = true
-cluster_name = "metrics"
-api_url = "API_URL"
-locations = ["fsn1"]
-max_nodes = 1
-scale_up_delay = "0s"
-boot_estimate = "90s"
-
-[[autoscaler.node_types]]
-name = "cx23"
-cpus = 2
-memory = "2G"
-hourly_price = 0.0056
-
-[autoscaler.api]
-action_poll = "50ms"
-action_poll_max = "100ms"
-list_cache_ttl = "200ms"
-backoff_base = "50ms"
-"#;
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// `GET /metrics`: the body, or `None` while the endpoint does not answer.
 fn scrape(addr: &str) -> Option<String> {
@@ -178,9 +148,14 @@ fn head_and_node_metrics_during_a_run() {
     let config = dir.path().join("head.toml");
     std::fs::write(
         &config,
-        CONFIG
-            .replace("API_URL", &fake.url())
-            .replace("METRICS", &head_metrics),
+        common::autoscaler_toml(
+            r#"metrics_listen = "METRICS""#,
+            r#"cluster_name = "metrics"
+locations = ["fsn1"]
+max_nodes = 1"#,
+        )
+        .replace("API_URL", &fake.url())
+        .replace("METRICS", &head_metrics),
     )
     .expect("the config is written");
     let listen = format!("127.0.0.1:{}", free_udp_port());
@@ -293,6 +268,10 @@ fn head_and_node_metrics_during_a_run() {
         "{}",
         node.text
     );
+    node.assert_typed("rgrid_node_healthy", "gauge");
+    assert_eq!(node.value("rgrid_node_healthy"), Some(1.0));
+    node.assert_typed("rgrid_node_spool_results", "gauge");
+    node.assert_typed("rgrid_node_spool_bytes", "gauge");
     promtool_accepts(&node.text);
     let head = scrape_until(&head_metrics, "the server ready", |s| {
         s.value(r#"rgrid_autoscaler_servers{state="ready"}"#) == Some(1.0)
@@ -302,17 +281,31 @@ fn head_and_node_metrics_during_a_run() {
     });
     promtool_accepts(&head.text);
 
-    // Once it has ended.
+    // An object of 12 bytes in the object store.
+    let object = dir.path().join("object.txt");
+    std::fs::write(&object, b"twelve bytes").expect("the object file is written");
+    let out = rgrid(&client, &["put", object.to_str().expect("a UTF-8 path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Once it has ended (its result acknowledged: out of the spool).
     let out = rgrid(&client, &["get", &task]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
     scrape_until(&node_metrics, "the node idle", |s| {
         s.value("rgrid_node_attempts") == Some(0.0)
+            && s.value("rgrid_node_spool_results") == Some(0.0)
+            && s.value("rgrid_node_spool_bytes") == Some(0.0)
     });
     // The task path: one task submitted, placed after its wait for the server, ended.
     let head = scrape_until(&head_metrics, "the task counted as ended", |s| {
         s.value(r#"rgrid_tasks_ended_total{state="succeeded"}"#) == Some(1.0)
             && s.value(r#"rgrid_tasks{state="queued"}"#) == Some(0.0)
             && s.value(r#"rgrid_nodes{state="ready"}"#) == Some(1.0)
+            && s.value("rgrid_objects") == Some(1.0)
+            && s.value("rgrid_object_store_bytes") == Some(12.0)
     });
     for (name, kind) in [
         ("rgrid_tasks", "gauge"),
@@ -325,6 +318,8 @@ fn head_and_node_metrics_during_a_run() {
         ("rgrid_heartbeat_lag_seconds", "gauge"),
         ("rgrid_store_commit_rows", "histogram"),
         ("rgrid_store_commit_seconds", "histogram"),
+        ("rgrid_objects", "gauge"),
+        ("rgrid_object_store_bytes", "gauge"),
     ] {
         head.assert_typed(name, kind);
     }

@@ -196,6 +196,9 @@ pub struct ClusterStatus {
     pub nodes: Vec<(String, u64)>,
     /// Queued shapes that fit no node now, with why.
     pub waiting: Vec<WaitingShape>,
+    /// The autoscaler's servers by state (`provisioning`, `ready`, …) with at least one server;
+    /// empty without an autoscaler.
+    pub servers: Vec<(String, u64)>,
 }
 
 /// Queued tasks of one shape that wait.
@@ -370,6 +373,10 @@ pub enum NodeMessage {
     Results(Vec<AttemptReport>),
     /// The node's health, sent with its heartbeats when it changes (and when a session opens).
     Health(NodeHealth),
+    /// The attempt waits for its image to be pulled (listings say so until it starts).
+    Pulling {
+        attempt: AttemptId,
+    },
 }
 
 /// What a node finds when it checks itself.

@@ -22,7 +22,7 @@ use rgrid_cloud::{
 use rgrid_core::scheduler;
 use rgrid_core::tls::ClusterCa;
 use rgrid_core::{NodeId, Resources};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -87,6 +87,8 @@ pub(crate) struct Autoscaler {
     /// channel in every turn of its loop).
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
+    /// The servers by state after the last decision, for `rgrid status`.
+    server_counts: watch::Sender<Vec<(String, u64)>>,
 }
 
 /// Finished cloud calls waiting for the driver, at most.
@@ -129,6 +131,8 @@ pub(crate) struct Parts {
     pub ca: Arc<ClusterCa>,
     pub head_addr: String,
     pub tracker: TaskTracker,
+    /// Where `rgrid status` reads the servers by state.
+    pub server_counts: watch::Sender<Vec<(String, u64)>>,
 }
 
 impl Autoscaler {
@@ -159,6 +163,7 @@ impl Autoscaler {
             listed: false,
             done_tx,
             done_rx,
+            server_counts: parts.server_counts,
         })
     }
 
@@ -222,7 +227,8 @@ impl Autoscaler {
 
         let (snapshot, shapes) = self.snapshot(&view);
         let plan = rgrid_cloud::decide(&self.config, &snapshot, now);
-        metrics::record_decision(&self.config, &snapshot.servers, &plan.waits);
+        let counts = metrics::record_decision(&self.config, &snapshot.servers, &plan.waits);
+        self.server_counts.send_replace(counts);
         for action in plan.actions {
             self.act(action, now).await;
         }

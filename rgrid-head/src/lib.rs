@@ -200,6 +200,7 @@ pub async fn start(
         config.autoscaler.enabled.then(|| wake.clone()),
     );
     let mut cluster = Cluster::new(io, liveness, config.scheduler_config());
+    let (server_counts, servers) = tokio::sync::watch::channel(Vec::new());
     if config.autoscaler.enabled {
         let token = rgrid_cloud::HcloudToken::from_env().map_err(AutoscalerError::from)?;
         let provider = rgrid_cloud::HetznerProvider::new(&config.autoscaler, token)
@@ -214,6 +215,7 @@ pub async fn start(
             ca: ca.clone(),
             head_addr: config.node_facing_address(local_addr)?,
             tracker: tracker.clone(),
+            server_counts,
         })?;
         cluster = cluster.with_autoscaler(autoscaler::node_type_views(&config.autoscaler));
         tracker.spawn(
@@ -247,6 +249,7 @@ pub async fn start(
         heartbeat_interval: config.heartbeat_interval,
         admission: admission::Admission::new(config.admission_limits()),
         revoked: revoked.clone(),
+        servers,
         tracker: tracker.clone(),
         shutdown,
     });

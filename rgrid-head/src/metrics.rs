@@ -3,13 +3,13 @@
 //! what the store's writer commits. The loop holds its handles ([`LoopMetrics`]), so a task
 //! costs a few atomic adds; without an endpoint the handles do nothing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use rgrid_core::TaskState;
 
-use crate::cluster::NodeState;
+use crate::cluster::{NodeState, Shape};
 
 const TASKS: &str = "rgrid_tasks";
 const SUBMITTED: &str = "rgrid_tasks_submitted_total";
@@ -21,6 +21,8 @@ const NODES: &str = "rgrid_nodes";
 const HEARTBEAT_LAG: &str = "rgrid_heartbeat_lag_seconds";
 const COMMIT_ROWS: &str = "rgrid_store_commit_rows";
 const COMMIT_SECONDS: &str = "rgrid_store_commit_seconds";
+const OBJECTS: &str = "rgrid_objects";
+const OBJECT_BYTES: &str = "rgrid_object_store_bytes";
 
 /// Shapes with a label of their own, at most; later ones share `other`, so the label sets (which
 /// the recorder keeps for the life of the process) stay bounded.
@@ -67,6 +69,18 @@ pub(crate) fn describe() {
         metrics::Unit::Seconds,
         "Duration of one store commit, retries included"
     );
+    metrics::describe_gauge!(OBJECTS, "Objects in the object store");
+    metrics::describe_gauge!(
+        OBJECT_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of the objects in the object store (what max_object_bytes limits)"
+    );
+}
+
+/// The object store holds `count` objects of `bytes` bytes in all.
+pub(crate) fn objects_stored(count: usize, bytes: u64) {
+    metrics::gauge!(OBJECTS).set(count as f64);
+    metrics::gauge!(OBJECT_BYTES).set(bytes as f64);
 }
 
 /// A commit of `rows` rows took `took`.
@@ -76,9 +90,19 @@ pub(crate) fn committed(rows: usize, took: Duration) {
 }
 
 /// The histograms of one task shape.
+#[derive(Clone)]
 pub(crate) struct ShapeTimes {
     pub queue_wait: Histogram,
     pub run: Histogram,
+}
+
+impl ShapeTimes {
+    fn labelled(label: String) -> Self {
+        Self {
+            queue_wait: metrics::histogram!(QUEUE_WAIT, "shape" => label.clone()),
+            run: metrics::histogram!(RUN_TIME, "shape" => label),
+        }
+    }
 }
 
 /// The event loop's handles.
@@ -89,7 +113,11 @@ pub(crate) struct LoopMetrics {
     placement: Histogram,
     nodes: Vec<Gauge>,
     heartbeat_lag: Gauge,
-    shape_labels: HashSet<String>,
+    /// The histograms of each shape seen (kept after the shape's last task, so a shape that
+    /// comes and goes with each task formats its label once), at most [`MAX_SHAPE_LABELS`].
+    shapes: HashMap<Shape, ShapeTimes>,
+    /// Those of every later shape.
+    other: Option<ShapeTimes>,
     /// When the gauges were last set ([`rgrid_core::time::monotonic_ms`]).
     sampled_ms: Option<u64>,
 }
@@ -110,7 +138,8 @@ impl LoopMetrics {
                 .map(|s| metrics::gauge!(NODES, "state" => s.as_str()))
                 .collect(),
             heartbeat_lag: metrics::gauge!(HEARTBEAT_LAG),
-            shape_labels: HashSet::new(),
+            shapes: HashMap::new(),
+            other: None,
             sampled_ms: None,
         }
     }
@@ -127,20 +156,19 @@ impl LoopMetrics {
         self.placement.record(took.as_secs_f64());
     }
 
-    /// The histograms of the shape labelled `label`.
-    pub(crate) fn shape(&mut self, label: String) -> ShapeTimes {
-        let label = if self.shape_labels.contains(&label) {
-            label
-        } else if self.shape_labels.len() < MAX_SHAPE_LABELS {
-            self.shape_labels.insert(label.clone());
-            label
-        } else {
-            "other".to_owned()
-        };
-        ShapeTimes {
-            queue_wait: metrics::histogram!(QUEUE_WAIT, "shape" => label.clone()),
-            run: metrics::histogram!(RUN_TIME, "shape" => label),
+    /// The histograms of `shape`, labelled `label()` the first time it is seen.
+    pub(crate) fn shape(&mut self, shape: &Shape, label: impl FnOnce() -> String) -> ShapeTimes {
+        if let Some(times) = self.shapes.get(shape) {
+            return times.clone();
         }
+        if self.shapes.len() >= MAX_SHAPE_LABELS {
+            return (self.other)
+                .get_or_insert_with(|| ShapeTimes::labelled("other".to_owned()))
+                .clone();
+        }
+        let times = ShapeTimes::labelled(label());
+        self.shapes.insert(shape.clone(), times.clone());
+        times
     }
 
     /// Whether a second has passed since the gauges were last set (and if so, from now on it

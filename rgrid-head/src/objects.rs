@@ -96,6 +96,24 @@ struct Index {
     reserved: u64,
 }
 
+impl Index {
+    /// Adds a stored object (in place of the same one stored meanwhile).
+    fn insert(&mut self, sha256: [u8; 32], entry: Entry) {
+        if let Some(old) = self.objects.insert(sha256, entry) {
+            self.stored = self.stored.saturating_sub(old.size);
+        }
+        self.stored += entry.size;
+        crate::metrics::objects_stored(self.objects.len(), self.stored);
+    }
+
+    fn remove(&mut self, sha256: &[u8; 32]) {
+        if let Some(old) = self.objects.remove(sha256) {
+            self.stored = self.stored.saturating_sub(old.size);
+            crate::metrics::objects_stored(self.objects.len(), self.stored);
+        }
+    }
+}
+
 /// The head's objects (see the module docs).
 pub(crate) struct Objects {
     store: Arc<dyn ObjectStore>,
@@ -170,12 +188,10 @@ impl Objects {
                 tracing::debug!(location = %meta.location, "not an object; ignored");
                 continue;
             };
-            let size = meta.size;
-            index.stored += size;
-            index.objects.insert(
+            index.insert(
                 sha256,
                 Entry {
-                    size,
+                    size: meta.size,
                     used_at_ms: u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0),
                 },
             );
@@ -271,16 +287,13 @@ impl Objects {
             }
         }
         self.sync(&object).await?;
-        let mut index = lock(&self.index);
-        index.stored += object.size;
-        index.objects.insert(
+        lock(&self.index).insert(
             object.sha256,
             Entry {
                 size: object.size,
                 used_at_ms: unix_ms(),
             },
         );
-        drop(index);
         drop(reservation);
         tracing::debug!(%object, "object stored");
         Ok(())
@@ -407,8 +420,7 @@ impl Objects {
                 match index.objects.get(&object.sha256) {
                     Some(entry) if entry.used_at_ms < cutoff => {
                         let entry = *entry;
-                        index.objects.remove(&object.sha256);
-                        index.stored = index.stored.saturating_sub(entry.size);
+                        index.remove(&object.sha256);
                         entry
                     }
                     _ => continue, // used again meanwhile
@@ -421,9 +433,7 @@ impl Objects {
                 }
                 Err(err) => {
                     tracing::warn!(%object, error = %err, "cannot delete an expired object; keeping it");
-                    let mut index = lock(&self.index);
-                    index.stored += entry.size;
-                    index.objects.insert(object.sha256, entry);
+                    lock(&self.index).insert(object.sha256, entry);
                 }
             }
         }

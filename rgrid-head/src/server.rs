@@ -19,7 +19,7 @@ use rgrid_core::time::{monotonic_ms, unix_ms};
 use rgrid_core::tls::{ClientRole, ClusterCa, JoinToken, PeerIdentity};
 use rgrid_core::transport::{accept_handshake, raise_limits, UNAUTHENTICATED_FRAME_BYTES};
 use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub admission: Arc<Admission>,
     /// Nodes that may not connect any more.
     pub revoked: Arc<Revoked>,
+    /// The autoscaler's servers by state (empty without one).
+    pub servers: watch::Receiver<Vec<(String, u64)>>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -1055,5 +1057,10 @@ async fn status(shared: &Shared) -> Response {
     let mut tasks: Vec<(TaskState, u64)> = live.tasks;
     tasks.extend(stored.into_iter().filter(|(state, _)| state.is_terminal()));
     tasks.sort_by_key(|(state, _)| *state as u8);
-    Response::Status(ClusterStatus { tasks, ..live })
+    let servers = shared.servers.borrow().clone();
+    Response::Status(ClusterStatus {
+        tasks,
+        servers,
+        ..live
+    })
 }

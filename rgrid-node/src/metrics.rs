@@ -12,6 +12,9 @@ use crate::session::Node;
 const ATTEMPTS: &str = "rgrid_node_attempts";
 const CONNECTED: &str = "rgrid_node_connected";
 const DRAINING: &str = "rgrid_node_draining";
+const HEALTHY: &str = "rgrid_node_healthy";
+const SPOOL_RESULTS: &str = "rgrid_node_spool_results";
+const SPOOL_BYTES: &str = "rgrid_node_spool_bytes";
 
 /// How often the gauges are refreshed.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -28,6 +31,19 @@ fn describe() {
     metrics::describe_gauge!(
         DRAINING,
         "1 once the node drains (SIGTERM or a drain request): no new work"
+    );
+    metrics::describe_gauge!(
+        HEALTHY,
+        "1 while the node's last health check passed (engine reachable, min_free_disk free); 0: no work"
+    );
+    metrics::describe_gauge!(
+        SPOOL_RESULTS,
+        "Results in the offline spool that the head has not acknowledged"
+    );
+    metrics::describe_gauge!(
+        SPOOL_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of the results in the offline spool"
     );
     // Recorded by the Docker executor, which does not describe them itself (Prometheus wants
     // a HELP line for each).
@@ -60,6 +76,11 @@ pub(crate) async fn sample(node: Arc<Node>, stop: CancellationToken) {
         metrics::gauge!(ATTEMPTS).set(attempts as f64);
         metrics::gauge!(CONNECTED).set(f64::from(u8::from(node.connection.borrow().is_some())));
         metrics::gauge!(DRAINING).set(f64::from(u8::from(draining)));
+        let healthy = node.health.borrow().problem.is_none();
+        metrics::gauge!(HEALTHY).set(f64::from(u8::from(healthy)));
+        let (spooled, spooled_bytes) = node.spool.depth();
+        metrics::gauge!(SPOOL_RESULTS).set(spooled as f64);
+        metrics::gauge!(SPOOL_BYTES).set(spooled_bytes as f64);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(SAMPLE_EVERY) => {}

@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 use crate::cache::{Held, ObjectCache};
 use crate::executor::docker::Leftover;
-use crate::executor::{Execution, Executor, NotRun, StagedInput};
+use crate::executor::{Execution, Executor, Milestone, NotRun, StagedInput};
 use crate::identity::NodeCredentials;
 use crate::spool::Spool;
 
@@ -306,8 +306,14 @@ async fn session(
             }
             message = recv.next() => match message? {
                 Some(HeadMessage::Assign(assignments)) => {
+                    // Sent before the head heard that this node drains: handed back at once.
+                    let draining = lock(&node.drain_until).is_some();
                     for assignment in assignments {
-                        start_attempt(node, assignment);
+                        if draining {
+                            hand_back(node, assignment.attempt, "the node is draining");
+                        } else {
+                            start_attempt(node, assignment);
+                        }
                     }
                 }
                 Some(HeadMessage::ResultsAccepted(attempts)) => {
@@ -368,6 +374,17 @@ fn start_attempt(node: &Arc<Node>, assignment: Assignment) {
             )),
         }
     });
+}
+
+/// Reports `attempt` handed back (`why`) without running it: the head runs it elsewhere.
+fn hand_back(node: &Arc<Node>, attempt: AttemptId, why: &'static str) {
+    if hold(node, attempt).is_some() {
+        spawn_attempt(
+            node,
+            attempt,
+            async move { NotRun::Node(why.to_owned()).into() },
+        );
+    }
 }
 
 /// Containers an earlier run of the node started: held as running (the first hello names them,
@@ -441,9 +458,13 @@ async fn run_spec(
     cancel: CancellationToken,
 ) -> Execution {
     let control = node.control.clone();
-    let started = move || {
-        // The head learns from the result that it started, if this does not get through.
-        let _ = control.try_send(NodeMessage::Started { attempt });
+    let progress = move |milestone| {
+        // Only for listings: the head learns from the result that it started, if this does not
+        // get through.
+        let _ = control.try_send(match milestone {
+            Milestone::Pulling => NodeMessage::Pulling { attempt },
+            Milestone::Started => NodeMessage::Started { attempt },
+        });
     };
     // Held in the cache until the attempt ends.
     let held = match stage_inputs(node, &spec, &cancel).await {
@@ -458,7 +479,7 @@ async fn run_spec(
         })
         .collect();
     node.executor
-        .run(attempt, &spec, &inputs, cancel, started)
+        .run(attempt, &spec, &inputs, cancel, &progress)
         .await
 }
 

@@ -144,6 +144,12 @@ impl Spool {
         }
     }
 
+    /// How many results are spooled, and their bytes.
+    pub(crate) fn depth(&self) -> (usize, u64) {
+        let held = lock(&self.held);
+        (held.len(), held.values().sum())
+    }
+
     /// Is a result of `attempt` spooled?
     pub(crate) fn holds(&self, attempt: AttemptId) -> bool {
         lock(&self.held).contains_key(&attempt)

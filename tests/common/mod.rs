@@ -78,6 +78,13 @@ pub mod process {
         path
     }
 
+    pub fn free_tcp_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
     pub fn free_udp_port() -> u16 {
         std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
@@ -152,13 +159,34 @@ pub mod process {
         cpu_millis: u32,
         extra: &[&str],
     ) -> Daemon {
+        start_node_under(&[], dir, listen, name, cpu_millis, extra)
+    }
+
+    /// [`start_node_with`], the node's command run by `wrapper` (a program and its arguments,
+    /// e.g. `unshare …`), when there is one.
+    pub fn start_node_under(
+        wrapper: &[&std::ffi::OsStr],
+        dir: &Path,
+        listen: &str,
+        name: &str,
+        cpu_millis: u32,
+        extra: &[&str],
+    ) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join(format!("{name}.log")))
             .unwrap();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary("rgrid-node"));
+                command
+            }
+            None => Command::new(binary("rgrid-node")),
+        };
         Daemon(
-            Command::new(binary("rgrid-node"))
+            command
                 .args(["--head", listen, "--token-file"])
                 .arg(dir.join("head").join("join-token"))
                 .arg("--state-dir")
@@ -195,6 +223,15 @@ pub mod process {
                     println!("{line}");
                 }
             }
+        }
+    }
+
+    /// A test's directory of daemon state and logs: the logs are printed when the test fails.
+    pub struct Logs(pub tempfile::TempDir);
+
+    impl Drop for Logs {
+        fn drop(&mut self) {
+            print_logs_if_panicking(self.0.path(), 40);
         }
     }
 
@@ -284,6 +321,34 @@ impl Drop for Cut {
 }
 
 /// What a provisioned server boots with.
+/// A head config with `[autoscaler]` against the fake Hetzner API (`API_URL` stands for its URL):
+/// `head_keys` at the top, `autoscaler_keys` in the section, one node type `cx23` (2 cpus, 2G,
+/// 0.0056 an hour) and quick API polling.
+pub fn autoscaler_toml(head_keys: &str, autoscaler_keys: &str) -> String {
+    format!(
+        r#"{head_keys}
+[autoscaler]
+enabled = true
+api_url = "API_URL"
+scale_up_delay = "0s"
+boot_estimate = "90s"
+{autoscaler_keys}
+
+[[autoscaler.node_types]]
+name = "cx23"
+cpus = 2
+memory = "2G"
+hourly_price = 0.0056
+
+[autoscaler.api]
+action_poll = "50ms"
+action_poll_max = "100ms"
+list_cache_ttl = "200ms"
+backoff_base = "50ms"
+"#
+    )
+}
+
 pub mod cloud_init {
     /// What a machine boots with, read from its user data.
     pub struct Boot {

@@ -34,12 +34,14 @@ fn state_name(state: ServerState) -> &'static str {
     }
 }
 
-/// Sets the gauges from the policy's input and its waits.
+/// Sets the gauges from the policy's input and its waits; returns the servers by state, for
+/// `rgrid status` (states with at least one server).
 pub(super) fn record_decision(
     config: &AutoscalerConfig,
     servers: &[ServerView],
     waits: &[Vec<(Wait, u32)>],
-) {
+) -> Vec<(String, u64)> {
+    let mut by_state = Vec::new();
     for state in [
         ServerState::Provisioning,
         ServerState::Ready,
@@ -51,6 +53,9 @@ pub(super) fn record_decision(
             .filter(|n| n.server.is_some() && n.state == state)
             .count();
         metrics::gauge!(SERVERS, "state" => state_name(state)).set(count as f64);
+        if count > 0 {
+            by_state.push((state_name(state).to_owned(), count as u64));
+        }
     }
     for node_type in &config.node_types {
         let eta = waits
@@ -65,6 +70,7 @@ pub(super) fn record_decision(
         metrics::gauge!(PROVISIONING_ETA, "node_type" => node_type.name.clone())
             .set(eta.as_secs_f64());
     }
+    by_state
 }
 
 /// Counts an action about to be carried out.

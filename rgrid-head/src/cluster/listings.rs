@@ -148,6 +148,8 @@ impl<C: Comm> Cluster<C> {
             tasks: self.counts.iter().collect(),
             nodes,
             waiting,
+            // The autoscaler's to say (the server adds them).
+            servers: Vec::new(),
         }
     }
 }

@@ -221,10 +221,25 @@ impl<C: Comm> Cluster<C> {
                     .current(attempt, index)
                     .is_some_and(|t| t.state == rgrid_core::TaskState::Assigned);
                 if started {
+                    self.details.remove(&attempt.task);
                     self.set_state(attempt.task, rgrid_core::TaskState::Running);
                 }
             }
-            NodeMessage::Draining => self.set_draining(index),
+            NodeMessage::Pulling { attempt } => {
+                let pulling = self
+                    .current(attempt, index)
+                    .is_some_and(|t| t.state == rgrid_core::TaskState::Assigned);
+                if pulling {
+                    self.details
+                        .insert(attempt.task, "pulling the image".to_owned());
+                }
+            }
+            NodeMessage::Draining => {
+                // The node's drain hand-back test: a head that has not heard yet keeps
+                // assigning (`FAILPOINTS=head-misses-draining=return`, `failpoints` builds).
+                fail::fail_point!("head-misses-draining", |_| {});
+                self.set_draining(index)
+            }
             NodeMessage::Health(health) => self.set_health(index, health.problem),
             NodeMessage::Leaving { unfinished } => self.node_left(index, unfinished),
         }

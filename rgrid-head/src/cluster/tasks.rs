@@ -100,14 +100,14 @@ impl Shapes {
             self.hold(id);
             return id;
         }
-        let label = match describe(&shape.1) {
+        let times = metrics.shape(&shape, || match describe(&shape.1) {
             constraints if constraints.is_empty() => shape.0.to_string(),
             constraints => format!("{} {constraints}", shape.0),
-        };
+        });
         let entry = Interned {
             shape: shape.clone(),
             refs: 1,
-            times: metrics.shape(label),
+            times,
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -42,7 +42,9 @@ use container::{
 };
 use image::Images;
 
-use super::{watch, Capture, Channel, Ended, Execution, NotRun, StagedInput, OUTPUT_GRACE};
+use super::{
+    watch, Capture, Channel, Ended, Execution, Milestone, NotRun, StagedInput, OUTPUT_GRACE,
+};
 use crate::config::NodeConfig;
 
 /// Seconds an engine call may take before it counts as the engine not answering.
@@ -205,7 +207,7 @@ impl DockerExecutor {
 
     /// Pulls `image` as the pull policy says (a pre-pull); `cancel` stops it.
     pub(crate) async fn pre_pull(&self, image: &str, cancel: &CancellationToken) {
-        match self.images.ensure(image, cancel).await {
+        match self.images.ensure(image, cancel, || {}).await {
             Ok(reference) => tracing::info!(image = %reference, "pre-pulled"),
             Err(NotRun::Cancelled) => {}
             Err(NotRun::Task(message) | NotRun::Node(message)) => {
@@ -221,17 +223,18 @@ impl DockerExecutor {
         inputs: &[StagedInput],
         gpus: &[String],
         cancel: CancellationToken,
-        started: impl FnOnce(),
+        progress: &(dyn Fn(Milestone) + Send + Sync),
     ) -> Execution {
-        let name = format!("rgrid-{}-{}", attempt.task, attempt.attempt);
         let id = match self
-            .create(&name, attempt, spec, inputs, gpus, &cancel)
+            .create(attempt, spec, inputs, gpus, &cancel, progress)
             .await
         {
             Ok(id) => id,
             Err(not_run) => return not_run.into(),
         };
-        let execution = self.run_container(&id, spec, cancel, started).await;
+        let execution = self
+            .run_container(&id, spec, cancel, || progress(Milestone::Started))
+            .await;
         self.remove_later(id);
         execution
     }
@@ -239,19 +242,23 @@ impl DockerExecutor {
     /// Creates the container (pulling its image as the policy says); returns its id.
     async fn create(
         &self,
-        name: &str,
         attempt: AttemptId,
         spec: &TaskSpec,
         inputs: &[StagedInput],
         gpus: &[String],
         cancel: &CancellationToken,
+        progress: &(dyn Fn(Milestone) + Send + Sync),
     ) -> Result<String, NotRun> {
         // Refused before anything is pulled.
         create_options(&self.policy, attempt, spec, &spec.image, gpus).map_err(NotRun::Task)?;
+        let name = &format!("rgrid-{}-{}", attempt.task, attempt.attempt);
         let mut replaced = false;
         let mut repulled = false;
         loop {
-            let image = self.images.ensure(&spec.image, cancel).await?;
+            let image = self
+                .images
+                .ensure(&spec.image, cancel, || progress(Milestone::Pulling))
+                .await?;
             let mut config =
                 create_options(&self.policy, attempt, spec, &image, gpus).map_err(NotRun::Task)?;
             if let (Some(timeout), Some(labels)) = (spec.timeout_ms, config.labels.as_mut()) {

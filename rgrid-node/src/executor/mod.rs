@@ -25,6 +25,15 @@ pub struct StagedInput {
     pub container: String,
 }
 
+/// How far an attempt has got before its workload runs: what the head's listings show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Milestone {
+    /// Its image is being pulled.
+    Pulling,
+    /// Its workload is running.
+    Started,
+}
+
 /// How an attempt ended, with its captured output.
 #[derive(Debug)]
 pub struct Execution {
@@ -130,14 +139,14 @@ impl Executor {
     }
 
     /// Runs `spec` as `attempt` with its `inputs` staged, to its end, its timeout, or `cancel`.
-    /// `started` is called once the workload is running.
+    /// `progress` hears each [`Milestone`] the attempt reaches.
     pub async fn run(
         &self,
         attempt: AttemptId,
         spec: &TaskSpec,
         inputs: &[StagedInput],
         cancel: CancellationToken,
-        started: impl FnOnce(),
+        progress: &(dyn Fn(Milestone) + Send + Sync),
     ) -> Execution {
         // The head places by GPU count, so a shortage means its view and ours differ for a
         // moment (an attempt it superseded is still being killed here): not the task's fault.
@@ -152,13 +161,17 @@ impl Executor {
         match &self.kind {
             Kind::Docker(docker) => {
                 docker
-                    .run(attempt, spec, inputs, &gpus.ids, cancel, started)
+                    .run(attempt, spec, inputs, &gpus.ids, cancel, progress)
                     .await
             }
             Kind::Process(_) if !inputs.is_empty() => Execution::start_failed(
                 "the task has inputs, which only the docker executor stages: run it on a Docker node".into(),
             ),
-            Kind::Process(process) => process.run(attempt, spec, &gpus.ids, cancel, started).await,
+            Kind::Process(process) => {
+                process
+                    .run(attempt, spec, &gpus.ids, cancel, || progress(Milestone::Started))
+                    .await
+            }
             Kind::Noop => Execution::without_output(ExitStatus::Exited(0)),
         }
     }

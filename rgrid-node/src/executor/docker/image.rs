@@ -61,10 +61,12 @@ impl Images {
     }
 
     /// Makes `image` present as the pull policy says; returns the reference to create from.
+    /// `pulling` is called when a pull starts.
     pub(crate) async fn ensure(
         &self,
         image: &str,
         cancel: &CancellationToken,
+        pulling: impl FnOnce(),
     ) -> Result<String, NotRun> {
         let reference = normalize(image);
         let pull = match self.policy {
@@ -77,6 +79,7 @@ impl Images {
                     "image {reference} is not present on the node and its pull_policy is never"
                 )));
             }
+            pulling();
             self.pull(&reference, cancel).await?;
             self.remember(&reference);
         }
