@@ -328,6 +328,9 @@ fn full_spec(task: TaskId, node: NodeId, object: ObjectRef) -> TaskSpec {
 const GOLDEN: &str = "tests/golden/wire.hex";
 const BLESS: &str = "RGRID_BLESS=1 cargo test -p rgrid-core --test wire_golden";
 
+/// Decodes golden bytes (the whole of them) and says whether they give the sample back.
+type DecodesBack = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
 struct Sample {
     /// `Type` for a struct, `Type::Variant` for an enum (`#2`, … for further samples of one).
     name: String,
@@ -335,8 +338,7 @@ struct Sample {
     /// The type's variants, when it is an enum.
     variants: Option<&'static [&'static str]>,
     bytes: Vec<u8>,
-    /// Decodes golden bytes (the whole of them) and says whether they give the sample back.
-    decodes_back: Box<dyn Fn(&[u8]) -> Result<(), String>>,
+    decodes_back: DecodesBack,
 }
 
 fn sample<T>(value: T) -> Sample
