@@ -220,16 +220,13 @@ fn check_image(image: &str) -> Result<(), CloudInitError> {
 }
 
 fn check_label_part(what: &'static str, part: &str) -> Result<(), CloudInitError> {
-    let ok = !part.is_empty()
-        && part.len() <= 63
-        && part
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
-    ok.then_some(()).ok_or_else(|| CloudInitError::Invalid {
-        what,
-        value: part.to_owned(),
-        rule: "1–63 letters, digits or . _ - /",
-    })
+    rgrid_core::task::is_label_part(part)
+        .then_some(())
+        .ok_or_else(|| CloudInitError::Invalid {
+            what,
+            value: part.to_owned(),
+            rule: "1–63 letters, digits or . _ - /",
+        })
 }
 
 /// A YAML double-quoted scalar (JSON string escapes are valid YAML escapes).

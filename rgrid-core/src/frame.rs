@@ -27,6 +27,12 @@ pub enum FrameError {
         expected: &'static str,
         source: postcard::Error,
     },
+    /// The frame held a whole message and then more: a peer of another encoding, or garbage.
+    #[error("frame has {extra} bytes after its {expected}")]
+    TrailingBytes {
+        expected: &'static str,
+        extra: usize,
+    },
     #[error("message does not encode: {0}")]
     Encode(postcard::Error),
     #[error("stream ended before a {expected} arrived")]
@@ -78,14 +84,7 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
                 })
             }
             Some(Err(err)) => Err(FrameError::Io(err)),
-            Some(Ok(bytes)) => {
-                postcard::from_bytes(&bytes)
-                    .map(Some)
-                    .map_err(|source| FrameError::Decode {
-                        expected: short_type_name::<T>(),
-                        source,
-                    })
-            }
+            Some(Ok(bytes)) => decode(&bytes).map(Some),
         }
     }
 
@@ -163,6 +162,21 @@ impl<W: AsyncWrite + Unpin, T: Serialize> FrameWriter<W, T> {
     }
 }
 
+/// Decodes one whole message: a frame must hold exactly one, with no bytes after it.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    let expected = short_type_name::<T>();
+    let (message, rest) = postcard::take_from_bytes(bytes)
+        .map_err(|source| FrameError::Decode { expected, source })?;
+    if rest.is_empty() {
+        Ok(message)
+    } else {
+        Err(FrameError::TrailingBytes {
+            expected,
+            extra: rest.len(),
+        })
+    }
+}
+
 fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();
     full.rsplit("::").next().unwrap_or(full)
@@ -201,6 +215,30 @@ mod tests {
             .await
             .expect("the bytes are written");
         assert!(matches!(r.next().await, Err(FrameError::TooLarge)));
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_message_are_refused() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut r = FrameReader::<_, Hello>::new(b);
+        // Hello { version: 1, agent: "a" } and one byte more.
+        a.write_all(&[0, 0, 0, 4, 1, 1, b'a', 0])
+            .await
+            .expect("the bytes are written");
+        let err = r.next().await.expect_err("a trailing byte");
+        assert!(
+            matches!(err, FrameError::TrailingBytes { extra: 1, .. }),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "frame has 1 bytes after its Hello");
+        // The exact message alone decodes.
+        assert_eq!(
+            decode::<Hello>(&[1, 1, b'a']).expect("decodes"),
+            Hello {
+                version: 1,
+                agent: "a".into()
+            }
+        );
     }
 
     #[tokio::test]

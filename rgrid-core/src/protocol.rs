@@ -344,9 +344,9 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    /// The task to run.
-    pub fn spec(&self) -> Result<TaskSpec, postcard::Error> {
-        postcard::from_bytes(&self.spec)
+    /// The task to run (the whole blob: bytes after the spec are an error).
+    pub fn spec(&self) -> Result<TaskSpec, crate::frame::FrameError> {
+        crate::frame::decode(&self.spec)
     }
 }
 

@@ -266,40 +266,61 @@ impl LabelRequirement {
     }
 }
 
+/// Is `part` a valid label key (also the rule for provisioned nodes' label values and custom
+/// resource names): 1–63 ASCII letters, digits or `. _ - /`.
+pub fn is_label_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 63
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+}
+
 impl std::str::FromStr for LabelRequirement {
     type Err = String;
 
-    /// Parses `k=v`, `k!=v`, `k in (a,b)` and `k`.
+    /// Parses `k=v`, `k!=v`, `k in (a,b)` and `k`; the key must be a label key
+    /// ([`is_label_part`]), so that what is parsed prints back as the same selector.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let bad = || format!("{s:?} is not a label selector: use k=v, k!=v, 'k in (a,b)' or k");
-        if let Some((key, value)) = s.split_once("!=") {
+        let key = |key: &str| {
+            let key = key.trim();
+            if is_label_part(key) {
+                Ok(key.to_owned())
+            } else {
+                Err(format!(
+                    "{s:?} is not a label selector: its key {key:?} is not a label key (1–63 letters, digits or . _ - /)"
+                ))
+            }
+        };
+        if let Some((k, value)) = s.split_once("!=") {
             return Ok(Self::NotEquals {
-                key: key.trim().to_owned(),
+                key: key(k)?,
                 value: value.trim().to_owned(),
             });
         }
-        if let Some((key, value)) = s.split_once('=') {
+        if let Some((k, value)) = s.split_once('=') {
             return Ok(Self::Equals {
-                key: key.trim().to_owned(),
+                key: key(k)?,
                 value: value.trim().to_owned(),
             });
         }
-        if let Some((key, rest)) = s.split_once(" in ") {
+        if let Some((k, rest)) = s.split_once(" in ") {
             let inner = rest
                 .trim()
                 .strip_prefix('(')
                 .and_then(|r| r.strip_suffix(')'))
                 .ok_or_else(bad)?;
             return Ok(Self::In {
-                key: key.trim().to_owned(),
+                key: key(k)?,
                 values: inner.split(',').map(|v| v.trim().to_owned()).collect(),
             });
         }
         if s.is_empty() || s.contains(char::is_whitespace) {
             return Err(bad());
         }
-        Ok(Self::Exists { key: s.to_owned() })
+        Ok(Self::Exists { key: key(s)? })
     }
 }
 
@@ -529,6 +550,38 @@ mod tests {
         let ex: LabelRequirement = "gpu".parse().expect("a valid label selector");
         assert!(!ex.matches(node));
         assert!("a b".parse::<LabelRequirement>().is_err());
+    }
+
+    /// Found by fuzzing: keys that are not label keys were accepted, and some did not print
+    /// back as the selector that was parsed (`k! =v` parsed as `k!` = `v`, printed `k!=v`).
+    #[test]
+    fn selector_keys_must_be_label_keys() {
+        for bad in [
+            "=v",
+            "!=v",
+            " in (a)",
+            "k! =v",
+            "a b=c",
+            "k\u{e9}=v",
+            "(k) in (a)",
+        ] {
+            let err = bad
+                .parse::<LabelRequirement>()
+                .expect_err("not a label key");
+            assert!(err.contains("is not a label"), "{bad:?}: {err}");
+        }
+        let long = "k".repeat(64);
+        assert!(long.parse::<LabelRequirement>().is_err());
+        for good in [
+            "k=v",
+            "a.b/c-d_e!=x",
+            "zone in (a,b)",
+            "gpu",
+            &"k".repeat(63),
+        ] {
+            let parsed: LabelRequirement = good.parse().expect("a valid label selector");
+            assert_eq!(parsed.to_string().parse::<LabelRequirement>(), Ok(parsed));
+        }
     }
 
     #[test]

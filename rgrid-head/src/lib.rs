@@ -20,6 +20,7 @@ mod autoscaler;
 mod cluster;
 pub mod config;
 mod credentials;
+pub mod join;
 mod metrics;
 mod objects;
 mod outputs;

@@ -28,6 +28,7 @@ use crate::admission::{Admission, Slot, UNAUTHENTICATED_DEADLINE};
 use crate::cluster::{
     Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
+use crate::join::{check_join, check_node_name, CheckedJoin};
 use crate::objects::Objects;
 use crate::outputs::OutputStore;
 use crate::revoked::Revoked;
@@ -365,16 +366,8 @@ async fn join_node(join: JoinRequest, shared: &Shared) -> Response {
 }
 
 async fn try_join(join: JoinRequest, shared: &Shared) -> Result<JoinReply, String> {
-    let token = JoinToken::parse(&join.token).map_err(|e| e.to_string())?;
-    ClusterCa::check_node_csr(&join.csr_pem)
-        .map_err(|e| format!("bad certificate signing request: {e}"))?;
     let node = NodeId::new();
-    let name = if join.name.trim().is_empty() {
-        format!("node-{}", &node.to_string()[..8])
-    } else {
-        check_node_name(&join.name)?;
-        join.name
-    };
+    let CheckedJoin { token, name } = check_join(&join, node)?;
     let stored = StoredNode {
         id: node,
         name: name.clone(),
@@ -423,23 +416,6 @@ async fn join_refusal(token: &JoinToken, secret_hash: &str, shared: &Shared) -> 
         "join token refused: it was single-use and has been used".into()
     } else {
         refused.into()
-    }
-}
-
-/// Node names reach logs, terminals and the autoscaler's matching: a hostname's characters
-/// only, so that nothing a node says can carry control characters or escape sequences.
-fn check_node_name(name: &str) -> Result<(), String> {
-    let valid = (1..=63).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "node name {:?} refused: use 1 to 63 letters, digits, '.', '_' or '-'",
-            name.escape_debug().to_string()
-        ))
     }
 }
 

@@ -79,6 +79,31 @@ impl RateLimit {
             .unwrap_or(refill);
         Some(refill.min(until_reset))
     }
+
+    /// Takes in a response's `RateLimit-*` headers (`header` looks one up by its lower-case
+    /// name); returns the wait the response asks for (`Retry-After`, or the refill time when
+    /// the budget is spent). Any header value is safe: what does not parse, or does not fit,
+    /// is ignored.
+    pub fn note<'a>(
+        &mut self,
+        header: impl Fn(&str) -> Option<&'a str>,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        let num = |name: &str| -> Option<u64> { header(name)?.trim().parse().ok() };
+        if let Some(limit) = num("ratelimit-limit") {
+            self.limit = u32::try_from(limit).ok();
+        }
+        if let Some(remaining) = num("ratelimit-remaining") {
+            self.remaining = u32::try_from(remaining).ok();
+        }
+        if let Some(reset) = num("ratelimit-reset") {
+            // A reset past what a SystemTime holds is no reset (adding it would panic).
+            self.reset = UNIX_EPOCH.checked_add(Duration::from_secs(reset));
+        }
+        num("retry-after")
+            .map(Duration::from_secs)
+            .or_else(|| self.wait_before_next(now))
+    }
 }
 
 /// Whether a failed request may be sent again.
@@ -453,33 +478,19 @@ impl HcloudClient {
     /// Records the `RateLimit-*` headers; returns the wait the response asks for
     /// (`Retry-After`, or the refill time when the budget is spent).
     fn note_headers(&self, headers: &HeaderMap) -> Option<Duration> {
-        let num =
-            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-        let now = SystemTime::now();
         let mut rate = lock(&self.rate);
-        if let Some(limit) = num("ratelimit-limit") {
-            rate.limit = u32::try_from(limit).ok();
-        }
-        if let Some(remaining) = num("ratelimit-remaining") {
-            rate.remaining = u32::try_from(remaining).ok();
-            metrics::gauge!(RATE_REMAINING).set(remaining as f64);
-            if let Some(limit) = rate.limit {
-                if remaining < u64::from(limit / 20) {
-                    warn!(
-                        remaining,
-                        limit,
-                        "Hetzner API budget nearly spent (shared by every token of the project)"
-                    );
-                }
+        let wait = rate.note(|name| headers.get(name)?.to_str().ok(), SystemTime::now());
+        let reported = headers.contains_key("ratelimit-remaining");
+        if let Some(remaining) = rate.remaining.filter(|_| reported) {
+            metrics::gauge!(RATE_REMAINING).set(f64::from(remaining));
+            if let Some(limit) = rate.limit.filter(|limit| remaining < limit / 20) {
+                warn!(
+                    remaining,
+                    limit, "Hetzner API budget nearly spent (shared by every token of the project)"
+                );
             }
         }
-        if let Some(reset) = num("ratelimit-reset") {
-            // A reset past what a SystemTime holds is no reset (adding it would panic).
-            rate.reset = UNIX_EPOCH.checked_add(Duration::from_secs(reset));
-        }
-        num("retry-after")
-            .map(Duration::from_secs)
-            .or_else(|| rate.wait_before_next(now))
+        wait
     }
 
     /// Waits while the reported budget is spent.

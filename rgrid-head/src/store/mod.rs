@@ -33,6 +33,7 @@ macro_rules! on_pool {
 
 mod backend;
 pub(crate) mod batch;
+mod encoding;
 mod revocations;
 mod tokens;
 
@@ -204,6 +205,7 @@ impl Store {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Pool::Sqlite(pool)
         };
+        encoding::upgrade(&pool).await?;
         let (writer, jobs) = mpsc::channel(1);
         tracker.spawn(write_loop(pool.clone(), jobs, retry));
         Ok(Self { pool, writer })
@@ -389,17 +391,18 @@ pub(super) fn parse_id<T: FromStr>(s: String, what: &'static str) -> Result<T, S
     })
 }
 
+/// A stored blob: exactly one value, no bytes after it.
 pub(super) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: &'static str,
 ) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+    rgrid_core::frame::decode(bytes).map_err(|e| StoreError::Corrupt {
         what,
         detail: e.to_string(),
     })
 }
 
-/// A stored task spec.
+/// A stored task spec (of the current encoding: see `encoding.rs`).
 pub(crate) fn decode_spec(bytes: &[u8]) -> Result<rgrid_core::TaskSpec, StoreError> {
     decode(bytes, "task spec")
 }
@@ -407,6 +410,34 @@ pub(crate) fn decode_spec(bytes: &[u8]) -> Result<rgrid_core::TaskSpec, StoreErr
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Our own wire types always encode.
     postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// A new, empty database on the PostgreSQL server of `RGRID_TEST_POSTGRES_URL` (default: the
+/// one `scripts/setup.sh` makes), or `None` (the test is skipped) when none answers, except
+/// under `CI=true`.
+#[cfg(test)]
+pub(crate) async fn test_postgres_database() -> Option<String> {
+    use sqlx::Connection as _;
+    let server = std::env::var("RGRID_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://rgrid:rgrid@127.0.0.1:5432/postgres".to_owned());
+    let mut conn = match sqlx::PgConnection::connect(&server).await {
+        Ok(conn) => conn,
+        Err(err) => {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "no PostgreSQL: {err}"
+            );
+            eprintln!("skipping: no PostgreSQL at {server} ({err})");
+            return None;
+        }
+    };
+    let name = format!("rgrid_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("a test database");
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
 }
 
 /// The writer's connection, kept across commits so that its prepared statements are reused.
