@@ -20,6 +20,7 @@ mod autoscaler;
 mod cluster;
 pub mod config;
 mod credentials;
+mod dependencies;
 mod metrics;
 mod objects;
 mod outputs;

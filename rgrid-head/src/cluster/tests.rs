@@ -154,6 +154,7 @@ fn result(c: &mut Loop, node: NodeId, attempt: AttemptId, exit: ExitStatus) {
             stdout: Output::Inline(b"out".to_vec()),
             stderr: Output::Empty,
             finished_at_ms: 1,
+            outputs: Vec::new(),
         }],
         reply: None,
     });
@@ -449,6 +450,7 @@ fn a_cancel_is_answered_after_its_commit() {
     let (reply, mut answer) = oneshot::channel();
     c.handle(Event::Cancel {
         task: spec.id,
+        recursive: false,
         reply,
     });
     c.end_turn();

@@ -22,13 +22,15 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bollard::container::{
-    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
-    LogOutput, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::errors::Error as DockerError;
 use bollard::Docker;
 use futures::StreamExt;
 use rgrid_core::protocol::ExitStatus;
+use rgrid_core::task::OutputSpec;
 use rgrid_core::time::unix_ms;
 use rgrid_core::{AttemptId, TaskSpec};
 use tokio_util::sync::CancellationToken;
@@ -38,10 +40,11 @@ use tracing::Instrument;
 pub use container::MANAGED_LABEL;
 use container::{
     create_options, mount_inputs, ContainerPolicy, ATTEMPT_LABEL, DEADLINE_LABEL, NODE_LABEL,
-    TASK_LABEL,
+    OUTPUTS_LABEL, TASK_LABEL,
 };
 use image::Images;
 
+use super::outputs::OutputDir;
 use super::{watch, Capture, Channel, Ended, Execution, NotRun, StagedInput, OUTPUT_GRACE};
 use crate::config::NodeConfig;
 
@@ -143,6 +146,11 @@ impl DockerExecutor {
                 continue;
             };
             let deadline_ms = labels.get(DEADLINE_LABEL).and_then(|d| d.parse().ok());
+            let outputs = labels
+                .get(OUTPUTS_LABEL)
+                .and_then(|o| hex::decode(o).ok())
+                .and_then(|o| postcard::from_bytes(&o).ok())
+                .unwrap_or_default();
             let gpus = step("inspect", self.docker.inspect_container(&id, None))
                 .await
                 .ok()
@@ -157,6 +165,7 @@ impl DockerExecutor {
                 attempt,
                 id,
                 deadline_ms,
+                outputs,
                 gpus,
             });
         }
@@ -165,7 +174,12 @@ impl DockerExecutor {
 
     /// Waits for a re-adopted container as for one it has just started: its output from the
     /// beginning (the engine's log of it), its timeout from its label.
-    pub(crate) async fn resume(&self, leftover: Leftover, cancel: CancellationToken) -> Execution {
+    pub(crate) async fn resume(
+        &self,
+        leftover: Leftover,
+        outputs: &OutputDir,
+        cancel: CancellationToken,
+    ) -> Execution {
         let options = LogsOptions::<String> {
             follow: true,
             stdout: true,
@@ -178,7 +192,9 @@ impl DockerExecutor {
         let timeout = leftover
             .deadline_ms
             .map(|d| Duration::from_millis(d.saturating_sub(unix_ms())));
-        let execution = self.finish(&leftover.id, capture, timeout, cancel).await;
+        let mut execution = self.finish(&leftover.id, capture, timeout, cancel).await;
+        self.collect(&leftover.id, &leftover.outputs, outputs, &mut execution)
+            .await;
         self.remove_later(leftover.id);
         execution
     }
@@ -220,6 +236,7 @@ impl DockerExecutor {
         spec: &TaskSpec,
         inputs: &[StagedInput],
         gpus: &[String],
+        outputs: &OutputDir,
         cancel: CancellationToken,
         started: impl FnOnce(),
     ) -> Execution {
@@ -231,9 +248,37 @@ impl DockerExecutor {
             Ok(id) => id,
             Err(not_run) => return not_run.into(),
         };
-        let execution = self.run_container(&id, spec, cancel, started).await;
+        let mut execution = self.run_container(&id, spec, cancel, started).await;
+        self.collect(&id, &spec.outputs, outputs, &mut execution)
+            .await;
         self.remove_later(id);
         execution
+    }
+
+    /// After an exit 0, reads the declared outputs out of the stopped container.
+    async fn collect(
+        &self,
+        id: &str,
+        declared: &[OutputSpec],
+        outputs: &OutputDir,
+        execution: &mut Execution,
+    ) {
+        super::outputs::collect_all(execution, declared, |output| {
+            let options = DownloadFromContainerOptions {
+                path: output.path.clone(),
+            };
+            let archive = self.docker.download_from_container(id, Some(options));
+            outputs.from_archive(output, Box::pin(archive), |err| {
+                matches!(
+                    err,
+                    DockerError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }
+                )
+            })
+        })
+        .await;
     }
 
     /// Creates the container (pulling its image as the policy says); returns its id.
@@ -361,6 +406,7 @@ impl DockerExecutor {
             exit,
             stdout,
             stderr,
+            outputs: Vec::new(),
         }
     }
 
@@ -421,6 +467,8 @@ pub(crate) struct Leftover {
     id: String,
     /// When its timeout passes (Unix ms), if it has one.
     deadline_ms: Option<u64>,
+    /// Its task's declared outputs (from its label).
+    outputs: Vec<OutputSpec>,
     /// The GPU ids it was given.
     pub gpus: Vec<String>,
 }

@@ -5,6 +5,7 @@
 //! time.
 
 pub mod docker;
+pub mod outputs;
 pub mod process;
 
 use std::future::Future;
@@ -31,6 +32,8 @@ pub struct Execution {
     pub exit: ExitStatus,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The declared outputs, collected after an exit 0, to be uploaded.
+    pub outputs: Vec<outputs::Collected>,
 }
 
 impl Execution {
@@ -44,6 +47,7 @@ impl Execution {
             exit,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 }
@@ -77,31 +81,43 @@ enum Kind {
     Noop,
 }
 
-/// One of the executors, with the node's GPUs.
+/// One of the executors, with the node's GPUs and where declared outputs are collected.
 pub struct Executor {
     kind: Kind,
     gpus: GpuPool,
+    outputs: outputs::OutputDir,
 }
 
 impl Executor {
-    pub(crate) fn docker(docker: docker::DockerExecutor, gpus: GpuPool) -> Self {
+    pub(crate) fn docker(
+        docker: docker::DockerExecutor,
+        gpus: GpuPool,
+        outputs: outputs::OutputDir,
+    ) -> Self {
         Self {
             kind: Kind::Docker(Box::new(docker)),
             gpus,
+            outputs,
         }
     }
 
-    pub(crate) fn process(process: process::ProcessExecutor, gpus: GpuPool) -> Self {
+    pub(crate) fn process(
+        process: process::ProcessExecutor,
+        gpus: GpuPool,
+        outputs: outputs::OutputDir,
+    ) -> Self {
         Self {
             kind: Kind::Process(process),
             gpus,
+            outputs,
         }
     }
 
-    pub(crate) fn noop(gpus: GpuPool) -> Self {
+    pub(crate) fn noop(gpus: GpuPool, outputs: outputs::OutputDir) -> Self {
         Self {
             kind: Kind::Noop,
             gpus,
+            outputs,
         }
     }
 
@@ -121,7 +137,7 @@ impl Executor {
     ) -> Execution {
         let _gpus = self.gpus.take_ids(&leftover.gpus);
         match &self.kind {
-            Kind::Docker(docker) => docker.resume(leftover, cancel).await,
+            Kind::Docker(docker) => docker.resume(leftover, &self.outputs, cancel).await,
             Kind::Process(_) | Kind::Noop => NotRun::Node(
                 "a container to re-adopt, but this node does not run the Docker executor".into(),
             )
@@ -152,13 +168,32 @@ impl Executor {
         match &self.kind {
             Kind::Docker(docker) => {
                 docker
-                    .run(attempt, spec, inputs, &gpus.ids, cancel, started)
+                    .run(
+                        attempt,
+                        spec,
+                        inputs,
+                        &gpus.ids,
+                        &self.outputs,
+                        cancel,
+                        started,
+                    )
                     .await
             }
             Kind::Process(_) if !inputs.is_empty() => Execution::start_failed(
                 "the task has inputs, which only the docker executor stages: run it on a Docker node".into(),
             ),
-            Kind::Process(process) => process.run(attempt, spec, &gpus.ids, cancel, started).await,
+            Kind::Process(process) => {
+                let mut execution = process.run(attempt, spec, &gpus.ids, cancel, started).await;
+                let root = match &spec.workdir {
+                    Some(dir) => std::path::PathBuf::from(dir),
+                    None => std::env::current_dir().unwrap_or_default(),
+                };
+                outputs::collect_all(&mut execution, &spec.outputs, |output| {
+                    self.outputs.from_host(output, &root)
+                })
+                .await;
+                execution
+            }
             Kind::Noop => Execution::without_output(ExitStatus::Exited(0)),
         }
     }
