@@ -105,7 +105,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
             })?;
     let executor = match config.executor {
         ExecutorKind::Docker => {
-            let docker = DockerExecutor::connect(creds.node_id.to_string(), &config).await?;
+            let docker =
+                DockerExecutor::connect(creds.node_id.to_string(), &config, outputs.clone())
+                    .await?;
             Executor::docker(docker, gpus, outputs)
         }
         ExecutorKind::Process => Executor::process(

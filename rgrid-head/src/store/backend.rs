@@ -865,27 +865,9 @@ mod cost {
     /// `scripts/setup.sh` makes) answers; skipped otherwise, except under `CI=true`.
     #[tokio::test]
     async fn the_query_applies_the_rule_on_postgres() {
-        use sqlx::Connection as _;
-        let server = std::env::var("RGRID_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://rgrid:rgrid@127.0.0.1:5432/postgres".to_owned());
-        let mut conn = match sqlx::PgConnection::connect(&server).await {
-            Ok(conn) => conn,
-            Err(err) => {
-                assert!(
-                    std::env::var("CI").map_or(true, |v| v != "true"),
-                    "no PostgreSQL: {err}"
-                );
-                eprintln!("skipping: no PostgreSQL at {server} ({err})");
-                return;
-            }
-        };
-        let name = format!("rgrid_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("a test database");
-        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-        applies_the_rule(&format!("{base}/{name}")).await;
+        if let Some(url) = crate::store::postgres_test_database().await {
+            applies_the_rule(&url).await;
+        }
     }
 
     /// Writes three attempts and a node's closed hours through the store's own write path,

@@ -34,6 +34,8 @@ macro_rules! on_pool {
 
 mod backend;
 pub(crate) mod batch;
+#[cfg(test)]
+mod edge_tests;
 mod revocations;
 mod tokens;
 
@@ -496,4 +498,32 @@ async fn write_loop(pool: Pool, mut jobs: mpsc::Receiver<Job>, retry: RetryPolic
         };
         let _ = done.send(result);
     }
+}
+
+/// A new, empty database on the PostgreSQL server of `RGRID_TEST_POSTGRES_URL` (default: the
+/// one `scripts/setup.sh` makes); `None` (the test is skipped) when none answers, except under
+/// `CI=true`, where that fails the test.
+#[cfg(test)]
+pub(crate) async fn postgres_test_database() -> Option<String> {
+    use sqlx::Connection as _;
+    let server = std::env::var("RGRID_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://rgrid:rgrid@127.0.0.1:5432/postgres".to_owned());
+    let mut conn = match sqlx::PgConnection::connect(&server).await {
+        Ok(conn) => conn,
+        Err(err) => {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "no PostgreSQL: {err}"
+            );
+            eprintln!("skipping: no PostgreSQL at {server} ({err})");
+            return None;
+        }
+    };
+    let name = format!("rgrid_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("a test database");
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
 }

@@ -58,6 +58,8 @@ pub struct DockerExecutor {
     policy: ContainerPolicy,
     max_output_bytes: usize,
     kill_grace: Duration,
+    /// Where declared outputs are collected.
+    outputs: OutputDir,
     /// Container removals after their results went back; waited for when the node stops.
     cleanup: TaskTracker,
 }
@@ -70,7 +72,11 @@ pub struct DockerUnavailable(String);
 impl DockerExecutor {
     /// Connects to the engine (`docker_host`, else `DOCKER_HOST` or the local socket) and
     /// negotiates the API version (older engines refuse a newer client version).
-    pub async fn connect(node: String, config: &NodeConfig) -> Result<Self, DockerUnavailable> {
+    pub(crate) async fn connect(
+        node: String,
+        config: &NodeConfig,
+        outputs: OutputDir,
+    ) -> Result<Self, DockerUnavailable> {
         let docker = match &config.docker_host {
             Some(host) => {
                 Docker::connect_with_socket(host, ENGINE_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
@@ -102,6 +108,7 @@ impl DockerExecutor {
             },
             max_output_bytes: config.max_output_bytes,
             kill_grace: config.kill_grace,
+            outputs,
             cleanup: TaskTracker::new(),
         })
     }
@@ -174,12 +181,7 @@ impl DockerExecutor {
 
     /// Waits for a re-adopted container as for one it has just started: its output from the
     /// beginning (the engine's log of it), its timeout from its label.
-    pub(crate) async fn resume(
-        &self,
-        leftover: Leftover,
-        outputs: &OutputDir,
-        cancel: CancellationToken,
-    ) -> Execution {
+    pub(crate) async fn resume(&self, leftover: Leftover, cancel: CancellationToken) -> Execution {
         let options = LogsOptions::<String> {
             follow: true,
             stdout: true,
@@ -193,7 +195,7 @@ impl DockerExecutor {
             .deadline_ms
             .map(|d| Duration::from_millis(d.saturating_sub(unix_ms())));
         let mut execution = self.finish(&leftover.id, capture, timeout, cancel).await;
-        self.collect(&leftover.id, &leftover.outputs, outputs, &mut execution)
+        self.collect(&leftover.id, &leftover.outputs, &mut execution)
             .await;
         self.remove_later(leftover.id);
         execution
@@ -236,7 +238,6 @@ impl DockerExecutor {
         spec: &TaskSpec,
         inputs: &[StagedInput],
         gpus: &[String],
-        outputs: &OutputDir,
         cancel: CancellationToken,
         started: impl FnOnce(),
     ) -> Execution {
@@ -249,26 +250,20 @@ impl DockerExecutor {
             Err(not_run) => return not_run.into(),
         };
         let mut execution = self.run_container(&id, spec, cancel, started).await;
-        self.collect(&id, &spec.outputs, outputs, &mut execution)
-            .await;
+        self.collect(&id, &spec.outputs, &mut execution).await;
         self.remove_later(id);
         execution
     }
 
     /// After an exit 0, reads the declared outputs out of the stopped container.
-    async fn collect(
-        &self,
-        id: &str,
-        declared: &[OutputSpec],
-        outputs: &OutputDir,
-        execution: &mut Execution,
-    ) {
+    async fn collect(&self, id: &str, declared: &[OutputSpec], execution: &mut Execution) {
+        let outputs = &self.outputs;
         super::outputs::collect_all(execution, declared, |output| {
             let options = DownloadFromContainerOptions {
                 path: output.path.clone(),
             };
             let archive = self.docker.download_from_container(id, Some(options));
-            outputs.from_archive(output, Box::pin(archive), |err| {
+            outputs.collect_archive(output, Box::pin(archive), |err| {
                 matches!(
                     err,
                     DockerError::DockerResponseServerError {

@@ -137,7 +137,7 @@ impl Executor {
     ) -> Execution {
         let _gpus = self.gpus.take_ids(&leftover.gpus);
         match &self.kind {
-            Kind::Docker(docker) => docker.resume(leftover, &self.outputs, cancel).await,
+            Kind::Docker(docker) => docker.resume(leftover, cancel).await,
             Kind::Process(_) | Kind::Noop => NotRun::Node(
                 "a container to re-adopt, but this node does not run the Docker executor".into(),
             )
@@ -168,15 +168,7 @@ impl Executor {
         match &self.kind {
             Kind::Docker(docker) => {
                 docker
-                    .run(
-                        attempt,
-                        spec,
-                        inputs,
-                        &gpus.ids,
-                        &self.outputs,
-                        cancel,
-                        started,
-                    )
+                    .run(attempt, spec, inputs, &gpus.ids, cancel, started)
                     .await
             }
             Kind::Process(_) if !inputs.is_empty() => Execution::start_failed(
@@ -189,7 +181,7 @@ impl Executor {
                     None => std::env::current_dir().unwrap_or_default(),
                 };
                 outputs::collect_all(&mut execution, &spec.outputs, |output| {
-                    self.outputs.from_host(output, &root)
+                    self.outputs.collect_host(output, &root)
                 })
                 .await;
                 execution

@@ -77,7 +77,7 @@ impl OutputDir {
 
     /// Collects `output` from Docker's tar archive of its path, as `archive` yields it; `missing`
     /// tells an error that means the path does not exist.
-    pub(crate) async fn from_archive<E: std::fmt::Display>(
+    pub(crate) async fn collect_archive<E: std::fmt::Display>(
         &self,
         output: &OutputSpec,
         mut archive: impl Stream<Item = Result<Bytes, E>> + Unpin,
@@ -153,7 +153,7 @@ impl OutputDir {
 
     /// Collects `output` from the host: its path under `root` (a file as it is, a directory as
     /// a tar).
-    pub(crate) async fn from_host(
+    pub(crate) async fn collect_host(
         &self,
         output: &OutputSpec,
         root: &Path,
@@ -349,7 +349,6 @@ fn single_file_or_tar(tar: &Path, file: &Path, max: u64) -> std::io::Result<Unpa
             }
         }
     }
-    drop(entries);
     let _ = std::fs::remove_file(file);
     let mut hashed = Capped::new(std::io::sink(), max);
     std::io::copy(&mut std::fs::File::open(tar)?, &mut hashed)?;
