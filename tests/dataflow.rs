@@ -352,3 +352,97 @@ async fn a_100_mib_output_passes_into_another_task_through_a_flat_head() {
     print_logs_if_panicking(dir.path(), 40);
     finished.expect("the test finishes in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_declares_outputs_takes_them_as_inputs_and_cancels_recursively() {
+    use common::process::rgrid;
+    let image = demo_image();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let run = async {
+        let _head = start_head(dir.path(), &listen);
+        let config = dir.path().join("head/client.toml");
+        wait_for("the head's client.toml", || config.exists());
+        let _node = start_node_with(dir.path(), &listen, "n1", 2000, &[]);
+        wait_ready(&config, "n1");
+        let text = |out: &std::process::Output| {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let first = text(&rgrid(
+            &config,
+            &[
+                "submit",
+                "--image",
+                image,
+                "--out",
+                "greeting=/g",
+                "--",
+                "sh",
+                "-c",
+                "echo hi > /g",
+            ],
+        ));
+        let second = text(&rgrid(
+            &config,
+            &[
+                "submit",
+                "--image",
+                image,
+                "--input",
+                &format!("/in/g={first}:greeting"),
+                "--wait",
+                "--",
+                "cat",
+                "/in/g",
+            ],
+        ));
+        assert_eq!(second, "hi");
+        let copy = dir.path().join("greeting.txt");
+        text(&rgrid(
+            &config,
+            &[
+                "get",
+                &first,
+                "--out",
+                "greeting",
+                "--to",
+                copy.to_str().unwrap(),
+            ],
+        ));
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), "hi\n");
+        let missing = rgrid(&config, &["get", &first, "--out", "nope"]);
+        assert_eq!(missing.status.code(), Some(125));
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("has no output \"nope\""));
+
+        let root = text(&rgrid(
+            &config,
+            &[
+                "submit", "--image", image, "--out", "o=/o", "--", "sleep", "60",
+            ],
+        ));
+        let child = text(&rgrid(
+            &config,
+            &[
+                "submit",
+                "--image",
+                image,
+                "--input",
+                &format!("/in={root}:o"),
+                "--",
+                "true",
+            ],
+        ));
+        text(&rgrid(&config, &["cancel", "--recursive", &root]));
+        let out = rgrid(&config, &["get", &child, "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["state"], "cancelled", "{json}");
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
+    print_logs_if_panicking(dir.path(), 40);
+    finished.expect("the test finishes in time");
+}
