@@ -151,6 +151,23 @@ impl OutputDir {
         collected
     }
 
+    /// An empty file standing for `output`: what the noop executor (a benchmarking aid)
+    /// produces, so that its tasks can feed dependants.
+    pub(crate) async fn collect_empty(
+        &self,
+        output: &OutputSpec,
+    ) -> Result<Collected, Uncollected> {
+        let file = self.temp("empty");
+        tokio::fs::File::create(&file)
+            .await
+            .map_err(|e| Uncollected::Node(format!("cannot write output {}: {e}", output.name)))?;
+        Ok(Collected {
+            name: output.name.clone(),
+            object: ObjectRef::of(b""),
+            file,
+        })
+    }
+
     /// Collects `output` from the host: its path under `root` (a file as it is, a directory as
     /// a tar).
     pub(crate) async fn collect_host(
