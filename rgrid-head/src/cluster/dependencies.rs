@@ -47,6 +47,12 @@ pub(super) struct Dependencies {
 }
 
 impl Dependencies {
+    /// Holds nothing: no open task waits, none is waited for.
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.dependants.is_empty() && self.ended.is_empty()
+    }
+
     /// The resolved spec of a released task with dependencies.
     pub(super) fn resolved_spec(&self, id: TaskId) -> Option<&[u8]> {
         self.waiting.get(&id)?.resolved.as_deref()
@@ -64,10 +70,20 @@ fn declares(spec: &TaskSpec, name: &str) -> bool {
     spec.outputs.iter().any(|o| o.name == name)
 }
 
+/// Joins the direct dependency to the first failure of a chain.
+const AFTER: &str = ", after ";
+
+/// Why a dependant of `dependency` fails: that task and how it ended. Down a chain, each reason
+/// names its direct dependency and the chain's first failure (not every task between: a reason
+/// stays short however long the chain).
 fn ended_reason(dependency: TaskId, state: TaskState, reason: Option<&str>) -> String {
-    match reason {
-        Some(reason) => format!("dependency {dependency} ended {state}: {reason}"),
-        None => format!("dependency {dependency} ended {state}"),
+    match (state, reason) {
+        (TaskState::DependencyFailed, Some(reason)) => {
+            let first = reason.split_once(AFTER).map_or(reason, |(_, first)| first);
+            format!("dependency {dependency} ended {state}{AFTER}{first}")
+        }
+        (_, Some(reason)) => format!("dependency {dependency} ended {state}: {reason}"),
+        (_, None) => format!("dependency {dependency} ended {state}"),
     }
 }
 
