@@ -21,6 +21,11 @@
 //!   built with `--features bench-no-persist` (this program builds it on first use).
 //! - `process_vs_spawn`: 5,000 `true` tasks on a process-executor node over 5,000 raw spawns of
 //!   `true`, two at a time.
+//! - `dag_edge_overhead_us`: a fan-out/fan-in DAG of `--dag` middle tasks (one root whose
+//!   output each takes, and sinks of 1,000 inputs each taking theirs: two edges per middle task)
+//!   on two noop nodes (each declared output an empty object), against as many independent
+//!   tasks with the same outputs in the same run: (DAG time − independent time) ÷ edges. `dag_s`, `dag_flat_s`: both
+//!   times.
 //! - `ray_async_tasks_per_s`, `ray_sync_p50_us`: `../shared/bench/ray_baseline.py`, when
 //!   `python3 -c "import ray"` works.
 
@@ -47,8 +52,11 @@ struct Args {
     /// Tasks in the million runs.
     #[arg(long, default_value_t = 1_000_000)]
     million: usize,
+    /// Middle tasks of the DAG run.
+    #[arg(long, default_value_t = 10_000)]
+    dag: usize,
     /// Only these runs (comma-separated: async, sync, million, restart, heartbeat, durability,
-    /// process, ray).
+    /// process, dag, ray).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep the state dirs and logs of the runs (their paths are printed).
@@ -306,6 +314,36 @@ fn noop_task() -> TaskSpec {
         .memory_bytes(8 << 20)
 }
 
+/// A fan-out/fan-in DAG in submission order: a root, `middle` tasks each taking its output,
+/// and sinks each taking the outputs of up to 1,000 middle tasks. Returns it with its edges.
+fn dag(middle: usize) -> (Vec<TaskSpec>, usize) {
+    let root = noop_task().output("o", "/o");
+    let root_ref = TaskRef { id: root.id };
+    let mids: Vec<TaskSpec> = (0..middle)
+        .map(|_| {
+            noop_task()
+                .input("/in", root_ref.output("o"))
+                .output("o", "/o")
+        })
+        .collect();
+    let sinks: Vec<TaskSpec> = mids
+        .chunks(rgrid_core::task::MAX_INPUTS)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .enumerate()
+                .fold(noop_task(), |sink, (i, mid)| {
+                    sink.input(format!("/in/{i}"), TaskRef { id: mid.id }.output("o"))
+                })
+        })
+        .collect();
+    let edges = middle * 2;
+    let mut specs = vec![root];
+    specs.extend(mids);
+    specs.extend(sinks);
+    (specs, edges)
+}
+
 /// Submits `n` tasks in batches; returns their refs.
 async fn submit_all(client: &Client, n: usize) -> anyhow::Result<Vec<TaskRef>> {
     let mut refs = Vec::with_capacity(n);
@@ -503,6 +541,40 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         let cpu = heartbeats(&setup, 10_000).await?;
         say(args.json, &format!("heartbeat: the head uses {cpu:.2} cores with 10,000 nodes heartbeating every second"));
         figures.insert("heartbeat_10k_cpu", ((cpu * 100.0).round() / 100.0).into());
+    }
+
+    if runs("dag") {
+        let mut setup = Setup::start(&exe).await?;
+        setup.nodes(2, "noop", 1_000_000).await?;
+        let client = setup.client().await?;
+        throughput(&setup, 1, BATCH).await?;
+        let (specs, edges) = dag(args.dag);
+        let started = Instant::now();
+        // The same tasks with the same outputs, without inputs: what is left is the dependencies'.
+        let flat: Vec<TaskSpec> = (0..specs.len())
+            .map(|_| noop_task().output("o", "/o"))
+            .collect();
+        let mut refs = Vec::new();
+        for chunk in flat.chunks(BATCH) {
+            refs.extend(client.submit_batch(chunk.to_vec()).await?);
+        }
+        wait_all(&client, &refs).await?;
+        let flat_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut refs = Vec::new();
+        for chunk in specs.chunks(BATCH) {
+            refs.extend(client.submit_batch(chunk.to_vec()).await?);
+        }
+        wait_all(&client, &refs).await?;
+        let dag_s = started.elapsed().as_secs_f64();
+        let per_edge = (dag_s - flat_s).max(0.0) / edges as f64 * 1e6;
+        say(args.json, &format!("dag: {} tasks with {edges} edges in {dag_s:.2} s, as many independent tasks {flat_s:.2} s: {per_edge:.1} µs per edge", specs.len()));
+        figures.insert("dag_s", ((dag_s * 100.0).round() / 100.0).into());
+        figures.insert("dag_flat_s", ((flat_s * 100.0).round() / 100.0).into());
+        figures.insert(
+            "dag_edge_overhead_us",
+            ((per_edge * 10.0).round() / 10.0).into(),
+        );
     }
 
     if runs("process") {

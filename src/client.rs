@@ -19,6 +19,7 @@ use rgrid_core::protocol::{
     Response, SubmitAnswer, TaskInfo, TaskOutcome, TaskPage, TaskQuery, MAX_PAGE_TASKS,
     MAX_WAIT_TASKS,
 };
+use rgrid_core::task::InputSource;
 use rgrid_core::tls::{client_config, ClientFile};
 use rgrid_core::transport::{call, connect, open_request, TransportError};
 use rgrid_core::{TaskId, TaskSpec, TaskState};
@@ -27,6 +28,17 @@ use rgrid_core::{TaskId, TaskSpec, TaskState};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TaskRef {
     pub id: TaskId,
+}
+
+impl TaskRef {
+    /// Its output `name`, as an input of another task (`TaskSpec::input(path, ..)`): that task
+    /// waits until this one has succeeded.
+    pub fn output(&self, name: impl Into<String>) -> InputSource {
+        InputSource::TaskOutput {
+            task: self.id,
+            name: name.into(),
+        }
+    }
 }
 
 /// What can go wrong talking to the head.
@@ -273,9 +285,25 @@ impl Client {
         .boxed()
     }
 
-    /// Cancels a task; returns its state afterwards.
+    /// Cancels a task; returns its state afterwards. Open tasks that depend on it end
+    /// `DependencyFailed`.
     pub async fn cancel(&self, task: &TaskRef) -> Result<TaskState, ClientError> {
-        match self.call(Request::Cancel { task: task.id }).await? {
+        self.cancel_with(task, false).await
+    }
+
+    /// Cancels a task and every open task that depends on it (transitively).
+    pub async fn cancel_recursive(&self, task: &TaskRef) -> Result<TaskState, ClientError> {
+        self.cancel_with(task, true).await
+    }
+
+    async fn cancel_with(&self, task: &TaskRef, recursive: bool) -> Result<TaskState, ClientError> {
+        match self
+            .call(Request::Cancel {
+                task: task.id,
+                recursive,
+            })
+            .await?
+        {
             Response::Cancelled { state } => Ok(state),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }

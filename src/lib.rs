@@ -23,11 +23,13 @@ pub mod local;
 
 pub use client::{Client, ClientError, TaskRef};
 pub use local::LocalCluster;
-pub use rgrid_core::object::{ObjectInfo, ObjectPage, ObjectQuery, ObjectRef};
+pub use rgrid_core::object::{NamedObject, ObjectInfo, ObjectPage, ObjectQuery, ObjectRef};
 pub use rgrid_core::protocol::{
     AttemptInfo, ClusterStatus, CostBy, CostGroup, CostQuery, CostReport, ExitStatus, NodeInfo,
     SubmitAnswer, TaskInfo, TaskOutcome, TaskPage, TaskQuery, WaitingShape,
 };
 pub use rgrid_core::resources::{format_size, parse_size};
-pub use rgrid_core::task::{LabelRequirement, NetworkMode, RetryPolicy, Strategy};
+pub use rgrid_core::task::{
+    InputSource, LabelRequirement, NetworkMode, OutputSpec, RetryPolicy, Strategy,
+};
 pub use rgrid_core::{NodeId, Resources, TaskId, TaskSpec, TaskState};

@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use indicatif::ProgressBar;
 use rgrid::{
-    format_size, parse_size, Client, CostBy, CostGroup, CostQuery, LabelRequirement, TaskId,
-    TaskInfo, TaskOutcome, TaskQuery, TaskRef, TaskSpec, TaskState,
+    format_size, parse_size, Client, CostBy, CostGroup, CostQuery, InputSource, LabelRequirement,
+    TaskId, TaskInfo, TaskOutcome, TaskQuery, TaskRef, TaskSpec, TaskState,
 };
 
 /// Exit code of the CLI's own failures (bad usage, credentials, connection, a request the head
@@ -60,9 +60,14 @@ enum Command {
         #[arg(long = "selector")]
         selectors: Vec<String>,
         /// A file staged read-only into the container before it starts: PATH=OBJECT_ID (an id
-        /// `rgrid put` printed). Repeatable.
+        /// `rgrid put` printed) or PATH=TASK_ID:NAME (output NAME of another task: this one
+        /// waits until that one has succeeded). Repeatable.
         #[arg(long = "input", value_parser = parse_input)]
-        inputs: Vec<(String, rgrid::ObjectRef)>,
+        inputs: Vec<(String, InputSource)>,
+        /// A file or directory (stored as a tar) collected from the container after it exits 0,
+        /// stored as an object: NAME=PATH. Repeatable.
+        #[arg(long = "out", value_parser = parse_output)]
+        outputs: Vec<(String, String)>,
         /// Node-loss retries (default 3).
         #[arg(long)]
         retries: Option<u32>,
@@ -88,6 +93,12 @@ enum Command {
         /// `json`: print the outcome (state, exit code, reason, stdout, stderr, attempts).
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+        /// Download the task's output NAME (once it succeeded) instead of printing its stdout.
+        #[arg(long = "out")]
+        out: Option<String>,
+        /// With --out: write it to FILE (whole or not at all) instead of stdout.
+        #[arg(long, requires = "out")]
+        to: Option<PathBuf>,
     },
     /// Print a task's stdout and stderr once it has ended.
     Logs {
@@ -96,8 +107,13 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Cancel a task.
-    Cancel { task: TaskId },
+    /// Cancel a task. Open tasks that depend on it end dependency_failed, or, with
+    /// --recursive, are cancelled too.
+    Cancel {
+        task: TaskId,
+        #[arg(long)]
+        recursive: bool,
+    },
     /// Tasks and nodes by state, and what queued tasks wait for.
     Status {
         #[arg(short, long, value_enum, default_value = "table")]
@@ -192,11 +208,18 @@ enum NodeCommand {
     Remove { node: String },
 }
 
-fn parse_input(s: &str) -> Result<(String, rgrid::ObjectRef), String> {
-    let (path, object) = s
+fn parse_input(s: &str) -> Result<(String, InputSource), String> {
+    let (path, source) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not an input: use PATH=OBJECT_ID"))?;
-    Ok((path.to_owned(), object.parse()?))
+        .ok_or_else(|| format!("{s:?} is not an input: use PATH=OBJECT_ID or PATH=TASK_ID:NAME"))?;
+    Ok((path.to_owned(), source.parse()?))
+}
+
+fn parse_output(s: &str) -> Result<(String, String), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not an output: use NAME=PATH"))?;
+    Ok((name.to_owned(), path.to_owned()))
 }
 
 fn parse_state(s: &str) -> Result<TaskState, String> {
@@ -249,6 +272,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             gpus,
             selectors,
             inputs,
+            outputs,
             retries,
             retry_on_failure,
             timeout,
@@ -269,8 +293,11 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                     selector.parse().map_err(|e: String| anyhow::anyhow!(e))?;
                 spec.constraints.selector.push(requirement);
             }
-            for (path, object) in inputs {
-                spec = spec.input(path, object);
+            for (path, source) in inputs {
+                spec = spec.input(path, source);
+            }
+            for (name, path) in outputs {
+                spec = spec.output(name, path);
             }
             if let Some(retries) = retries {
                 spec = spec.node_loss_retries(retries);
@@ -292,17 +319,31 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Get { task, output } => {
-            print_outcome(&client, &TaskRef { id: task }, output).await
-        }
+        Command::Get {
+            task,
+            output,
+            out: None,
+            to: _,
+        } => print_outcome(&client, &TaskRef { id: task }, output).await,
+        Command::Get {
+            task,
+            out: Some(name),
+            to,
+            ..
+        } => download_output(&client, &TaskRef { id: task }, &name, to.as_deref()).await,
         Command::Logs { task, follow: _ } => {
             let outcome = client.get(&TaskRef { id: task }).await?;
             std::io::stdout().write_all(&outcome.stdout)?;
             std::io::stderr().write_all(&outcome.stderr)?;
             Ok(0)
         }
-        Command::Cancel { task } => {
-            let state = client.cancel(&TaskRef { id: task }).await?;
+        Command::Cancel { task, recursive } => {
+            let task_ref = TaskRef { id: task };
+            let state = if recursive {
+                client.cancel_recursive(&task_ref).await?
+            } else {
+                client.cancel(&task_ref).await?
+            };
             println!("{task} {state}");
             Ok(0)
         }
@@ -638,6 +679,41 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
         );
     }
     Ok(exit_code(&outcome))
+}
+
+/// Waits for the task and writes its output `name` to `to` (whole or not at all) or stdout.
+async fn download_output(
+    client: &Client,
+    task: &TaskRef,
+    name: &str,
+    to: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
+    let outcome = client.get(task).await?;
+    if outcome.state != TaskState::Succeeded {
+        bail!(
+            "task {} {}: {}; it has no outputs",
+            outcome.task,
+            outcome.state,
+            outcome.reason.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    let Some(object) = outcome.output(name) else {
+        let names: Vec<&str> = outcome.outputs.iter().map(|o| o.name.as_str()).collect();
+        bail!(
+            "task {} has no output {name:?} (its outputs: {})",
+            outcome.task,
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    match to {
+        Some(path) => client.get_object_to_file(&object, path).await?,
+        None => client.get_object(&object, tokio::io::stdout()).await?,
+    }
+    Ok(0)
 }
 
 /// Waits for the task's outcome showing one live line (on stderr) of where it is: queued and

@@ -9,7 +9,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::process::{free_udp_port, print_logs_if_panicking, start_head_env, wait_for, Daemon};
+use common::process::{
+    free_udp_port, memory_of, print_logs_if_panicking, start_head_env, wait_for, Daemon,
+};
 use rgrid::{Client, ClientError, ObjectQuery, ObjectRef, TaskSpec, TaskState};
 use rgrid_core::object::Hasher;
 use rgrid_core::protocol::{ErrorKind, ErrorReply, Request, Response};
@@ -261,20 +263,6 @@ async fn the_quota_refuses_an_upload_beyond_it_and_retention_deletes_unused_obje
     })
     .await
     .expect("the test finishes in time");
-}
-
-/// `VmRSS` and `VmHWM` (peak) of a process, in bytes.
-fn memory_of(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb << 10)
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Starts a head process configured by `config` (TOML), with `env`.

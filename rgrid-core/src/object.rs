@@ -77,6 +77,13 @@ impl FromStr for ObjectRef {
     }
 }
 
+/// An object with the name a task gave it: one of a task's outputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedObject {
+    pub name: String,
+    pub object: ObjectRef,
+}
+
 /// SHA-256 and length of bytes seen so far.
 pub struct Hasher {
     context: Context,
@@ -96,6 +103,11 @@ impl Hasher {
     pub fn update(&mut self, bytes: &[u8]) {
         self.context.update(bytes);
         self.size += bytes.len() as u64;
+    }
+
+    /// Bytes seen so far.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// The object of everything seen.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AttemptId, NodeId, TaskId};
-use crate::object::{ObjectPage, ObjectQuery, ObjectRef};
+use crate::object::{NamedObject, ObjectPage, ObjectQuery, ObjectRef};
 use crate::resources::Resources;
 use crate::task::{TaskSpec, TaskState};
 
@@ -22,8 +22,9 @@ pub const ALPN: &[u8] = b"rgrid/1";
 /// The protocol version exchanged in the handshake. Both sides must speak the same one.
 /// Version 2: batched assignments and results on the control stream, waits on many tasks,
 /// paged task listings, cluster status. Version 3: objects, and task specs with inputs (a node
-/// of version 2 could not decode them).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// of version 2 could not decode them). Version 4: task outputs and dependencies (specs with
+/// outputs, results carrying output objects, recursive cancel).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The fixed server name of the head in its certificate. Nodes and clients verify the head by the
 /// cluster CA and this name, whatever address they reach it at.
 pub const HEAD_SERVER_NAME: &str = "head.rgrid";
@@ -61,8 +62,9 @@ pub enum Request {
     ListNodes,
     /// A client lists one page of tasks.
     ListTasks(TaskQuery),
-    /// A client cancels a task.
-    Cancel { task: TaskId },
+    /// A client cancels a task; with `recursive`, also every open task that depends on it
+    /// (transitively), which would otherwise end `DependencyFailed`.
+    Cancel { task: TaskId, recursive: bool },
     /// A client drains a node (by name or id): no new work; running attempts get until the
     /// deadline to finish, then are requeued; the node leaves.
     DrainNode { node: String, deadline_secs: u64 },
@@ -402,6 +404,8 @@ pub struct AttemptReport {
     /// Milliseconds since the Unix epoch.
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
+    /// The task's declared outputs, stored on the head as objects (only after an exit 0).
+    pub outputs: Vec<NamedObject>,
 }
 
 /// How a container ended.
@@ -425,6 +429,9 @@ pub enum ExitStatus {
     /// The process was killed by a signal it was not sent by rgrid (process executor); its exit
     /// code is 128 + the signal, as a shell reports it.
     Signalled { signal: i32, name: String },
+    /// It exited 0, but a declared output could not be collected (missing, too large, or the
+    /// upload to the head failed for good).
+    OutputFailed(String),
 }
 
 impl ExitStatus {
@@ -454,6 +461,7 @@ impl std::fmt::Display for ExitStatus {
                     128 + signal
                 )
             }
+            Self::OutputFailed(msg) => write!(f, "exited with code 0, but {msg}"),
         }
     }
 }
@@ -482,6 +490,18 @@ pub struct TaskOutcome {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub attempts: Vec<AttemptInfo>,
+    /// Its declared outputs, once it succeeded.
+    pub outputs: Vec<NamedObject>,
+}
+
+impl TaskOutcome {
+    /// The output called `name`, if the task produced it.
+    pub fn output(&self, name: &str) -> Option<ObjectRef> {
+        self.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.object)
+    }
 }
 
 /// A node as `rgrid nodes` shows it.
@@ -585,10 +605,11 @@ mod tests {
             stderr: Vec::new(),
             started_at_ms: 3,
             finished_at_ms: 4,
+            outputs: Vec::new(),
         }]);
         let mut expected = vec![4, 1, 16];
         expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.extend_from_slice(&[1, 0, 0, 1, b'x', 0, 3, 4]);
+        expected.extend_from_slice(&[1, 0, 0, 1, b'x', 0, 3, 4, 0]);
         assert_eq!(postcard::to_allocvec(&results).expect("encodes"), expected);
         let answers = Response::Submitted(vec![
             SubmitAnswer::Accepted,
@@ -727,6 +748,36 @@ mod tests {
             postcard::to_allocvec(&ErrorKind::QuotaExceeded).expect("encodes"),
             [5]
         );
+    }
+
+    /// Version 4: outputs and dependencies (appended fields and variants).
+    #[test]
+    fn golden_bytes_of_outputs_and_dependencies() {
+        let task = TaskId(Uuid::from_u128(1));
+        let cancel = Request::Cancel {
+            task,
+            recursive: true,
+        };
+        let mut expected = vec![7, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.push(1);
+        assert_eq!(postcard::to_allocvec(&cancel).expect("encodes"), expected);
+        assert_eq!(
+            postcard::to_allocvec(&ExitStatus::OutputFailed("x".into())).expect("encodes"),
+            [7, 1, b'x']
+        );
+        assert_eq!(
+            postcard::to_allocvec(&TaskState::DependencyFailed).expect("encodes"),
+            [9]
+        );
+        let source = crate::task::InputSource::TaskOutput {
+            task,
+            name: "o".into(),
+        };
+        let mut expected = vec![1, 16];
+        expected.extend_from_slice(&1u128.to_be_bytes());
+        expected.extend_from_slice(&[1, b'o']);
+        assert_eq!(postcard::to_allocvec(&source).expect("encodes"), expected);
     }
 
     #[test]

@@ -48,6 +48,22 @@ pub struct TaskSpec {
     pub read_only_rootfs: bool,
     /// Files staged into the container, read-only, before it starts.
     pub inputs: Vec<Input>,
+    /// Files (or directories, as a tar) collected from the container after it exits 0 and
+    /// stored as objects, by name.
+    pub outputs: Vec<OutputSpec>,
+}
+
+/// Most outputs one task may declare.
+pub const MAX_OUTPUTS: usize = 100;
+
+/// A declared output: the file or directory at `path` in the container, stored as an object
+/// under `name` once the task exits 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// `[A-Za-z0-9_.-]`, at most 64 characters, unique in the task.
+    pub name: String,
+    /// Absolute path inside the container.
+    pub path: String,
 }
 
 /// Most inputs one task may have.
@@ -66,6 +82,58 @@ pub struct Input {
 pub enum InputSource {
     /// An object uploaded to the head.
     Object(ObjectRef),
+    /// The output `name` of another task: the task waits (`Pending`) until that one has
+    /// succeeded.
+    TaskOutput { task: TaskId, name: String },
+}
+
+impl From<ObjectRef> for InputSource {
+    fn from(object: ObjectRef) -> Self {
+        Self::Object(object)
+    }
+}
+
+impl fmt::Display for InputSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Object(object) => write!(f, "{object}"),
+            Self::TaskOutput { task, name } => write!(f, "{task}:{name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for InputSource {
+    type Err = String;
+
+    /// `OBJECT_ID` (as `rgrid put` prints it) or `TASK_ID:NAME` (an output of another task).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((task, name)) = s.split_once(':') {
+            let task = task.parse().map_err(|_| {
+                format!("{s:?} is not an input source: expected OBJECT_ID or TASK_ID:NAME")
+            })?;
+            return Ok(Self::TaskOutput {
+                task,
+                name: name.to_owned(),
+            });
+        }
+        s.parse().map(Self::Object)
+    }
+}
+
+/// Checks an output's name: what `rgrid get --output` and `TASK_ID:NAME` inputs spell.
+fn check_output_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "output name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, `_`, `.` and `-`"
+        ))
+    }
 }
 
 /// Checks a path inside the container: absolute, not the root, no `..`, no empty parts.
@@ -103,16 +171,41 @@ impl TaskSpec {
             priority: 0,
             read_only_rootfs: false,
             inputs: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 
-    /// Stages `object` at `path` (absolute) in the container, read-only, before it starts.
-    pub fn input(mut self, path: impl Into<String>, object: ObjectRef) -> Self {
+    /// Stages `source` (an [`ObjectRef`], or an output of another task) at `path` (absolute) in
+    /// the container, read-only, before it starts.
+    pub fn input(mut self, path: impl Into<String>, source: impl Into<InputSource>) -> Self {
         self.inputs.push(Input {
             path: path.into(),
-            source: InputSource::Object(object),
+            source: source.into(),
         });
         self
+    }
+
+    /// Collects the file or directory (as a tar) at `path` (absolute) in the container after
+    /// the task exits 0, stored as an object under `name`.
+    pub fn output(mut self, name: impl Into<String>, path: impl Into<String>) -> Self {
+        self.outputs.push(OutputSpec {
+            name: name.into(),
+            path: path.into(),
+        });
+        self
+    }
+
+    /// The tasks whose outputs this one takes as inputs, each once, in order.
+    pub fn dependencies(&self) -> Vec<TaskId> {
+        let mut deps: Vec<TaskId> = Vec::new();
+        for input in &self.inputs {
+            if let InputSource::TaskOutput { task, .. } = &input.source {
+                if !deps.contains(task) {
+                    deps.push(*task);
+                }
+            }
+        }
+        deps
     }
 
     /// Sets the command and its arguments.
@@ -224,6 +317,30 @@ impl TaskSpec {
             check_container_path(&input.path).map_err(|e| format!("input {e}"))?;
             if !paths.insert(input.path.as_str()) {
                 return Err(format!("two inputs at {:?}", input.path));
+            }
+            if let InputSource::TaskOutput { task, name } = &input.source {
+                check_output_name(name).map_err(|e| format!("input {}: {e}", input.path))?;
+                if *task == self.id {
+                    return Err(format!(
+                        "input {}: a task cannot take its own output",
+                        input.path
+                    ));
+                }
+            }
+        }
+        if self.outputs.len() > MAX_OUTPUTS {
+            return Err(format!(
+                "task has {} outputs; at most {MAX_OUTPUTS}",
+                self.outputs.len()
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for output in &self.outputs {
+            check_output_name(&output.name)?;
+            check_container_path(&output.path)
+                .map_err(|e| format!("output {}: {e}", output.name))?;
+            if !names.insert(output.name.as_str()) {
+                return Err(format!("two outputs named {:?}", output.name));
             }
         }
         Ok(())
@@ -409,6 +526,8 @@ pub enum TaskState {
     Unschedulable,
     /// Node-loss retries exhausted.
     Lost,
+    /// A task whose output it takes as an input ended other than `Succeeded`: it never ran.
+    DependencyFailed,
 }
 
 /// A transition the state machine does not allow.
@@ -421,7 +540,7 @@ pub struct IllegalTransition {
 
 impl TaskState {
     /// Every state, in declaration order.
-    pub const ALL: [TaskState; 9] = [
+    pub const ALL: [TaskState; 10] = [
         Self::Pending,
         Self::Queued,
         Self::Assigned,
@@ -431,13 +550,19 @@ impl TaskState {
         Self::Cancelled,
         Self::Unschedulable,
         Self::Lost,
+        Self::DependencyFailed,
     ];
 
     /// A terminal state never changes again.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Failed | Self::Cancelled | Self::Unschedulable | Self::Lost
+            Self::Succeeded
+                | Self::Failed
+                | Self::Cancelled
+                | Self::Unschedulable
+                | Self::Lost
+                | Self::DependencyFailed
         )
     }
 
@@ -445,7 +570,7 @@ impl TaskState {
     pub fn can_become(self, to: TaskState) -> bool {
         use TaskState::*;
         match (self, to) {
-            (Pending, Queued | Cancelled | Unschedulable) => true,
+            (Pending, Queued | Cancelled | Unschedulable | DependencyFailed) => true,
             (Queued, Assigned | Cancelled | Unschedulable) => true,
             // Assigned → Succeeded/Failed: the node reported the result before its start event
             // reached the head. → Queued: the node was lost (orphaned attempt).
@@ -476,6 +601,7 @@ impl TaskState {
             Self::Cancelled => "cancelled",
             Self::Unschedulable => "unschedulable",
             Self::Lost => "lost",
+            Self::DependencyFailed => "dependency_failed",
         }
     }
 
@@ -617,5 +743,55 @@ mod tests {
             .input("/a", object)
             .validate();
         assert!(twice.is_err());
+    }
+
+    #[test]
+    fn outputs_stay_inside_the_container_and_have_names() {
+        assert!(TaskSpec::new("img")
+            .output("out", "/out/x")
+            .validate()
+            .is_ok());
+        for (name, path) in [
+            ("out", "/out/../../etc"),
+            ("out", "relative"),
+            ("", "/x"),
+            ("a b", "/x"),
+        ] {
+            let err = TaskSpec::new("img")
+                .output(name, path)
+                .validate()
+                .expect_err("refused");
+            assert!(err.contains("output"), "{name} {path}: {err}");
+        }
+        let twice = TaskSpec::new("img")
+            .output("a", "/x")
+            .output("a", "/y")
+            .validate();
+        assert!(twice.is_err());
+        let dep = TaskId::new();
+        let spec = TaskSpec::new("img")
+            .input(
+                "/a",
+                InputSource::TaskOutput {
+                    task: dep,
+                    name: "out".into(),
+                },
+            )
+            .input(
+                "/b",
+                InputSource::TaskOutput {
+                    task: dep,
+                    name: "log".into(),
+                },
+            );
+        assert_eq!(spec.dependencies(), vec![dep]);
+        let source: InputSource = format!("{dep}:out").parse().expect("a task output");
+        assert_eq!(
+            source,
+            InputSource::TaskOutput {
+                task: dep,
+                name: "out".into()
+            }
+        );
     }
 }

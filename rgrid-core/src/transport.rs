@@ -249,3 +249,50 @@ pub async fn call(connection: &Connection, request: &Request) -> Result<Response
     let _ = stream.send.get_mut().finish();
     Ok(stream.recv.expect().await?)
 }
+
+/// Why [`put_object`] did not store the object.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    #[error("the head refused: {}", .0.message)]
+    Refused(crate::protocol::ErrorReply),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+/// Uploads `object`, whose `size` bytes `source` yields, on a stream of its own
+/// ([`Request::PutObject`]): the head asks for the bytes unless it has them, verifies and stores
+/// them. `source` is read in chunks; the object never sits whole in memory.
+pub async fn put_object(
+    connection: &Connection,
+    object: crate::object::ObjectRef,
+    source: impl tokio::io::AsyncRead + Unpin,
+) -> Result<(), PutError> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = open_request(connection, &Request::PutObject(object)).await?;
+    match stream.recv.expect().await.map_err(TransportError::from)? {
+        Response::ObjectWanted => {}
+        Response::ObjectStored(_) => return Ok(()),
+        Response::Error(e) => return Err(PutError::Refused(e)),
+        other => return Err(PutError::Unexpected(format!("{other:?}"))),
+    }
+    let mut send = stream.send.into_inner();
+    let mut source =
+        tokio::io::BufReader::with_capacity(crate::object::CHUNK_BYTES, source).take(object.size);
+    let sent = tokio::io::copy_buf(&mut source, &mut send).await;
+    let _ = send.finish();
+    // The head's verdict, also after a failed send (it stops reading what it refuses, and says
+    // why).
+    match stream.recv.expect().await {
+        Ok(Response::ObjectStored(_)) => Ok(()),
+        Ok(Response::Error(e)) => Err(PutError::Refused(e)),
+        Ok(other) => Err(PutError::Unexpected(format!("{other:?}"))),
+        Err(err) => match sent {
+            Err(send_err) => Err(PutError::Unexpected(format!(
+                "the upload of {object} failed: {send_err}"
+            ))),
+            Ok(_) => Err(TransportError::from(err).into()),
+        },
+    }
+}

@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use rgrid_core::object::{ObjectInfo, ObjectPage, ObjectQuery};
+use rgrid_core::object::{NamedObject, ObjectInfo, ObjectPage, ObjectQuery};
 use rgrid_core::protocol::*;
 use rgrid_core::task::{
-    Affinity, Constraints, Input, InputSource, LabelRequirement, NetworkMode, RetryPolicy, Strategy,
+    Affinity, Constraints, Input, InputSource, LabelRequirement, NetworkMode, OutputSpec,
+    RetryPolicy, Strategy,
 };
 use rgrid_core::{AttemptId, NodeId, ObjectRef, Resources, TaskId, TaskSpec, TaskState};
 use serde::de::DeserializeOwned;
@@ -49,6 +50,10 @@ fn samples() -> Vec<Sample> {
         stderr: b"err".to_vec(),
         started_at_ms: 3,
         finished_at_ms: 4,
+        outputs: vec![NamedObject {
+            name: "out".into(),
+            object,
+        }],
     };
     let outcome = TaskOutcome {
         task,
@@ -64,6 +69,10 @@ fn samples() -> Vec<Sample> {
             started_at_ms: 5,
             ended_at_ms: Some(6),
             outcome: Some("node lost".into()),
+        }],
+        outputs: vec![NamedObject {
+            name: "out".into(),
+            object,
         }],
     };
     let cost = CostGroup {
@@ -107,7 +116,10 @@ fn samples() -> Vec<Sample> {
             after: Some(task),
             limit: 100,
         })),
-        sample(Request::Cancel { task }),
+        sample(Request::Cancel {
+            task,
+            recursive: true,
+        }),
         sample(Request::DrainNode {
             node: "n1".into(),
             deadline_secs: 60,
@@ -247,6 +259,7 @@ fn samples() -> Vec<Sample> {
             signal: 9,
             name: "SIGKILL".into(),
         }),
+        sample(ExitStatus::OutputFailed("output out is missing".into())),
         sample(ErrorKind::Unauthorized),
         sample(ErrorKind::BadRequest),
         sample(ErrorKind::NotFound),
@@ -272,6 +285,7 @@ fn samples() -> Vec<Sample> {
         sample(TaskState::Cancelled),
         sample(TaskState::Unschedulable),
         sample(TaskState::Lost),
+        sample(TaskState::DependencyFailed),
         sample(LabelRequirement::Equals {
             key: "k".into(),
             value: "v".into(),
@@ -293,6 +307,10 @@ fn samples() -> Vec<Sample> {
         sample(NetworkMode::Bridge),
         sample(NetworkMode::Host),
         sample(InputSource::Object(object)),
+        sample(InputSource::TaskOutput {
+            task,
+            name: "out".into(),
+        }),
     ]
 }
 
@@ -323,6 +341,10 @@ fn full_spec(task: TaskId, node: NodeId, object: ObjectRef) -> TaskSpec {
         inputs: vec![Input {
             path: "/in".into(),
             source: InputSource::Object(object),
+        }],
+        outputs: vec![OutputSpec {
+            name: "out".into(),
+            path: "/out".into(),
         }],
     }
 }

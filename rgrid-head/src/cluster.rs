@@ -15,7 +15,7 @@
 //! is open, and leaves the loop once its end is durable; an old task is read from the store.
 //!
 //! Files by concept: [`events`] (inputs), `tasks` (the task table, submission, placement,
-//! ends), `membership` (nodes, sessions, liveness, drains), `billing` (what each node's hours
+//! ends), `dependencies` (tasks that wait for other tasks' outputs), `membership` (nodes, sessions, liveness, drains), `billing` (what each node's hours
 //! cost), `fencing` (which attempt is
 //! current, a node's hello), `effects` (what waits for a commit), `recovery` (the state a
 //! restart reads back), `listings`, [`demand`] (what the autoscaler sees) and `run` (the async
@@ -33,6 +33,7 @@ use crate::store::{Committed, StoreError, WriteBatch};
 
 mod billing;
 mod demand;
+mod dependencies;
 mod effects;
 pub(crate) mod events;
 mod fencing;
@@ -46,7 +47,7 @@ mod tests;
 
 pub(crate) use demand::{AutoscaleView, NodeSummary, Shape, WaitRuns};
 pub(crate) use events::{
-    Admitted, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
+    Admitted, Event, FinishedDependency, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
 pub(crate) use membership::NodeState;
 pub(crate) use recovery::recover;
@@ -115,6 +116,8 @@ pub(crate) struct Cluster<C> {
     nodes: Vec<Node>,
     node_index: HashMap<NodeId, u32>,
     tasks: HashMap<TaskId, Task>,
+    /// What open tasks wait for, and who waits for them.
+    dependencies: dependencies::Dependencies,
     shapes: Shapes,
     /// Open tasks by state, for status.
     counts: tasks::Counts,
@@ -151,6 +154,7 @@ impl<C: Comm> Cluster<C> {
             nodes: Vec::new(),
             node_index: HashMap::new(),
             tasks: HashMap::new(),
+            dependencies: dependencies::Dependencies::default(),
             shapes: Shapes::default(),
             counts: tasks::Counts::default(),
             details: HashMap::new(),
@@ -197,7 +201,11 @@ impl<C: Comm> Cluster<C> {
                 let missing = self.wait(tasks, sink);
                 let _ = reply.send(missing);
             }
-            Event::Cancel { task, reply } => self.cancel(task, reply),
+            Event::Cancel {
+                task,
+                recursive,
+                reply,
+            } => self.cancel(task, recursive, reply),
             Event::ListNodes { reply } => {
                 let _ = reply.send(self.list_nodes());
             }

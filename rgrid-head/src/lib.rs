@@ -20,6 +20,7 @@ mod autoscaler;
 mod cluster;
 pub mod config;
 mod credentials;
+mod dependencies;
 pub mod join;
 mod metrics;
 mod objects;

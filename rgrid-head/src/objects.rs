@@ -353,7 +353,10 @@ impl Objects {
         let now = unix_ms();
         let mut index = lock(&self.index);
         for input in &spec.inputs {
-            let InputSource::Object(object) = &input.source;
+            // Another task's output is checked against that task (see `cluster::dependencies`).
+            let InputSource::Object(object) = &input.source else {
+                continue;
+            };
             match index.objects.get_mut(&object.sha256) {
                 Some(entry) if entry.size == object.size => entry.used_at_ms = now,
                 _ => {

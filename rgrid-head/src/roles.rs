@@ -71,7 +71,13 @@ mod tests {
         let object = ObjectRef::of(b"x");
         let cases = [
             (Request::Submit(vec![]), [true, true, false]),
-            (Request::Cancel { task }, [true, true, false]),
+            (
+                Request::Cancel {
+                    task,
+                    recursive: false,
+                },
+                [true, true, false],
+            ),
             (Request::Get { task }, [true, true, true]),
             (Request::ListNodes, [true, true, true]),
             (Request::Status, [true, true, true]),

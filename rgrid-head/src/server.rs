@@ -282,8 +282,8 @@ async fn handle_stream(
             let _ = writer.get_mut().finish();
             return;
         }
-        (Request::Cancel { task }, Some(PeerIdentity::Client(client))) => {
-            cancel(task, client, role, &shared).await
+        (Request::Cancel { task, recursive }, Some(PeerIdentity::Client(client))) => {
+            cancel(task, recursive, client, role, &shared).await
         }
         (Request::ListNodes, Some(PeerIdentity::Client(_))) => {
             ask(&shared, |reply| Event::ListNodes { reply })
@@ -309,7 +309,8 @@ async fn handle_stream(
             list_tasks(query, &shared).await
         }
         (Request::Status, Some(PeerIdentity::Client(_))) => status(&shared).await,
-        (Request::PutObject(object), Some(PeerIdentity::Client(_))) => {
+        // Clients upload inputs; nodes upload the outputs of their tasks.
+        (Request::PutObject(object), Some(_)) => {
             return crate::transfers::put(object, writer, reader, &shared).await;
         }
         (Request::GetObject(object), Some(_)) => {
@@ -570,6 +571,7 @@ fn inline_reports(reports: Vec<AttemptReport>) -> Option<Vec<Report>> {
                 stdout: inline(r.stdout),
                 stderr: inline(r.stderr),
                 finished_at_ms: r.finished_at_ms,
+                outputs: r.outputs,
             })
         })
         .collect()
@@ -620,6 +622,7 @@ async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> 
             stdout: stdout.map_or(Output::Empty, Output::Stored),
             stderr: stderr.map_or(Output::Empty, Output::Stored),
             finished_at_ms: report.finished_at_ms,
+            outputs: report.outputs,
         }],
         reply: Some(reply),
     };
@@ -653,6 +656,9 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
                 spec.id
             )))),
         }
+    }
+    if let Err(err) = crate::dependencies::finished_dependencies(&mut tasks, &shared.store).await {
+        return error(ErrorKind::Internal, format!("cannot read the store: {err}"));
     }
     if !tasks.is_empty() {
         let specs: Vec<(TaskId, Vec<u8>)> = tasks.iter().map(|t| (t.id, t.spec.clone())).collect();
@@ -699,7 +705,13 @@ async fn known_answer(id: TaskId, spec: &[u8], shared: &Shared) -> SubmitAnswer 
     }
 }
 
-async fn cancel(task: TaskId, client: &str, role: ClientRole, shared: &Shared) -> Response {
+async fn cancel(
+    task: TaskId,
+    recursive: bool,
+    client: &str,
+    role: ClientRole,
+    shared: &Shared,
+) -> Response {
     if role != ClientRole::Admin {
         match shared.store.task_submitter(task).await {
             Ok(Some(Some(submitter))) if submitter == client => {}
@@ -713,7 +725,13 @@ async fn cancel(task: TaskId, client: &str, role: ClientRole, shared: &Shared) -
             Err(err) => return error(ErrorKind::Internal, err.to_string()),
         }
     }
-    match ask(shared, |reply| Event::Cancel { task, reply }).await {
+    match ask(shared, |reply| Event::Cancel {
+        task,
+        recursive,
+        reply,
+    })
+    .await
+    {
         Ok(Some(state)) => Response::Cancelled { state },
         Ok(None) => match shared.store.task(task).await {
             Ok(Some(stored)) => Response::Cancelled {
@@ -920,6 +938,7 @@ async fn task_outcome(
         stdout,
         stderr,
         attempts,
+        outputs: outcome.outputs.clone(),
     })
 }
 
@@ -957,6 +976,7 @@ async fn task_outcome_from_store(
         stdout,
         stderr,
         attempts,
+        outputs: stored.outputs,
     })
 }
 

@@ -63,6 +63,11 @@ pub enum NodeError {
         path: String,
         source: std::io::Error,
     },
+    #[error("output directory {path}: {source}; check that the state dir is writable")]
+    Outputs {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the node until it has left the cluster: cancelling `shutdown` drains it (no new work;
@@ -91,10 +96,19 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let detected_gpus = gpu::detect(&config.gpu_probe, &config.gpu_device_dir).await;
     let gpu_ids = gpu::offered(detected_gpus, config.gpus);
     let gpus = gpu::GpuPool::new(gpu_ids.clone());
+    let outputs_dir = config.state_dir.join("outputs");
+    let outputs =
+        executor::outputs::OutputDir::open(outputs_dir.clone(), config.max_output_bytes as u64)
+            .map_err(|source| NodeError::Outputs {
+                path: outputs_dir.display().to_string(),
+                source,
+            })?;
     let executor = match config.executor {
         ExecutorKind::Docker => {
-            let docker = DockerExecutor::connect(creds.node_id.to_string(), &config).await?;
-            Executor::docker(docker, gpus)
+            let docker =
+                DockerExecutor::connect(creds.node_id.to_string(), &config, outputs.clone())
+                    .await?;
+            Executor::docker(docker, gpus, outputs)
         }
         ExecutorKind::Process => Executor::process(
             ProcessExecutor {
@@ -102,8 +116,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
                 kill_grace: config.kill_grace,
             },
             gpus,
+            outputs,
         ),
-        ExecutorKind::Noop => Executor::noop(gpus),
+        ExecutorKind::Noop => Executor::noop(gpus, outputs),
     };
     let resources = resources::detect(&config, gpu_ids.len()).map_err(NodeError::Resources)?;
     let path = std::env::var_os("PATH");

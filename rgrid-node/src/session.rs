@@ -430,12 +430,28 @@ fn spawn_attempt(
         async move {
             let node = node2;
             let started_at_ms = unix_ms();
-            let execution = execution.await;
+            let mut execution = execution.await;
             if node.leaving.load(Ordering::SeqCst) {
                 // Killed because the node left: not the task's outcome; the head requeues it.
                 lock(&node.attempts).remove(&attempt);
                 return;
             }
+            let finished_at_ms = unix_ms();
+            // Stored on the head before the result says they exist.
+            let outputs = match crate::executor::outputs::upload(
+                &node.connection,
+                &execution.outputs,
+                &node.stopped,
+            )
+            .await
+            {
+                Ok(outputs) => outputs,
+                Err(exit) => {
+                    execution.exit = exit;
+                    Vec::new()
+                }
+            };
+            drop(std::mem::take(&mut execution.outputs));
             tracing::debug!(exit = %execution.exit, "attempt ended");
             let report = AttemptReport {
                 attempt,
@@ -443,7 +459,8 @@ fn spawn_attempt(
                 stdout: execution.stdout,
                 stderr: execution.stderr,
                 started_at_ms,
-                finished_at_ms: unix_ms(),
+                finished_at_ms,
+                outputs,
             };
             report_result(&node, report).await;
         }
@@ -507,7 +524,12 @@ async fn stage_inputs(
     })?;
     let mut held = Vec::with_capacity(spec.inputs.len());
     for input in &spec.inputs {
-        let InputSource::Object(object) = &input.source;
+        let InputSource::Object(object) = &input.source else {
+            return Err(NotRun::Node(format!(
+                "input {} names another task's output ({}) that the head did not resolve",
+                input.path, input.source
+            )));
+        };
         let fetched = tokio::select! {
             fetched = node.cache.hold(*object, &connection) => fetched,
             _ = cancel.cancelled() => return Err(NotRun::Cancelled),

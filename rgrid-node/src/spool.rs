@@ -188,6 +188,7 @@ mod tests {
             stderr: Vec::new(),
             started_at_ms: 1,
             finished_at_ms: u64::from(attempt),
+            outputs: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use rgrid_core::object::{
     Hasher, Incoming, ObjectPage, ObjectQuery, ObjectRef, CHUNK_BYTES, MAX_PAGE_OBJECTS,
 };
 use rgrid_core::protocol::{Request, Response};
-use rgrid_core::transport::{open_request, TransportError};
+use rgrid_core::transport::{open_request, put_object, PutError, TransportError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::{Client, ClientError};
@@ -55,29 +55,11 @@ impl Client {
         object: ObjectRef,
         source: impl AsyncRead + Unpin,
     ) -> Result<ObjectRef, ClientError> {
-        let mut stream = open_request(&self.connection, &Request::PutObject(object)).await?;
-        match stream.recv.expect().await.map_err(TransportError::from)? {
-            Response::ObjectWanted => {}
-            Response::ObjectStored(_) => return Ok(object),
-            Response::Error(e) => return Err(ClientError::Refused(e)),
-            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
-        }
-        let mut send = stream.send.into_inner();
-        let mut source = BufReader::with_capacity(CHUNK_BYTES, source).take(object.size);
-        let sent = tokio::io::copy_buf(&mut source, &mut send).await;
-        let _ = send.finish();
-        // The head's verdict, also after a failed send (it stops reading what it refuses, and
-        // says why).
-        match stream.recv.expect().await {
-            Ok(Response::ObjectStored(_)) => Ok(object),
-            Ok(Response::Error(e)) => Err(ClientError::Refused(e)),
-            Ok(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
-            Err(err) => match sent {
-                Err(send_err) => Err(ClientError::Unexpected(format!(
-                    "the upload of {object} failed: {send_err}"
-                ))),
-                Ok(_) => Err(TransportError::from(err).into()),
-            },
+        match put_object(&self.connection, object, source).await {
+            Ok(()) => Ok(object),
+            Err(PutError::Refused(e)) => Err(ClientError::Refused(e)),
+            Err(PutError::Transport(e)) => Err(e.into()),
+            Err(PutError::Unexpected(e)) => Err(ClientError::Unexpected(e)),
         }
     }
 

@@ -207,6 +207,20 @@ pub mod process {
         )
     }
 
+    /// `VmRSS` and `VmHWM` (peak) of a process, in bytes.
+    pub fn memory_of(pid: u32) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb << 10)
+                .unwrap()
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// When the test is failing: prints the last `lines` lines of every `*.log` in `dir` (what the
     /// daemons logged).
     pub fn print_logs_if_panicking(dir: &Path, lines: usize) {

@@ -161,7 +161,11 @@ impl<C: Comm> Cluster<C> {
         if task.attempt != attempt.attempt {
             return;
         }
-        let spec = task.spec.to_vec();
+        let spec = self
+            .dependencies
+            .resolved_spec(attempt.task)
+            .unwrap_or(&task.spec)
+            .to_vec();
         let node = &mut self.nodes[index as usize];
         if node.session.is_none() {
             // It reconnects and says what it runs; this attempt is not among it.

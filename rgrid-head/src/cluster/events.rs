@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rgrid_core::object::NamedObject;
 use rgrid_core::protocol::{
     AttemptInfo, ClusterStatus, ExitStatus, HeadMessage, NodeHello, NodeInfo, NodeMessage,
     SubmitAnswer, TaskInfo,
@@ -41,6 +42,19 @@ pub(crate) struct Admitted {
     pub priority: i32,
     /// What `rgrid cost --by` groups it by (the server fills in the client).
     pub cost_keys: CostKeys,
+    /// The tasks whose outputs it takes as inputs.
+    pub dependencies: Vec<TaskId>,
+    /// Those of them the server found finished in the store (the loop no longer holds them).
+    pub finished: Vec<FinishedDependency>,
+}
+
+/// A dependency that had finished (and left the loop) when its dependant was submitted.
+#[derive(Clone, Debug)]
+pub(crate) struct FinishedDependency {
+    pub task: TaskId,
+    pub state: TaskState,
+    pub reason: Option<String>,
+    pub outputs: Vec<NamedObject>,
 }
 
 impl From<rgrid_core::TaskSpec> for Admitted {
@@ -51,6 +65,8 @@ impl From<rgrid_core::TaskSpec> for Admitted {
         };
         Self {
             cost_keys,
+            dependencies: spec.dependencies(),
+            finished: Vec::new(),
             id: spec.id,
             spec: crate::store::encode(&spec),
             resources: spec.resources,
@@ -89,6 +105,8 @@ pub(crate) struct Report {
     pub stdout: Output,
     pub stderr: Output,
     pub finished_at_ms: u64,
+    /// Its declared outputs, stored as objects already.
+    pub outputs: Vec<NamedObject>,
 }
 
 /// Results from one node.
@@ -114,6 +132,8 @@ pub(crate) struct Outcome {
     pub last_attempt: Option<AttemptInfo>,
     /// Number of attempts (the earlier ones are read from the store when asked for).
     pub attempts: u32,
+    /// Its declared outputs, once it succeeded.
+    pub outputs: Vec<NamedObject>,
 }
 
 /// Outcomes of waited-for tasks go here, one per task; the channel holds as many as the wait
@@ -136,8 +156,10 @@ pub(crate) enum Event {
         reply: oneshot::Sender<Vec<TaskId>>,
     },
     /// Answered once the cancellation is durable; `None` when the loop does not hold the task.
+    /// `recursive`: the open tasks that depend on it are cancelled too.
     Cancel {
         task: TaskId,
+        recursive: bool,
         reply: oneshot::Sender<Option<TaskState>>,
     },
     ListNodes {

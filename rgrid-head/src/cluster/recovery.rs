@@ -33,6 +33,7 @@ pub(crate) async fn recover<C: Comm>(
     }
     let mut after = None;
     let mut open = 0;
+    let mut with_dependencies = Vec::new();
     let mut reading = std::time::Duration::ZERO;
     loop {
         let started = std::time::Instant::now();
@@ -42,9 +43,15 @@ pub(crate) async fn recover<C: Comm>(
         after = Some(last.id);
         open += page.len();
         for task in page {
-            cluster.recover_task(task)?;
+            let id = task.id;
+            if cluster.recover_task(task)? {
+                with_dependencies.push(id);
+            }
         }
     }
+    cluster
+        .recover_dependencies(store, &with_dependencies)
+        .await?;
     tracing::debug!(open, ?reading, "read the open tasks back");
     Ok(open)
 }
@@ -63,9 +70,11 @@ impl<C: Comm> Cluster<C> {
     }
 
     /// An open task from the store: waiting for its node when its latest attempt has no end,
-    /// queued otherwise.
-    pub(super) fn recover_task(&mut self, stored: RecoveredTask) -> Result<(), StoreError> {
+    /// pending when it has dependencies and never ran, queued otherwise. True when it has
+    /// dependencies (to be read back after every open task is in the loop).
+    pub(super) fn recover_task(&mut self, stored: RecoveredTask) -> Result<bool, StoreError> {
         let spec: TaskSpec = crate::store::decode_spec(&stored.spec)?;
+        let has_dependencies = !spec.dependencies().is_empty();
         let shape = self
             .shapes
             .intern((spec.resources, spec.constraints), &mut self.metrics);
@@ -115,6 +124,8 @@ impl<C: Comm> Cluster<C> {
                 );
                 node.idle_since_ms = None;
             }
+            // Never ran: its dependencies are settled once every open task is back.
+            _ if has_dependencies && task.attempt == 0 => task.state = TaskState::Pending,
             _ => {
                 let queued = self.queued(id, &task);
                 self.scheduler.enqueue(queued);
@@ -122,6 +133,6 @@ impl<C: Comm> Cluster<C> {
         }
         self.counts.moved(None, Some(task.state));
         self.tasks.insert(id, task);
-        Ok(())
+        Ok(has_dependencies)
     }
 }

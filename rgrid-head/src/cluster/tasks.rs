@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rgrid_core::object::NamedObject;
 use rgrid_core::protocol::{AttemptInfo, ExitStatus, SubmitAnswer};
 use rgrid_core::scheduler::{Decision, QueuedTask};
 use rgrid_core::task::{Constraints, Strategy};
@@ -21,7 +22,7 @@ use super::events::{NodeResults, Outcome, Report, Submission};
 use super::listings::describe;
 use super::{Cluster, Comm, Shape};
 use crate::metrics::{LoopMetrics, ShapeTimes};
-use crate::store::{AttemptEnd, AttemptRow, Counters, Finish, NewTask, Output};
+use crate::store::{AttemptEnd, AttemptRow, Counters, Edge, Finish, NewTask, Output};
 
 /// How long an attempt its node handed back waits before it is placed again.
 const HAND_BACK_PAUSE_MS: u64 = 1000;
@@ -216,6 +217,8 @@ pub(super) struct Ending {
     /// When its last attempt ended on its node; `None` when none ran to an end (the head's
     /// clock is used).
     pub ended_at_ms: Option<u64>,
+    /// Its declared outputs (when it succeeded).
+    pub outputs: Vec<NamedObject>,
 }
 
 impl Ending {
@@ -228,6 +231,7 @@ impl Ending {
             stdout: Output::Empty,
             stderr: Output::Empty,
             ended_at_ms: None,
+            outputs: Vec::new(),
         }
     }
 }
@@ -284,6 +288,23 @@ impl<C: Comm> Cluster<C> {
                 });
                 continue;
             }
+            let admission = match admitted_spec(&admitted)
+                .and_then(|spec| self.admit_dependencies(&admitted, &spec))
+            {
+                Ok(admission) => admission,
+                Err(message) => {
+                    answers.push(SubmitAnswer::Rejected(format!(
+                        "task {}: {message}",
+                        admitted.id
+                    )));
+                    continue;
+                }
+            };
+            let state = if admission.is_some() {
+                TaskState::Pending
+            } else {
+                TaskState::Queued
+            };
             let shape = (admitted.resources, admitted.constraints);
             if self.autoscaling {
                 self.count_arrival(&shape);
@@ -292,16 +313,24 @@ impl<C: Comm> Cluster<C> {
             self.commits.pending.inserts.push(NewTask {
                 id: admitted.id,
                 spec: admitted.spec.clone(),
+                state,
                 submitted_at_ms: now,
                 submitted_by: submission.client.clone(),
                 cost_keys: admitted.cost_keys,
             });
+            self.commits
+                .pending
+                .edges
+                .extend(admitted.dependencies.iter().map(|&dependency| Edge {
+                    task: admitted.id,
+                    dependency,
+                }));
             let task = Task {
                 spec: admitted.spec.into_boxed_slice(),
                 shape,
                 priority: admitted.priority,
                 strategy: admitted.strategy,
-                state: TaskState::Queued,
+                state,
                 confirmed: false,
                 delivered: false,
                 attempt: 0,
@@ -314,10 +343,15 @@ impl<C: Comm> Cluster<C> {
                 write_seq: seq,
                 outcome: None,
             };
-            let queued = self.queued(admitted.id, &task);
-            self.scheduler.enqueue(queued);
+            if state == TaskState::Queued {
+                let queued = self.queued(admitted.id, &task);
+                self.scheduler.enqueue(queued);
+            }
             self.tasks.insert(admitted.id, task);
-            self.counts.moved(None, Some(TaskState::Queued));
+            self.counts.moved(None, Some(state));
+            if let Some(admission) = admission {
+                self.wait_for_dependencies(admitted.id, admission);
+            }
             inserted.push((answers.len(), admitted.id));
             answers.push(SubmitAnswer::Accepted);
             wait_for = seq;
@@ -492,6 +526,7 @@ impl<C: Comm> Cluster<C> {
             stdout: report.stdout,
             stderr: report.stderr,
             ended_at_ms: Some(report.finished_at_ms),
+            outputs: report.outputs,
         };
         self.finish(id, ending);
     }
@@ -520,7 +555,10 @@ impl<C: Comm> Cluster<C> {
     fn retry_after_failure(&mut self, report: &Report) -> bool {
         let failed = match report.exit {
             ExitStatus::Exited(code) => code != 0,
-            ExitStatus::OutOfMemory | ExitStatus::TimedOut | ExitStatus::Signalled { .. } => true,
+            ExitStatus::OutOfMemory
+            | ExitStatus::TimedOut
+            | ExitStatus::Signalled { .. }
+            | ExitStatus::OutputFailed(_) => true,
             ExitStatus::StartFailed(_) | ExitStatus::Killed | ExitStatus::HandedBack(_) => false,
         };
         let id = report.attempt.task;
@@ -648,6 +686,7 @@ impl<C: Comm> Cluster<C> {
             stdout,
             stderr,
             ended_at_ms,
+            outputs,
         } = ending;
         let seq = self.commits.pending_seq;
         let now = ended_at_ms.unwrap_or_else(unix_ms);
@@ -697,24 +736,33 @@ impl<C: Comm> Cluster<C> {
             node: node.map(|n| n.id),
             node_losses: task.node_losses,
             failures: task.failures,
+            outputs: outputs.clone(),
         });
         task.outcome = Some(Arc::new(Outcome {
             task: id,
             state,
             exit_code,
-            reason,
+            reason: reason.clone(),
             stdout,
             stderr,
             last_attempt,
             attempts: task.attempt,
+            outputs,
         }));
         self.details.remove(&id);
         self.set_state(id, state);
         self.after(seq, Effect::Finished(id));
+        self.dependency_ended(id);
     }
 
-    /// Cancels a task; answers once the cancellation is durable.
-    pub(super) fn cancel(&mut self, id: TaskId, reply: oneshot::Sender<Option<TaskState>>) {
+    /// Cancels a task (with `recursive`, also the open tasks that depend on it); answers once
+    /// the cancellation is durable.
+    pub(super) fn cancel(
+        &mut self,
+        id: TaskId,
+        recursive: bool,
+        reply: oneshot::Sender<Option<TaskState>>,
+    ) {
         let Some(task) = self.tasks.get(&id) else {
             let _ = reply.send(None);
             return;
@@ -738,10 +786,12 @@ impl<C: Comm> Cluster<C> {
                     .send(session, rgrid_core::protocol::HeadMessage::Kill { attempt });
             }
         }
-        self.finish(
-            id,
-            Ending::without_run(TaskState::Cancelled, "cancelled by a client".into()),
-        );
+        let ending = Ending::without_run(TaskState::Cancelled, "cancelled by a client".into());
+        if recursive {
+            self.cancel_with_dependants(id, ending);
+        } else {
+            self.finish(id, ending);
+        }
         let seq = self.commits.pending_seq;
         self.after(
             seq,
@@ -766,6 +816,7 @@ impl<C: Comm> Cluster<C> {
         }
         self.details.remove(&id);
         self.shapes.release(task.shape);
+        self.dependency_ended(id);
     }
 
     /// Drops a finished task whose end is durable.
@@ -776,6 +827,14 @@ impl<C: Comm> Cluster<C> {
         self.shapes.release(task.shape);
         task.outcome
     }
+}
+
+/// The spec of a task with dependencies, decoded to check them (tasks without any skip it).
+fn admitted_spec(admitted: &super::events::Admitted) -> Result<TaskSpec, String> {
+    if admitted.dependencies.is_empty() {
+        return Ok(TaskSpec::new(""));
+    }
+    crate::store::decode_spec(&admitted.spec).map_err(|e| e.to_string())
 }
 
 /// A span of wall-clock milliseconds in seconds, for histograms.

@@ -154,6 +154,7 @@ fn result(c: &mut Loop, node: NodeId, attempt: AttemptId, exit: ExitStatus) {
             stdout: Output::Inline(b"out".to_vec()),
             stderr: Output::Empty,
             finished_at_ms: 1,
+            outputs: Vec::new(),
         }],
         reply: None,
     });
@@ -449,6 +450,7 @@ fn a_cancel_is_answered_after_its_commit() {
     let (reply, mut answer) = oneshot::channel();
     c.handle(Event::Cancel {
         task: spec.id,
+        recursive: false,
         reply,
     });
     c.end_turn();
@@ -708,4 +710,65 @@ fn a_priced_node_bills_its_hours_to_the_attempts_it_ran() {
     let _reply = submit(&mut c, &[task()]);
     let batch = commit(&mut c);
     assert_eq!(batch.attempts[0].hourly_price, None);
+}
+
+/// A chain of 100,000 tasks, each taking the previous one's output: all `Pending` at once, and
+/// the root's cancel fails every one in the same turn (a worklist, not a recursion as deep as the
+/// chain), each naming its own dependency, at a cost of one step per edge.
+#[test]
+fn a_long_chain_of_dependants_fails_in_one_turn() {
+    let mut c = cluster();
+    let n = 100_000;
+    let mut specs = vec![task().output("o", "/o")];
+    for i in 1..n {
+        let previous = specs[i - 1].id;
+        specs.push(
+            task()
+                .input(
+                    "/in",
+                    rgrid_core::task::InputSource::TaskOutput {
+                        task: previous,
+                        name: "o".into(),
+                    },
+                )
+                .output("o", "/o"),
+        );
+    }
+    let started = std::time::Instant::now();
+    let _reply = submit(&mut c, &specs);
+    let batch = commit(&mut c);
+    assert_eq!(batch.inserts.len(), n);
+    assert_eq!(batch.edges.len(), n - 1, "one edge per dependency");
+    assert_eq!(c.counts.get(TaskState::Pending), (n - 1) as u64);
+    let (reply, _answer) = oneshot::channel();
+    c.handle(Event::Cancel {
+        task: specs[0].id,
+        recursive: false,
+        reply,
+    });
+    c.end_turn();
+    let batch = commit(&mut c);
+    assert_eq!(
+        batch.finishes.len(),
+        n,
+        "the root and every dependant ended"
+    );
+    let last = batch
+        .finishes
+        .iter()
+        .find(|f| f.task == specs[n - 1].id)
+        .expect("the last one ended");
+    assert_eq!(last.state, TaskState::DependencyFailed);
+    let reason = last.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains(&specs[n - 2].id.to_string())
+            && reason.contains(&specs[0].id.to_string())
+            && reason.len() < 300,
+        "names its dependency and the first failure, briefly: {reason}"
+    );
+    assert!(c.dependencies.is_empty(), "nothing is kept for ended tasks");
+    eprintln!(
+        "100,000-task chain submitted and failed in {:?}",
+        started.elapsed()
+    );
 }

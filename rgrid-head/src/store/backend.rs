@@ -10,13 +10,13 @@
 //! placeholders costs quadratic time to bind.
 
 /// Rows per multi-row statement: a batch of `n` rows of a kind takes `n / 1024` statements of
-/// 1,024 rows and at most three of each smaller size. (The widest row, a finish, has 13
-/// placeholders: 13,312 a statement, under SQLite's 32,766 and PostgreSQL's 65,535.)
+/// 1,024 rows and at most three of each smaller size. (The widest row, a finish, has 14
+/// placeholders: 14,336 a statement, under SQLite's 32,766 and PostgreSQL's 65,535.)
 pub(super) const CHUNKS: [usize; 6] = [1024, 256, 64, 16, 4, 1];
 
 /// The states of a finished task, as the partial index `tasks_open_id` spells them, so that the
 /// recovery query can use it.
-const OPEN: &str = "state NOT IN ('succeeded', 'failed', 'cancelled', 'unschedulable', 'lost')";
+const OPEN: &str = "state NOT IN ('succeeded', 'failed', 'cancelled', 'unschedulable', 'lost', 'dependency_failed')";
 
 /// `n` copies of `row`, comma-separated; with `numbered`, each `?` becomes `$1`, `$2`, …
 /// across all rows.
@@ -53,6 +53,7 @@ pub(super) fn rows(row: &str, n: usize, numbered: bool) -> String {
 /// column is behind a unary `+`, so the partial index of open tasks is not a candidate.
 pub(super) struct TaskSql {
     pub insert: Vec<String>,
+    pub edges: Vec<String>,
     pub attempts: Vec<String>,
     pub finishes: Vec<String>,
     pub attempt_end: String,
@@ -79,7 +80,14 @@ impl TaskSql {
                 format!(
                     "INSERT INTO tasks (id, spec, state, submitted_at_ms, submitted_by, shape, selector)
                      VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-                    rows("(?, ?, 'queued', ?, ?, ?, ?)", n)
+                    rows("(?, ?, ?, ?, ?, ?, ?)", n)
+                )
+            }),
+            edges: per_chunk(&|n| {
+                format!(
+                    "INSERT INTO task_dependencies (task, dependency) VALUES {}
+                     ON CONFLICT (task, dependency) DO NOTHING",
+                    rows("(?, ?)", n)
                 )
             }),
             attempts: per_chunk(&|n| {
@@ -108,21 +116,22 @@ impl TaskSql {
                 format!(
                     "INSERT INTO tasks (id, spec, submitted_at_ms, state, finished_at_ms, exit_code,
                        reason, stdout, stderr, stdout_hash, stderr_hash, attempt, node, node_losses,
-                       failures)
+                       failures, outputs)
                      VALUES {}
                      ON CONFLICT (id) DO UPDATE SET state = excluded.state,
                        finished_at_ms = excluded.finished_at_ms, exit_code = excluded.exit_code,
                        reason = excluded.reason, stdout = excluded.stdout, stderr = excluded.stderr,
                        stdout_hash = excluded.stdout_hash, stderr_hash = excluded.stderr_hash,
                        attempt = excluded.attempt, node = excluded.node,
-                       node_losses = excluded.node_losses, failures = excluded.failures
+                       node_losses = excluded.node_losses, failures = excluded.failures,
+                       outputs = excluded.outputs
                      WHERE tasks.{OPEN}",
                     rows(
                         &format!(
                             "(CAST(? AS TEXT), CAST('' AS {blob}), 0, CAST(? AS TEXT), CAST(? AS BIGINT), \
                              CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS {blob}), CAST(? AS {blob}), \
                              CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), \
-                             CAST(? AS BIGINT), CAST(? AS BIGINT))"
+                             CAST(? AS BIGINT), CAST(? AS BIGINT), CAST(? AS {blob}))"
                         ),
                         n
                     )
@@ -171,7 +180,7 @@ macro_rules! backend {
             use crate::store::batch::{Output, Write, WriteBatch};
             use crate::store::{
                 decode, encode, parse_id, to_i64, to_u32, to_u64, LatestAttempt, ListedTask,
-                RecoveredTask, StoreError, StoredNode, StoredTask, StoredToken,
+                RecoveredTask, StoreError, StoredEdge, StoredNode, StoredTask, StoredToken,
             };
 
             type Db = $db;
@@ -286,7 +295,7 @@ macro_rules! backend {
                 for (size, chunk) in chunks(ids) {
                     let sql = format!(
                         "SELECT t.id, t.spec, t.state, t.attempt, t.finished_at_ms, t.exit_code,
-                           t.reason, t.stdout, t.stderr, t.stdout_hash, t.stderr_hash,
+                           t.reason, t.stdout, t.stderr, t.stdout_hash, t.stderr_hash, t.outputs,
                            a.node AS a_node, a.node_name AS a_node_name,
                            a.started_at_ms AS a_started, a.ended_at_ms AS a_ended,
                            a.outcome AS a_outcome
@@ -320,6 +329,7 @@ macro_rules! backend {
                             reason: row.get("reason"),
                             stdout: Output::from_columns(row.get("stdout"), row.get("stdout_hash")),
                             stderr: Output::from_columns(row.get("stderr"), row.get("stderr_hash")),
+                            outputs: decode_outputs(row.get("outputs"))?,
                             // Earlier attempts only when there were any (rare).
                             attempts: if attempt > 1 {
                                 attempts(pool, id).await?
@@ -498,6 +508,42 @@ macro_rules! backend {
                     .collect()
             }
 
+            /// The dependencies of `tasks`, with their states and outputs; one query per chunk.
+            pub(crate) async fn edges(
+                pool: &Pool,
+                tasks: &[TaskId],
+            ) -> Result<Vec<StoredEdge>, StoreError> {
+                let mut found = Vec::new();
+                for (size, chunk) in chunks(tasks) {
+                    let sql = format!(
+                        "SELECT e.task, e.dependency, d.state, d.reason, d.outputs
+                         FROM task_dependencies e JOIN tasks d ON d.id = e.dependency
+                         WHERE e.task IN ({})",
+                        super::rows("?", super::CHUNKS[size], !$sqlite)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for row in query.fetch_all(pool).await? {
+                        found.push(StoredEdge {
+                            task: parse_id(row.get("task"), "task id")?,
+                            dependency: parse_id(row.get("dependency"), "dependency id")?,
+                            state: parse_state(row.get("state"))?,
+                            reason: row.get("reason"),
+                            outputs: decode_outputs(row.get("outputs"))?,
+                        });
+                    }
+                }
+                Ok(found)
+            }
+
+            fn decode_outputs(
+                blob: Option<Vec<u8>>,
+            ) -> Result<Vec<rgrid_core::object::NamedObject>, StoreError> {
+                blob.map_or(Ok(Vec::new()), |b| decode(&b, "task outputs"))
+            }
+
             fn parse_state(state: String) -> Result<TaskState, StoreError> {
                 TaskState::parse(&state).ok_or(StoreError::Corrupt {
                     what: "task state",
@@ -547,6 +593,7 @@ macro_rules! backend {
                         query = query
                             .bind(row.id.to_string())
                             .bind(&row.spec)
+                            .bind(row.state.as_str())
                             .bind(to_i64(row.submitted_at_ms))
                             .bind(&row.submitted_by)
                             .bind(&row.cost_keys.shape)
@@ -566,6 +613,15 @@ macro_rules! backend {
                     );
                 }
                 batch.drop_tasks(&known);
+                for (size, chunk) in chunks(&batch.edges) {
+                    let mut query = sqlx::query(&sql.edges[size]);
+                    for edge in chunk {
+                        query = query
+                            .bind(edge.task.to_string())
+                            .bind(edge.dependency.to_string());
+                    }
+                    query.execute(&mut *tx).await?;
+                }
                 for (size, chunk) in chunks(&batch.attempts) {
                     let mut query = sqlx::query(&sql.attempts[size]);
                     for row in chunk {
@@ -613,7 +669,8 @@ macro_rules! backend {
                             .bind(i64::from(row.attempt))
                             .bind(row.node.map(|n| n.to_string()))
                             .bind(i64::from(row.node_losses))
-                            .bind(i64::from(row.failures));
+                            .bind(i64::from(row.failures))
+                            .bind((!row.outputs.is_empty()).then(|| encode(&row.outputs)));
                     }
                     query.execute(&mut *tx).await?;
                 }
@@ -848,6 +905,7 @@ mod cost {
             batch.inserts.push(NewTask {
                 id: task,
                 spec: vec![0],
+                state: TaskState::Queued,
                 submitted_at_ms: 0,
                 submitted_by: None,
                 cost_keys: CostKeys {
@@ -876,6 +934,7 @@ mod cost {
                 node: Some(node),
                 node_losses: 0,
                 failures: 0,
+                outputs: Vec::new(),
             });
             let open = if i == 2 {
                 held_cost(share, end - start, price)
@@ -940,6 +999,7 @@ mod cost {
         batch.inserts.push(NewTask {
             id: skewed,
             spec: vec![0],
+            state: TaskState::Queued,
             submitted_at_ms: 0,
             submitted_by: None,
             cost_keys: CostKeys::default(),
@@ -965,6 +1025,7 @@ mod cost {
             node: Some(node),
             node_losses: 0,
             failures: 0,
+            outputs: Vec::new(),
         });
         store
             .commit(batch)
@@ -1016,9 +1077,10 @@ mod plans {
         let sql = TaskSql::new("BLOB", "REAL", true);
         let single = |s: &String| vec![s.clone()];
         for (what, statements, width) in [
-            ("insert", sql.insert.clone(), 6),
+            ("insert", sql.insert.clone(), 7),
+            ("edges", sql.edges.clone(), 2),
             ("attempts", sql.attempts.clone(), 7),
-            ("finishes", sql.finishes.clone(), 13),
+            ("finishes", sql.finishes.clone(), 14),
             ("attempt end", single(&sql.attempt_end), 4),
             ("counters", single(&sql.counters), 3),
         ] {

@@ -6,6 +6,7 @@
 //! [`Counters`] row. Every statement is guarded so that it can only move a task forward: inserts
 //! never overwrite, attempts are only added to open tasks, and nothing updates a finished task.
 
+use rgrid_core::object::NamedObject;
 use rgrid_core::{NodeId, TaskId, TaskState};
 
 use super::{StoredNode, StoredToken};
@@ -18,6 +19,9 @@ pub(crate) struct NewTask {
     pub id: TaskId,
     /// The postcard-encoded spec.
     pub spec: Vec<u8>,
+    /// `Queued`, or `Pending` for a task that waits for dependencies (it stays so in the store
+    /// until it is placed: a restart works out again whether they are met).
+    pub state: TaskState,
     pub submitted_at_ms: u64,
     /// The client that submitted it (`None` in tests of the loop alone).
     pub submitted_by: Option<String>,
@@ -56,6 +60,13 @@ pub(crate) struct AttemptEnd {
     pub attempt: u32,
     pub ended_at_ms: u64,
     pub outcome: String,
+}
+
+/// A task takes an output of `dependency` as an input: written with the task's insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Edge {
+    pub task: TaskId,
+    pub dependency: TaskId,
 }
 
 /// The retry budgets a task has used, written when they change.
@@ -116,6 +127,8 @@ pub(crate) struct Finish {
     pub node: Option<NodeId>,
     pub node_losses: u32,
     pub failures: u32,
+    /// Its declared outputs (once it succeeded).
+    pub outputs: Vec<NamedObject>,
 }
 
 /// Writes outside the task path: nodes and join tokens.
@@ -145,6 +158,7 @@ pub(crate) enum Write {
 #[derive(Debug, Default)]
 pub(crate) struct WriteBatch {
     pub inserts: Vec<NewTask>,
+    pub edges: Vec<Edge>,
     pub attempts: Vec<AttemptRow>,
     pub attempt_ends: Vec<AttemptEnd>,
     pub counters: Vec<Counters>,
@@ -160,6 +174,7 @@ impl WriteBatch {
     /// Rows in the batch.
     pub(crate) fn rows(&self) -> usize {
         self.inserts.len()
+            + self.edges.len()
             + self.attempts.len()
             + self.attempt_ends.len()
             + self.counters.len()
@@ -173,6 +188,7 @@ impl WriteBatch {
         if known.is_empty() {
             return;
         }
+        self.edges.retain(|r| !known.contains(&r.task));
         self.attempts.retain(|r| !known.contains(&r.task));
         self.attempt_ends.retain(|r| !known.contains(&r.task));
         self.counters.retain(|r| !known.contains(&r.task));

@@ -12,23 +12,26 @@
 //! - 2: written before the version was recorded: the protocol 2 spec ([`TaskSpecV2`], no
 //!   `inputs`), or the protocol 3 one. The head did not record which, so each blob is read as
 //!   version 3 first (an exact decode: a version 2 blob is one field short of it).
-//! - 3: the protocol 3 spec, with `inputs` ([`TaskSpecV3`]). Current.
+//! - 3: the protocol 3 spec, with `inputs` ([`TaskSpecV3`]).
+//! - 4: the protocol 4 spec, with `outputs` (and inputs that may name other tasks' outputs: an
+//!   enum variant appended, so version 3's inputs decode as they are). Current.
 //!
-//! Adding version 4 (say, `TaskSpec` gains `outputs`):
-//! 1. replace the alias [`TaskSpecV3`] with a copy of `TaskSpec` as it is before the change
-//!    (the shape version 3 wrote; freeze a nested type too when it changes);
-//! 2. add the step `3 => v3_to_v4(blob)` to [`step`], decoding a `TaskSpecV3` and building the
-//!    new `TaskSpec` from it;
-//! 3. bump [`CURRENT`] to 4, and add a test blob of version 3 to the tests below.
+//! Adding version 5 (say, `TaskSpec` gains a field):
+//! 1. replace the alias [`TaskSpecV4`] with a copy of `TaskSpec` as it is before the change
+//!    (the shape version 4 wrote; freeze a nested type too when it changes other than by an
+//!    appended enum variant), with `From<TaskSpecV4> for TaskSpec`;
+//! 2. in [`convert`], decode version 4 blobs as `TaskSpecV4` and take every older one through
+//!    it to the new `TaskSpec`;
+//! 3. bump [`CURRENT`] to 5, and add a test blob of version 4 to the tests below.
 
-use rgrid_core::task::{Constraints, NetworkMode, RetryPolicy, Strategy};
+use rgrid_core::task::{Constraints, Input, NetworkMode, RetryPolicy, Strategy};
 use rgrid_core::{Resources, TaskId, TaskSpec};
 use serde::Deserialize;
 
 use super::{Pool, StoreError};
 
 /// The version this head writes.
-pub(crate) const CURRENT: i64 = 3;
+pub(crate) const CURRENT: i64 = 4;
 
 /// The key of the version in `store_meta`.
 const KEY: &str = "task_spec_encoding";
@@ -36,8 +39,49 @@ const KEY: &str = "task_spec_encoding";
 /// Rows converted per query.
 const PAGE: i64 = 1000;
 
-/// The shape version 3 writes: today's [`TaskSpec`].
-pub(crate) type TaskSpecV3 = TaskSpec;
+/// The shape version 4 writes: today's [`TaskSpec`].
+pub(crate) type TaskSpecV4 = TaskSpec;
+
+/// The protocol 3 spec: the shape before `outputs` (field order is the encoding).
+#[derive(Deserialize)]
+pub(crate) struct TaskSpecV3 {
+    id: TaskId,
+    image: String,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    resources: Resources,
+    constraints: Constraints,
+    strategy: Strategy,
+    timeout_ms: Option<u64>,
+    retry: RetryPolicy,
+    network: NetworkMode,
+    priority: i32,
+    read_only_rootfs: bool,
+    inputs: Vec<Input>,
+}
+
+impl From<TaskSpecV3> for TaskSpecV4 {
+    fn from(old: TaskSpecV3) -> Self {
+        Self {
+            id: old.id,
+            image: old.image,
+            command: old.command,
+            env: old.env,
+            workdir: old.workdir,
+            resources: old.resources,
+            constraints: old.constraints,
+            strategy: old.strategy,
+            timeout_ms: old.timeout_ms,
+            retry: old.retry,
+            network: old.network,
+            priority: old.priority,
+            read_only_rootfs: old.read_only_rootfs,
+            inputs: old.inputs,
+            outputs: Vec::new(),
+        }
+    }
+}
 
 /// The protocol 2 spec: the shape before `inputs` (field order is the encoding).
 #[derive(Deserialize)]
@@ -85,32 +129,25 @@ fn exact<T: serde::de::DeserializeOwned>(blob: &[u8]) -> Result<T, StoreError> {
     })
 }
 
-/// A blob of `version` as one of `version + 1`: `None` when its bytes stay the same.
-fn step(version: i64, blob: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    match version {
-        2 => {
-            if exact::<TaskSpecV3>(blob).is_ok() {
-                return Ok(None);
-            }
-            let old: TaskSpecV2 = exact(blob)?;
-            Ok(Some(super::encode(&TaskSpecV3::from(old))))
-        }
-        _ => Err(StoreError::Corrupt {
-            what: "task spec encoding",
-            detail: format!("no conversion from version {version}"),
-        }),
-    }
-}
-
 /// A blob of `version` as one of [`CURRENT`]: `None` when its bytes stay the same.
 pub(crate) fn convert(version: i64, blob: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut converted: Option<Vec<u8>> = None;
-    for from in version..CURRENT {
-        if let Some(next) = step(from, converted.as_deref().unwrap_or(blob))? {
-            converted = Some(next);
+    let v3 = match version {
+        CURRENT => return Ok(None),
+        // Either shape: the protocol 3 one is an exact decode, a protocol 2 blob is one field
+        // short of it.
+        2 => match exact::<TaskSpecV3>(blob) {
+            Ok(v3) => v3,
+            Err(_) => exact::<TaskSpecV2>(blob)?.into(),
+        },
+        3 => exact::<TaskSpecV3>(blob)?,
+        _ => {
+            return Err(StoreError::Corrupt {
+                what: "task spec encoding",
+                detail: format!("no conversion from version {version}"),
+            })
         }
-    }
-    Ok(converted)
+    };
+    Ok(Some(super::encode(&TaskSpecV4::from(v3))))
 }
 
 /// Brings the database's task specs to [`CURRENT`] (once: nothing to do when they are).
@@ -220,29 +257,40 @@ mod tests {
         Store::open(url, RetryPolicy::default(), &TaskTracker::new()).await
     }
 
-    /// A version 2 blob: the protocol 2 spec is today's without its last field, `inputs`
+    /// A version 3 blob: the protocol 3 spec is today's without its last field, `outputs`
     /// (an empty list is one zero byte).
-    fn v2_blob(spec: &TaskSpec) -> Vec<u8> {
-        assert!(spec.inputs.is_empty());
+    fn v3_blob(spec: &TaskSpec) -> Vec<u8> {
+        assert!(spec.outputs.is_empty());
         let mut blob = encode(spec);
         assert_eq!(blob.pop(), Some(0));
         blob
     }
 
+    /// A version 2 blob: the protocol 2 spec is version 3's without its last field, `inputs`.
+    fn v2_blob(spec: &TaskSpec) -> Vec<u8> {
+        assert!(spec.inputs.is_empty());
+        let mut blob = v3_blob(spec);
+        assert_eq!(blob.pop(), Some(0));
+        blob
+    }
+
     #[test]
-    fn version_2_blobs_of_either_shape_convert() {
+    fn older_blobs_convert() {
         let spec = TaskSpec::new("img").command(["echo", "hi"]).priority(3);
         let converted = convert(2, &v2_blob(&spec))
             .expect("a protocol 2 spec converts")
             .expect("its bytes change");
         assert_eq!(decode_spec(&converted).expect("decodes"), spec);
-        // A protocol 3 spec written before the version was recorded stays as it is.
+        // A protocol 3 spec, written before the version was recorded or after.
         let with_input = spec.input("/in", ObjectRef::of(b"x"));
-        assert_eq!(convert(2, &encode(&with_input)).expect("converts"), None);
-        assert_eq!(
-            convert(CURRENT, &encode(&with_input)).expect("converts"),
-            None
-        );
+        for version in [2, 3] {
+            let converted = convert(version, &v3_blob(&with_input))
+                .expect("a protocol 3 spec converts")
+                .expect("its bytes change");
+            assert_eq!(decode_spec(&converted).expect("decodes"), with_input);
+        }
+        let current = with_input.output("out", "/out");
+        assert_eq!(convert(CURRENT, &encode(&current)).expect("converts"), None);
         // Neither shape: an error that names it, nothing guessed.
         let err = convert(2, &[1, 2, 3]).expect_err("garbage");
         assert!(err.to_string().contains("task spec"), "{err}");
@@ -286,7 +334,7 @@ mod tests {
         }
     }
 
-    /// The same conversion on PostgreSQL: a version 2 row next to a version 3 one.
+    /// The same conversion on PostgreSQL: a version 2 row next to a protocol 3 one.
     #[tokio::test]
     async fn version_2_rows_convert_on_postgres() {
         let Some(url) = crate::store::test_postgres_database().await else {
@@ -298,7 +346,7 @@ mod tests {
         };
         let old = TaskSpec::new("old").command(["a"]);
         let new = TaskSpec::new("new").input("/in", ObjectRef::of(b"x"));
-        for (spec, blob) in [(&old, v2_blob(&old)), (&new, encode(&new))] {
+        for (spec, blob) in [(&old, v2_blob(&old)), (&new, v3_blob(&new))] {
             sqlx::query(
                 "INSERT INTO tasks (id, spec, state, submitted_at_ms) VALUES ($1, $2, 'queued', 1)",
             )

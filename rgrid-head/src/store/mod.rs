@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use rgrid_core::object::NamedObject;
 use rgrid_core::protocol::{AttemptInfo, CostBy, CostQuery, CostReport, MAX_COST_GROUPS};
 use rgrid_core::{NodeId, TaskId, TaskState};
 use sqlx::postgres::PgPoolOptions;
@@ -33,12 +34,14 @@ macro_rules! on_pool {
 
 mod backend;
 pub(crate) mod batch;
+#[cfg(test)]
+mod edge_tests;
 mod encoding;
 mod revocations;
 mod tokens;
 
 pub(crate) use batch::{
-    AttemptEnd, AttemptRow, CostKeys, Counters, Finish, NewTask, Output, Write, WriteBatch,
+    AttemptEnd, AttemptRow, CostKeys, Counters, Edge, Finish, NewTask, Output, Write, WriteBatch,
 };
 
 /// Storage failures.
@@ -91,6 +94,19 @@ pub(crate) struct StoredTask {
     pub stdout: Output,
     pub stderr: Output,
     pub attempts: Vec<AttemptInfo>,
+    /// Its declared outputs, once it succeeded.
+    pub outputs: Vec<NamedObject>,
+}
+
+/// A dependency of an open task, as recovery reads it.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredEdge {
+    pub task: TaskId,
+    pub dependency: TaskId,
+    /// The dependency's state, and why it ended (when it did) and its outputs.
+    pub state: TaskState,
+    pub reason: Option<String>,
+    pub outputs: Vec<NamedObject>,
 }
 
 /// A task's row as a listing shows it.
@@ -278,6 +294,11 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RecoveredTask>, StoreError> {
         on_pool!(&self.pool, backend::recover_page(after, limit))
+    }
+
+    /// The dependencies of `tasks` (open tasks), with their states and outputs.
+    pub(crate) async fn edges(&self, tasks: &[TaskId]) -> Result<Vec<StoredEdge>, StoreError> {
+        on_pool!(&self.pool, backend::edges(tasks))
     }
 
     /// One task, whatever its state.

@@ -22,13 +22,15 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bollard::container::{
-    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, ListContainersOptions,
-    LogOutput, LogsOptions, RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
+    KillContainerOptions, ListContainersOptions, LogOutput, LogsOptions, RemoveContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::errors::Error as DockerError;
 use bollard::Docker;
 use futures::StreamExt;
 use rgrid_core::protocol::ExitStatus;
+use rgrid_core::task::OutputSpec;
 use rgrid_core::time::unix_ms;
 use rgrid_core::{AttemptId, TaskSpec};
 use tokio_util::sync::CancellationToken;
@@ -38,10 +40,11 @@ use tracing::Instrument;
 pub use container::MANAGED_LABEL;
 use container::{
     create_options, mount_inputs, ContainerPolicy, ATTEMPT_LABEL, DEADLINE_LABEL, NODE_LABEL,
-    TASK_LABEL,
+    OUTPUTS_LABEL, TASK_LABEL,
 };
 use image::Images;
 
+use super::outputs::OutputDir;
 use super::{
     watch, Capture, Channel, Ended, Execution, Milestone, NotRun, StagedInput, OUTPUT_GRACE,
 };
@@ -57,6 +60,8 @@ pub struct DockerExecutor {
     policy: ContainerPolicy,
     max_output_bytes: usize,
     kill_grace: Duration,
+    /// Where declared outputs are collected.
+    outputs: OutputDir,
     /// Container removals after their results went back; waited for when the node stops.
     cleanup: TaskTracker,
 }
@@ -69,7 +74,11 @@ pub struct DockerUnavailable(String);
 impl DockerExecutor {
     /// Connects to the engine (`docker_host`, else `DOCKER_HOST` or the local socket) and
     /// negotiates the API version (older engines refuse a newer client version).
-    pub async fn connect(node: String, config: &NodeConfig) -> Result<Self, DockerUnavailable> {
+    pub(crate) async fn connect(
+        node: String,
+        config: &NodeConfig,
+        outputs: OutputDir,
+    ) -> Result<Self, DockerUnavailable> {
         let docker = match &config.docker_host {
             Some(host) => {
                 Docker::connect_with_socket(host, ENGINE_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
@@ -101,6 +110,7 @@ impl DockerExecutor {
             },
             max_output_bytes: config.max_output_bytes,
             kill_grace: config.kill_grace,
+            outputs,
             cleanup: TaskTracker::new(),
         })
     }
@@ -145,6 +155,11 @@ impl DockerExecutor {
                 continue;
             };
             let deadline_ms = labels.get(DEADLINE_LABEL).and_then(|d| d.parse().ok());
+            let outputs = labels
+                .get(OUTPUTS_LABEL)
+                .and_then(|o| hex::decode(o).ok())
+                .and_then(|o| postcard::from_bytes(&o).ok())
+                .unwrap_or_default();
             let gpus = step("inspect", self.docker.inspect_container(&id, None))
                 .await
                 .ok()
@@ -159,6 +174,7 @@ impl DockerExecutor {
                 attempt,
                 id,
                 deadline_ms,
+                outputs,
                 gpus,
             });
         }
@@ -180,7 +196,9 @@ impl DockerExecutor {
         let timeout = leftover
             .deadline_ms
             .map(|d| Duration::from_millis(d.saturating_sub(unix_ms())));
-        let execution = self.finish(&leftover.id, capture, timeout, cancel).await;
+        let mut execution = self.finish(&leftover.id, capture, timeout, cancel).await;
+        self.collect(&leftover.id, &leftover.outputs, &mut execution)
+            .await;
         self.remove_later(leftover.id);
         execution
     }
@@ -232,11 +250,33 @@ impl DockerExecutor {
             Ok(id) => id,
             Err(not_run) => return not_run.into(),
         };
-        let execution = self
+        let mut execution = self
             .run_container(&id, spec, cancel, || progress(Milestone::Started))
             .await;
+        self.collect(&id, &spec.outputs, &mut execution).await;
         self.remove_later(id);
         execution
+    }
+
+    /// After an exit 0, reads the declared outputs out of the stopped container.
+    async fn collect(&self, id: &str, declared: &[OutputSpec], execution: &mut Execution) {
+        let outputs = &self.outputs;
+        super::outputs::collect_all(execution, declared, |output| {
+            let options = DownloadFromContainerOptions {
+                path: output.path.clone(),
+            };
+            let archive = self.docker.download_from_container(id, Some(options));
+            outputs.collect_archive(output, Box::pin(archive), |err| {
+                matches!(
+                    err,
+                    DockerError::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }
+                )
+            })
+        })
+        .await;
     }
 
     /// Creates the container (pulling its image as the policy says); returns its id.
@@ -368,6 +408,7 @@ impl DockerExecutor {
             exit,
             stdout,
             stderr,
+            outputs: Vec::new(),
         }
     }
 
@@ -428,6 +469,8 @@ pub(crate) struct Leftover {
     id: String,
     /// When its timeout passes (Unix ms), if it has one.
     deadline_ms: Option<u64>,
+    /// Its task's declared outputs (from its label).
+    outputs: Vec<OutputSpec>,
     /// The GPU ids it was given.
     pub gpus: Vec<String>,
 }

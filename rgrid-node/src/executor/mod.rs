@@ -5,6 +5,7 @@
 //! time.
 
 pub mod docker;
+pub mod outputs;
 pub mod process;
 
 use std::future::Future;
@@ -40,6 +41,8 @@ pub struct Execution {
     pub exit: ExitStatus,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The declared outputs, collected after an exit 0, to be uploaded.
+    pub outputs: Vec<outputs::Collected>,
 }
 
 impl Execution {
@@ -53,6 +56,7 @@ impl Execution {
             exit,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 }
@@ -82,35 +86,47 @@ impl From<NotRun> for Execution {
 enum Kind {
     Docker(Box<docker::DockerExecutor>),
     Process(process::ProcessExecutor),
-    /// Every attempt succeeds at once with empty output.
+    /// Every attempt succeeds at once with empty output (each declared output an empty object).
     Noop,
 }
 
-/// One of the executors, with the node's GPUs.
+/// One of the executors, with the node's GPUs and where declared outputs are collected.
 pub struct Executor {
     kind: Kind,
     gpus: GpuPool,
+    outputs: outputs::OutputDir,
 }
 
 impl Executor {
-    pub(crate) fn docker(docker: docker::DockerExecutor, gpus: GpuPool) -> Self {
+    pub(crate) fn docker(
+        docker: docker::DockerExecutor,
+        gpus: GpuPool,
+        outputs: outputs::OutputDir,
+    ) -> Self {
         Self {
             kind: Kind::Docker(Box::new(docker)),
             gpus,
+            outputs,
         }
     }
 
-    pub(crate) fn process(process: process::ProcessExecutor, gpus: GpuPool) -> Self {
+    pub(crate) fn process(
+        process: process::ProcessExecutor,
+        gpus: GpuPool,
+        outputs: outputs::OutputDir,
+    ) -> Self {
         Self {
             kind: Kind::Process(process),
             gpus,
+            outputs,
         }
     }
 
-    pub(crate) fn noop(gpus: GpuPool) -> Self {
+    pub(crate) fn noop(gpus: GpuPool, outputs: outputs::OutputDir) -> Self {
         Self {
             kind: Kind::Noop,
             gpus,
+            outputs,
         }
     }
 
@@ -168,11 +184,27 @@ impl Executor {
                 "the task has inputs, which only the docker executor stages: run it on a Docker node".into(),
             ),
             Kind::Process(process) => {
-                process
+                let mut execution = process
                     .run(attempt, spec, &gpus.ids, cancel, || progress(Milestone::Started))
-                    .await
+                    .await;
+                let root = match &spec.workdir {
+                    Some(dir) => std::path::PathBuf::from(dir),
+                    None => std::env::current_dir().unwrap_or_default(),
+                };
+                outputs::collect_all(&mut execution, &spec.outputs, |output| {
+                    self.outputs.collect_host(output, &root)
+                })
+                .await;
+                execution
             }
-            Kind::Noop => Execution::without_output(ExitStatus::Exited(0)),
+            Kind::Noop => {
+                let mut execution = Execution::without_output(ExitStatus::Exited(0));
+                outputs::collect_all(&mut execution, &spec.outputs, |output| {
+                    self.outputs.collect_empty(output)
+                })
+                .await;
+                execution
+            }
         }
     }
 }

@@ -119,6 +119,7 @@ impl ProcessExecutor {
             exit,
             stdout,
             stderr,
+            outputs: Vec::new(),
         }
     }
 }

@@ -26,6 +26,10 @@ pub(crate) const ATTEMPT_LABEL: &str = "rgrid.attempt";
 /// Label holding when a container's timeout passes (Unix ms), so it survives a node restart.
 pub(crate) const DEADLINE_LABEL: &str = "rgrid.deadline";
 
+/// Label holding the task's declared outputs (hex of their postcard encoding), so that a
+/// restarted node that re-adopts the container still collects them.
+pub(crate) const OUTPUTS_LABEL: &str = "rgrid.outputs";
+
 /// What the node decides for every container, whatever the task asks.
 #[derive(Clone, Debug)]
 pub(crate) struct ContainerPolicy {
@@ -69,12 +73,16 @@ pub(crate) fn create_options(
     let memory = i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX);
     let nano_cpus =
         i64::try_from(spec.resources.cpu_millis.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (MANAGED_LABEL.to_owned(), "true".to_owned()),
         (NODE_LABEL.to_owned(), policy.node.clone()),
         (TASK_LABEL.to_owned(), attempt.task.to_string()),
         (ATTEMPT_LABEL.to_owned(), attempt.attempt.to_string()),
     ]);
+    if !spec.outputs.is_empty() {
+        let encoded = postcard::to_allocvec(&spec.outputs).map_err(|e| e.to_string())?;
+        labels.insert(OUTPUTS_LABEL.to_owned(), hex::encode(encoded));
+    }
     let env = spec
         .env
         .iter()
