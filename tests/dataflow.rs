@@ -104,6 +104,7 @@ async fn a_failure_propagates_two_levels_and_nothing_runs() {
             .output("o", "/in");
         let child_ref = TaskRef { id: child.id };
         let grandchild = sh("cat /in").input("/in", child_ref.output("o"));
+        let resubmitted = failing.clone();
         let refs = client
             .submit_batch(vec![failing, child, grandchild])
             .await
@@ -126,6 +127,16 @@ async fn a_failure_propagates_two_levels_and_nothing_runs() {
             .expect("submitted");
         let outcome = client.get(&late).await.expect("it ends");
         assert_eq!(outcome.state, TaskState::DependencyFailed);
+        // So does one submitted with a resubmission of its finished dependency.
+        let again = client
+            .submit_batch(vec![
+                resubmitted,
+                sh("true").input("/in", failing_ref.output("o")),
+            ])
+            .await
+            .expect("submitted");
+        let outcome = client.get(&again[1]).await.expect("it ends");
+        assert_eq!(outcome.state, TaskState::DependencyFailed, "{outcome:?}");
         cluster.stop().await;
     })
     .await;

@@ -1,7 +1,8 @@
-//! The server's part of task dependencies: before a submission reaches the loop, the
-//! dependencies that are neither in the same submission nor open (the loop holds every open
-//! task) are looked up in the store, so that the loop can settle a task that depends on one
-//! that finished long ago. The loop does the rest (see `cluster::dependencies`).
+//! The server's part of task dependencies: before a submission reaches the loop, its tasks'
+//! dependencies are looked up in the store, so that the loop can settle a task that depends on
+//! one that finished long ago (the loop holds only open tasks), also one resubmitted in the same
+//! submission (whose insert will find it stored). The loop does the rest (see
+//! `cluster::dependencies`).
 
 use std::collections::HashSet;
 
@@ -16,11 +17,9 @@ pub(crate) async fn finished_dependencies(
     tasks: &mut [Admitted],
     store: &Store,
 ) -> Result<(), StoreError> {
-    let submitted: HashSet<TaskId> = tasks.iter().map(|t| t.id).collect();
     let wanted: Vec<TaskId> = tasks
         .iter()
         .flat_map(|t| t.dependencies.iter().copied())
-        .filter(|d| !submitted.contains(d))
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();

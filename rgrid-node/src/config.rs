@@ -73,7 +73,8 @@ pub struct NodeConfig {
     /// Where GPU device files (`nvidia0`, `nvidia1`, …) are looked for when the probe fails.
     /// Default `/dev`.
     pub gpu_device_dir: PathBuf,
-    /// Most bytes of stdout (and of stderr) kept per attempt; the rest is cut. Default 16 MiB.
+    /// Most bytes of stdout (and of stderr) kept per attempt; the rest is cut. Also the largest
+    /// declared output a task may produce (a larger one fails it). Default 16 MiB.
     pub max_output_bytes: usize,
     /// Images pulled in parallel once the node has joined, so the first task does not wait.
     /// Default none.

@@ -105,37 +105,39 @@ impl<C: Comm> Cluster<C> {
         };
         let mut specs: HashMap<TaskId, TaskSpec> = HashMap::new();
         for dependency in &admitted.dependencies {
-            if let Some(task) = self.tasks.get(dependency) {
-                let dep_spec = task
-                    .decode_spec()
-                    .ok_or_else(|| format!("dependency {dependency}: its spec does not decode"))?;
-                specs.insert(*dependency, dep_spec);
-                match (&task.outcome, task.state) {
-                    (Some(outcome), TaskState::Succeeded) => {
-                        admission.met.push((*dependency, outcome.outputs.clone()))
-                    }
-                    (Some(outcome), state) if admission.failed.is_none() => {
-                        admission.failed =
-                            Some(ended_reason(*dependency, state, outcome.reason.as_deref()));
-                    }
-                    (Some(_), _) => {}
-                    (None, _) => admission.open.push(*dependency),
+            // Finished in the store: also when the loop holds a resubmission of it, whose
+            // insert will find it stored.
+            if let Some(finished) = admitted.finished.iter().find(|f| f.task == *dependency) {
+                if finished.state == TaskState::Succeeded {
+                    admission.met.push((*dependency, finished.outputs.clone()));
+                } else if admission.failed.is_none() {
+                    admission.failed = Some(ended_reason(
+                        *dependency,
+                        finished.state,
+                        finished.reason.as_deref(),
+                    ));
                 }
                 continue;
             }
-            let Some(finished) = admitted.finished.iter().find(|f| f.task == *dependency) else {
+            let Some(task) = self.tasks.get(dependency) else {
                 return Err(format!(
                     "it depends on task {dependency}, which the head does not know: submit that task first (or earlier in the same batch)"
                 ));
             };
-            if finished.state == TaskState::Succeeded {
-                admission.met.push((*dependency, finished.outputs.clone()));
-            } else if admission.failed.is_none() {
-                admission.failed = Some(ended_reason(
-                    *dependency,
-                    finished.state,
-                    finished.reason.as_deref(),
-                ));
+            let dep_spec = task
+                .decode_spec()
+                .ok_or_else(|| format!("dependency {dependency}: its spec does not decode"))?;
+            specs.insert(*dependency, dep_spec);
+            match (&task.outcome, task.state) {
+                (Some(outcome), TaskState::Succeeded) => {
+                    admission.met.push((*dependency, outcome.outputs.clone()))
+                }
+                (Some(outcome), state) if admission.failed.is_none() => {
+                    admission.failed =
+                        Some(ended_reason(*dependency, state, outcome.reason.as_deref()));
+                }
+                (Some(_), _) => {}
+                (None, _) => admission.open.push(*dependency),
             }
         }
         for input in &spec.inputs {
