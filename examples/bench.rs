@@ -40,6 +40,8 @@ use futures::StreamExt as _;
 use rgrid::{Client, TaskQuery, TaskRef, TaskSpec};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks of the head's task path")]
 struct Args {
@@ -90,12 +92,7 @@ static KEEP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    common::init_tracing();
     let runtime = tokio::runtime::Runtime::new()?;
     match args.role {
         Some(Role::Head { state_dir, listen }) => runtime.block_on(serve_head(state_dir, listen)),

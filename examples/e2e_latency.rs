@@ -8,27 +8,29 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use rgrid::{LocalCluster, TaskSpec};
 
+mod common;
+
+/// Trivial container tasks through rgrid next to `docker run --rm`.
+#[derive(clap::Parser)]
+struct Args {
+    /// Submit → result rounds, one task at a time.
+    #[arg(default_value_t = 20)]
+    rounds: usize,
+    /// Tasks kept 4 in flight.
+    #[arg(default_value_t = 40)]
+    tasks: usize,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let arg = |n: usize, default: usize| -> anyhow::Result<usize> {
-        Ok(std::env::args()
-            .nth(n)
-            .map(|s| s.parse())
-            .transpose()
-            .context("ROUNDS and TASKS must be numbers")?
-            .unwrap_or(default))
-    };
-    let rounds = arg(1, 20)?;
-    let batch = arg(2, 40)?;
+    common::init_tracing();
+    let Args {
+        rounds,
+        tasks: batch,
+    } = clap::Parser::parse();
     rgrid::image::ensure_demo_image()?;
     let image = rgrid::image::DEMO_IMAGE;
     let cluster = LocalCluster::start().await?;

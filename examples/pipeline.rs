@@ -40,22 +40,20 @@ fn text(lines: usize) -> String {
     out
 }
 
+mod common;
+
+/// A map-reduce in containers over objects and task dependencies.
+#[derive(clap::Parser)]
+struct Args {
+    /// Map tasks (chunks of the text).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    chunks: u16,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let mut args = std::env::args().skip(1);
-    let chunks: usize = match (args.next().as_deref(), args.next()) {
-        (Some("--chunks"), Some(n)) => n.parse().context("--chunks takes a number")?,
-        (None, _) => 4,
-        _ => bail!("usage: pipeline [--chunks N]"),
-    };
-    if chunks == 0 {
-        bail!("--chunks must be at least 1");
-    }
+    common::init_tracing();
+    let chunks = usize::from(<Args as clap::Parser>::parse().chunks);
     if rgrid::image::ensure_demo_image()? {
         println!(
             "built {} locally (no registry needed)",

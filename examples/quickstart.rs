@@ -11,17 +11,23 @@ use std::time::Instant;
 use anyhow::Context;
 use rgrid::{format_size, LocalCluster, TaskSpec};
 
+mod common;
+
+/// A local cluster running a handful of containerized tasks.
+#[derive(clap::Parser)]
+struct Args {
+    /// The image the tasks run (default: the local demo image, built when missing).
+    #[arg(long)]
+    image: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let mut args = std::env::args().skip(1);
-    let image = match (args.next().as_deref(), args.next()) {
-        (Some("--image"), Some(image)) => image,
-        (None, _) => {
+    common::init_tracing();
+    let args = <Args as clap::Parser>::parse();
+    let image = match args.image {
+        Some(image) => image,
+        None => {
             if rgrid::image::ensure_demo_image()? {
                 println!(
                     "built {} locally from the static busybox (no registry needed)",
@@ -30,7 +36,6 @@ async fn main() -> anyhow::Result<()> {
             }
             rgrid::image::DEMO_IMAGE.to_owned()
         }
-        _ => anyhow::bail!("usage: quickstart [--image IMAGE]"),
     };
 
     let started = Instant::now();
