@@ -87,6 +87,10 @@ pub enum Request {
     RemoveNode { node: String },
     /// A client asks what tasks cost: answered with [`Response::Cost`].
     Cost(CostQuery),
+    /// A client whose certificate is in its renewal window asks for a new one for the same
+    /// key (a CSR): answered with [`Response::Renewed`]. The name and role stay those of the
+    /// certificate it connected with.
+    Renew { csr_pem: String },
 }
 
 /// Which tasks' costs to sum, and how to group them.
@@ -242,6 +246,10 @@ pub enum Response {
         nodes: Vec<NodeId>,
     },
     Cost(CostReport),
+    /// The renewed client certificate (PEM), for the key of the CSR.
+    Renewed {
+        cert_pem: String,
+    },
 }
 
 /// Why a request failed.
@@ -330,6 +338,9 @@ pub enum HeadMessage {
     Drain { deadline_ms: u64 },
     /// These results are durable: the node may forget them.
     ResultsAccepted(Vec<AttemptId>),
+    /// The node's renewed certificate (PEM), for the key of its [`NodeMessage::Renew`]: the
+    /// node uses it from its next connection on.
+    Renewed { cert_pem: String },
 }
 
 /// One attempt to run.
@@ -370,6 +381,11 @@ pub enum NodeMessage {
     Results(Vec<AttemptReport>),
     /// The node's health, sent with its heartbeats when it changes (and when a session opens).
     Health(NodeHealth),
+    /// The node's certificate is in its renewal window: a CSR for the same key. Answered with
+    /// [`HeadMessage::Renewed`]; the session and its attempts go on meanwhile.
+    Renew {
+        csr_pem: String,
+    },
 }
 
 /// What a node finds when it checks itself.
@@ -667,6 +683,33 @@ mod tests {
             .expect("encodes"),
             [6, 18, 7, b'S', b'I', b'G', b'K', b'I', b'L', b'L']
         );
+    }
+
+    /// Renewal (issue 12): appended to `Request`, `Response`, `NodeMessage`, `HeadMessage`.
+    #[test]
+    fn golden_bytes_of_renewal() {
+        let x = || "x".to_owned();
+        let cases: [(Vec<u8>, [u8; 3]); 4] = [
+            (
+                postcard::to_allocvec(&Request::Renew { csr_pem: x() }).expect("encodes"),
+                [16, 1, b'x'],
+            ),
+            (
+                postcard::to_allocvec(&Response::Renewed { cert_pem: x() }).expect("encodes"),
+                [17, 1, b'x'],
+            ),
+            (
+                postcard::to_allocvec(&NodeMessage::Renew { csr_pem: x() }).expect("encodes"),
+                [6, 1, b'x'],
+            ),
+            (
+                postcard::to_allocvec(&HeadMessage::Renewed { cert_pem: x() }).expect("encodes"),
+                [6, 1, b'x'],
+            ),
+        ];
+        for (encoded, expected) in cases {
+            assert_eq!(encoded, expected);
+        }
     }
 
     /// Objects: appended requests, responses and error kind.

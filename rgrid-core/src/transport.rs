@@ -164,7 +164,13 @@ pub async fn connect(
         let connection = connecting
             .await
             .map_err(|source| TransportError::Connect { addr, source })?;
-        handshake(&connection, PROTOCOL_VERSION, agent).await?;
+        if let Err(err) = handshake(&connection, PROTOCOL_VERSION, agent).await {
+            // Why the head closed the connection (a certificate it refused: expired, revoked)
+            // says more than the stream that broke.
+            return Err(connection
+                .close_reason()
+                .map_or(err, TransportError::Connection));
+        }
         Ok((endpoint, connection))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, connected)

@@ -33,12 +33,14 @@ macro_rules! on_pool {
 
 mod backend;
 pub(crate) mod batch;
+mod certificates;
 mod revocations;
 mod tokens;
 
 pub(crate) use batch::{
     AttemptEnd, AttemptRow, CostKeys, Counters, Finish, NewTask, Output, Write, WriteBatch,
 };
+pub(crate) use certificates::IssuedCert;
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
