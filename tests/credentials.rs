@@ -262,3 +262,72 @@ async fn a_revoked_client_cannot_connect_and_its_open_connection_is_refused() {
     admin.close().await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_keeps_the_name_it_joined_under_and_its_tokens_labels() {
+    let cluster = NodeCluster::start().await;
+    let config = HeadConfig {
+        state_dir: cluster.dir.path().join("head"),
+        ..HeadConfig::default()
+    };
+    let admin = Admin::open(&config).await.expect("the admin opens");
+    let labels = [("site".to_owned(), "b".to_owned())].into_iter().collect();
+    let (token, _) = admin
+        .create_token(Duration::from_secs(3600), false, labels)
+        .await
+        .expect("a token");
+    admin.close().await;
+    let token_file = cluster.dir.path().join("site-b-token");
+    std::fs::write(&token_file, token).expect("the token is written");
+    let node_config = |name: &str| rgrid_node::NodeConfig {
+        executor: rgrid_node::ExecutorKind::Process,
+        token_file: Some(token_file.clone()),
+        // The node claims a site its token does not give it.
+        labels: [("site", "secure"), ("zone", "z1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        state_dir: cluster.dir.path().join("identity-node"),
+        ..cluster.node_config(name)
+    };
+    let client = cluster.client().await;
+    let listed = |name: &'static str| {
+        let client = &client;
+        async move {
+            eventually(&format!("{name} to be ready"), 30, || async {
+                let nodes = client.nodes().await.expect("nodes");
+                nodes
+                    .into_iter()
+                    .find(|n| n.name == name && n.state == "ready")
+            })
+            .await
+        }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let first = tokio::spawn(rgrid_node::run(node_config("first"), shutdown.clone()));
+    let node = listed("first").await;
+    assert_eq!(node.labels["site"], "b", "the token's label holds");
+    assert_eq!(node.labels["zone"], "z1", "the node's own label stays");
+    assert!(
+        node.declared_labels.contains(&"zone".to_owned()),
+        "{node:?}"
+    );
+    assert!(
+        !node.declared_labels.contains(&"site".to_owned()),
+        "{node:?}"
+    );
+    shutdown.cancel();
+    let _ = first.await;
+
+    // The same node comes back asking for another name: it keeps the one it joined under.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let second = tokio::spawn(rgrid_node::run(node_config("renamed"), shutdown.clone()));
+    let again = listed("first").await;
+    assert_eq!(again.id, node.id);
+    let nodes = client.nodes().await.expect("nodes");
+    assert!(nodes.iter().all(|n| n.name != "renamed"), "{nodes:?}");
+    assert_eq!(again.labels["site"], "b");
+    shutdown.cancel();
+    let _ = second.await;
+    cluster.stop().await;
+}

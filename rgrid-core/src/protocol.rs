@@ -509,6 +509,9 @@ pub struct NodeInfo {
     /// Why the node takes no work although it is connected (its engine does not answer, its
     /// disk is full); its state is then `unhealthy`.
     pub unhealthy: Option<String>,
+    /// The keys of `labels` the node declared itself; the others were given by the join token
+    /// it joined with (an operator's decision, which the node cannot override).
+    pub declared_labels: Vec<String>,
 }
 
 /// A task as `rgrid tasks` shows it.

@@ -20,6 +20,7 @@ mod autoscaler;
 mod cluster;
 pub mod config;
 mod credentials;
+mod identity;
 mod metrics;
 mod objects;
 mod outputs;

@@ -309,11 +309,7 @@ async fn handle_stream(
         (Request::Cancel { task }, Some(PeerIdentity::Client(client))) => {
             cancel(task, client, role, &shared).await
         }
-        (Request::ListNodes, Some(PeerIdentity::Client(_))) => {
-            ask(&shared, |reply| Event::ListNodes { reply })
-                .await
-                .map_or_else(|e| e, Response::Nodes)
-        }
+        (Request::ListNodes, Some(PeerIdentity::Client(_))) => list_nodes(&shared).await,
         (Request::DrainNode { node, deadline_secs }, Some(PeerIdentity::Client(_))) => {
             let deadline = Duration::from_secs(deadline_secs);
             let name = node.clone();
@@ -423,9 +419,9 @@ async fn try_join(join: JoinRequest, shared: &Shared) -> Result<JoinReply, Strin
         .join(&token.id, &secret_hash, unix_ms(), &stored)
         .await
         .map_err(|e| e.to_string())?;
-    if !joined {
+    let Some(name) = joined else {
         return Err(join_refusal(&token, &secret_hash, shared).await);
-    }
+    };
     let cert_pem = shared
         .ca
         .sign_node_csr(&join.csr_pem, node, shared.lifetimes.node)
@@ -519,7 +515,7 @@ async fn node_session(
     shared: Arc<Shared>,
 ) {
     let known = match check_node_name(&hello.name) {
-        Ok(()) => shared.store.node_exists(node).await,
+        Ok(()) => shared.store.node_identity(node).await,
         Err(message) => {
             let mut writer = writer.retype::<HeadMessage>();
             let _ = writer.send(&HeadMessage::Refused { message }).await;
@@ -527,9 +523,12 @@ async fn node_session(
             return;
         }
     };
+    let mut hello = hello;
     match known {
-        Ok(true) => {}
-        Ok(false) => {
+        Ok(Some((name, token_labels))) => {
+            crate::identity::decide(node, &mut hello, name, token_labels)
+        }
+        Ok(None) => {
             let mut writer = writer.retype::<HeadMessage>();
             let _ = writer
                 .send(&HeadMessage::Refused {
@@ -1093,6 +1092,20 @@ async fn list_tasks(query: TaskQuery, shared: &Shared) -> Response {
         .then(|| tasks.last().map(|t| t.task))
         .flatten();
     Response::Tasks(TaskPage { tasks, next })
+}
+
+/// The cluster's nodes, each with the labels it declared itself told apart from its token's.
+async fn list_nodes(shared: &Shared) -> Response {
+    let mut nodes = match ask(shared, |reply| Event::ListNodes { reply }).await {
+        Ok(nodes) => nodes,
+        Err(e) => return e,
+    };
+    let given = match shared.store.token_labels().await {
+        Ok(given) => given.into_iter().collect(),
+        Err(err) => return error(ErrorKind::Internal, err.to_string()),
+    };
+    crate::identity::mark_declared(&mut nodes, &given);
+    Response::Nodes(nodes)
 }
 
 async fn remove_node(node: &str, shared: &Shared) -> Response {
