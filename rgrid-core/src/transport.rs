@@ -11,6 +11,10 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use crate::frame::{FrameError, FrameReader, FrameWriter};
 use crate::protocol::{Hello, HelloReply, Request, Response, HEAD_SERVER_NAME, PROTOCOL_VERSION};
 
+/// The code the head closes a connection with when it refuses the peer's certificate for good
+/// (a removed node, a revoked certificate): the peer should not retry.
+pub const CLOSE_REFUSED: u32 = 3;
+
 /// Transport errors. Messages say what went wrong on which side.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {

@@ -17,7 +17,9 @@ use rgrid_core::protocol::{
 };
 use rgrid_core::time::{monotonic_ms, unix_ms};
 use rgrid_core::tls::{CertInfo, ClientRole, ClusterCa, JoinToken, PeerIdentity};
-use rgrid_core::transport::{accept_handshake, raise_limits, UNAUTHENTICATED_FRAME_BYTES};
+use rgrid_core::transport::{
+    accept_handshake, raise_limits, CLOSE_REFUSED, UNAUTHENTICATED_FRAME_BYTES,
+};
 use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -140,13 +142,13 @@ async fn handle_connection(
     if let PeerIdentity::Node(node) = peer {
         if shared.revoked.contains(node) {
             tracing::info!(node = %node, "refused a removed node");
-            connection.close(3u32.into(), REMOVED.as_bytes());
+            connection.close(CLOSE_REFUSED.into(), REMOVED.as_bytes());
             return;
         }
     }
     if shared.revoked.contains_serial(&cert.serial) {
         tracing::info!(%peer, serial = %cert.serial, "refused a revoked certificate");
-        connection.close(3u32.into(), REVOKED.as_bytes());
+        connection.close(CLOSE_REFUSED.into(), REVOKED.as_bytes());
         return;
     }
     raise_limits(&connection);

@@ -25,7 +25,7 @@ use rgrid_core::protocol::{
 use rgrid_core::task::InputSource;
 use rgrid_core::time::unix_ms;
 use rgrid_core::tls::{client_config, CertInfo};
-use rgrid_core::transport::{call, connect, open_request, TransportError};
+use rgrid_core::transport::{call, connect, open_request, TransportError, CLOSE_REFUSED};
 use rgrid_core::{AttemptId, TaskSpec};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -249,7 +249,10 @@ async fn session(
     let tls = client_config(&creds.ca_pem, &creds.identity)
         .map_err(|e| SessionError::Refused(e.to_string()))?;
     let head = resolve(&node.head).await?;
-    let (_endpoint, connection) = connect(head, tls, "rgrid-node").await?;
+    let (_endpoint, connection) = match connect(head, tls, "rgrid-node").await {
+        Ok(connected) => connected,
+        Err(err) => return Err(refusal(err)),
+    };
     let stream = open_request(&connection, &Request::NodeSession(node.hello())).await?;
     let mut send = stream.send.retype::<NodeMessage>();
     let mut recv = stream.recv.retype::<HeadMessage>();
@@ -369,6 +372,19 @@ async fn session(
                 None => return Err(SessionError::Closed),
             },
         }
+    }
+}
+
+/// The head closes a connection with [`CLOSE_REFUSED`] when it refuses the node's certificate
+/// for good (the node was removed, or the certificate revoked): not worth retrying.
+fn refusal(err: TransportError) -> SessionError {
+    match err {
+        TransportError::Connection(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == quinn::VarInt::from_u32(CLOSE_REFUSED) =>
+        {
+            SessionError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        other => SessionError::Transport(other),
     }
 }
 
