@@ -88,8 +88,23 @@ async fn an_expired_client_certificate_is_refused_at_the_handshake() {
 
 #[tokio::test]
 async fn a_node_renews_its_certificate_while_running_a_task_and_reconnects_with_it() {
+    node_renewal(None).await;
+}
+
+#[tokio::test]
+async fn a_node_renews_its_certificate_on_postgres() {
+    if let Some(url) = common::postgres_database().await {
+        node_renewal(Some(url)).await;
+    }
+}
+
+async fn node_renewal(database_url: Option<String>) {
     const LIFETIME: Duration = Duration::from_secs(30);
-    let cluster = NodeCluster::start_with(|c| c.node_cert_lifetime = LIFETIME).await;
+    let cluster = NodeCluster::start_with(|c| {
+        c.node_cert_lifetime = LIFETIME;
+        c.database_url = database_url;
+    })
+    .await;
     let config = rgrid_node::NodeConfig {
         executor: rgrid_node::ExecutorKind::Process,
         ..cluster.node_config("renewing")
@@ -214,9 +229,21 @@ async fn a_client_renews_its_credentials_file_when_it_connects_late_in_their_lif
 
 #[tokio::test]
 async fn a_revoked_client_cannot_connect_and_its_open_connection_is_refused() {
-    let cluster = NodeCluster::start().await;
+    revoked_client(None).await;
+}
+
+#[tokio::test]
+async fn a_revoked_client_is_refused_on_postgres() {
+    if let Some(url) = common::postgres_database().await {
+        revoked_client(Some(url)).await;
+    }
+}
+
+async fn revoked_client(database_url: Option<String>) {
+    let cluster = NodeCluster::start_with(|c| c.database_url = database_url.clone()).await;
     let config = HeadConfig {
         state_dir: cluster.dir.path().join("head"),
+        database_url,
         ..HeadConfig::default()
     };
     // The administration runs beside the head, on its state dir and database.
