@@ -1,9 +1,11 @@
 //! The client API: a connection to the head authenticated by a client certificate, one stream
 //! per request. Requests about many tasks take many at once: `submit_batch`, and the waits
 //! (`get_many`, `as_completed`, `wait`), which are one request answered as the tasks end.
-//! Objects (`put_bytes`, `put_file`, `get_object`, `objects`) are in [`objects`].
+//! Objects (`put_bytes`, `put_file`, `get_object`, `objects`) are in [`objects`]; certificate
+//! renewal (at connect, when due) in `renewal`.
 
 mod objects;
+mod renewal;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -20,7 +22,7 @@ use rgrid_core::protocol::{
     MAX_WAIT_TASKS,
 };
 use rgrid_core::task::InputSource;
-use rgrid_core::tls::{client_config, ClientFile};
+use rgrid_core::tls::{client_config, CertInfo, ClientFile};
 use rgrid_core::transport::{call, connect, open_request, TransportError};
 use rgrid_core::{TaskId, TaskSpec, TaskState};
 
@@ -46,6 +48,8 @@ impl TaskRef {
 pub enum ClientError {
     #[error("cannot read credentials {path}: {detail}")]
     Credentials { path: String, detail: String },
+    #[error("the client certificate expired at {expires}; ask an admin for new credentials (rgrid-head client create NAME)")]
+    Expired { expires: String },
     #[error("head address {0:?} does not resolve")]
     Address(String),
     #[error(transparent)]
@@ -84,11 +88,21 @@ impl Client {
         };
         let text = std::fs::read_to_string(path).map_err(|e| cred_err(e.to_string()))?;
         let file: ClientFile = toml::from_str(&text).map_err(|e| cred_err(e.to_string()))?;
-        Self::connect(&file).await
+        let client = Self::connect(&file).await?;
+        renewal::renew_if_due(&client, path, &file).await;
+        Ok(client)
     }
 
-    /// Connects with credentials already loaded.
+    /// Connects with credentials already loaded (renewing them is [`Client::renew`]'s job:
+    /// [`Client::connect_file`] does it when they are due).
     pub async fn connect(file: &ClientFile) -> Result<Self, ClientError> {
+        if let Ok(info) = CertInfo::from_pem(&file.cert_pem, "client certificate") {
+            if info.expired(rgrid_core::time::unix_ms()) {
+                return Err(ClientError::Expired {
+                    expires: info.expires(),
+                });
+            }
+        }
         let addr: SocketAddr = tokio::net::lookup_host(&file.head)
             .await
             .ok()

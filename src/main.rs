@@ -3,6 +3,7 @@
 //! Exit codes: a task's own exit code; [`EXIT_NO_CODE`] when the task ended without one;
 //! [`EXIT_CLI_ERROR`] when the CLI itself failed.
 
+use rgrid_core::text::printable;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -436,20 +437,30 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&nodes)?),
                 Output::Table => {
                     println!(
-                        "{:<16} {:<36} {:<9} {:>13} {:>15} {:>7}  LABELS",
+                        "{:<16} {:<36} {:<9} {:>13} {:>15} {:>7}  LABELS (*: declared by the node, not its token)",
                         "NAME", "ID", "STATE", "CPU FREE/ALL", "MEM FREE/ALL", "RUNNING"
                     );
                     for n in nodes {
-                        let labels: Vec<String> =
-                            n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let labels: Vec<String> = n
+                            .labels
+                            .iter()
+                            .map(|(k, v)| {
+                                let mark = if n.declared_labels.contains(k) {
+                                    "*"
+                                } else {
+                                    ""
+                                };
+                                format!("{}={}{mark}", printable(k), printable(v))
+                            })
+                            .collect();
                         let why = n
                             .unhealthy
                             .as_deref()
-                            .map(|why| format!("  unhealthy: {why}"))
+                            .map(|why| format!("  unhealthy: {}", printable(why)))
                             .unwrap_or_default();
                         println!(
                             "{:<16} {:<36} {:<9} {:>13} {:>15} {:>7}  {}{why}",
-                            n.name,
+                            printable(&n.name),
                             n.id,
                             n.state,
                             format!("{}/{}m", n.free.cpu_millis, n.total.cpu_millis),
@@ -651,8 +662,8 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
             eprintln!(
                 "attempt {} on {} ({ran}): {}",
                 a.attempt,
-                a.node_name,
-                a.outcome.as_deref().unwrap_or("running")
+                printable(&a.node_name),
+                printable(a.outcome.as_deref().unwrap_or("running"))
             );
         }
     }
@@ -675,7 +686,7 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
             "task {} {}: {}",
             outcome.task,
             outcome.state,
-            outcome.reason.as_deref().unwrap_or("no reason recorded")
+            printable(outcome.reason.as_deref().unwrap_or("no reason recorded"))
         );
     }
     Ok(exit_code(&outcome))
@@ -743,7 +754,7 @@ async fn with_progress(client: &Client, task: &TaskRef) -> anyhow::Result<TaskOu
 /// The live line for a task's listing entry.
 fn progress(info: &TaskInfo, running_since: &mut Option<(u32, Instant)>) -> String {
     let why = |s: &str| match &info.detail {
-        Some(detail) => format!("{s}: {detail}"),
+        Some(detail) => format!("{s}: {}", printable(detail)),
         None => s.to_owned(),
     };
     match info.state {

@@ -372,6 +372,36 @@ fn demand_becomes_servers_that_join_run_tasks_drain_and_are_deleted() {
     // come back with the certificate its disk held.
     let nodes = common::process::nodes(&client);
     assert!(nodes.is_empty(), "{nodes:#?}");
+    // A deleted server's disk brought back: its node cannot reconnect with what it holds.
+    let (name, _) = machines
+        .gone
+        .iter()
+        .find(|(name, _)| *name != victim)
+        .unwrap();
+    let log = dir.path().join("returned.log");
+    let mut returned = Daemon(
+        Command::new(binary("rgrid-node"))
+            .args(["--head", &listen, "--state-dir"])
+            .arg(dir.path().join(name))
+            .args(["--name", name, "--cpu-millis", "2000", "--memory", "2G"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut status = None;
+    wait_for("the returned node to be refused and stop", || {
+        status = returned.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("removed from the cluster") || log.contains("revoked"),
+        "{log}"
+    );
+    assert!(common::process::nodes(&client).is_empty());
 }
 
 #[test]

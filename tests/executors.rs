@@ -473,9 +473,12 @@ async fn the_process_executor_kills_the_whole_group_and_names_signals() {
     for (i, a) in runs.iter().enumerate() {
         assert!(a.0 == "0" || a.0 == "1", "{runs:?}");
         for b in &runs[i + 1..] {
-            let overlap = a.1 < b.2 && b.1 < a.2;
+            // Each task holds its GPU for a second. The times are taken around the workload
+            // (an attempt's start before its process spawns, its end once the head has its
+            // result), so back-to-back attempts on one GPU may seem to overlap by a few ms.
+            let overlap_ms = a.2.min(b.2).saturating_sub(a.1.max(b.1));
             assert!(
-                !overlap || a.0 != b.0,
+                overlap_ms < 100 || a.0 != b.0,
                 "two attempts shared a GPU: {runs:?}"
             );
         }

@@ -226,7 +226,11 @@ async fn a_peer_pinning_another_ca_fails() {
     // A client certificate from another cluster is refused too, and so is the head by its CA.
     let mut file = h.client_file();
     let identity = other
-        .issue_client("client:intruder", ClientRole::Admin)
+        .issue_client(
+            "client:intruder",
+            ClientRole::Admin,
+            std::time::Duration::from_secs(3600),
+        )
         .unwrap();
     file.cert_pem = identity.cert_pem;
     file.key_pem = identity.key_pem;
@@ -580,7 +584,13 @@ fn client_with_role(h: &Head, name: &str, role: ClientRole) -> ClientFile {
     let dir = &h.head.state_dir;
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let ca = ClusterCa::load(&read("ca.pem"), &read("ca.key")).unwrap();
-    let identity = ca.issue_client(&format!("client:{name}"), role).unwrap();
+    let identity = ca
+        .issue_client(
+            &format!("client:{name}"),
+            role,
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
     ClientFile {
         cert_pem: identity.cert_pem,
         key_pem: identity.key_pem,

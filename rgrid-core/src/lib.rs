@@ -10,6 +10,7 @@
 //! - [`tls`]: the cluster CA, certificates, join tokens; [`transport`]: QUIC endpoints with mutual TLS.
 //! - [`scheduler`]: placement of queued tasks on nodes (pure, synchronous, time passed in).
 //! - [`time`]: wall-clock and monotonic milliseconds.
+//! - [`text`]: strings from the other side made safe for terminals and logs.
 
 pub mod config;
 pub mod frame;
@@ -20,6 +21,7 @@ pub mod protocol;
 pub mod resources;
 pub mod scheduler;
 pub mod task;
+pub mod text;
 pub mod time;
 pub mod tls;
 pub mod transport;

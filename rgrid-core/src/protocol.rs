@@ -89,6 +89,10 @@ pub enum Request {
     RemoveNode { node: String },
     /// A client asks what tasks cost: answered with [`Response::Cost`].
     Cost(CostQuery),
+    /// A client whose certificate is in its renewal window asks for a new one for the same
+    /// key (a CSR): answered with [`Response::Renewed`]. The name and role stay those of the
+    /// certificate it connected with.
+    Renew { csr_pem: String },
 }
 
 /// Which tasks' costs to sum, and how to group them.
@@ -247,6 +251,10 @@ pub enum Response {
         nodes: Vec<NodeId>,
     },
     Cost(CostReport),
+    /// The renewed client certificate (PEM), for the key of the CSR.
+    Renewed {
+        cert_pem: String,
+    },
 }
 
 /// Why a request failed.
@@ -335,6 +343,9 @@ pub enum HeadMessage {
     Drain { deadline_ms: u64 },
     /// These results are durable: the node may forget them.
     ResultsAccepted(Vec<AttemptId>),
+    /// The node's renewed certificate (PEM), for the key of its [`NodeMessage::Renew`]: the
+    /// node uses it from its next connection on.
+    Renewed { cert_pem: String },
 }
 
 /// One attempt to run.
@@ -378,6 +389,11 @@ pub enum NodeMessage {
     /// The attempt waits for its image to be pulled (listings say so until it starts).
     Pulling {
         attempt: AttemptId,
+    },
+    /// The node's certificate is in its renewal window: a CSR for the same key. Answered with
+    /// [`HeadMessage::Renewed`]; the session and its attempts go on meanwhile.
+    Renew {
+        csr_pem: String,
     },
 }
 
@@ -520,6 +536,9 @@ pub struct NodeInfo {
     /// Why the node takes no work although it is connected (its engine does not answer, its
     /// disk is full); its state is then `unhealthy`.
     pub unhealthy: Option<String>,
+    /// The keys of `labels` the node declared itself; the others were given by the join token
+    /// it joined with (an operator's decision, which the node cannot override).
+    pub declared_labels: Vec<String>,
 }
 
 /// A task as `rgrid tasks` shows it.
@@ -538,247 +557,8 @@ pub struct TaskInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
-    /// Freezes the encoding of the security messages (issue 12).
-    #[test]
-    fn golden_bytes_of_node_removal() {
-        let remove = Request::RemoveNode { node: "n".into() };
-        assert_eq!(
-            postcard::to_allocvec(&remove).expect("encodes"),
-            [14, 1, b'n']
-        );
-        let removed = Response::Removed {
-            nodes: vec![NodeId(Uuid::from_u128(1))],
-        };
-        let mut expected = vec![15, 1, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        assert_eq!(postcard::to_allocvec(&removed).expect("encodes"), expected);
-    }
-
-    /// Freezes the encoding: a change here breaks every deployed peer.
-    #[test]
-    fn golden_bytes() {
-        let hello = Hello {
-            version: 1,
-            agent: "a".into(),
-        };
-        assert_eq!(
-            postcard::to_allocvec(&hello).expect("encodes"),
-            [1, 1, b'a']
-        );
-        let task = TaskId(Uuid::from_u128(1));
-        let get = Request::Get { task };
-        let mut expected = vec![4, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        assert_eq!(postcard::to_allocvec(&get).expect("encodes"), expected);
-        let msg = NodeMessage::Started {
-            attempt: AttemptId { task, attempt: 2 },
-        };
-        let mut expected = vec![1, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.push(2);
-        assert_eq!(postcard::to_allocvec(&msg).expect("encodes"), expected);
-        assert_eq!(
-            postcard::to_allocvec(&ExitStatus::Exited(-1)).expect("encodes"),
-            [0, 1]
-        );
-        // Version 2's batches: the head's assignments, the node's results and acknowledgement.
-        let attempt = AttemptId { task, attempt: 1 };
-        let assign = HeadMessage::Assign(vec![Assignment {
-            attempt,
-            spec: vec![7, 8],
-        }]);
-        let mut expected = vec![1, 1, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.extend_from_slice(&[1, 2, 7, 8]);
-        assert_eq!(postcard::to_allocvec(&assign).expect("encodes"), expected);
-        let accepted = HeadMessage::ResultsAccepted(vec![attempt]);
-        let mut expected = vec![5, 1, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.push(1);
-        assert_eq!(postcard::to_allocvec(&accepted).expect("encodes"), expected);
-        let results = NodeMessage::Results(vec![AttemptReport {
-            attempt,
-            exit: ExitStatus::Exited(0),
-            stdout: b"x".to_vec(),
-            stderr: Vec::new(),
-            started_at_ms: 3,
-            finished_at_ms: 4,
-            outputs: Vec::new(),
-        }]);
-        let mut expected = vec![4, 1, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.extend_from_slice(&[1, 0, 0, 1, b'x', 0, 3, 4, 0]);
-        assert_eq!(postcard::to_allocvec(&results).expect("encodes"), expected);
-        let answers = Response::Submitted(vec![
-            SubmitAnswer::Accepted,
-            SubmitAnswer::Known {
-                state: TaskState::Running,
-            },
-        ]);
-        assert_eq!(
-            postcard::to_allocvec(&answers).expect("encodes"),
-            [3, 2, 0, 1, 3]
-        );
-        let wait = Request::Wait {
-            tasks: vec![task],
-            outputs: false,
-        };
-        let mut expected = vec![9, 1, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.push(0);
-        assert_eq!(postcard::to_allocvec(&wait).expect("encodes"), expected);
-        // A node's hello, with the appended disconnect grace last.
-        let hello = Request::NodeSession(NodeHello {
-            name: "n".into(),
-            resources: Resources::default(),
-            labels: BTreeMap::new(),
-            capabilities: vec!["docker".into()],
-            running: vec![attempt],
-            finished: Vec::new(),
-            disconnect_grace_ms: Some(300),
-        });
-        let mut expected = vec![1, 1, b'n'];
-        expected.extend_from_slice(&postcard::to_allocvec(&Resources::default()).expect("encodes"));
-        expected.extend_from_slice(&[0, 1, 6, b'd', b'o', b'c', b'k', b'e', b'r', 1, 16]);
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.extend_from_slice(&[1, 0, 1, 0xac, 0x02]);
-        assert_eq!(postcard::to_allocvec(&hello).expect("encodes"), expected);
-        let health = NodeMessage::Health(NodeHealth {
-            problem: Some("x".into()),
-            engine_reachable: Some(false),
-            docker_root_free_bytes: None,
-            state_dir_free_bytes: Some(1),
-        });
-        assert_eq!(
-            postcard::to_allocvec(&health).expect("encodes"),
-            [5, 1, 1, b'x', 1, 0, 0, 1, 1]
-        );
-        // Cost (appended): request 15, response 16.
-        let cost = Request::Cost(CostQuery {
-            since_ms: Some(1),
-            by: CostBy::Shape,
-            task: None,
-        });
-        assert_eq!(
-            postcard::to_allocvec(&cost).expect("encodes"),
-            [15, 1, 1, 2, 0]
-        );
-        let report = Response::Cost(CostReport {
-            groups: Vec::new(),
-            total: CostGroup {
-                key: "k".into(),
-                tasks: 1,
-                node_seconds: 0.0,
-                cost: 1.0,
-                provisional: 0.0,
-            },
-            truncated: true,
-        });
-        let mut expected = vec![16, 0, 1, b'k', 1];
-        expected.extend_from_slice(&0f64.to_le_bytes());
-        expected.extend_from_slice(&1f64.to_le_bytes());
-        expected.extend_from_slice(&0f64.to_le_bytes());
-        expected.push(1);
-        assert_eq!(postcard::to_allocvec(&report).expect("encodes"), expected);
-        // Appended variants: 5 and 6, after the original five.
-        assert_eq!(
-            postcard::to_allocvec(&ExitStatus::HandedBack("x".into())).expect("encodes"),
-            [5, 1, b'x']
-        );
-        assert_eq!(
-            postcard::to_allocvec(&ExitStatus::Signalled {
-                signal: 9,
-                name: "SIGKILL".into()
-            })
-            .expect("encodes"),
-            [6, 18, 7, b'S', b'I', b'G', b'K', b'I', b'L', b'L']
-        );
-    }
-
-    /// Objects: appended requests, responses and error kind.
-    #[test]
-    fn golden_bytes_of_objects() {
-        let object = ObjectRef {
-            sha256: [0xab; 32],
-            size: 300,
-        };
-        let mut encoded_object = vec![0xab; 32];
-        encoded_object.extend_from_slice(&[0xac, 0x02]);
-        let put = Request::PutObject(object);
-        let mut expected = vec![11];
-        expected.extend_from_slice(&encoded_object);
-        assert_eq!(postcard::to_allocvec(&put).expect("encodes"), expected);
-        let get = Request::GetObject(object);
-        expected[0] = 12;
-        assert_eq!(postcard::to_allocvec(&get).expect("encodes"), expected);
-        let list = Request::ListObjects(ObjectQuery {
-            after: None,
-            limit: 5,
-        });
-        assert_eq!(postcard::to_allocvec(&list).expect("encodes"), [13, 0, 5]);
-        assert_eq!(
-            postcard::to_allocvec(&Response::ObjectWanted).expect("encodes"),
-            [11]
-        );
-        let stored = Response::ObjectStored(object);
-        let mut expected = vec![12];
-        expected.extend_from_slice(&encoded_object);
-        assert_eq!(postcard::to_allocvec(&stored).expect("encodes"), expected);
-        expected[0] = 13;
-        assert_eq!(
-            postcard::to_allocvec(&Response::Object(object)).expect("encodes"),
-            expected
-        );
-        let page = Response::Objects(ObjectPage {
-            objects: vec![crate::object::ObjectInfo {
-                object,
-                used_at_ms: 1,
-            }],
-            next: None,
-            stored_bytes: 2,
-            quota_bytes: 3,
-        });
-        let mut expected = vec![14, 1];
-        expected.extend_from_slice(&encoded_object);
-        expected.extend_from_slice(&[1, 0, 2, 3]);
-        assert_eq!(postcard::to_allocvec(&page).expect("encodes"), expected);
-        assert_eq!(
-            postcard::to_allocvec(&ErrorKind::QuotaExceeded).expect("encodes"),
-            [5]
-        );
-    }
-
-    /// Version 4: outputs and dependencies (appended fields and variants).
-    #[test]
-    fn golden_bytes_of_outputs_and_dependencies() {
-        let task = TaskId(Uuid::from_u128(1));
-        let cancel = Request::Cancel {
-            task,
-            recursive: true,
-        };
-        let mut expected = vec![7, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.push(1);
-        assert_eq!(postcard::to_allocvec(&cancel).expect("encodes"), expected);
-        assert_eq!(
-            postcard::to_allocvec(&ExitStatus::OutputFailed("x".into())).expect("encodes"),
-            [7, 1, b'x']
-        );
-        assert_eq!(
-            postcard::to_allocvec(&TaskState::DependencyFailed).expect("encodes"),
-            [9]
-        );
-        let source = crate::task::InputSource::TaskOutput {
-            task,
-            name: "o".into(),
-        };
-        let mut expected = vec![1, 16];
-        expected.extend_from_slice(&1u128.to_be_bytes());
-        expected.extend_from_slice(&[1, b'o']);
-        assert_eq!(postcard::to_allocvec(&source).expect("encodes"), expected);
-    }
+    // Golden bytes of every message: tests/wire_golden.rs.
 
     #[test]
     fn task_spec_round_trips() {

@@ -4,12 +4,17 @@
 //!
 //! Identities live in the certificate's common name: `node:<uuid>` or `client:<name>`; a
 //! client's role ([`ClientRole`]) in its organizational unit.
+//!
+//! Every certificate expires: the CA after [`CA_LIFETIME`], node and client certificates after
+//! the lifetime the head is configured with (they are renewed over the session once
+//! [`CertInfo::wants_renewal`] says so). Each has a random serial, by which the head revokes it.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::digest::{digest, SHA256};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -35,6 +40,33 @@ pub enum TlsError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("join token is malformed: expected ID.SECRET.CAHASH as written by rgrid-head to its join-token file")]
     MalformedToken,
+    #[error("{what} cannot be read as an X.509 certificate")]
+    BadCertificate { what: &'static str },
+}
+
+/// How long a new cluster CA is valid: long, but not forever.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Before its start, a certificate the nodes verify (the CA's, the head's) is valid this long
+/// already, so that a node whose clock is a little behind the head's accepts it.
+const CLOCK_SKEW: Duration = Duration::from_secs(24 * 3600);
+
+/// The validity of a certificate issued now for `lifetime`, backdated by `backdate`.
+fn validity(params: &mut CertificateParams, lifetime: Duration, backdate: Duration) {
+    let now = SystemTime::now();
+    params.not_before = (now - backdate).into();
+    params.not_after = now
+        .checked_add(lifetime)
+        .unwrap_or(now + CA_LIFETIME)
+        .into();
+}
+
+/// A random serial (positive, 16 bytes): what a revocation names.
+fn random_serial() -> SerialNumber {
+    let mut bytes = random_bytes::<16>();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
 }
 
 /// The crypto provider used everywhere (ring), so no process-wide default is needed.
@@ -65,6 +97,8 @@ impl ClusterCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
+        validity(&mut params, CA_LIFETIME, CLOCK_SKEW);
+        params.serial_number = Some(random_serial());
         let issuer = params.self_signed(&key)?;
         let pem = issuer.pem();
         Ok(Self { issuer, key, pem })
@@ -111,18 +145,51 @@ impl ClusterCa {
         })
     }
 
-    /// A client certificate for `subject` (`client:admin`) with `role`, with a fresh key.
-    pub fn issue_client(&self, subject: &str, role: ClientRole) -> Result<Identity, TlsError> {
+    /// A client certificate for `subject` (`client:admin`) with `role`, valid for `lifetime`,
+    /// with a fresh key.
+    pub fn issue_client(
+        &self,
+        subject: &str,
+        role: ClientRole,
+        lifetime: Duration,
+    ) -> Result<Identity, TlsError> {
         let key = KeyPair::generate()?;
-        let mut params = client_params(subject)?;
+        let cert = self.sign_client(&key, subject, role, lifetime)?;
+        Ok(Identity {
+            cert_pem: cert,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Renews a client certificate: `csr_pem`'s key, signed as `subject` with `role` (taken from
+    /// the certificate the client connected with, never from the CSR), valid for `lifetime`.
+    pub fn renew_client_csr(
+        &self,
+        csr_pem: &str,
+        subject: &str,
+        role: ClientRole,
+        lifetime: Duration,
+    ) -> Result<String, TlsError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = client_params(subject, lifetime)?;
+        csr.params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, role.as_str());
+        Ok(csr.signed_by(&self.issuer, &self.key)?.pem())
+    }
+
+    fn sign_client(
+        &self,
+        key: &KeyPair,
+        subject: &str,
+        role: ClientRole,
+        lifetime: Duration,
+    ) -> Result<String, TlsError> {
+        let mut params = client_params(subject, lifetime)?;
         params
             .distinguished_name
             .push(DnType::OrganizationalUnitName, role.as_str());
-        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
-        Ok(Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(params.signed_by(key, &self.issuer, &self.key)?.pem())
     }
 
     /// Checks that `csr_pem` is a CSR [`Self::sign_node_csr`] can sign, without signing it (a
@@ -132,27 +199,116 @@ impl ClusterCa {
         Ok(())
     }
 
-    /// Signs a node's CSR as `node:<id>`. Whatever subject the CSR asked for is replaced.
-    pub fn sign_node_csr(&self, csr_pem: &str, node: NodeId) -> Result<String, TlsError> {
+    /// Signs a node's CSR as `node:<id>`, valid for `lifetime`. Whatever subject the CSR asked
+    /// for is replaced.
+    pub fn sign_node_csr(
+        &self,
+        csr_pem: &str,
+        node: NodeId,
+        lifetime: Duration,
+    ) -> Result<String, TlsError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        csr.params = client_params(&PeerIdentity::Node(node).to_string())?;
+        csr.params = client_params(&PeerIdentity::Node(node).to_string(), lifetime)?;
         Ok(csr.signed_by(&self.issuer, &self.key)?.pem())
     }
 }
 
-fn client_params(subject: &str) -> Result<CertificateParams, TlsError> {
+/// A node's or client's certificate: verified by the head only, so valid from the head's now.
+fn client_params(subject: &str, lifetime: Duration) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, subject);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, lifetime, Duration::ZERO);
+    params.serial_number = Some(random_serial());
     Ok(params)
 }
 
 /// A node's key and the CSR to send with its join request.
 pub fn node_csr() -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
-    let csr = client_params("node:pending")?.serialize_request(&key)?;
-    Ok((key.serialize_pem(), csr.pem()?))
+    let csr = renewal_csr(&key.serialize_pem())?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// A CSR for the key `key_pem` already has (a renewal keeps the key, so that only the
+/// certificate file changes, in one atomic write). The head sets the subject.
+pub fn renewal_csr(key_pem: &str) -> Result<String, TlsError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    // A CSR carries no serial or validity: only a subject for the key.
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "pending");
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// What a certificate says of its life: its serial and validity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The serial, hex: what a revocation names.
+    pub serial: String,
+    /// Milliseconds since the Unix epoch.
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+}
+
+impl CertInfo {
+    /// Reads the first certificate of `pem`.
+    pub fn from_pem(pem: &str, what: &'static str) -> Result<Self, TlsError> {
+        let certs = pem_certs(pem, what)?;
+        Self::from_der(&certs[0]).ok_or(TlsError::BadCertificate { what })
+    }
+
+    /// Reads a certificate (DER).
+    pub fn from_der(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let ms = |t: x509_parser::time::ASN1Time| {
+            u64::try_from(t.timestamp())
+                .unwrap_or(0)
+                .saturating_mul(1000)
+        };
+        Some(Self {
+            serial: hex::encode(cert.raw_serial()),
+            not_before_ms: ms(cert.validity().not_before),
+            not_after_ms: ms(cert.validity().not_after),
+        })
+    }
+
+    /// Whether it has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        now_ms > self.not_after_ms
+    }
+
+    /// When to renew it: at two thirds of its life.
+    pub fn renew_at_ms(&self) -> u64 {
+        let life = self.not_after_ms.saturating_sub(self.not_before_ms);
+        self.not_before_ms.saturating_add(life / 3 * 2)
+    }
+
+    /// Whether it is in its renewal window at `now_ms`: past [`Self::renew_at_ms`].
+    pub fn wants_renewal(&self, now_ms: u64) -> bool {
+        now_ms >= self.renew_at_ms()
+    }
+
+    /// Whether the head grants a renewal at `now_ms`: past half its life (a little before the
+    /// holder asks, so that clocks a little apart agree), not expired.
+    pub fn renewable(&self, now_ms: u64) -> bool {
+        let life = self.not_after_ms.saturating_sub(self.not_before_ms);
+        now_ms >= self.not_before_ms.saturating_add(life / 2) && !self.expired(now_ms)
+    }
+
+    /// The expiry, as RFC 3339.
+    pub fn expires(&self) -> String {
+        format_ms(self.not_after_ms)
+    }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 (seconds), for messages.
+pub fn format_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("unix ms {ms}"))
 }
 
 /// A certificate chain and its private key, both PEM.
@@ -561,7 +717,9 @@ mod tests {
         );
         let (_key, csr) = node_csr().expect("a CSR is generated");
         let node = NodeId::new();
-        let cert = again.sign_node_csr(&csr, node).expect("a CSR is generated");
+        let cert = again
+            .sign_node_csr(&csr, node, Duration::from_secs(60))
+            .expect("a CSR is generated");
         let der = pem_certs(&cert, "node").expect("the certificate is PEM");
         assert_eq!(
             PeerIdentity::from_cert(&der[0]),
@@ -574,7 +732,7 @@ mod tests {
         let ca = ClusterCa::generate("test").expect("a CA is generated");
         for role in ClientRole::ALL {
             let identity = ca
-                .issue_client("client:ci", role)
+                .issue_client("client:ci", role, Duration::from_secs(60))
                 .expect("a client certificate is issued");
             let der = pem_certs(&identity.cert_pem, "client").expect("the certificate is PEM");
             assert_eq!(
@@ -586,7 +744,7 @@ mod tests {
         }
         let (_key, csr) = node_csr().expect("a CSR is generated");
         let node = ca
-            .sign_node_csr(&csr, NodeId::new())
+            .sign_node_csr(&csr, NodeId::new(), Duration::from_secs(60))
             .expect("the CSR is signed");
         let der = pem_certs(&node, "node").expect("the certificate is PEM");
         assert_eq!(ClientRole::from_cert(&der[0]), None);

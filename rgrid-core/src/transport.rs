@@ -11,6 +11,10 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use crate::frame::{FrameError, FrameReader, FrameWriter};
 use crate::protocol::{Hello, HelloReply, Request, Response, HEAD_SERVER_NAME, PROTOCOL_VERSION};
 
+/// The code the head closes a connection with when it refuses the peer's certificate for good
+/// (a removed node, a revoked certificate): the peer should not retry.
+pub const CLOSE_REFUSED: u32 = 3;
+
 /// Transport errors. Messages say what went wrong on which side.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -164,7 +168,13 @@ pub async fn connect(
         let connection = connecting
             .await
             .map_err(|source| TransportError::Connect { addr, source })?;
-        handshake(&connection, PROTOCOL_VERSION, agent).await?;
+        if let Err(err) = handshake(&connection, PROTOCOL_VERSION, agent).await {
+            // Why the head closed the connection (a certificate it refused: expired, revoked)
+            // says more than the stream that broke.
+            return Err(connection
+                .close_reason()
+                .map_or(err, TransportError::Connection));
+        }
         Ok((endpoint, connection))
     };
     tokio::time::timeout(CONNECT_TIMEOUT, connected)

@@ -141,6 +141,9 @@ fn samples() -> Vec<Sample> {
             by: CostBy::Label,
             task: Some(task),
         })),
+        sample(Request::Renew {
+            csr_pem: "CSR".into(),
+        }),
         // Responses.
         sample(Response::Error(ErrorReply {
             kind: ErrorKind::NotFound,
@@ -170,6 +173,7 @@ fn samples() -> Vec<Sample> {
             capabilities: vec!["docker".into()],
             running: 1,
             unhealthy: Some("disk full".into()),
+            declared_labels: vec!["site".into()],
         }])),
         sample(Response::Tasks(TaskPage {
             tasks: vec![TaskInfo {
@@ -217,6 +221,9 @@ fn samples() -> Vec<Sample> {
             total: cost,
             truncated: true,
         })),
+        sample(Response::Renewed {
+            cert_pem: "CERT".into(),
+        }),
         // Head → node.
         sample(HeadMessage::Welcome {
             node_id: node,
@@ -233,6 +240,9 @@ fn samples() -> Vec<Sample> {
         }),
         sample(HeadMessage::Drain { deadline_ms: 500 }),
         sample(HeadMessage::ResultsAccepted(vec![attempt])),
+        sample(HeadMessage::Renewed {
+            cert_pem: "CERT".into(),
+        }),
         // Node → head.
         sample(NodeMessage::Heartbeat),
         sample(NodeMessage::Started { attempt }),
@@ -248,6 +258,9 @@ fn samples() -> Vec<Sample> {
             state_dir_free_bytes: Some(1),
         })),
         sample(NodeMessage::Pulling { attempt }),
+        sample(NodeMessage::Renew {
+            csr_pem: "CSR".into(),
+        }),
         // The enums inside the messages.
         sample(ExitStatus::Exited(-1)),
         sample(ExitStatus::OutOfMemory),

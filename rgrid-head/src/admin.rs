@@ -1,13 +1,14 @@
 //! Administration of a head's credentials from the command line (`rgrid-head token …`,
-//! `rgrid-head client create …`): join tokens and client credentials, through the head's own
-//! state dir and database, whether the head is running or stopped. A running head sees a new
-//! or revoked token at the next join: it reads tokens from the database every time.
+//! `rgrid-head client create|list|revoke …`): join tokens and client credentials, through the
+//! head's own state dir and database, whether the head is running or stopped. A running head
+//! sees a new or revoked token at the next join (it reads tokens from the database every time)
+//! and a revoked client within a second (it reads revocations again that often).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rgrid_core::tls::{ClientFile, ClientRole, ClusterCa};
+use rgrid_core::tls::{ClientFile, ClientRole, ClusterCa, PeerIdentity};
 use tokio_util::task::TaskTracker;
 
 use crate::config::HeadConfig;
@@ -32,6 +33,23 @@ pub enum AdminError {
     Exists(PathBuf),
     #[error("no head address for the client file: pass --head HOST:PORT (or set `advertise`, or start the head once so it writes STATE_DIR/client.toml)")]
     NoHeadAddress,
+    #[error(
+        "no unexpired certificate of client {0:?} to revoke; `rgrid-head client list` shows them"
+    )]
+    UnknownClient(String),
+}
+
+/// A client certificate as `rgrid-head client list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ClientInfo {
+    pub name: String,
+    pub role: String,
+    /// Hex: what a revocation names.
+    pub serial: String,
+    /// `valid`, `expired` or `revoked`.
+    pub state: &'static str,
+    pub issued_at_ms: u64,
+    pub expires_at_ms: u64,
 }
 
 /// Where a join token stands.
@@ -96,6 +114,8 @@ impl TokenInfo {
 pub struct Admin {
     state_dir: PathBuf,
     advertise: Option<String>,
+    /// How long the client certificates it writes are valid (`client_cert_lifetime`).
+    client_cert_lifetime: Duration,
     ca: ClusterCa,
     store: Store,
     tracker: TaskTracker,
@@ -112,6 +132,7 @@ impl Admin {
         Ok(Self {
             state_dir,
             advertise: config.advertise.clone(),
+            client_cert_lifetime: config.client_cert_lifetime,
             ca,
             store,
             tracker,
@@ -156,7 +177,7 @@ impl Admin {
     /// Writes credentials for client `name` with `role` to `out` (mode 0600), connecting to
     /// `head`, else to the head's `advertise` address, else to the address in the head's own
     /// `client.toml`. Never overwrites a file.
-    pub fn create_client(
+    pub async fn create_client(
         &self,
         name: &str,
         role: ClientRole,
@@ -177,10 +198,69 @@ impl Admin {
             Some(head) => head,
             None => self.admin_file_head().ok_or(AdminError::NoHeadAddress)?,
         };
-        let file = credentials::client_file(&self.ca, name, role, &head)?;
+        let file =
+            credentials::client_file(&self.ca, name, role, &head, self.client_cert_lifetime)?;
+        credentials::record_certificate(
+            &self.store,
+            &file.cert_pem,
+            &PeerIdentity::Client(name.to_owned()),
+            Some(role),
+        )
+        .await?;
         credentials::write_client(out, &file)?;
         tracing::info!(client = %name, %role, path = %out.display(), "wrote client credentials");
         Ok(())
+    }
+
+    /// Every client certificate the head recorded (`client create`, renewals, the head's own
+    /// admin credentials), by name then age.
+    pub async fn clients(&self) -> Result<Vec<ClientInfo>, AdminError> {
+        let now = unix_ms();
+        let listed = self.store.certificates("client:").await?;
+        Ok(listed
+            .into_iter()
+            .map(|listed| {
+                let cert = listed.cert;
+                let state = if listed.revoked {
+                    "revoked"
+                } else if cert.expires_at_ms <= now {
+                    "expired"
+                } else {
+                    "valid"
+                };
+                ClientInfo {
+                    name: cert
+                        .subject
+                        .strip_prefix("client:")
+                        .unwrap_or(&cert.subject)
+                        .to_owned(),
+                    role: cert.role.unwrap_or_default(),
+                    serial: cert.serial,
+                    state,
+                    issued_at_ms: cert.issued_at_ms,
+                    expires_at_ms: cert.expires_at_ms,
+                }
+            })
+            .collect())
+    }
+
+    /// Revokes every unexpired certificate of client `name` (renewed ones included): a running
+    /// head refuses them within a second, at the handshake and on every request. Returns the
+    /// revoked serials.
+    pub async fn revoke_client(&self, name: &str) -> Result<Vec<String>, AdminError> {
+        let serials = self
+            .store
+            .revoke_certificates(
+                &format!("client:{name}"),
+                unix_ms(),
+                "revoked by an operator",
+            )
+            .await?;
+        if serials.is_empty() {
+            return Err(AdminError::UnknownClient(name.to_owned()));
+        }
+        tracing::info!(client = %name, ?serials, "revoked a client");
+        Ok(serials)
     }
 
     /// The head address in `STATE_DIR/client.toml`, written at the head's last start.
@@ -257,10 +337,12 @@ mod tests {
         let out = dir.path().join("ci.toml");
         let err = admin
             .create_client("ci", ClientRole::Submit, None, &out)
+            .await
             .expect_err("no head address known");
         assert!(matches!(err, AdminError::NoHeadAddress), "{err}");
         admin
             .create_client("ci", ClientRole::Submit, Some("10.0.0.1:7070"), &out)
+            .await
             .expect("the client file is written");
         let file: ClientFile =
             toml::from_str(&std::fs::read_to_string(&out).expect("the file reads"))
@@ -270,12 +352,37 @@ mod tests {
         assert_eq!(ClientRole::from_cert(&der[0]), Some(ClientRole::Submit));
         let err = admin
             .create_client("ci", ClientRole::Read, Some("10.0.0.1:7070"), &out)
+            .await
             .expect_err("never overwrites");
         assert!(matches!(err, AdminError::Exists(_)), "{err}");
         let err = admin
             .create_client("a b", ClientRole::Read, Some("h:1"), &dir.path().join("x"))
+            .await
             .expect_err("a bad name");
         assert!(matches!(err, AdminError::ClientName(_)), "{err}");
+
+        // Recorded, listed, revoked by name.
+        let listed = admin.clients().await.expect("clients are listed");
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let cert = rgrid_core::tls::CertInfo::from_pem(&file.cert_pem, "client").expect("a cert");
+        assert_eq!(
+            (
+                listed[0].name.as_str(),
+                listed[0].role.as_str(),
+                listed[0].serial.as_str()
+            ),
+            ("ci", "submit", cert.serial.as_str())
+        );
+        assert_eq!(listed[0].state, "valid");
+        assert_eq!(listed[0].expires_at_ms, cert.not_after_ms);
+        let revoked = admin.revoke_client("ci").await.expect("revoked");
+        assert_eq!(revoked, std::slice::from_ref(&cert.serial));
+        assert_eq!(admin.clients().await.expect("listed")[0].state, "revoked");
+        let err = admin
+            .revoke_client("ci")
+            .await
+            .expect_err("nothing left to revoke");
+        assert!(matches!(err, AdminError::UnknownClient(_)), "{err}");
         admin.close().await;
     }
 }

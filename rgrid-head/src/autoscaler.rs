@@ -7,7 +7,8 @@
 //! their own tasks and report back, so a slow cloud never stalls a decision. Why tasks wait
 //! goes back to the event loop for listings.
 //!
-//! Servers and nodes are matched by name: a provisioned node joins under its server's name.
+//! Servers and nodes are matched by name: a provisioned node joins under its server's name,
+//! which its join token binds it to (the head records it; the node cannot choose another).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -365,6 +366,12 @@ impl Autoscaler {
             cloud_init::render(&self.config, node_type, &self.head_addr, &token.encode())
                 .map_err(|e| e.to_string())?;
         let request = CreateServer::for_node(&self.config, node_type, location, user_data);
+        // The node that joins with this token is called after its server, whatever it says:
+        // servers and nodes are matched by name.
+        self.store
+            .bind_token(&token.id, &request.name)
+            .await
+            .map_err(|e| format!("binding the join token to the server's name: {e}"))?;
         tracing::info!(name = %request.name, %node_type, %location, "creating a server");
         self.creating.insert(
             request.name.clone(),

@@ -39,6 +39,15 @@ pub struct HeadConfig {
     /// How long the join token written to `STATE_DIR/join-token` stays valid. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub join_token_ttl: Duration,
+    /// How long a node certificate is valid. A node renews its certificate over its session at
+    /// two thirds of this (without a restart); one that stayed away past it must join again.
+    /// Default `30d`.
+    #[serde(with = "humantime_serde")]
+    pub node_cert_lifetime: Duration,
+    /// How long a client certificate (`client.toml`) is valid. The client library renews it when
+    /// it connects past two thirds of this, rewriting the file. Default `90d`.
+    #[serde(with = "humantime_serde")]
+    pub client_cert_lifetime: Duration,
     /// Connections the head holds at once from peers it has not authenticated yet (joining
     /// nodes, TLS handshakes in progress); more are refused. Default `256`.
     pub max_unauthenticated: usize,
@@ -124,6 +133,8 @@ impl Default for HeadConfig {
             heartbeat_timeout: Duration::from_secs(5),
             recovery_grace: Duration::from_secs(10),
             join_token_ttl: Duration::from_secs(24 * 3600),
+            node_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
+            client_cert_lifetime: Duration::from_secs(90 * 24 * 3600),
             max_unauthenticated: 256,
             max_unauthenticated_per_address: 16,
             joins_per_second: 20,
@@ -171,6 +182,17 @@ impl HeadConfig {
             return Err(ConfigError::Invalid(
                 "max_unauthenticated, max_unauthenticated_per_address and joins_per_second must be above 0 (or no node could join)".into(),
             ));
+        }
+        for (key, lifetime) in [
+            ("node_cert_lifetime", self.node_cert_lifetime),
+            ("client_cert_lifetime", self.client_cert_lifetime),
+        ] {
+            if lifetime < Duration::from_secs(3) || lifetime > rgrid_core::tls::CA_LIFETIME {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = {} is out of range: use from 3s to 3650d (certificates renew at two thirds of it)",
+                    humantime::format_duration(lifetime)
+                )));
+            }
         }
         if !(0.0..=1.0).contains(&self.pack_threshold) {
             return Err(ConfigError::Invalid(format!(

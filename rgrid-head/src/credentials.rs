@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rgrid_core::tls::{ClientFile, ClientRole, ClusterCa, JoinToken, TlsError};
+use rgrid_core::tls::{
+    CertInfo, ClientFile, ClientRole, ClusterCa, JoinToken, PeerIdentity, TlsError,
+};
 
-use crate::store::{Store, StoreError, StoredToken, Write};
+use crate::store::{IssuedCert, Store, StoreError, StoredToken, Write};
 use rgrid_core::time::unix_ms;
 
 /// Credentials that could not be created or loaded.
@@ -136,24 +138,37 @@ pub(crate) async fn ensure_join_token_file(
     Ok(path)
 }
 
-/// Writes `STATE_DIR/client.toml` with admin credentials (kept across restarts) and the address
-/// clients should use.
-pub(crate) fn write_client_file(
+/// Writes `STATE_DIR/client.toml` with admin credentials (kept across restarts while they are
+/// not in their renewal window) and the address clients should use.
+pub(crate) async fn write_client_file(
     state_dir: &Path,
+    store: &Store,
     ca: &ClusterCa,
     head: &str,
+    lifetime: Duration,
 ) -> Result<PathBuf, CredentialsError> {
     let path = state_dir.join("client.toml");
+    let now = unix_ms();
     let existing = std::fs::read_to_string(&path)
         .ok()
         .and_then(|text| toml::from_str::<ClientFile>(&text).ok())
-        .filter(|file| file.ca_pem == ca.cert_pem() && is_admin(file));
+        .filter(|file| file.ca_pem == ca.cert_pem() && is_admin(file))
+        .filter(|file| {
+            CertInfo::from_pem(&file.cert_pem, "client certificate")
+                .is_ok_and(|info| !info.wants_renewal(now))
+        });
     let file = match existing {
         Some(file) => ClientFile {
             head: head.to_owned(),
             ..file
         },
-        None => client_file(ca, "admin", ClientRole::Admin, head)?,
+        None => {
+            let file = client_file(ca, "admin", ClientRole::Admin, head, lifetime)?;
+            let admin = PeerIdentity::Client("admin".into());
+            record_certificate(store, &file.cert_pem, &admin, Some(ClientRole::Admin)).await?;
+            tracing::info!(path = %path.display(), "wrote new admin credentials");
+            file
+        }
     };
     write_client(&path, &file)?;
     Ok(path)
@@ -167,20 +182,41 @@ fn is_admin(file: &ClientFile) -> bool {
         == Some(ClientRole::Admin)
 }
 
-/// New credentials for client `name` with `role`, connecting to `head`.
+/// New credentials for client `name` with `role`, valid for `lifetime`, connecting to `head`.
 pub(crate) fn client_file(
     ca: &ClusterCa,
     name: &str,
     role: ClientRole,
     head: &str,
+    lifetime: Duration,
 ) -> Result<ClientFile, CredentialsError> {
-    let identity = ca.issue_client(&format!("client:{name}"), role)?;
+    let identity = ca.issue_client(&format!("client:{name}"), role, lifetime)?;
     Ok(ClientFile {
         head: head.to_owned(),
         ca_pem: ca.cert_pem().to_owned(),
         cert_pem: identity.cert_pem,
         key_pem: identity.key_pem,
     })
+}
+
+/// Records a certificate the head signed for `subject` (with a client's `role`), so that it
+/// can be listed (`rgrid-head client list`) and revoked by name or once renewed.
+pub(crate) async fn record_certificate(
+    store: &Store,
+    cert_pem: &str,
+    subject: &PeerIdentity,
+    role: Option<ClientRole>,
+) -> Result<(), CredentialsError> {
+    let info = CertInfo::from_pem(cert_pem, "new certificate")?;
+    let row = IssuedCert {
+        serial: info.serial,
+        subject: subject.to_string(),
+        role: role.map(|r| r.as_str().to_owned()),
+        issued_at_ms: info.not_before_ms,
+        expires_at_ms: info.not_after_ms,
+    };
+    store.record_certificate(&row).await?;
+    Ok(())
 }
 
 /// Writes a `client.toml`, readable by its owner only.

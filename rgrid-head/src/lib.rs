@@ -21,10 +21,12 @@ mod cluster;
 pub mod config;
 mod credentials;
 mod dependencies;
+mod identity;
 pub mod join;
 mod metrics;
 mod objects;
 mod outputs;
+mod renewal;
 mod revoked;
 mod roles;
 mod server;
@@ -174,7 +176,14 @@ pub async fn start(
         }
         addr.to_string()
     });
-    credentials::write_client_file(&state_dir, &ca, &advertise)?;
+    credentials::write_client_file(
+        &state_dir,
+        &store,
+        &ca,
+        &advertise,
+        config.client_cert_lifetime,
+    )
+    .await?;
 
     let outputs = outputs::OutputStore::new(state_dir.join("outputs")).map_err(|source| {
         StartError::StateDir {
@@ -194,6 +203,7 @@ pub async fn start(
         recovery_grace: config.recovery_grace,
     };
     let revoked = revoked::Revoked::load(&store).await?;
+    tracker.spawn(revoked.clone().refresh(store.clone(), shutdown.clone()));
     let (channels, inputs) = Channels::new();
     let ca = Arc::new(ca);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -249,6 +259,10 @@ pub async fn start(
         channels,
         next_session: AtomicU64::new(1),
         heartbeat_interval: config.heartbeat_interval,
+        lifetimes: renewal::Lifetimes {
+            node: config.node_cert_lifetime,
+            client: config.client_cert_lifetime,
+        },
         admission: admission::Admission::new(config.admission_limits()),
         revoked: revoked.clone(),
         servers,

@@ -89,6 +89,13 @@ enum TokenCommand {
 
 #[derive(clap::Subcommand)]
 enum ClientCommand {
+    /// List the client certificates the head signed (name, role, serial, state, expiry).
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Revoke every certificate of a client: a running head refuses it within a second.
+    Revoke { name: String },
     /// Write a client.toml for another person or program.
     Create {
         /// Client name (its certificate says client:NAME).
@@ -121,18 +128,7 @@ async fn administer(config: &HeadConfig, command: AdminCommand) -> anyhow::Resul
     let admin = Admin::open(config).await?;
     let result = match command {
         AdminCommand::Token { command } => token(&admin, config, command).await,
-        AdminCommand::Client {
-            command:
-                ClientCommand::Create {
-                    name,
-                    role,
-                    out,
-                    head,
-                },
-        } => admin
-            .create_client(&name, role, head.as_deref(), &out)
-            .map(|()| eprintln!("wrote {} for client:{name} ({role})", out.display()))
-            .map_err(Into::into),
+        AdminCommand::Client { command } => client(&admin, command).await,
     };
     admin.close().await;
     result
@@ -185,6 +181,54 @@ async fn token(admin: &Admin, config: &HeadConfig, command: TokenCommand) -> any
         TokenCommand::Revoke { id } => {
             admin.revoke_token(&id).await?;
             eprintln!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn client(admin: &Admin, command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Create {
+            name,
+            role,
+            out,
+            head,
+        } => {
+            admin
+                .create_client(&name, role, head.as_deref(), &out)
+                .await?;
+            eprintln!("wrote {} for client:{name} ({role})", out.display());
+        }
+        ClientCommand::List { output } => {
+            let clients = admin.clients().await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&clients)?),
+                Output::Table => {
+                    println!(
+                        "{:<20} {:<7} {:<8} {:<20} {:<20} SERIAL",
+                        "NAME", "ROLE", "STATE", "ISSUED", "EXPIRES"
+                    );
+                    for c in clients {
+                        println!(
+                            "{:<20} {:<7} {:<8} {:<20} {:<20} {}",
+                            c.name,
+                            c.role,
+                            c.state,
+                            rfc3339(c.issued_at_ms),
+                            rfc3339(c.expires_at_ms),
+                            c.serial
+                        );
+                    }
+                }
+            }
+        }
+        ClientCommand::Revoke { name } => {
+            let serials = admin.revoke_client(&name).await?;
+            eprintln!(
+                "revoked client {name} ({} certificate{})",
+                serials.len(),
+                if serials.len() == 1 { "" } else { "s" }
+            );
         }
     }
     Ok(())

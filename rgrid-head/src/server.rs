@@ -16,8 +16,10 @@ use rgrid_core::protocol::{
     INLINE_RESULT_BYTES, MAX_PAGE_TASKS, MAX_WAIT_TASKS,
 };
 use rgrid_core::time::{monotonic_ms, unix_ms};
-use rgrid_core::tls::{ClientRole, ClusterCa, JoinToken, PeerIdentity};
-use rgrid_core::transport::{accept_handshake, raise_limits, UNAUTHENTICATED_FRAME_BYTES};
+use rgrid_core::tls::{CertInfo, ClientRole, ClusterCa, JoinToken, PeerIdentity};
+use rgrid_core::transport::{
+    accept_handshake, raise_limits, CLOSE_REFUSED, UNAUTHENTICATED_FRAME_BYTES,
+};
 use rgrid_core::{NodeId, TaskId, TaskSpec, TaskState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,7 @@ use crate::cluster::{
 use crate::join::{check_join, check_node_name, CheckedJoin};
 use crate::objects::Objects;
 use crate::outputs::OutputStore;
+use crate::renewal::Lifetimes;
 use crate::revoked::Revoked;
 use crate::roles;
 use crate::store::{Output, Store, StoredNode, StoredTask};
@@ -52,6 +55,8 @@ pub(crate) struct Shared {
     /// Distinguishes a node's sessions, so events from a replaced one are ignored.
     pub next_session: AtomicU64,
     pub heartbeat_interval: Duration,
+    /// How long the certificates the head signs are valid.
+    pub lifetimes: Lifetimes,
     /// What peers without a certificate may hold.
     pub admission: Arc<Admission>,
     /// Nodes that may not connect any more.
@@ -99,16 +104,20 @@ pub(crate) async fn serve(endpoint: Endpoint, shared: Arc<Shared>) {
     endpoint.close(0u32.into(), b"head shutting down");
 }
 
-/// The peer's identity and role from its verified certificate, if it presented one (a client
-/// certificate naming no role may only read).
-fn identity(connection: &Connection) -> Option<(PeerIdentity, ClientRole)> {
+/// The peer's identity, role and certificate from its verified certificate, if it presented
+/// one (a client certificate naming no role may only read).
+fn identity(connection: &Connection) -> Option<(PeerIdentity, ClientRole, CertInfo)> {
     let certs = connection
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
     let cert = certs.first()?;
     let role = ClientRole::from_cert(cert).unwrap_or(ClientRole::Read);
-    Some((PeerIdentity::from_cert(cert)?, role))
+    Some((
+        PeerIdentity::from_cert(cert)?,
+        role,
+        CertInfo::from_der(cert)?,
+    ))
 }
 
 async fn handle_connection(
@@ -117,7 +126,7 @@ async fn handle_connection(
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
 ) {
-    let Some((peer, role)) = identity(&connection) else {
+    let Some((peer, role, cert)) = identity(&connection) else {
         // No certificate: one join within the deadline, then the connection goes.
         if tokio::time::timeout_at(deadline, join_connection(&connection, &shared))
             .await
@@ -136,9 +145,14 @@ async fn handle_connection(
     if let PeerIdentity::Node(node) = peer {
         if shared.revoked.contains(node) {
             tracing::info!(node = %node, "refused a removed node");
-            connection.close(3u32.into(), REMOVED.as_bytes());
+            connection.close(CLOSE_REFUSED.into(), REMOVED.as_bytes());
             return;
         }
+    }
+    if shared.revoked.contains_serial(&cert.serial) {
+        tracing::info!(%peer, serial = %cert.serial, "refused a revoked certificate");
+        connection.close(CLOSE_REFUSED.into(), REVOKED.as_bytes());
+        return;
     }
     raise_limits(&connection);
     let peer = Some(peer);
@@ -163,9 +177,10 @@ async fn handle_connection(
         };
         let shared2 = shared.clone();
         let peer = peer.clone();
+        let cert = Some(cert.clone());
         shared
             .tracker
-            .spawn(handle_stream(peer, role, send, recv, shared2).in_current_span());
+            .spawn(handle_stream(peer, role, cert, send, recv, shared2).in_current_span());
     }
 }
 
@@ -181,7 +196,7 @@ async fn join_connection(connection: &Connection, shared: &Arc<Shared>) {
     let Ok((send, recv)) = connection.accept_bi().await else {
         return;
     };
-    handle_stream(None, ClientRole::Read, send, recv, shared.clone()).await;
+    handle_stream(None, ClientRole::Read, None, send, recv, shared.clone()).await;
     // Let the peer read the answer; it closes the connection then (or the deadline does).
     connection.closed().await;
 }
@@ -189,6 +204,10 @@ async fn join_connection(connection: &Connection, shared: &Arc<Shared>) {
 /// What a removed node hears.
 const REMOVED: &str =
     "this node was removed from the cluster and its certificate revoked; join again with a new token";
+
+/// What the holder of a revoked certificate hears.
+const REVOKED: &str =
+    "this certificate was revoked; a node joins again with a new token, a client asks an admin for new credentials (rgrid-head client create)";
 
 pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     Response::Error(ErrorReply {
@@ -225,6 +244,7 @@ pub(crate) async fn respond(
 async fn handle_stream(
     peer: Option<PeerIdentity>,
     role: ClientRole,
+    cert: Option<CertInfo>,
     send: SendStream,
     recv: RecvStream,
     shared: Arc<Shared>,
@@ -255,6 +275,14 @@ async fn handle_stream(
             return;
         }
     }
+    if cert
+        .as_ref()
+        .is_some_and(|c| shared.revoked.contains_serial(&c.serial))
+    {
+        respond(&mut writer, &error(ErrorKind::Unauthorized, REVOKED)).await;
+        let _ = writer.get_mut().finish();
+        return;
+    }
     if let Some(PeerIdentity::Client(_)) = &peer {
         if let Some(message) = roles::refusal(role, &request) {
             respond(&mut writer, &error(ErrorKind::Forbidden, message)).await;
@@ -268,7 +296,8 @@ async fn handle_stream(
             join_node(join, &shared).await
         }
         (Request::NodeSession(hello), Some(PeerIdentity::Node(node))) => {
-            return node_session(*node, hello, writer, reader, shared).await;
+            let Some(cert) = cert else { return };
+            return node_session(*node, hello, cert, writer, reader, shared).await;
         }
         (Request::ReportResult(report), Some(PeerIdentity::Node(node))) => {
             report_result(*node, report, &shared).await
@@ -285,11 +314,7 @@ async fn handle_stream(
         (Request::Cancel { task, recursive }, Some(PeerIdentity::Client(client))) => {
             cancel(task, recursive, client, role, &shared).await
         }
-        (Request::ListNodes, Some(PeerIdentity::Client(_))) => {
-            ask(&shared, |reply| Event::ListNodes { reply })
-                .await
-                .map_or_else(|e| e, Response::Nodes)
-        }
+        (Request::ListNodes, Some(PeerIdentity::Client(_))) => list_nodes(&shared).await,
         (Request::DrainNode { node, deadline_secs }, Some(PeerIdentity::Client(_))) => {
             let deadline = Duration::from_secs(deadline_secs);
             let name = node.clone();
@@ -328,6 +353,15 @@ async fn handle_stream(
                 Err(err) => error(ErrorKind::Internal, err.to_string()),
             }
         }
+        (Request::Renew { csr_pem }, Some(PeerIdentity::Client(name))) => match &cert {
+            Some(cert) => {
+                match crate::renewal::renew_client(name, role, cert, &csr_pem, &shared).await {
+                    Ok(cert_pem) => Response::Renewed { cert_pem },
+                    Err(message) => error(ErrorKind::BadRequest, message),
+                }
+            }
+            None => error(ErrorKind::Unauthorized, "no certificate to renew"),
+        },
         (_, None) => error(
             ErrorKind::Unauthorized,
             "this connection has no client certificate: it may only join with a token; clients connect with the client.toml rgrid-head wrote to its state dir",
@@ -383,13 +417,20 @@ async fn try_join(join: JoinRequest, shared: &Shared) -> Result<JoinReply, Strin
         .join(&token.id, &secret_hash, unix_ms(), &stored)
         .await
         .map_err(|e| e.to_string())?;
-    if !joined {
+    let Some(name) = joined else {
         return Err(join_refusal(&token, &secret_hash, shared).await);
-    }
+    };
     let cert_pem = shared
         .ca
-        .sign_node_csr(&join.csr_pem, node)
+        .sign_node_csr(&join.csr_pem, node, shared.lifetimes.node)
         .map_err(|e| format!("bad certificate signing request: {e}"))?;
+    // Recorded so that a renewal can revoke it; without the record it only expires.
+    let subject = PeerIdentity::Node(node);
+    let recorded =
+        crate::credentials::record_certificate(&shared.store, &cert_pem, &subject, None).await;
+    if let Err(err) = recorded {
+        tracing::warn!(node = %node, error = %err, "cannot record the node's certificate");
+    }
     tracing::info!(node = %node, %name, "node joined");
     Ok(JoinReply {
         node_id: node,
@@ -449,12 +490,13 @@ async fn send_alive<T>(
 async fn node_session(
     node: NodeId,
     hello: NodeHello,
+    cert: CertInfo,
     writer: FrameWriter<SendStream, Response>,
     reader: FrameReader<RecvStream, Request>,
     shared: Arc<Shared>,
 ) {
     let known = match check_node_name(&hello.name) {
-        Ok(()) => shared.store.node_exists(node).await,
+        Ok(()) => shared.store.node_identity(node).await,
         Err(message) => {
             let mut writer = writer.retype::<HeadMessage>();
             let _ = writer.send(&HeadMessage::Refused { message }).await;
@@ -462,9 +504,12 @@ async fn node_session(
             return;
         }
     };
+    let mut hello = hello;
     match known {
-        Ok(true) => {}
-        Ok(false) => {
+        Ok(Some((name, token_labels))) => {
+            crate::identity::decide(node, &mut hello, name, token_labels)
+        }
+        Ok(None) => {
             let mut writer = writer.retype::<HeadMessage>();
             let _ = writer
                 .send(&HeadMessage::Refused {
@@ -481,8 +526,16 @@ async fn node_session(
             return;
         }
     }
+    // A renewed certificate in use: its predecessors go.
+    let superseding = shared.clone();
+    let current = cert.clone();
+    shared.tracker.spawn(async move {
+        crate::renewal::supersede(node, &current, &superseding).await;
+    });
     let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let (outbox, mut outbox_rx) = mpsc::channel::<HeadMessage>(OUTBOX);
+    // Weak: the session's stream ends when the loop drops the session, as before.
+    let renewals = outbox.downgrade();
     let last_seen = Arc::new(AtomicU64::new(monotonic_ms()));
     let opened = Event::NodeConnected {
         node,
@@ -507,7 +560,10 @@ async fn node_session(
     let mut reader = reader.retype::<NodeMessage>();
     let channels = shared.channels.clone();
     let interval = shared.heartbeat_interval;
+    let renewing = shared.clone();
     let read_half = async move {
+        // One certificate per session: the next session presents the renewed one.
+        let mut renewed = false;
         loop {
             let message = match reader.next().await {
                 Ok(Some(message)) => message,
@@ -522,6 +578,24 @@ async fn node_session(
             last_seen.store(monotonic_ms(), Ordering::Relaxed);
             let delivered = match message {
                 NodeMessage::Heartbeat => true,
+                NodeMessage::Renew { csr_pem } if !renewed => {
+                    match crate::renewal::renew_node(node, &cert, &csr_pem, &renewing).await {
+                        Ok(cert_pem) => {
+                            renewed = true;
+                            match renewals.upgrade() {
+                                Some(outbox) => {
+                                    outbox.send(HeadMessage::Renewed { cert_pem }).await.is_ok()
+                                }
+                                None => false,
+                            }
+                        }
+                        Err(message) => {
+                            tracing::warn!(node = %node, %message, "renewal refused");
+                            true
+                        }
+                    }
+                }
+                NodeMessage::Renew { .. } => true,
                 NodeMessage::Results(reports) => {
                     let Some(reports) = inline_reports(reports) else {
                         tracing::warn!(node = %node, "results with outputs over {INLINE_RESULT_BYTES} bytes on the control stream; closing it");
@@ -1018,6 +1092,20 @@ async fn list_tasks(query: TaskQuery, shared: &Shared) -> Response {
         .then(|| tasks.last().map(|t| t.task))
         .flatten();
     Response::Tasks(TaskPage { tasks, next })
+}
+
+/// The cluster's nodes, each with the labels it declared itself told apart from its token's.
+async fn list_nodes(shared: &Shared) -> Response {
+    let mut nodes = match ask(shared, |reply| Event::ListNodes { reply }).await {
+        Ok(nodes) => nodes,
+        Err(e) => return e,
+    };
+    let given = match shared.store.token_labels().await {
+        Ok(given) => given.into_iter().collect(),
+        Err(err) => return error(ErrorKind::Internal, err.to_string()),
+    };
+    crate::identity::mark_declared(&mut nodes, &given);
+    Response::Nodes(nodes)
 }
 
 async fn remove_node(node: &str, shared: &Shared) -> Response {

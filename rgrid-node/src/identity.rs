@@ -132,6 +132,12 @@ fn load(dir: &Path) -> Result<NodeCredentials, JoinError> {
     })
 }
 
+/// Replaces `node.pem` with a renewed certificate (for the same key), atomically.
+pub(crate) fn save_cert(dir: &Path, cert_pem: &str) -> Result<(), JoinError> {
+    let path = dir.join("node.pem");
+    write_private_file(&path, cert_pem).map_err(io(&path))
+}
+
 fn save(dir: &Path, creds: &NodeCredentials) -> Result<(), JoinError> {
     let write = |name: &str, contents: &str| {
         let path = dir.join(name);

@@ -8,6 +8,7 @@
 //! - `capabilities`, `resources`, `gpu`: what the node advertises, configured or detected.
 //! - `cache`: task inputs by hash, fetched from the head, capped, least recently used evicted.
 //! - `session`: the head session, heartbeats, assignments, result delivery.
+//! - `renewal`: the node's certificate, renewed over the session before it expires.
 //! - `spool`: results on disk until the head acknowledges them.
 //! - `health`: the engine and free disk, checked all along and told to the head.
 //! - `metrics`: the node's Prometheus gauges (with `metrics_listen`).
@@ -20,6 +21,7 @@ mod gpu;
 mod health;
 pub mod identity;
 mod metrics;
+mod renewal;
 mod resources;
 mod session;
 mod spool;
@@ -154,7 +156,8 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let (control, control_rx) = mpsc::channel(session::CONTROL_QUEUE);
     let node = Arc::new(session::Node {
         head: config.head.clone(),
-        creds,
+        creds: Mutex::new(creds),
+        state_dir: config.state_dir.clone(),
         executor,
         cache,
         hello,

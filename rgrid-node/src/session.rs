@@ -24,8 +24,8 @@ use rgrid_core::protocol::{
 };
 use rgrid_core::task::InputSource;
 use rgrid_core::time::unix_ms;
-use rgrid_core::tls::client_config;
-use rgrid_core::transport::{call, connect, open_request, TransportError};
+use rgrid_core::tls::{client_config, CertInfo};
+use rgrid_core::transport::{call, connect, open_request, TransportError, CLOSE_REFUSED};
 use rgrid_core::{AttemptId, TaskSpec};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ use crate::cache::{Held, ObjectCache};
 use crate::executor::docker::Leftover;
 use crate::executor::{Execution, Executor, Milestone, NotRun, StagedInput};
 use crate::identity::NodeCredentials;
+use crate::renewal;
 use crate::spool::Spool;
 
 /// Control messages from attempts waiting for the session, at most.
@@ -60,7 +61,10 @@ pub(crate) struct Attempt {
 pub(crate) struct Node {
     /// The head's `HOST:PORT`, resolved again for every session (its DNS name may move).
     pub head: String,
-    pub creds: NodeCredentials,
+    /// Replaced when the head renews the certificate; each connection presents the current one.
+    pub creds: Mutex<NodeCredentials>,
+    /// Where `node.pem` is rewritten on renewal.
+    pub state_dir: std::path::PathBuf,
     pub executor: Executor,
     /// Task inputs by hash, fetched from the head.
     pub cache: Arc<ObjectCache>,
@@ -232,10 +236,23 @@ async fn session(
     control: &mut mpsc::Receiver<NodeMessage>,
     backoff: &mut Duration,
 ) -> Result<(), SessionError> {
-    let tls = client_config(&node.creds.ca_pem, &node.creds.identity)
+    let creds = lock(&node.creds).clone();
+    if let Ok(info) = CertInfo::from_pem(&creds.identity.cert_pem, "node certificate") {
+        if info.expired(unix_ms()) {
+            return Err(SessionError::Refused(format!(
+                "this node's certificate expired at {} before it could be renewed (the head was out of reach); join again: remove {} and start the node with a new token",
+                info.expires(),
+                node.state_dir.join("node-id").display()
+            )));
+        }
+    }
+    let tls = client_config(&creds.ca_pem, &creds.identity)
         .map_err(|e| SessionError::Refused(e.to_string()))?;
     let head = resolve(&node.head).await?;
-    let (_endpoint, connection) = connect(head, tls, "rgrid-node").await?;
+    let (_endpoint, connection) = match connect(head, tls, "rgrid-node").await {
+        Ok(connected) => connected,
+        Err(err) => return Err(refusal(err)),
+    };
     let stream = open_request(&connection, &Request::NodeSession(node.hello())).await?;
     let mut send = stream.send.retype::<NodeMessage>();
     let mut recv = stream.recv.retype::<HeadMessage>();
@@ -258,7 +275,7 @@ async fn session(
             )))
         }
     };
-    tracing::info!(head = %node.head, address = %head, node = %node.creds.node_id, "session open");
+    tracing::info!(head = %node.head, address = %head, node = %creds.node_id, "session open");
     *backoff = Duration::from_millis(100);
     node.connection.send_replace(Some(connection.clone()));
     // Results the last session did not see acknowledged.
@@ -275,8 +292,22 @@ async fn session(
         send.send(&NodeMessage::Draining).await?;
     }
     let mut outgoing = Vec::new();
+    // The certificate is renewed over this session once due; asked again if no answer comes.
+    let renew = tokio::time::sleep_until(renewal::due(&creds));
+    tokio::pin!(renew);
     loop {
         tokio::select! {
+            () = &mut renew => {
+                let current = lock(&node.creds).clone();
+                match renewal::request(&current) {
+                    Ok(request) => {
+                        tracing::info!("renewing the node's certificate");
+                        send.send(&request).await?;
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot ask for a renewed certificate"),
+                }
+                renew.as_mut().reset(renewal::after(renewal::retry_after(&current)));
+            }
             _ = node.drain.cancelled(), if lock(&node.drain_until).is_none() => {
                 if node.start_drain(node.drain_deadline) {
                     send.send(&NodeMessage::Draining).await?;
@@ -333,9 +364,33 @@ async fn session(
                         send.send(&NodeMessage::Draining).await?;
                     }
                 }
+                Some(HeadMessage::Renewed { cert_pem }) => {
+                    let current = lock(&node.creds).clone();
+                    match renewal::accept(&node.state_dir, &current, cert_pem) {
+                        Ok(renewed) => {
+                            tracing::info!("renewed the node's certificate; the next connection presents it");
+                            renew.as_mut().reset(renewal::due(&renewed));
+                            *lock(&node.creds) = renewed;
+                        }
+                        Err(err) => tracing::warn!(error = %err, "refused the renewed certificate; keeping the current one"),
+                    }
+                }
                 None => return Err(SessionError::Closed),
             },
         }
+    }
+}
+
+/// The head closes a connection with [`CLOSE_REFUSED`] when it refuses the node's certificate
+/// for good (the node was removed, or the certificate revoked): not worth retrying.
+fn refusal(err: TransportError) -> SessionError {
+    match err {
+        TransportError::Connection(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code == quinn::VarInt::from_u32(CLOSE_REFUSED) =>
+        {
+            SessionError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        other => SessionError::Transport(other),
     }
 }
 

@@ -458,14 +458,20 @@ pub struct NodeCluster {
 
 impl NodeCluster {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A cluster whose head config `adjust` changes first.
+    pub async fn start_with(adjust: impl FnOnce(&mut rgrid_head::HeadConfig)) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().expect("a temp dir");
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let config = rgrid_head::HeadConfig {
+        let mut config = rgrid_head::HeadConfig {
             listen: "127.0.0.1:0".parse().expect("an address"),
             state_dir: dir.path().join("head"),
             ..rgrid_head::HeadConfig::default()
         };
+        adjust(&mut config);
         let head = rgrid_head::start(config, shutdown.clone())
             .await
             .expect("the head starts");

@@ -29,6 +29,8 @@ impl<C: Comm> Cluster<C> {
                     capabilities: hello.map(|h| h.capabilities.clone()).unwrap_or_default(),
                     running: u32::try_from(node.running.len()).unwrap_or(u32::MAX),
                     unhealthy: node.problem.clone(),
+                    // Filled by the connection from the store (`server::list_nodes`).
+                    declared_labels: Vec::new(),
                 }
             })
             .collect();

@@ -215,7 +215,8 @@ impl<C: Comm> Cluster<C> {
             return; // from a replaced session
         }
         match message {
-            NodeMessage::Heartbeat | NodeMessage::Results(_) => {}
+            // Results and renewals are handled by the connection (`server`, `renewal`).
+            NodeMessage::Heartbeat | NodeMessage::Results(_) | NodeMessage::Renew { .. } => {}
             NodeMessage::Started { attempt } => {
                 let started = self
                     .current(attempt, index)

@@ -173,7 +173,7 @@ macro_rules! backend {
             use std::collections::HashSet;
 
             use rgrid_core::protocol::{AttemptInfo, CostBy, CostGroup};
-            use rgrid_core::{NodeId, TaskId, TaskState};
+            use rgrid_core::{TaskId, TaskState};
             use sqlx::Row as _;
 
             use super::{chunks, TaskSql, OPEN};
@@ -235,14 +235,6 @@ macro_rules! backend {
             }
 
             /// Is this node known (it joined and was not removed)?
-            pub(crate) async fn node_exists(pool: &Pool, id: NodeId) -> Result<bool, StoreError> {
-                let row = sqlx::query("SELECT 1 FROM nodes WHERE id = $1")
-                    .bind(id.to_string())
-                    .fetch_optional(pool)
-                    .await?;
-                Ok(row.is_some())
-            }
-
             /// Up to `limit` open tasks with an id after `after`, in id order, each with its
             /// latest attempt.
             pub(crate) async fn recover_page(
@@ -692,7 +684,7 @@ macro_rules! backend {
                 secret_hash: &str,
                 now_ms: u64,
                 node: &StoredNode,
-            ) -> Result<bool, sqlx::Error> {
+            ) -> Result<Option<String>, sqlx::Error> {
                 let mut tx = pool.begin().await?;
                 let used = sqlx::query(
                     "UPDATE join_tokens SET used = TRUE
@@ -707,11 +699,26 @@ macro_rules! backend {
                 .await?;
                 if used.rows_affected() != 1 {
                     tx.rollback().await?;
-                    return Ok(false);
+                    return Ok(None);
+                }
+                // What the token decides of the node's identity: its name (when the token is
+                // bound to one) and labels that override the node's own.
+                let token = sqlx::query("SELECT labels, node_name FROM join_tokens WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let mut node = node.clone();
+                if let Some(name) = token.get::<Option<String>, _>("node_name") {
+                    node.name = name;
                 }
                 apply(&mut tx, &Write::UpsertNode(Box::new(node.clone()))).await?;
+                sqlx::query("UPDATE nodes SET token_labels = $1 WHERE id = $2")
+                    .bind(token.get::<Option<Vec<u8>>, _>("labels"))
+                    .bind(node.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(Some(node.name))
             }
 
             /// Applies writes outside the task path in one transaction of their own.

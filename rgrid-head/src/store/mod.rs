@@ -34,15 +34,18 @@ macro_rules! on_pool {
 
 mod backend;
 pub(crate) mod batch;
+mod certificates;
 #[cfg(test)]
 mod edge_tests;
 mod encoding;
+mod identity;
 mod revocations;
 mod tokens;
 
 pub(crate) use batch::{
     AttemptEnd, AttemptRow, CostKeys, Counters, Edge, Finish, NewTask, Output, Write, WriteBatch,
 };
+pub(crate) use certificates::IssuedCert;
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -252,15 +255,16 @@ impl Store {
     }
 
     /// Consumes join token `id` (whose secret hashes to `secret_hash`) and stores `node`, in
-    /// one transaction. `false`: the token is unknown, has another secret, is revoked, expired
-    /// or a used single-use token, and nothing was written.
+    /// one transaction, under the name the token binds it to if any, with the token's labels:
+    /// the name it joined under. `None`: the token is unknown, has another secret, is revoked,
+    /// expired or a used single-use token, and nothing was written.
     pub(crate) async fn join(
         &self,
         id: &str,
         secret_hash: &str,
         now_ms: u64,
         node: &StoredNode,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         on_pool!(&self.pool, backend::join(id, secret_hash, now_ms, node)).map_err(StoreError::from)
     }
 
@@ -280,11 +284,6 @@ impl Store {
     /// Every node that ever joined, with its last known description.
     pub(crate) async fn nodes(&self) -> Result<Vec<StoredNode>, StoreError> {
         on_pool!(&self.pool, backend::nodes())
-    }
-
-    /// Is this node known (it joined and was not removed)?
-    pub(crate) async fn node_exists(&self, id: NodeId) -> Result<bool, StoreError> {
-        on_pool!(&self.pool, backend::node_exists(id))
     }
 
     /// Up to `limit` open tasks after `after`, in id order, with their latest attempts.
