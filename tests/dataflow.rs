@@ -457,3 +457,41 @@ async fn the_cli_declares_outputs_takes_them_as_inputs_and_cancels_recursively()
     print_logs_if_panicking(dir.path(), 40);
     finished.expect("the test finishes in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_that_finishes_while_its_dependant_is_admitted_is_found() {
+    demo_image();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let run = async {
+        // The server's store lookup for a dependant, then 4 s before the loop sees it: its
+        // dependency finishes (and leaves the loop) in between.
+        let _head = common::process::start_head_env(
+            dir.path(),
+            &listen,
+            &[],
+            &[("FAILPOINTS", "after-dependency-lookup=return(4000)")],
+        );
+        let client_toml = dir.path().join("head/client.toml");
+        wait_for("the head's client.toml", || client_toml.exists());
+        let _node = start_node_with(dir.path(), &listen, "n1", 2000, &[]);
+        wait_ready(&client_toml, "n1");
+        let client = Client::connect_file(&client_toml).await.expect("connect");
+        let root = client
+            .submit(sh("echo early > /o").output("o", "/o"))
+            .await
+            .expect("submit");
+        let child = client
+            .submit(sh("cat /in").input("/in", root.output("o")))
+            .await
+            .expect("the dependant is admitted, not refused as unknown");
+        let outcome = client.get(&child).await.expect("the dependant ends");
+        assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+        assert_eq!(outcome.stdout, b"early\n");
+        let head_log = std::fs::read_to_string(dir.path().join("head.log")).unwrap_or_default();
+        assert!(!head_log.contains("panicked"), "{head_log}");
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
+    print_logs_if_panicking(dir.path(), 40);
+    finished.expect("the test finishes in time");
+}

@@ -26,9 +26,13 @@ pub(crate) async fn finished_dependencies(
     if wanted.is_empty() {
         return Ok(());
     }
-    let finished: Vec<FinishedDependency> = store
-        .tasks(&wanted)
-        .await?
+    let found = store.tasks(&wanted).await?;
+    // The window this lookup leaves before the loop sees the submission, held open by tests
+    // (`FAILPOINTS=after-dependency-lookup=return(MS)`, failpoints builds only).
+    if let Some(ms) = hold_after_lookup() {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let finished: Vec<FinishedDependency> = found
         .into_iter()
         .filter(|(_, stored)| stored.state.is_terminal())
         .map(|(task, stored)| FinishedDependency {
@@ -46,4 +50,10 @@ pub(crate) async fn finished_dependencies(
             .collect();
     }
     Ok(())
+}
+
+fn hold_after_lookup() -> Option<u64> {
+    fail::fail_point!("after-dependency-lookup", |ms| ms
+        .and_then(|ms| ms.parse().ok()));
+    None
 }

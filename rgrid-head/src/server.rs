@@ -712,6 +712,8 @@ async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> 
 async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &Shared) -> Response {
     let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
+    // The specs of tasks with dependencies, by position in `tasks`, for a second look.
+    let mut dependent: Vec<(usize, TaskSpec)> = Vec::new();
     for spec in specs {
         if let Some(message) = roles::spec_refusal(role, &spec) {
             answers.push(Some(SubmitAnswer::Rejected(message)));
@@ -723,6 +725,9 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
         {
             Ok(()) => {
                 answers.push(None);
+                if !spec.dependencies().is_empty() {
+                    dependent.push((tasks.len(), spec.clone()));
+                }
                 tasks.push(Admitted::from(spec));
             }
             Err(message) => answers.push(Some(SubmitAnswer::Rejected(format!(
@@ -731,28 +736,29 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
             )))),
         }
     }
-    if let Err(err) = crate::dependencies::finished_dependencies(&mut tasks, &shared.store).await {
-        return error(ErrorKind::Internal, format!("cannot read the store: {err}"));
-    }
     if !tasks.is_empty() {
-        let specs: Vec<(TaskId, Vec<u8>)> = tasks.iter().map(|t| (t.id, t.spec.clone())).collect();
-        let (reply, rx) = oneshot::channel();
-        let submission = Submission {
-            tasks,
-            client: Some(client.to_owned()),
-            reply,
+        let (mut loop_answers, unknown) = match admit(tasks, client, shared).await {
+            Ok(answered) => answered,
+            Err(response) => return response,
         };
-        if shared.channels.submissions.send(submission).await.is_err() {
-            return gone();
+        if !unknown.is_empty() {
+            // A dependency the loop did not hold had either finished and left it after the
+            // store was read (its end is durable, so the store has it now), or does not exist:
+            // one more look at the store tells which.
+            let (positions, again): (Vec<usize>, Vec<Admitted>) = dependent
+                .into_iter()
+                .filter(|(position, _)| unknown.contains(position))
+                .map(|(position, spec)| (position, Admitted::from(spec)))
+                .unzip();
+            let (answers_again, _) = match admit(again, client, shared).await {
+                Ok(answered) => answered,
+                Err(response) => return response,
+            };
+            for (position, answer) in positions.into_iter().zip(answers_again) {
+                loop_answers[position] = answer;
+            }
         }
-        // Answered once the tasks are durable.
-        let Ok(mut reply) = rx.await else {
-            return gone();
-        };
-        for (position, id) in std::mem::take(&mut reply.stored) {
-            reply.answers[position] = known_answer(id, &specs[position].1, shared).await;
-        }
-        let mut loop_answers = reply.answers.into_iter();
+        let mut loop_answers = loop_answers.into_iter();
         for answer in answers.iter_mut().filter(|a| a.is_none()) {
             *answer = loop_answers.next();
         }
@@ -763,6 +769,40 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
             .map(|a| a.unwrap_or(SubmitAnswer::Rejected("internal: no answer".into())))
             .collect(),
     )
+}
+
+/// Hands `tasks` to the loop (their dependencies finished in the store looked up first) and
+/// waits until they are durable: an answer for each, and the positions of those refused for a
+/// dependency the loop did not hold.
+async fn admit(
+    mut tasks: Vec<Admitted>,
+    client: &str,
+    shared: &Shared,
+) -> Result<(Vec<SubmitAnswer>, Vec<usize>), Response> {
+    if let Err(err) = crate::dependencies::finished_dependencies(&mut tasks, &shared.store).await {
+        return Err(error(
+            ErrorKind::Internal,
+            format!("cannot read the store: {err}"),
+        ));
+    }
+    let specs: Vec<Vec<u8>> = tasks.iter().map(|t| t.spec.clone()).collect();
+    let (reply, rx) = oneshot::channel();
+    let submission = Submission {
+        tasks,
+        client: Some(client.to_owned()),
+        reply,
+    };
+    if shared.channels.submissions.send(submission).await.is_err() {
+        return Err(gone());
+    }
+    // Answered once the tasks are durable.
+    let Ok(mut reply) = rx.await else {
+        return Err(gone());
+    };
+    for (position, id) in std::mem::take(&mut reply.stored) {
+        reply.answers[position] = known_answer(id, &specs[position], shared).await;
+    }
+    Ok((reply.answers, reply.unknown))
 }
 
 /// The answer for a resubmitted task the store already had.

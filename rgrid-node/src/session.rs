@@ -538,10 +538,14 @@ async fn run_spec(
             Milestone::Started => NodeMessage::Started { attempt },
         });
     };
-    // Held in the cache until the attempt ends.
-    let held = match stage_inputs(node, &spec, &cancel).await {
-        Ok(held) => held,
-        Err(not_run) => return not_run.into(),
+    // Held in the cache until the attempt ends; an executor that runs nothing reads none.
+    let held = if node.executor.runs_workloads() {
+        match stage_inputs(node, &spec, &cancel).await {
+            Ok(held) => held,
+            Err(not_run) => return not_run.into(),
+        }
+    } else {
+        Vec::new()
     };
     let inputs: Vec<StagedInput> = held
         .iter()

@@ -87,6 +87,16 @@ fn ended_reason(dependency: TaskId, state: TaskState, reason: Option<&str>) -> S
     }
 }
 
+/// Why a task's dependencies keep it out.
+pub(super) enum Refused {
+    /// A dependency neither the loop holds nor the server found finished. It may have finished
+    /// and left the loop since the server looked (its end is durable by then): the server
+    /// looks again before it says so.
+    Unknown(TaskId),
+    /// The task is wrong; the message says why.
+    Invalid(String),
+}
+
 impl<C: Comm> Cluster<C> {
     /// Where the dependencies of `admitted` stand; an error (nothing changed) when one is
     /// unknown or does not declare the output asked for.
@@ -94,7 +104,7 @@ impl<C: Comm> Cluster<C> {
         &self,
         admitted: &Admitted,
         spec: &TaskSpec,
-    ) -> Result<Option<Admission>, String> {
+    ) -> Result<Option<Admission>, Refused> {
         if admitted.dependencies.is_empty() {
             return Ok(None);
         }
@@ -120,13 +130,11 @@ impl<C: Comm> Cluster<C> {
                 continue;
             }
             let Some(task) = self.tasks.get(dependency) else {
-                return Err(format!(
-                    "it depends on task {dependency}, which the head does not know: submit that task first (or earlier in the same batch)"
-                ));
+                return Err(Refused::Unknown(*dependency));
             };
-            let dep_spec = task
-                .decode_spec()
-                .ok_or_else(|| format!("dependency {dependency}: its spec does not decode"))?;
+            let dep_spec = task.decode_spec().ok_or_else(|| {
+                Refused::Invalid(format!("dependency {dependency}: its spec does not decode"))
+            })?;
             specs.insert(*dependency, dep_spec);
             match (&task.outcome, task.state) {
                 (Some(outcome), TaskState::Succeeded) => {
@@ -154,10 +162,10 @@ impl<C: Comm> Cluster<C> {
             let failed_finished =
                 !specs.contains_key(task) && !admission.met.iter().any(|(t, _)| t == task);
             if !declared && !failed_finished {
-                return Err(format!(
+                return Err(Refused::Invalid(format!(
                     "input {}: task {task} declares no output {name:?}",
                     input.path
-                ));
+                )));
             }
         }
         Ok(Some(admission))

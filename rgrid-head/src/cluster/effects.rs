@@ -37,6 +37,8 @@ pub(super) enum Effect {
         answers: Vec<SubmitAnswer>,
         /// `(position, id)` of the tasks this submission inserted.
         inserted: Vec<(usize, TaskId)>,
+        /// Positions refused for a dependency the loop does not hold.
+        unknown: Vec<usize>,
     },
     /// Answer a cancel.
     Cancelled {
@@ -129,6 +131,7 @@ impl<C: Comm> Cluster<C> {
                     reply,
                     mut answers,
                     inserted,
+                    unknown,
                 } => {
                     let stored = inserted
                         .into_iter()
@@ -138,7 +141,11 @@ impl<C: Comm> Cluster<C> {
                         // Filled in by the server from the store.
                         answers[*position] = SubmitAnswer::Accepted;
                     }
-                    let _ = reply.send(SubmitReply { answers, stored });
+                    let _ = reply.send(SubmitReply {
+                        answers,
+                        stored,
+                        unknown,
+                    });
                 }
                 Effect::Cancelled { task, state, reply } => {
                     let _ = reply.send((!known.contains(&task)).then_some(state));

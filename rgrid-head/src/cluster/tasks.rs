@@ -17,6 +17,7 @@ use rgrid_core::time::{monotonic_ms, unix_ms};
 use rgrid_core::{AttemptId, Resources, TaskId, TaskSpec, TaskState};
 use tokio::sync::oneshot;
 
+use super::dependencies::Refused;
 use super::effects::Effect;
 use super::events::{NodeResults, Outcome, Report, Submission};
 use super::listings::describe;
@@ -274,6 +275,7 @@ impl<C: Comm> Cluster<C> {
         let seq = self.commits.pending_seq;
         let mut answers = Vec::with_capacity(submission.tasks.len());
         let mut inserted = Vec::new();
+        let mut unknown = Vec::new();
         let mut wait_for = self.commits.durable_seq;
         for admitted in submission.tasks {
             if let Some(task) = self.tasks.get(&admitted.id) {
@@ -289,10 +291,19 @@ impl<C: Comm> Cluster<C> {
                 continue;
             }
             let admission = match admitted_spec(&admitted)
+                .map_err(Refused::Invalid)
                 .and_then(|spec| self.admit_dependencies(&admitted, &spec))
             {
                 Ok(admission) => admission,
-                Err(message) => {
+                Err(Refused::Unknown(dependency)) => {
+                    unknown.push(answers.len());
+                    answers.push(SubmitAnswer::Rejected(format!(
+                        "task {}: it depends on task {dependency}, which the head does not know: submit that task first (or earlier in the same batch)",
+                        admitted.id
+                    )));
+                    continue;
+                }
+                Err(Refused::Invalid(message)) => {
                     answers.push(SubmitAnswer::Rejected(format!(
                         "task {}: {message}",
                         admitted.id
@@ -364,6 +375,7 @@ impl<C: Comm> Cluster<C> {
                 reply: submission.reply,
                 answers,
                 inserted,
+                unknown,
             },
         );
     }

@@ -130,6 +130,11 @@ impl Executor {
         }
     }
 
+    /// Whether attempts run something (all but `Noop`, which reads no inputs either).
+    pub(crate) fn runs_workloads(&self) -> bool {
+        !matches!(self.kind, Kind::Noop)
+    }
+
     /// The Docker executor, if that is the kind.
     pub(crate) fn as_docker(&self) -> Option<&docker::DockerExecutor> {
         match &self.kind {
