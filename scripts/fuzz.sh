@@ -5,10 +5,10 @@
 # `cargo +nightly fuzz run TARGET FILE` replays it). RGRID_FUZZ_TARGETS picks targets.
 #
 # One build for all targets, into target/fuzz (the working corpora too: the seeds in the repo
-# stay as they are). Built without a sanitizer (`-s none`; the code is safe Rust, so ASan finds
-# little more than panics, which libFuzzer catches anyway) and in release mode with debug
-# assertions (overflow checks on): see the README's security section for the measured build
-# times and speeds.
+# stay as they are). Built without a sanitizer (`-s none`: the code is safe Rust, so ASan would
+# find little more than the panics libFuzzer catches anyway) in cargo-fuzz's release mode with
+# debug assertions (overflow checks on). Measured cold: 1,897 s wall on 2 cores shared with three
+# other builds (load 7); a rebuild after a change to the targets: 16 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
