@@ -3,8 +3,8 @@
 # a Docker engine that answers (and the Compose tool), Debian's static busybox (the local demo
 # image is built from it, since no registry is assumed), Debian's docker-registry (the image
 # tests start their own registries), PostgreSQL for the persistence tests, systemd-analyze and
-# promtool for the deploy and metrics tests, moto's S3 server for the object store tests, and
-# cargo-machete.
+# promtool for the deploy and metrics tests, moto's S3 server for the object store tests,
+# cargo-machete, and cargo-fuzz for the fuzz targets (scripts/fuzz.sh).
 # Idempotent: does nothing that is already done. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -106,6 +106,14 @@ fi
 if ! command -v cargo-machete >/dev/null 2>&1; then
   echo "setup: installing cargo-machete"
   cargo install --locked --quiet --debug cargo-machete --version 0.9.2
+fi
+
+# 9. cargo-fuzz, the driver of the fuzz targets (scripts/fuzz.sh; the targets are built with the
+#    nightly toolchain, or the stable one with RUSTC_BOOTSTRAP=1 where there is no nightly).
+#    Unoptimized, like cargo-machete: it only drives cargo and libFuzzer.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install --locked --quiet --debug cargo-fuzz --version 0.13.2
 fi
 
 echo "setup: ready (docker $(docker version --format '{{.Server.Version}}' 2>/dev/null))"
