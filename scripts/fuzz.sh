@@ -9,12 +9,15 @@
 # find little more than the panics libFuzzer catches anyway) in cargo-fuzz's release mode with
 # debug assertions (overflow checks on). Measured cold: 1,897 s wall on 2 cores shared with three
 # other builds (load 7); a rebuild after a change to the targets: 16 s.
+# RGRID_FUZZ_PROFILE=dev builds unoptimized instead (CI's short runs: a cold build took 259 s
+# with a test run sharing the machine; fewer executions per second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
 targets=${RGRID_FUZZ_TARGETS:-wire join config selector hetzner}
 flags=(--sanitizer none --target-dir target/fuzz)
+if [ "${RGRID_FUZZ_PROFILE:-release}" = dev ]; then flags+=(--dev); fi
 
 # cargo-fuzz needs a nightly compiler; without one, the stable compiler is allowed its
 # unstable flags.

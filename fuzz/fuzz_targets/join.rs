@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(!checked.name.is_empty() && checked.name.len() <= 63);
     let cert = ca()
-        .sign_node_csr(&join.csr_pem, node)
+        .sign_node_csr(&join.csr_pem, node, std::time::Duration::from_secs(30 * 86_400))
         .expect("a CSR the checks pass signs");
     let der = pem_certs(&cert, "node").expect("the certificate is PEM");
     assert_eq!(
