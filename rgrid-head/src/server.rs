@@ -3,7 +3,7 @@
 //! input closes that stream with an error; the connection and the daemon go on. No answer is
 //! larger than the frame limit: one that would be is refused with [`ErrorKind::TooLarge`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -712,8 +712,8 @@ async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> 
 async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &Shared) -> Response {
     let mut answers: Vec<Option<SubmitAnswer>> = Vec::with_capacity(specs.len());
     let mut tasks = Vec::with_capacity(specs.len());
-    // The specs of tasks with dependencies, by position in `tasks`, for a second look.
-    let mut dependent: Vec<(usize, TaskSpec)> = Vec::new();
+    // The specs of tasks with dependencies, by position in `tasks`, for another look.
+    let mut dependent: HashMap<usize, TaskSpec> = HashMap::new();
     for spec in specs {
         if let Some(message) = roles::spec_refusal(role, &spec) {
             answers.push(Some(SubmitAnswer::Rejected(message)));
@@ -726,7 +726,7 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
             Ok(()) => {
                 answers.push(None);
                 if !spec.dependencies().is_empty() {
-                    dependent.push((tasks.len(), spec.clone()));
+                    dependent.insert(tasks.len(), spec.clone());
                 }
                 tasks.push(Admitted::from(spec));
             }
@@ -737,26 +737,41 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
         }
     }
     if !tasks.is_empty() {
-        let (mut loop_answers, unknown) = match admit(tasks, client, shared).await {
+        let (mut loop_answers, mut unknown) = match admit(tasks, client, shared).await {
             Ok(answered) => answered,
             Err(response) => return response,
         };
-        if !unknown.is_empty() {
-            // A dependency the loop did not hold had either finished and left it after the
-            // store was read (its end is durable, so the store has it now), or does not exist:
-            // one more look at the store tells which.
-            let (positions, again): (Vec<usize>, Vec<Admitted>) = dependent
+        // A dependency the loop did not hold had either finished and left it after the store
+        // was read (its end is durable, so the store has it now), or does not exist: another
+        // look tells which. Another dependency may leave the loop meanwhile, so a task goes
+        // round again while the dependency it is refused for changes; refused twice for the
+        // same one, it does not exist. (At most as many rounds as the task has dependencies.)
+        let mut refused_for: HashMap<usize, TaskId> = HashMap::new();
+        loop {
+            let (positions, again): (Vec<usize>, Vec<Admitted>) = unknown
                 .into_iter()
-                .filter(|(position, _)| unknown.contains(position))
-                .map(|(position, spec)| (position, Admitted::from(spec)))
+                .filter(|&(position, dependency)| {
+                    refused_for.insert(position, dependency) != Some(dependency)
+                })
+                .filter_map(|(position, _)| {
+                    let spec = dependent.get(&position)?.clone();
+                    Some((position, Admitted::from(spec)))
+                })
                 .unzip();
-            let (answers_again, _) = match admit(again, client, shared).await {
+            if again.is_empty() {
+                break;
+            }
+            let (answers_again, unknown_again) = match admit(again, client, shared).await {
                 Ok(answered) => answered,
                 Err(response) => return response,
             };
-            for (position, answer) in positions.into_iter().zip(answers_again) {
+            for (&position, answer) in positions.iter().zip(answers_again) {
                 loop_answers[position] = answer;
             }
+            unknown = unknown_again
+                .into_iter()
+                .map(|(i, dependency)| (positions[i], dependency))
+                .collect();
         }
         let mut loop_answers = loop_answers.into_iter();
         for answer in answers.iter_mut().filter(|a| a.is_none()) {
@@ -773,12 +788,12 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
 
 /// Hands `tasks` to the loop (their dependencies finished in the store looked up first) and
 /// waits until they are durable: an answer for each, and the positions of those refused for a
-/// dependency the loop did not hold.
+/// dependency the loop did not hold, with that dependency.
 async fn admit(
     mut tasks: Vec<Admitted>,
     client: &str,
     shared: &Shared,
-) -> Result<(Vec<SubmitAnswer>, Vec<usize>), Response> {
+) -> Result<(Vec<SubmitAnswer>, Vec<(usize, TaskId)>), Response> {
     if let Err(err) = crate::dependencies::finished_dependencies(&mut tasks, &shared.store).await {
         return Err(error(
             ErrorKind::Internal,

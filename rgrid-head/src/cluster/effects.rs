@@ -37,8 +37,8 @@ pub(super) enum Effect {
         answers: Vec<SubmitAnswer>,
         /// `(position, id)` of the tasks this submission inserted.
         inserted: Vec<(usize, TaskId)>,
-        /// Positions refused for a dependency the loop does not hold.
-        unknown: Vec<usize>,
+        /// Positions refused for a dependency the loop does not hold, with that dependency.
+        unknown: Vec<(usize, TaskId)>,
     },
     /// Answer a cancel.
     Cancelled {

@@ -85,9 +85,9 @@ pub(crate) struct SubmitReply {
     pub answers: Vec<SubmitAnswer>,
     /// `(position in answers, id)` of tasks the store knew.
     pub stored: Vec<(usize, TaskId)>,
-    /// Positions of tasks refused for a dependency the loop does not hold (see
-    /// `Refused::Unknown`).
-    pub unknown: Vec<usize>,
+    /// Positions of tasks refused for a dependency the loop does not hold, with that
+    /// dependency (see `Refused::Unknown`).
+    pub unknown: Vec<(usize, TaskId)>,
 }
 
 /// A batch of tasks from one client request.

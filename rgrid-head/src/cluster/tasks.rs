@@ -296,7 +296,7 @@ impl<C: Comm> Cluster<C> {
             {
                 Ok(admission) => admission,
                 Err(Refused::Unknown(dependency)) => {
-                    unknown.push(answers.len());
+                    unknown.push((answers.len(), dependency));
                     answers.push(SubmitAnswer::Rejected(format!(
                         "task {}: it depends on task {dependency}, which the head does not know: submit that task first (or earlier in the same batch)",
                         admitted.id
