@@ -2,10 +2,13 @@
 //! per request. Requests about many tasks take many at once: `submit_batch`, and the waits
 //! (`get_many`, `as_completed`, `wait`), which are one request answered as the tasks end.
 //! Objects (`put_bytes`, `put_file`, `get_object`, `objects`) are in [`objects`]; certificate
-//! renewal (at connect, when due) in `renewal`.
+//! renewal (at connect, when due) in `renewal`; logs, read or followed, with [`Logs`].
 
+mod logs;
 mod objects;
 mod renewal;
+
+pub use logs::Logs;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -21,8 +21,9 @@ pub mod client;
 pub mod image;
 pub mod local;
 
-pub use client::{Client, ClientError, TaskRef};
+pub use client::{Client, ClientError, Logs, TaskRef};
 pub use local::LocalCluster;
+pub use rgrid_core::log::{Channel, LogEvent};
 pub use rgrid_core::object::{NamedObject, ObjectInfo, ObjectPage, ObjectQuery, ObjectRef};
 pub use rgrid_core::protocol::{
     AttemptInfo, ClusterStatus, CostBy, CostGroup, CostQuery, CostReport, ExitStatus, NodeInfo,

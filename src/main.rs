@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
 use indicatif::ProgressBar;
 use rgrid::{
-    format_size, parse_size, Client, CostBy, CostGroup, CostQuery, InputSource, LabelRequirement,
-    TaskId, TaskInfo, TaskOutcome, TaskQuery, TaskRef, TaskSpec, TaskState,
+    format_size, parse_size, Channel, Client, CostBy, CostGroup, CostQuery, InputSource,
+    LabelRequirement, LogEvent, TaskId, TaskInfo, TaskOutcome, TaskQuery, TaskRef, TaskSpec,
+    TaskState,
 };
 
 /// Exit code of the CLI's own failures (bad usage, credentials, connection, a request the head
@@ -101,12 +103,17 @@ enum Command {
         #[arg(long, requires = "out")]
         to: Option<PathBuf>,
     },
-    /// Print a task's stdout and stderr once it has ended.
+    /// Print a task's stdout and stderr: what its latest attempt wrote so far, or with -f as it
+    /// is written, until the task ends.
     Logs {
         task: TaskId,
-        /// Wait for the task to end (the default; output is not streamed yet).
+        /// Follow the output as it is written (and later attempts as they start) until the task
+        /// ends.
         #[arg(short, long)]
         follow: bool,
+        /// Attempt N instead of the latest (the first is 1), e.g. one whose node died.
+        #[arg(long)]
+        attempt: Option<u32>,
     },
     /// Cancel a task. Open tasks that depend on it end dependency_failed, or, with
     /// --recursive, are cancelled too.
@@ -332,12 +339,11 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             to,
             ..
         } => download_output(&client, &TaskRef { id: task }, &name, to.as_deref()).await,
-        Command::Logs { task, follow: _ } => {
-            let outcome = client.get(&TaskRef { id: task }).await?;
-            std::io::stdout().write_all(&outcome.stdout)?;
-            std::io::stderr().write_all(&outcome.stderr)?;
-            Ok(0)
-        }
+        Command::Logs {
+            task,
+            follow,
+            attempt,
+        } => print_logs(&client, &TaskRef { id: task }, follow, attempt).await,
         Command::Cancel { task, recursive } => {
             let task_ref = TaskRef { id: task };
             let state = if recursive {
@@ -693,6 +699,54 @@ async fn print_outcome(client: &Client, task: &TaskRef, output: Output) -> anyho
 }
 
 /// Waits for the task and writes its output `name` to `to` (whole or not at all) or stdout.
+/// Prints a task's logs as they arrive: stdout to stdout, stderr to stderr, notes to stderr.
+async fn print_logs(
+    client: &Client,
+    task: &TaskRef,
+    follow: bool,
+    attempt: Option<u32>,
+) -> anyhow::Result<i32> {
+    let mut logs = client.logs(task);
+    if let Some(n) = attempt {
+        logs = logs.attempt(n);
+    }
+    let mut events = if follow { logs.follow() } else { logs.so_far() };
+    let mut shown: Option<u32> = None;
+    while let Some(event) = events.next().await {
+        match event? {
+            LogEvent::Chunk {
+                attempt,
+                channel,
+                bytes,
+                ..
+            } => {
+                if shown.is_some_and(|n| n != attempt) {
+                    eprintln!("--- attempt {attempt} ---");
+                }
+                shown = Some(attempt);
+                match channel {
+                    Channel::Stdout => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&bytes)?;
+                        out.flush()?;
+                    }
+                    Channel::Stderr => std::io::stderr().write_all(&bytes)?,
+                }
+            }
+            LogEvent::Dropped {
+                attempt,
+                channel,
+                bytes,
+            } => eprintln!(
+                "[rgrid] attempt {attempt} wrote {} more to {channel} than the head keeps (max_output_bytes); they were dropped",
+                format_size(bytes)
+            ),
+            LogEvent::End { .. } => break,
+        }
+    }
+    Ok(0)
+}
+
 async fn download_output(
     client: &Client,
     task: &TaskRef,

@@ -3,6 +3,7 @@
 //! - [`config`]: reading the daemons' TOML config files.
 //! - [`metrics`]: the daemons' Prometheus endpoint.
 //! - [`object`]: objects named by SHA-256 and size, moved and verified in chunks.
+//! - [`log`]: a running task's output, streamed to the head and followed by clients.
 //! - [`id`]: task ids (client-generated, time-ordered), node ids, attempts.
 //! - [`resources`]: cpu, memory, gpus and custom resources with checked arithmetic.
 //! - [`task`]: the task spec a client submits and the task state machine.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod frame;
 pub mod id;
+pub mod log;
 pub mod metrics;
 pub mod object;
 pub mod protocol;

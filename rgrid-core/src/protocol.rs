@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AttemptId, NodeId, TaskId};
+use crate::log::LogEvent;
 use crate::object::{NamedObject, ObjectPage, ObjectQuery, ObjectRef};
 use crate::resources::Resources;
 use crate::task::{TaskSpec, TaskState};
@@ -23,8 +24,9 @@ pub const ALPN: &[u8] = b"rgrid/1";
 /// Version 2: batched assignments and results on the control stream, waits on many tasks,
 /// paged task listings, cluster status. Version 3: objects, and task specs with inputs (a node
 /// of version 2 could not decode them). Version 4: task outputs and dependencies (specs with
-/// outputs, results carrying output objects, recursive cancel).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// outputs, results carrying output objects, recursive cancel). Version 5: logs streamed while
+/// tasks run, and followed.
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The fixed server name of the head in its certificate. Nodes and clients verify the head by the
 /// cluster CA and this name, whatever address they reach it at.
 pub const HEAD_SERVER_NAME: &str = "head.rgrid";
@@ -93,6 +95,19 @@ pub enum Request {
     /// key (a CSR): answered with [`Response::Renewed`]. The name and role stay those of the
     /// certificate it connected with.
     Renew { csr_pem: String },
+    /// A node streams an attempt's output while it runs: the head answers
+    /// [`Response::LogOffsets`] (how much of each channel it has: the node goes on from there),
+    /// then the node sends [`crate::log::LogFrame`]s and finishes the stream once the output ended; the head
+    /// answers [`Response::LogOffsets`] again once it has written them.
+    AttemptLog { attempt: AttemptId },
+    /// A client reads a task's output: attempt `attempt` (the latest when `None`), what exists so
+    /// far, or with `follow` as it is produced (moving on to later attempts) until the task ends.
+    /// Answered with [`Response::Log`] frames, the last one [`LogEvent::End`].
+    Logs {
+        task: TaskId,
+        attempt: Option<u32>,
+        follow: bool,
+    },
 }
 
 /// Which tasks' costs to sum, and how to group them.
@@ -255,6 +270,14 @@ pub enum Response {
     Renewed {
         cert_pem: String,
     },
+    /// How many bytes of an attempt's stdout and stderr the head has (see
+    /// [`Request::AttemptLog`]).
+    LogOffsets {
+        stdout: u64,
+        stderr: u64,
+    },
+    /// Part of a task's output (see [`Request::Logs`]).
+    Log(LogEvent),
 }
 
 /// Why a request failed.

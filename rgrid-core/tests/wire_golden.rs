@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::PathBuf;
 
+use rgrid_core::log::{Channel, LogEvent, LogFrame};
 use rgrid_core::object::{NamedObject, ObjectInfo, ObjectPage, ObjectQuery};
 use rgrid_core::protocol::*;
 use rgrid_core::task::{
@@ -144,6 +145,12 @@ fn samples() -> Vec<Sample> {
         sample(Request::Renew {
             csr_pem: "CSR".into(),
         }),
+        sample(Request::AttemptLog { attempt }),
+        sample(Request::Logs {
+            task,
+            attempt: Some(1),
+            follow: true,
+        }),
         // Responses.
         sample(Response::Error(ErrorReply {
             kind: ErrorKind::NotFound,
@@ -224,6 +231,16 @@ fn samples() -> Vec<Sample> {
         sample(Response::Renewed {
             cert_pem: "CERT".into(),
         }),
+        sample(Response::LogOffsets {
+            stdout: 5,
+            stderr: 70_000,
+        }),
+        sample(Response::Log(LogEvent::Chunk {
+            attempt: 1,
+            channel: Channel::Stdout,
+            offset: 70_000,
+            bytes: b"line".to_vec(),
+        })),
         // Head → node.
         sample(HeadMessage::Welcome {
             node_id: node,
@@ -319,6 +336,31 @@ fn samples() -> Vec<Sample> {
         sample(NetworkMode::None),
         sample(NetworkMode::Bridge),
         sample(NetworkMode::Host),
+        sample(LogEvent::Chunk {
+            attempt: 2,
+            channel: Channel::Stderr,
+            offset: 0,
+            bytes: b"e".to_vec(),
+        }),
+        sample(LogEvent::Dropped {
+            attempt: 1,
+            channel: Channel::Stderr,
+            bytes: 9,
+        }),
+        sample(LogEvent::End {
+            state: Some(TaskState::Succeeded),
+        }),
+        sample(LogFrame::Chunk {
+            channel: Channel::Stderr,
+            offset: 3,
+            bytes: b"err".to_vec(),
+        }),
+        sample(LogFrame::Written {
+            channel: Channel::Stdout,
+            total: 1 << 30,
+        }),
+        sample(Channel::Stdout),
+        sample(Channel::Stderr),
         sample(InputSource::Object(object)),
         sample(InputSource::TaskOutput {
             task,

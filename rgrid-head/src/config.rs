@@ -71,6 +71,14 @@ pub struct HeadConfig {
     pub autoscaler: rgrid_cloud::AutoscalerConfig,
     /// Where objects are kept, their quota and retention (`[objects]`).
     pub objects: ObjectsConfig,
+    /// How much of an attempt's stdout, and of its stderr, the head keeps (in its result and
+    /// its log); what a node sends past it is dropped, and a log says how much. A size like
+    /// `16M`. Default `16M`.
+    pub max_output_bytes: String,
+    /// The most bytes large results (`STATE_DIR/outputs`) and attempt logs (`STATE_DIR/logs`)
+    /// take together; past it, a result is kept without its stdout and stderr and a log is cut
+    /// (saying how much it dropped). Default `10G`.
+    pub max_total_output_bytes: String,
 }
 
 /// The object store (`[objects]`).
@@ -143,6 +151,8 @@ impl Default for HeadConfig {
             metrics_listen: None,
             autoscaler: rgrid_cloud::AutoscalerConfig::default(),
             objects: ObjectsConfig::default(),
+            max_output_bytes: "16M".into(),
+            max_total_output_bytes: "10G".into(),
         }
     }
 }
@@ -201,6 +211,8 @@ impl HeadConfig {
             )));
         }
         self.objects.max_object_bytes()?;
+        self.max_output_bytes()?;
+        self.max_total_output_bytes()?;
         if let Some(url) = &self.objects.url {
             ObjectsConfig::parse_s3_url(url).map_err(ConfigError::Invalid)?;
         }
@@ -210,6 +222,18 @@ impl HeadConfig {
             ));
         }
         Ok(())
+    }
+
+    /// `max_output_bytes` in bytes.
+    pub fn max_output_bytes(&self) -> Result<u64, ConfigError> {
+        rgrid_core::resources::parse_size(&self.max_output_bytes)
+            .map_err(|e| ConfigError::Invalid(format!("max_output_bytes: {e}")))
+    }
+
+    /// `max_total_output_bytes` in bytes.
+    pub fn max_total_output_bytes(&self) -> Result<u64, ConfigError> {
+        rgrid_core::resources::parse_size(&self.max_total_output_bytes)
+            .map_err(|e| ConfigError::Invalid(format!("max_total_output_bytes: {e}")))
     }
 
     /// The limits on peers without a certificate from this config.

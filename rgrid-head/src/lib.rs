@@ -8,7 +8,7 @@
 //! - `store`: persistence (SQLite or PostgreSQL through sqlx, group commit).
 //! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
 //! - `server`: QUIC connections and requests.
-//! - `outputs`: content-addressed large task outputs.
+//! - `outputs`: content-addressed large task outputs; `logs`: attempts' logs, streamed while they run.
 //! - `objects`: the object store (a directory or an S3 bucket), its index, quota and retention;
 //!   `transfers`: object uploads and downloads on their own streams.
 //! - `autoscaler`: the driver that turns demand into Hetzner servers and idle ones back into
@@ -23,6 +23,7 @@ mod credentials;
 mod dependencies;
 mod identity;
 pub mod join;
+mod logs;
 mod metrics;
 mod objects;
 mod outputs;
@@ -185,9 +186,20 @@ pub async fn start(
     )
     .await?;
 
-    let outputs = outputs::OutputStore::new(state_dir.join("outputs")).map_err(|source| {
+    let (outputs_dir, logs_dir) = (state_dir.join("outputs"), state_dir.join("logs"));
+    let quota =
+        outputs::OutputQuota::new(config.max_total_output_bytes()?, &[&outputs_dir, &logs_dir]);
+    let max_output_bytes = config.max_output_bytes()?;
+    let outputs =
+        outputs::OutputStore::new(outputs_dir.clone(), quota.clone()).map_err(|source| {
+            StartError::StateDir {
+                path: outputs_dir,
+                source,
+            }
+        })?;
+    let logs = logs::Logs::new(logs_dir.clone(), max_output_bytes, quota).map_err(|source| {
         StartError::StateDir {
-            path: state_dir.join("outputs"),
+            path: logs_dir,
             source,
         }
     })?;
@@ -254,6 +266,8 @@ pub async fn start(
     let shared = Arc::new(Shared {
         store: store.clone(),
         outputs,
+        logs,
+        max_output_bytes: usize::try_from(max_output_bytes).unwrap_or(usize::MAX),
         objects,
         ca: ca.clone(),
         channels,

@@ -24,6 +24,7 @@ pub(crate) fn refusal(role: ClientRole, request: &Request) -> Option<String> {
                 | Request::Cancel { .. }
                 | Request::Get { .. }
                 | Request::Wait { .. }
+                | Request::Logs { .. }
                 | Request::ListNodes
                 | Request::ListTasks(_)
                 | Request::Status
@@ -36,6 +37,7 @@ pub(crate) fn refusal(role: ClientRole, request: &Request) -> Option<String> {
             request,
             Request::Get { .. }
                 | Request::Wait { .. }
+                | Request::Logs { .. }
                 | Request::ListNodes
                 | Request::ListTasks(_)
                 | Request::Status

@@ -49,6 +49,9 @@ const OUTCOMES_FRAME_BYTES: usize = 1 << 20;
 pub(crate) struct Shared {
     pub store: Store,
     pub outputs: OutputStore,
+    pub logs: crate::logs::Logs,
+    /// How much of an attempt's stdout (and of its stderr) the head keeps.
+    pub max_output_bytes: usize,
     pub objects: Arc<Objects>,
     pub ca: Arc<ClusterCa>,
     pub channels: Channels,
@@ -302,6 +305,21 @@ async fn handle_stream(
         (Request::ReportResult(report), Some(PeerIdentity::Node(node))) => {
             report_result(*node, report, &shared).await
         }
+        (Request::AttemptLog { attempt }, Some(PeerIdentity::Node(node))) => {
+            return crate::logs::receive(*node, attempt, writer, reader, &shared).await;
+        }
+        (
+            Request::Logs {
+                task,
+                attempt,
+                follow,
+            },
+            Some(PeerIdentity::Client(_)),
+        ) => {
+            crate::logs::serve(task, attempt, follow, &mut writer, &shared).await;
+            let _ = writer.get_mut().finish();
+            return;
+        }
         (Request::Submit(specs), Some(PeerIdentity::Client(client))) => {
             submit(specs, client, role, &shared).await
         }
@@ -376,7 +394,7 @@ async fn handle_stream(
 }
 
 /// Sends an event carrying a reply channel and waits for the reply.
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     shared: &Shared,
     make: impl FnOnce(oneshot::Sender<T>) -> Event,
 ) -> Result<T, Response> {
@@ -560,6 +578,7 @@ async fn node_session(
     let mut reader = reader.retype::<NodeMessage>();
     let channels = shared.channels.clone();
     let interval = shared.heartbeat_interval;
+    let max_output_bytes = shared.max_output_bytes;
     let renewing = shared.clone();
     let read_half = async move {
         // One certificate per session: the next session presents the renewed one.
@@ -597,7 +616,7 @@ async fn node_session(
                 }
                 NodeMessage::Renew { .. } => true,
                 NodeMessage::Results(reports) => {
-                    let Some(reports) = inline_reports(reports) else {
+                    let Some(reports) = inline_reports(reports, max_output_bytes) else {
                         tracing::warn!(node = %node, "results with outputs over {INLINE_RESULT_BYTES} bytes on the control stream; closing it");
                         break;
                     };
@@ -634,11 +653,13 @@ async fn node_session(
         .await;
 }
 
-/// Results from the control stream, whose outputs must be small.
-fn inline_reports(reports: Vec<AttemptReport>) -> Option<Vec<Report>> {
+/// Results from the control stream, whose outputs must be small (and are cut at `max` bytes).
+fn inline_reports(reports: Vec<AttemptReport>, max: usize) -> Option<Vec<Report>> {
     reports
         .into_iter()
-        .map(|r| {
+        .map(|mut r| {
+            r.stdout.truncate(max);
+            r.stderr.truncate(max);
             (r.stdout.len() + r.stderr.len() <= INLINE_RESULT_BYTES).then(|| Report {
                 attempt: r.attempt,
                 exit: r.exit,
@@ -660,8 +681,9 @@ fn inline(bytes: Vec<u8>) -> Output {
 }
 
 /// A result with large outputs, on a stream of its own: its outputs are written only once the
-/// head knows the attempt is this node's current one.
-async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> Response {
+/// head knows the attempt is this node's current one, at most `max_output_bytes` of each, and
+/// only within the output quota (past it, the result is kept without them).
+async fn report_result(node: NodeId, mut report: AttemptReport, shared: &Shared) -> Response {
     let attempt = report.attempt;
     match ask(shared, |reply| Event::Holds {
         node,
@@ -675,9 +697,20 @@ async fn report_result(node: NodeId, report: AttemptReport, shared: &Shared) -> 
         Ok(false) => return Response::ResultAccepted,
         Err(e) => return e,
     }
+    report.stdout.truncate(shared.max_output_bytes);
+    report.stderr.truncate(shared.max_output_bytes);
     let stored = async {
-        let stdout = shared.outputs.put(report.stdout).await?;
-        let stderr = shared.outputs.put(report.stderr).await?;
+        let mut hashes = [None, None];
+        for (hash, bytes) in hashes.iter_mut().zip([report.stdout, report.stderr]) {
+            *hash = match shared.outputs.put(bytes).await {
+                Err(err) if err.kind() == std::io::ErrorKind::QuotaExceeded => {
+                    tracing::warn!(%attempt, error = %err, "task output not kept");
+                    None
+                }
+                stored => stored?,
+            };
+        }
+        let [stdout, stderr] = hashes;
         Ok::<_, std::io::Error>((stdout, stderr))
     };
     let (stdout, stderr) = match stored.await {
@@ -875,7 +908,7 @@ async fn cancel(
 
 /// Registers a wait with the loop; outcomes of the tasks the loop does not hold come from the
 /// store. Fails when a task is unknown.
-async fn register_wait(
+pub(crate) async fn register_wait(
     tasks: Vec<TaskId>,
     shared: &Shared,
 ) -> Result<(mpsc::Receiver<Arc<Outcome>>, Vec<StoredTask>, Vec<TaskId>), Response> {
@@ -1021,7 +1054,7 @@ async fn wait(
     }
 }
 
-async fn load(output: &Output, shared: &Shared) -> Result<Vec<u8>, Response> {
+pub(crate) async fn load(output: &Output, shared: &Shared) -> Result<Vec<u8>, Response> {
     match output {
         Output::Empty => Ok(Vec::new()),
         Output::Inline(bytes) => Ok(bytes.clone()),

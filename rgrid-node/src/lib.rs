@@ -20,6 +20,7 @@ pub mod executor;
 mod gpu;
 mod health;
 pub mod identity;
+mod log_stream;
 mod metrics;
 mod renewal;
 mod resources;
@@ -114,7 +115,6 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         }
         ExecutorKind::Process => Executor::process(
             ProcessExecutor {
-                max_output_bytes: config.max_output_bytes,
                 kill_grace: config.kill_grace,
             },
             gpus,

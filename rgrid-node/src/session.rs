@@ -34,8 +34,9 @@ use tracing::Instrument;
 
 use crate::cache::{Held, ObjectCache};
 use crate::executor::docker::Leftover;
-use crate::executor::{Execution, Executor, Milestone, NotRun, StagedInput};
+use crate::executor::{Execution, Executor, Milestone, NotRun, Observer, StagedInput};
 use crate::identity::NodeCredentials;
+use crate::log_stream::LiveOutput;
 use crate::renewal;
 use crate::spool::Spool;
 
@@ -421,9 +422,9 @@ fn start_attempt(node: &Arc<Node>, assignment: Assignment) {
         return; // a repeated assignment
     };
     let runner = node.clone();
-    spawn_attempt(node, attempt, async move {
+    spawn_attempt(node, attempt, move |output| async move {
         match assignment.spec() {
-            Ok(spec) => run_spec(&runner, attempt, spec, cancel).await,
+            Ok(spec) => run_spec(&runner, attempt, spec, cancel, &output).await,
             Err(err) => crate::executor::Execution::start_failed(format!(
                 "the head sent a task spec this node cannot decode ({err}); upgrade the node"
             )),
@@ -434,11 +435,9 @@ fn start_attempt(node: &Arc<Node>, assignment: Assignment) {
 /// Reports `attempt` handed back (`why`) without running it: the head runs it elsewhere.
 fn hand_back(node: &Arc<Node>, attempt: AttemptId, why: &'static str) {
     if hold(node, attempt).is_some() {
-        spawn_attempt(
-            node,
-            attempt,
-            async move { NotRun::Node(why.to_owned()).into() },
-        );
+        spawn_attempt(node, attempt, move |_| async move {
+            NotRun::Node(why.to_owned()).into()
+        });
     }
 }
 
@@ -451,8 +450,8 @@ pub(crate) fn adopt(node: &Arc<Node>, leftovers: Vec<Leftover>) {
             continue;
         };
         let runner = node.clone();
-        spawn_attempt(node, attempt, async move {
-            runner.executor.resume(leftover, cancel).await
+        spawn_attempt(node, attempt, move |output| async move {
+            runner.executor.resume(leftover, cancel, &output).await
         });
     }
 }
@@ -474,18 +473,31 @@ fn hold(node: &Node, attempt: AttemptId) -> Option<CancellationToken> {
     Some(cancel)
 }
 
-/// Runs an attempt's `execution` to its end and reports how it went.
-fn spawn_attempt(
+/// Runs an attempt's `execution` to its end, its output streamed to the head as it is written,
+/// and reports how it went once the head has the output.
+fn spawn_attempt<F>(
     node: &Arc<Node>,
     attempt: AttemptId,
-    execution: impl Future<Output = Execution> + Send + 'static,
-) {
+    execution: impl FnOnce(Arc<LiveOutput>) -> F + Send + 'static,
+) where
+    F: Future<Output = Execution> + Send + 'static,
+{
     let node2 = node.clone();
     node.tracker.spawn(
         async move {
             let node = node2;
             let started_at_ms = unix_ms();
-            let mut execution = execution.await;
+            let output = node.executor.live_output();
+            let forwarding = node.tracker.spawn(crate::log_stream::forward(
+                node.connection.subscribe(),
+                attempt,
+                output.clone(),
+                node.stopped.clone(),
+            ));
+            let mut execution = execution(output.clone()).await;
+            output.end();
+            // Bounded: a head that does not take the log does not hold the result.
+            let _ = tokio::time::timeout(crate::log_stream::FLUSH_WAIT, forwarding).await;
             if node.leaving.load(Ordering::SeqCst) {
                 // Killed because the node left: not the task's outcome; the head requeues it.
                 lock(&node.attempts).remove(&attempt);
@@ -528,6 +540,7 @@ async fn run_spec(
     attempt: AttemptId,
     spec: TaskSpec,
     cancel: CancellationToken,
+    output: &Arc<LiveOutput>,
 ) -> Execution {
     let control = node.control.clone();
     let progress = move |milestone| {
@@ -555,7 +568,16 @@ async fn run_spec(
         })
         .collect();
     node.executor
-        .run(attempt, &spec, &inputs, cancel, &progress)
+        .run(
+            attempt,
+            &spec,
+            &inputs,
+            cancel,
+            Observer {
+                milestone: &progress,
+                output,
+            },
+        )
         .await
 }
 

@@ -19,6 +19,7 @@ mod container;
 mod image;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::container::{
@@ -29,6 +30,7 @@ use bollard::container::{
 use bollard::errors::Error as DockerError;
 use bollard::Docker;
 use futures::StreamExt;
+use rgrid_core::log::Channel;
 use rgrid_core::protocol::ExitStatus;
 use rgrid_core::task::OutputSpec;
 use rgrid_core::time::unix_ms;
@@ -46,9 +48,10 @@ use image::Images;
 
 use super::outputs::OutputDir;
 use super::{
-    watch, Capture, Channel, Ended, Execution, Milestone, NotRun, StagedInput, OUTPUT_GRACE,
+    watch, Capture, Ended, Execution, Milestone, NotRun, Observer, StagedInput, OUTPUT_GRACE,
 };
 use crate::config::NodeConfig;
+use crate::log_stream::LiveOutput;
 
 /// Seconds an engine call may take before it counts as the engine not answering.
 const ENGINE_TIMEOUT_SECS: u64 = 120;
@@ -58,7 +61,6 @@ pub struct DockerExecutor {
     docker: Docker,
     images: Images,
     policy: ContainerPolicy,
-    max_output_bytes: usize,
     kill_grace: Duration,
     /// Where declared outputs are collected.
     outputs: OutputDir,
@@ -108,7 +110,6 @@ impl DockerExecutor {
                 read_only_rootfs: config.read_only_rootfs,
                 log_max_bytes: config.max_output_bytes,
             },
-            max_output_bytes: config.max_output_bytes,
             kill_grace: config.kill_grace,
             outputs,
             cleanup: TaskTracker::new(),
@@ -183,7 +184,12 @@ impl DockerExecutor {
 
     /// Waits for a re-adopted container as for one it has just started: its output from the
     /// beginning (the engine's log of it), its timeout from its label.
-    pub(crate) async fn resume(&self, leftover: Leftover, cancel: CancellationToken) -> Execution {
+    pub(crate) async fn resume(
+        &self,
+        leftover: Leftover,
+        cancel: CancellationToken,
+        live: Arc<LiveOutput>,
+    ) -> Execution {
         let options = LogsOptions::<String> {
             follow: true,
             stdout: true,
@@ -192,7 +198,7 @@ impl DockerExecutor {
             ..Default::default()
         };
         let output = self.docker.logs(&leftover.id, Some(options));
-        let capture = Capture::spawn(Box::pin(channels(output)), self.max_output_bytes);
+        let capture = Capture::spawn(Box::pin(channels(output)), live);
         let timeout = leftover
             .deadline_ms
             .map(|d| Duration::from_millis(d.saturating_sub(unix_ms())));
@@ -241,17 +247,19 @@ impl DockerExecutor {
         inputs: &[StagedInput],
         gpus: &[String],
         cancel: CancellationToken,
-        progress: &(dyn Fn(Milestone) + Send + Sync),
+        observer: Observer<'_>,
     ) -> Execution {
         let id = match self
-            .create(attempt, spec, inputs, gpus, &cancel, progress)
+            .create(attempt, spec, inputs, gpus, &cancel, observer.milestone)
             .await
         {
             Ok(id) => id,
             Err(not_run) => return not_run.into(),
         };
         let mut execution = self
-            .run_container(&id, spec, cancel, || progress(Milestone::Started))
+            .run_container(&id, spec, cancel, observer.output.clone(), || {
+                (observer.milestone)(Milestone::Started)
+            })
             .await;
         self.collect(&id, &spec.outputs, &mut execution).await;
         self.remove_later(id);
@@ -351,6 +359,7 @@ impl DockerExecutor {
         id: &str,
         spec: &TaskSpec,
         cancel: CancellationToken,
+        live: Arc<LiveOutput>,
         started: impl FnOnce(),
     ) -> Execution {
         let options = AttachContainerOptions::<String> {
@@ -363,7 +372,7 @@ impl DockerExecutor {
             Ok(attached) => attached.output,
             Err(err) => return fault(&err, "cannot attach to the container").into(),
         };
-        let capture = Capture::spawn(Box::pin(channels(output)), self.max_output_bytes);
+        let capture = Capture::spawn(Box::pin(channels(output)), live);
         if let Err(err) = step("start", self.docker.start_container::<String>(id, None)).await {
             return fault(&err, "cannot start the container").into();
         }

@@ -9,15 +9,18 @@ pub mod outputs;
 pub mod process;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use rgrid_core::log::Channel;
 use rgrid_core::protocol::ExitStatus;
 use rgrid_core::{AttemptId, TaskSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::gpu::GpuPool;
+use crate::log_stream::LiveOutput;
 
 /// A task input staged into the container: the cached file, mounted read-only at `container`.
 #[derive(Clone, Debug)]
@@ -33,6 +36,13 @@ pub enum Milestone {
     Pulling,
     /// Its workload is running.
     Started,
+}
+
+/// What the rest of the node hears of a running attempt: each [`Milestone`] it reaches, and
+/// what its workload writes, as it is written.
+pub(crate) struct Observer<'a> {
+    pub milestone: &'a (dyn Fn(Milestone) + Send + Sync),
+    pub output: &'a Arc<LiveOutput>,
 }
 
 /// How an attempt ended, with its captured output.
@@ -130,6 +140,11 @@ impl Executor {
         }
     }
 
+    /// Where an attempt's workload writes its stdout and stderr (kept up to `max_output_bytes`).
+    pub(crate) fn live_output(&self) -> Arc<LiveOutput> {
+        LiveOutput::new(usize::try_from(self.outputs.max_bytes()).unwrap_or(usize::MAX))
+    }
+
     /// Whether attempts run something (all but `Noop`, which reads no inputs either).
     pub(crate) fn runs_workloads(&self) -> bool {
         !matches!(self.kind, Kind::Noop)
@@ -148,10 +163,11 @@ impl Executor {
         &self,
         leftover: docker::Leftover,
         cancel: CancellationToken,
+        output: &Arc<LiveOutput>,
     ) -> Execution {
         let _gpus = self.gpus.take_ids(&leftover.gpus);
         match &self.kind {
-            Kind::Docker(docker) => docker.resume(leftover, cancel).await,
+            Kind::Docker(docker) => docker.resume(leftover, cancel, output.clone()).await,
             Kind::Process(_) | Kind::Noop => NotRun::Node(
                 "a container to re-adopt, but this node does not run the Docker executor".into(),
             )
@@ -159,15 +175,15 @@ impl Executor {
         }
     }
 
-    /// Runs `spec` as `attempt` with its `inputs` staged, to its end, its timeout, or `cancel`.
-    /// `progress` hears each [`Milestone`] the attempt reaches.
-    pub async fn run(
+    /// Runs `spec` as `attempt` with its `inputs` staged, to its end, its timeout, or `cancel`,
+    /// telling `observer` how it goes.
+    pub(crate) async fn run(
         &self,
         attempt: AttemptId,
         spec: &TaskSpec,
         inputs: &[StagedInput],
         cancel: CancellationToken,
-        progress: &(dyn Fn(Milestone) + Send + Sync),
+        observer: Observer<'_>,
     ) -> Execution {
         // The head places by GPU count, so a shortage means its view and ours differ for a
         // moment (an attempt it superseded is still being killed here): not the task's fault.
@@ -182,7 +198,7 @@ impl Executor {
         match &self.kind {
             Kind::Docker(docker) => {
                 docker
-                    .run(attempt, spec, inputs, &gpus.ids, cancel, progress)
+                    .run(attempt, spec, inputs, &gpus.ids, cancel, observer)
                     .await
             }
             Kind::Process(_) if !inputs.is_empty() => Execution::start_failed(
@@ -190,7 +206,9 @@ impl Executor {
             ),
             Kind::Process(process) => {
                 let mut execution = process
-                    .run(attempt, spec, &gpus.ids, cancel, || progress(Milestone::Started))
+                    .run(attempt, spec, &gpus.ids, cancel, observer.output, || {
+                        (observer.milestone)(Milestone::Started)
+                    })
                     .await;
                 let root = match &spec.workdir {
                     Some(dir) => std::path::PathBuf::from(dir),
@@ -243,54 +261,48 @@ pub(crate) async fn watch<T>(
     }
 }
 
-/// Which stream a chunk of output came from.
-pub(crate) enum Channel {
-    Stdout,
-    Stderr,
-}
-
 /// How long output may still arrive once a workload has ended (a process that left a
 /// grandchild holding its pipes must not hold the result).
 pub(crate) const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
-/// Reads a workload's output in the background, keeping at most `max` bytes per channel.
+/// Reads a workload's output in the background into its [`LiveOutput`] (which keeps at most
+/// `max_output_bytes` per channel and is streamed to the head as it grows).
 pub(crate) struct Capture {
-    task: tokio::task::JoinHandle<(Vec<u8>, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
+    output: Arc<LiveOutput>,
 }
 
 impl Capture {
     pub(crate) fn spawn(
-        mut output: impl Stream<Item = (Channel, Bytes)> + Send + Unpin + 'static,
-        max: usize,
+        mut stream: impl Stream<Item = (Channel, Bytes)> + Send + Unpin + 'static,
+        output: Arc<LiveOutput>,
     ) -> Self {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
+        let into = output.clone();
         let task = tokio::spawn(async move {
-            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             loop {
                 let chunk = tokio::select! {
                     _ = stopped.cancelled() => break,
-                    chunk = output.next() => chunk,
+                    chunk = stream.next() => chunk,
                 };
                 match chunk {
-                    Some((Channel::Stdout, bytes)) => append_capped(&mut stdout, &bytes, max),
-                    Some((Channel::Stderr, bytes)) => append_capped(&mut stderr, &bytes, max),
+                    Some((channel, bytes)) => into.append(channel, &bytes),
                     None => break,
                 }
             }
-            (stdout, stderr)
         });
-        Self { task, stop }
+        Self { task, stop, output }
     }
 
     /// What was captured, once the output ends or at most `grace` from now.
     pub(crate) async fn finish(mut self, grace: Duration) -> (Vec<u8>, Vec<u8>) {
-        if let Ok(done) = tokio::time::timeout(grace, &mut self.task).await {
-            return done.unwrap_or_default();
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.stop.cancel();
+            let _ = (&mut self.task).await;
         }
-        self.stop.cancel();
-        (&mut self.task).await.unwrap_or_default()
+        self.output.end()
     }
 }
 
@@ -298,12 +310,6 @@ impl Drop for Capture {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-/// Appends `chunk` to `buf` without letting `buf` grow past `max`.
-fn append_capped(buf: &mut Vec<u8>, chunk: &[u8], max: usize) {
-    let room = max.saturating_sub(buf.len());
-    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
 }
 
 /// Environment variables that tell a workload its GPUs (empty when it has none).

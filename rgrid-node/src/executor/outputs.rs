@@ -51,6 +51,12 @@ pub(crate) enum Uncollected {
 
 impl OutputDir {
     /// Opens (creates) `dir`, removing what an earlier run of the node left there.
+    /// How large an output may be (`max_output_bytes`): a declared output, or what a workload
+    /// writes to stdout or stderr.
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     pub(crate) fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;

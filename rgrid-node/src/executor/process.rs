@@ -20,11 +20,15 @@ use rgrid_core::{AttemptId, TaskSpec};
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{gpu_env, watch, Capture, Channel, Ended, Execution, NotRun, OUTPUT_GRACE};
+use std::sync::Arc;
+
+use rgrid_core::log::Channel;
+
+use super::{gpu_env, watch, Capture, Ended, Execution, NotRun, OUTPUT_GRACE};
+use crate::log_stream::LiveOutput;
 
 /// Runs attempts as local processes.
 pub struct ProcessExecutor {
-    pub max_output_bytes: usize,
     /// Between SIGTERM and SIGKILL on timeout or cancel.
     pub kill_grace: Duration,
 }
@@ -36,6 +40,7 @@ impl ProcessExecutor {
         spec: &TaskSpec,
         gpus: &[String],
         cancel: CancellationToken,
+        live: &Arc<LiveOutput>,
         started: impl FnOnce(),
     ) -> Execution {
         let Some((program, args)) = spec.command.split_first() else {
@@ -80,7 +85,7 @@ impl ProcessExecutor {
             futures::stream::iter(stdout).flatten(),
             futures::stream::iter(stderr).flatten(),
         );
-        let capture = Capture::spawn(Box::pin(output), self.max_output_bytes);
+        let capture = Capture::spawn(Box::pin(output), live.clone());
         started();
         let timeout = spec.timeout_ms.map(Duration::from_millis);
         let ended = watch(child.wait(), timeout, &cancel).await;

@@ -1,0 +1,225 @@
+//! Logs you can follow, end to end on a real head, real Docker nodes and the demo image: output
+//! arrives while the task runs, the log of an attempt whose node was SIGKILLed stays readable
+//! (and a re-adopted container's log goes on without repeats), a log cut at the head's
+//! `max_output_bytes` says how much it dropped, and the CLI follows a log.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{
+    free_udp_port, print_logs_if_panicking, rgrid, start_head, start_node, wait_for, wait_ready,
+};
+use common::{demo_image, NodeCluster};
+use futures::StreamExt;
+use rgrid::{Channel, Client, ClientError, LogEvent, TaskRef, TaskSpec, TaskState};
+
+/// A task of the demo image running `script` with `sh -c`.
+fn sh(script: &str) -> TaskSpec {
+    TaskSpec::new(demo_image())
+        .command(["sh", "-c", script])
+        .memory_bytes(64 << 20)
+        .cpu_millis(250)
+}
+
+/// A head (its config changed by `adjust`) and one Docker node.
+async fn cluster(adjust: impl FnOnce(&mut rgrid_head::HeadConfig)) -> NodeCluster {
+    demo_image();
+    let mut cluster = NodeCluster::start_with(adjust).await;
+    let config = cluster.node_config("n1");
+    cluster.add_node(config).await;
+    cluster
+}
+
+/// What a log's events add up to: stdout, stderr, the dropped counts and the final state.
+#[derive(Debug, Default)]
+struct Read {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    dropped: Vec<(u32, Channel, u64)>,
+    end: Option<Option<TaskState>>,
+}
+
+async fn read_all(
+    mut events: futures::stream::BoxStream<'_, Result<LogEvent, ClientError>>,
+) -> Read {
+    let mut read = Read::default();
+    while let Some(event) = events.next().await {
+        match event.expect("a log event") {
+            LogEvent::Chunk { channel, bytes, .. } => match channel {
+                Channel::Stdout => read.stdout.extend(bytes),
+                Channel::Stderr => read.stderr.extend(bytes),
+            },
+            LogEvent::Dropped {
+                attempt,
+                channel,
+                bytes,
+            } => read.dropped.push((attempt, channel, bytes)),
+            LogEvent::End { state } => read.end = Some(state),
+        }
+    }
+    read
+}
+
+/// Runs `test` with a time limit, so that a hung test fails instead of blocking CI.
+async fn within<F: std::future::Future<Output = ()>>(secs: u64, test: F) {
+    tokio::time::timeout(Duration::from_secs(secs), test)
+        .await
+        .expect("the test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_log_arrives_while_the_task_runs() {
+    within(120, async {
+        let cluster = cluster(|_| {}).await;
+        let client = cluster.client().await;
+        let task = client
+            .submit(sh("echo first; sleep 3; echo second >&2; echo third"))
+            .await
+            .expect("submit");
+        let mut events = client.logs(&task).follow();
+        let first = events.next().await.expect("an event").expect("a log event");
+        let LogEvent::Chunk {
+            attempt,
+            channel,
+            offset,
+            bytes,
+        } = first
+        else {
+            panic!("the first event is output: {first:?}");
+        };
+        assert_eq!((attempt, channel, offset), (1, Channel::Stdout, 0));
+        assert_eq!(bytes, b"first\n");
+        let state = client
+            .task_info(&task)
+            .await
+            .expect("info")
+            .map(|t| t.state);
+        assert_eq!(
+            state,
+            Some(TaskState::Running),
+            "the first line arrived while the task ran"
+        );
+        let rest = read_all(events).await;
+        assert_eq!(rest.stdout, b"third\n");
+        assert_eq!(rest.stderr, b"second\n");
+        assert_eq!(rest.end, Some(Some(TaskState::Succeeded)));
+        // Read again once it ended: the same, whole.
+        let again = read_all(client.logs(&task).so_far()).await;
+        assert_eq!(again.stdout, b"first\nthird\n");
+        assert_eq!(again.stderr, b"second\n");
+        assert!(again.dropped.is_empty(), "{:?}", again.dropped);
+        // An unknown task is refused.
+        let unknown = TaskRef {
+            id: rgrid::TaskId::new(),
+        };
+        let refused = client
+            .logs(&unknown)
+            .so_far()
+            .next()
+            .await
+            .expect("an answer");
+        assert!(
+            matches!(&refused, Err(ClientError::Refused(e)) if e.message.contains("no task")),
+            "{refused:?}"
+        );
+        cluster.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_at_max_output_bytes_says_how_much_was_dropped() {
+    within(120, async {
+        let cluster = cluster(|config| config.max_output_bytes = "1000".into()).await;
+        let client = cluster.client().await;
+        let task = client
+            .submit(sh("head -c 5000 /dev/zero | tr '\\0' a; echo oops >&2"))
+            .await
+            .expect("submit");
+        let read = read_all(client.logs(&task).follow()).await;
+        assert_eq!(read.end, Some(Some(TaskState::Succeeded)));
+        assert_eq!(read.stdout, vec![b'a'; 1000]);
+        assert_eq!(read.stderr, b"oops\n");
+        assert_eq!(read.dropped, vec![(1, Channel::Stdout, 4000)]);
+        // The result is cut at the same size before the head writes it.
+        let outcome = client.get(&task).await.expect("get");
+        assert_eq!(outcome.stdout.len(), 1000);
+        cluster.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_of_an_attempt_whose_node_was_killed_stays_readable() {
+    demo_image();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let run = async {
+        let _head = start_head(dir.path(), &listen);
+        let config = dir.path().join("head/client.toml");
+        wait_for("the head's client.toml", || config.exists());
+        let node = start_node(dir.path(), &listen, "n1", 2000);
+        wait_ready(&config, "n1");
+        let client = Client::connect_file(&config).await.expect("connect");
+        let task = client
+            .submit(sh("echo before; sleep 120"))
+            .await
+            .expect("submit");
+        let mut events = client.logs(&task).follow();
+        let first = events.next().await.expect("an event").expect("a log event");
+        assert!(
+            matches!(&first, LogEvent::Chunk { bytes, .. } if bytes == b"before\n"),
+            "{first:?}"
+        );
+        node.signal("KILL");
+        drop(node);
+        let read = read_all(client.logs(&task).attempt(1).so_far()).await;
+        assert_eq!(read.stdout, b"before\n");
+        assert_eq!(read.end, Some(None), "the task has not ended");
+        // The same through the CLI.
+        let out = rgrid(&config, &["logs", &task.id.to_string(), "--attempt", "1"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout, b"before\n");
+        // The node comes back and re-adopts its container, whose engine log starts from the
+        // beginning again: the head's log goes on from where it was, without repeats.
+        let _node = start_node(dir.path(), &listen, "n1", 2000);
+        wait_ready(&config, "n1");
+        let cancelled = client.cancel(&task).await.expect("cancel");
+        assert_eq!(cancelled, TaskState::Cancelled);
+        let read = read_all(client.logs(&task).attempt(1).follow()).await;
+        assert_eq!(read.stdout, b"before\n");
+        assert_eq!(read.end, Some(Some(TaskState::Cancelled)));
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
+    print_logs_if_panicking(dir.path(), 40);
+    finished.expect("the test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_follows_a_log_until_the_task_ends() {
+    demo_image();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let run = async {
+        let _head = start_head(dir.path(), &listen);
+        let config = dir.path().join("head/client.toml");
+        wait_for("the head's client.toml", || config.exists());
+        let _node = start_node(dir.path(), &listen, "n1", 2000);
+        wait_ready(&config, "n1");
+        let client = Client::connect_file(&config).await.expect("connect");
+        let task = client
+            .submit(sh("echo one; sleep 1; echo two; echo err >&2"))
+            .await
+            .expect("submit");
+        let out = rgrid(&config, &["logs", "-f", &task.id.to_string()]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout, b"one\ntwo\n");
+        assert_eq!(out.stderr, b"err\n");
+        let outcome = client.get(&task).await.expect("get");
+        assert_eq!(outcome.state, TaskState::Succeeded);
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
+    print_logs_if_panicking(dir.path(), 40);
+    finished.expect("the test finishes in time");
+}
