@@ -7,6 +7,7 @@ use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
 use rgrid_core::frame::{decode, FrameReader, MAX_FRAME_BYTES};
+use rgrid_core::log::LogFrame;
 use rgrid_core::protocol::{
     AttemptReport, HeadMessage, Hello, HelloReply, NodeMessage, Request, Response,
 };
@@ -50,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             read::<TaskSpec>(stream, MAX_FRAME_BYTES);
             read::<AttemptReport>(stream, MAX_FRAME_BYTES);
+            read::<LogFrame>(stream, MAX_FRAME_BYTES);
         }
     }
 });
