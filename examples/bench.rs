@@ -26,6 +26,13 @@
 //!   on two noop nodes (each declared output an empty object), against as many independent
 //!   tasks with the same outputs in the same run: (DAG time − independent time) ÷ edges. `dag_s`, `dag_flat_s`: both
 //!   times.
+//! - `follow_p50_ms`, `follow_p99_ms`: a container on a Docker node writes its clock (µs, from
+//!   `adjtimex`) every 50 ms, 200 times; the client following the task's log takes each line's
+//!   arrival time minus the time in it. `docker_follow_p50_ms`, `docker_follow_p99_ms`: the same
+//!   script under `docker run`, its stdout read by this program (the floor).
+//! - `transfer_up_mib_s`, `transfer_down_mib_s`: a `--transfer` MiB file uploaded to the head
+//!   (`put_file`), then staged into a task on a Docker node (its run time less that of the same
+//!   task without the input); `cp_mib_s`: `cp` of the same file on this disk, `sync`ed.
 //! - `ray_async_tasks_per_s`, `ray_sync_p50_us`: `../shared/bench/ray_baseline.py`, when
 //!   `python3 -c "import ray"` works.
 
@@ -57,8 +64,11 @@ struct Args {
     /// Middle tasks of the DAG run.
     #[arg(long, default_value_t = 10_000)]
     dag: usize,
+    /// MiB of the transfer run's object.
+    #[arg(long, default_value_t = 1024)]
+    transfer: u64,
     /// Only these runs (comma-separated: async, sync, million, restart, heartbeat, durability,
-    /// process, dag, ray).
+    /// process, dag, follow, transfer, ray).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Keep the state dirs and logs of the runs (their paths are printed).
@@ -140,6 +150,7 @@ async fn serve_node(
         state_dir,
         executor: match executor {
             "process" => rgrid_node::ExecutorKind::Process,
+            "docker" => rgrid_node::ExecutorKind::Docker,
             _ => rgrid_node::ExecutorKind::Noop,
         },
         cpu_millis: Some(cpu_millis),
@@ -574,6 +585,41 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         );
     }
 
+    if runs("follow") {
+        rgrid::image::ensure_demo_image()?;
+        let mut setup = Setup::start(&exe).await?;
+        setup.nodes(1, "docker", 2000).await?;
+        let client = setup.client().await?;
+        let ours = follow_latencies(&client).await?;
+        let floor = docker_follow_latencies().await?;
+        let (p50, p99) = (percentile(&ours, 0.5) / 1e3, percentile(&ours, 0.99) / 1e3);
+        let (d50, d99) = (
+            percentile(&floor, 0.5) / 1e3,
+            percentile(&floor, 0.99) / 1e3,
+        );
+        say(args.json, &format!("follow: a line written in the container until the client has it: p50 {p50:.1} ms, p99 {p99:.1} ms ({} lines); docker run's own stdout: p50 {d50:.1} ms, p99 {d99:.1} ms", ours.len()));
+        for (key, value) in [
+            ("follow_p50_ms", p50),
+            ("follow_p99_ms", p99),
+            ("docker_follow_p50_ms", d50),
+            ("docker_follow_p99_ms", d99),
+        ] {
+            figures.insert(key, ((value * 10.0).round() / 10.0).into());
+        }
+    }
+
+    if runs("transfer") {
+        rgrid::image::ensure_demo_image()?;
+        let mut setup = Setup::start(&exe).await?;
+        setup.nodes(1, "docker", 2000).await?;
+        let client = setup.client().await?;
+        let (up, down, cp) = transfer(&client, setup.dir.path(), args.transfer << 20).await?;
+        say(args.json, &format!("transfer: {} MiB client → head {up:.0} MiB/s, head → node (staged into a task) {down:.0} MiB/s; cp of the file {cp:.0} MiB/s", args.transfer));
+        figures.insert("transfer_up_mib_s", (up.round() as u64).into());
+        figures.insert("transfer_down_mib_s", (down.round() as u64).into());
+        figures.insert("cp_mib_s", (cp.round() as u64).into());
+    }
+
     if runs("process") {
         let n = 5000;
         let spawned = raw_spawns(n, 2).await?;
@@ -621,6 +667,129 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&figures)?);
     }
     Ok(())
+}
+
+/// Writes the container's clock (seconds and microseconds, from `adjtimex`) every 50 ms.
+const CLOCK_LINES: &str = "for i in $(seq 200); do adjtimex | sed -n 's/.*tv_sec: *//p;s/.*tv_usec: *//p' | tr '\\n' ' '; echo; usleep 50000; done";
+
+/// Takes complete `SECONDS MICROS` lines out of `pending`: for each, now minus its time.
+fn line_latencies(pending: &mut Vec<u8>, into: &mut Vec<Duration>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = pending.drain(..=end).collect();
+        let mut fields = std::str::from_utf8(&line)
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().ok());
+        if let (Some(Some(secs)), Some(Some(micros))) = (fields.next(), fields.next()) {
+            let written = Duration::from_secs(secs) + Duration::from_micros(micros);
+            into.push(now.saturating_sub(written));
+        }
+    }
+}
+
+fn demo_task(script: &str) -> TaskSpec {
+    TaskSpec::new(rgrid::image::DEMO_IMAGE)
+        .command(["sh", "-c", script])
+        .cpu_millis(250)
+        .memory_bytes(64 << 20)
+}
+
+/// Follows the log of a task printing its clock: each line's latency, sorted.
+async fn follow_latencies(client: &Client) -> anyhow::Result<Vec<Duration>> {
+    use rgrid::{Channel, LogEvent};
+    let task = client.submit(demo_task(CLOCK_LINES)).await?;
+    let mut log = client.logs(&task).follow();
+    let (mut pending, mut latencies) = (Vec::new(), Vec::new());
+    while let Some(event) = log.next().await {
+        match event? {
+            LogEvent::Chunk {
+                channel: Channel::Stdout,
+                bytes,
+                ..
+            } => {
+                pending.extend(bytes);
+                line_latencies(&mut pending, &mut latencies);
+            }
+            LogEvent::End { .. } => break,
+            _ => {}
+        }
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// The same script under `docker run`, its stdout read here: each line's latency, sorted.
+async fn docker_follow_latencies() -> anyhow::Result<Vec<Duration>> {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new("docker")
+        .args(["run", "--rm", "--network", "none", rgrid::image::DEMO_IMAGE])
+        .args(["sh", "-c", CLOCK_LINES])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("docker run's stdout")?;
+    let (mut pending, mut latencies) = (Vec::new(), Vec::new());
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stdout.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        line_latencies(&mut pending, &mut latencies);
+    }
+    child.wait().await?;
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// A `bytes` file uploaded to the head, then staged into a task on a Docker node, next to `cp`
+/// of it: MiB/s up, down and of `cp`.
+async fn transfer(client: &Client, dir: &Path, bytes: u64) -> anyhow::Result<(f64, f64, f64)> {
+    use std::io::Write as _;
+    let path = dir.join("transfer.bin");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..bytes >> 20 {
+            // Different blocks, so that nothing on the way can compress them away.
+            block[..8].copy_from_slice(&i.to_le_bytes());
+            file.write_all(&block)?;
+        }
+    }
+    let mib = bytes as f64 / f64::from(1 << 20);
+    let copy = dir.join("transfer.copy");
+    let started = Instant::now();
+    let status = Command::new("cp").arg(&path).arg(&copy).status()?;
+    let synced = Command::new("sync").arg(&copy).status()?;
+    if !status.success() || !synced.success() {
+        bail!("cp failed");
+    }
+    let cp = mib / started.elapsed().as_secs_f64();
+    std::fs::remove_file(&copy)?;
+    let started = Instant::now();
+    let object = client.put_file(&path).await?;
+    let up = mib / started.elapsed().as_secs_f64();
+    // The same task without the input first: what is left is staging it.
+    let run = |spec: TaskSpec| async move {
+        let started = Instant::now();
+        let task = client.submit(spec).await?;
+        let outcome = client.get(&task).await?;
+        if outcome.state != rgrid::TaskState::Succeeded {
+            bail!(
+                "the transfer task ended {:?}: {:?}",
+                outcome.state,
+                outcome.reason
+            );
+        }
+        Ok::<_, anyhow::Error>(started.elapsed())
+    };
+    let without = run(demo_task("true")).await?;
+    let with = run(demo_task("true").input("/in/big", object)).await?;
+    let down = mib / with.saturating_sub(without).as_secs_f64().max(1e-3);
+    Ok((up, down, cp))
 }
 
 /// `n` spawns of `true`, `parallel` at a time; spawns per second.

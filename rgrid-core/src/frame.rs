@@ -107,6 +107,14 @@ impl<R: AsyncRead + Unpin, T: DeserializeOwned> FrameReader<R, T> {
         std::io::Cursor::new(buffered).chain(self.inner.into_inner())
     }
 
+    /// The same reader, taking frames of at most `limit` bytes from now on (a stream whose
+    /// frames are known to be small).
+    pub fn limited(mut self, limit: usize) -> Self {
+        self.limit = limit.min(MAX_FRAME_BYTES);
+        self.inner.decoder_mut().set_max_frame_length(self.limit);
+        self
+    }
+
     /// The same stream, read as messages of another type from now on (keeps buffered bytes).
     pub fn retype<U>(self) -> FrameReader<R, U> {
         FrameReader {

@@ -259,7 +259,8 @@ pub(crate) async fn receive(
     if !respond(&mut writer, &offsets(&log)).await {
         return;
     }
-    let mut frames: FrameReader<_, LogFrame> = reader.retype();
+    // A chunk of output and its few bytes of framing.
+    let mut frames: FrameReader<_, LogFrame> = reader.retype().limited(LOG_CHUNK_BYTES + 64);
     loop {
         match frames.next().await {
             Ok(Some(frame)) => {
