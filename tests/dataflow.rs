@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::process::{
-    free_udp_port, memory_of, print_logs_if_panicking, start_head, start_node_with, wait_for,
-    wait_ready,
+    free_udp_port, memory_of, start_head, start_head_and_node, start_head_ready, start_node_with,
+    wait_for, wait_ready, Logs,
 };
-use common::{demo_image, eventually, NodeCluster};
+use common::{demo_image, eventually, within, NodeCluster};
 use rgrid::{Client, SubmitAnswer, TaskRef, TaskSpec, TaskState};
 
 /// A task of the demo image running `script` with `sh -c`.
@@ -40,13 +38,6 @@ async fn state_of(client: &Client, task: &TaskRef) -> Option<TaskState> {
         .await
         .expect("task info")
         .map(|t| t.state)
-}
-
-/// Runs `test` with a time limit, so that a hung test fails instead of blocking CI.
-async fn within<F: std::future::Future<Output = ()>>(secs: u64, test: F) {
-    tokio::time::timeout(Duration::from_secs(secs), test)
-        .await
-        .expect("the test finishes in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,14 +257,11 @@ async fn bad_dependencies_and_outputs_are_refused_clearly_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_tasks_come_back_pending_after_a_head_restart() {
     demo_image();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Logs(tempfile::tempdir().unwrap());
+    let dir = dir.0.path();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let run = async {
-        let mut head = start_head(dir.path(), &listen);
-        let client_toml = dir.path().join("head/client.toml");
-        wait_for("the head's client.toml", || client_toml.exists());
-        let _node = start_node_with(dir.path(), &listen, "n1", 2000, &[]);
-        wait_ready(&client_toml, "n1");
+    within(120, async {
+        let (mut head, _node, client_toml) = start_head_and_node(dir, &listen);
         let client = Client::connect_file(&client_toml).await.expect("connect");
         let root = sh("sleep 4; echo done > /o").output("o", "/o");
         let root_ref = TaskRef { id: root.id };
@@ -286,7 +274,7 @@ async fn pending_tasks_come_back_pending_after_a_head_restart() {
         head.signal("KILL");
         let _ = head.0.wait();
         drop(client);
-        let _head = start_head(dir.path(), &listen);
+        let _head = start_head(dir, &listen);
         let client = eventually("the restarted head", 30, || async {
             Client::connect_file(&client_toml).await.ok()
         })
@@ -299,25 +287,22 @@ async fn pending_tasks_come_back_pending_after_a_head_restart() {
         let outcome = client.get(&refs[1]).await.expect("the dependant ends");
         assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
         assert_eq!(outcome.stdout, b"done\n");
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
-    print_logs_if_panicking(dir.path(), 40);
-    finished.expect("the test finishes in time");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_output_passes_into_another_task_through_a_flat_head() {
     demo_image();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Logs(tempfile::tempdir().unwrap());
+    let dir = dir.0.path();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let run = async {
-        let head = start_head(dir.path(), &listen);
-        let client_toml = dir.path().join("head/client.toml");
-        wait_for("the head's client.toml", || client_toml.exists());
-        let node_toml = dir.path().join("node.toml");
+    within(240, async {
+        let (head, client_toml) = start_head_ready(dir, &listen);
+        let node_toml = dir.join("node.toml");
         std::fs::write(&node_toml, "max_output_bytes = 209715200\n").unwrap();
         let _node = start_node_with(
-            dir.path(),
+            dir,
             &listen,
             "n1",
             2000,
@@ -358,24 +343,19 @@ async fn a_100_mib_output_passes_into_another_task_through_a_flat_head() {
             "the head held {} MiB more than at the start while a 100 MiB output passed",
             (peak - baseline) >> 20
         );
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(240), run).await;
-    print_logs_if_panicking(dir.path(), 40);
-    finished.expect("the test finishes in time");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_declares_outputs_takes_them_as_inputs_and_cancels_recursively() {
     use common::process::rgrid;
     let image = demo_image();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Logs(tempfile::tempdir().unwrap());
+    let dir = dir.0.path();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let run = async {
-        let _head = start_head(dir.path(), &listen);
-        let config = dir.path().join("head/client.toml");
-        wait_for("the head's client.toml", || config.exists());
-        let _node = start_node_with(dir.path(), &listen, "n1", 2000, &[]);
-        wait_ready(&config, "n1");
+    within(120, async {
+        let (_head, _node, config) = start_head_and_node(dir, &listen);
         let text = |out: &std::process::Output| {
             assert!(
                 out.status.success(),
@@ -413,7 +393,7 @@ async fn the_cli_declares_outputs_takes_them_as_inputs_and_cancels_recursively()
             ],
         ));
         assert_eq!(second, "hi");
-        let copy = dir.path().join("greeting.txt");
+        let copy = dir.join("greeting.txt");
         text(&rgrid(
             &config,
             &[
@@ -452,29 +432,28 @@ async fn the_cli_declares_outputs_takes_them_as_inputs_and_cancels_recursively()
         let out = rgrid(&config, &["get", &child, "-o", "json"]);
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["state"], "cancelled", "{json}");
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
-    print_logs_if_panicking(dir.path(), 40);
-    finished.expect("the test finishes in time");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dependency_that_finishes_while_its_dependant_is_admitted_is_found() {
     demo_image();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Logs(tempfile::tempdir().unwrap());
+    let dir = dir.0.path();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let run = async {
+    within(120, async {
         // The server's store lookup for a dependant, then 4 s before the loop sees it: its
         // dependency finishes (and leaves the loop) in between.
         let _head = common::process::start_head_env(
-            dir.path(),
+            dir,
             &listen,
             &[],
             &[("FAILPOINTS", "after-dependency-lookup=return(4000)")],
         );
-        let client_toml = dir.path().join("head/client.toml");
+        let client_toml = dir.join("head/client.toml");
         wait_for("the head's client.toml", || client_toml.exists());
-        let _node = start_node_with(dir.path(), &listen, "n1", 2000, &[]);
+        let _node = start_node_with(dir, &listen, "n1", 2000, &[]);
         wait_ready(&client_toml, "n1");
         let client = Client::connect_file(&client_toml).await.expect("connect");
         let root = client
@@ -488,10 +467,8 @@ async fn a_dependency_that_finishes_while_its_dependant_is_admitted_is_found() {
         let outcome = client.get(&child).await.expect("the dependant ends");
         assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
         assert_eq!(outcome.stdout, b"early\n");
-        let head_log = std::fs::read_to_string(dir.path().join("head.log")).unwrap_or_default();
+        let head_log = std::fs::read_to_string(dir.join("head.log")).unwrap_or_default();
         assert!(!head_log.contains("panicked"), "{head_log}");
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
-    print_logs_if_panicking(dir.path(), 40);
-    finished.expect("the test finishes in time");
+    })
+    .await;
 }

@@ -5,12 +5,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::process::{
-    free_udp_port, print_logs_if_panicking, rgrid, start_head, start_node, wait_for, wait_ready,
-};
-use common::{demo_image, NodeCluster};
+use common::process::{free_udp_port, rgrid, start_head_and_node, start_node, wait_ready, Logs};
+use common::{demo_image, within, NodeCluster};
 use futures::StreamExt;
 use rgrid::{Channel, Client, ClientError, LogEvent, TaskRef, TaskSpec, TaskState};
 
@@ -59,13 +55,6 @@ async fn read_all(
         }
     }
     read
-}
-
-/// Runs `test` with a time limit, so that a hung test fails instead of blocking CI.
-async fn within<F: std::future::Future<Output = ()>>(secs: u64, test: F) {
-    tokio::time::timeout(Duration::from_secs(secs), test)
-        .await
-        .expect("the test finishes in time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,14 +142,11 @@ async fn a_log_cut_at_max_output_bytes_says_how_much_was_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_of_an_attempt_whose_node_was_killed_stays_readable() {
     demo_image();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Logs(tempfile::tempdir().unwrap());
+    let dir = dir.0.path();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let run = async {
-        let _head = start_head(dir.path(), &listen);
-        let config = dir.path().join("head/client.toml");
-        wait_for("the head's client.toml", || config.exists());
-        let node = start_node(dir.path(), &listen, "n1", 2000);
-        wait_ready(&config, "n1");
+    within(120, async {
+        let (_head, node, config) = start_head_and_node(dir, &listen);
         let client = Client::connect_file(&config).await.expect("connect");
         let task = client
             .submit(sh("echo before; sleep 120"))
@@ -183,30 +169,25 @@ async fn the_log_of_an_attempt_whose_node_was_killed_stays_readable() {
         assert_eq!(out.stdout, b"before\n");
         // The node comes back and re-adopts its container, whose engine log starts from the
         // beginning again: the head's log goes on from where it was, without repeats.
-        let _node = start_node(dir.path(), &listen, "n1", 2000);
+        let _node = start_node(dir, &listen, "n1", 2000);
         wait_ready(&config, "n1");
         let cancelled = client.cancel(&task).await.expect("cancel");
         assert_eq!(cancelled, TaskState::Cancelled);
         let read = read_all(client.logs(&task).attempt(1).follow()).await;
         assert_eq!(read.stdout, b"before\n");
         assert_eq!(read.end, Some(Some(TaskState::Cancelled)));
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
-    print_logs_if_panicking(dir.path(), 40);
-    finished.expect("the test finishes in time");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_follows_a_log_until_the_task_ends() {
     demo_image();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Logs(tempfile::tempdir().unwrap());
+    let dir = dir.0.path();
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let run = async {
-        let _head = start_head(dir.path(), &listen);
-        let config = dir.path().join("head/client.toml");
-        wait_for("the head's client.toml", || config.exists());
-        let _node = start_node(dir.path(), &listen, "n1", 2000);
-        wait_ready(&config, "n1");
+    within(120, async {
+        let (_head, _node, config) = start_head_and_node(dir, &listen);
         let client = Client::connect_file(&config).await.expect("connect");
         let task = client
             .submit(sh("echo one; sleep 1; echo two; echo err >&2"))
@@ -218,8 +199,6 @@ async fn the_cli_follows_a_log_until_the_task_ends() {
         assert_eq!(out.stderr, b"err\n");
         let outcome = client.get(&task).await.expect("get");
         assert_eq!(outcome.state, TaskState::Succeeded);
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(120), run).await;
-    print_logs_if_panicking(dir.path(), 40);
-    finished.expect("the test finishes in time");
+    })
+    .await;
 }

@@ -145,6 +145,23 @@ pub mod process {
         )
     }
 
+    /// [`start_head`], once it has written its `client.toml` (returned).
+    pub fn start_head_ready(dir: &Path, listen: &str) -> (Daemon, PathBuf) {
+        let head = start_head(dir, listen);
+        let config = dir.join("head/client.toml");
+        wait_for("the head's client.toml", || config.exists());
+        (head, config)
+    }
+
+    /// [`start_head_ready`] and a node `n1` (2 cpus), once it is ready: the head, the node and
+    /// the admin's `client.toml`.
+    pub fn start_head_and_node(dir: &Path, listen: &str) -> (Daemon, Daemon, PathBuf) {
+        let (head, config) = start_head_ready(dir, listen);
+        let node = start_node(dir, listen, "n1", 2000);
+        wait_ready(&config, "n1");
+        (head, node, config)
+    }
+
     /// A node process named `name` offering `cpu_millis`; state in `dir/name`.
     pub fn start_node(dir: &Path, listen: &str, name: &str, cpu_millis: u32) -> Daemon {
         start_node_with(dir, listen, name, cpu_millis, &[])
@@ -554,6 +571,13 @@ impl Drop for NodeCluster {
         }
         self.shutdown.cancel();
     }
+}
+
+/// Runs `test` with a time limit, so that a hung test fails instead of blocking CI.
+pub async fn within<F: std::future::Future<Output = ()>>(secs: u64, test: F) {
+    tokio::time::timeout(std::time::Duration::from_secs(secs), test)
+        .await
+        .expect("the test finishes in time");
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, for at most `secs` seconds.
