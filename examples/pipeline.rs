@@ -3,7 +3,8 @@
 //! chunk that counts its words with busybox tools (its counts are an output), and one reduce
 //! task that takes every map output as an input, adds them up and prints the most frequent
 //! words. The reduce task is submitted with the maps: it waits (`Pending`) until they all
-//! succeeded. Checked against the same count made here.
+//! succeeded; the program follows its log (what it writes, as it writes it) while it runs.
+//! Checked against the same count made here.
 //!
 //! `cargo run --example pipeline` uses a local cluster (a head and a Docker node in this process)
 //! and the local `rgrid-busybox:latest` image, built from Debian's static busybox when it is
@@ -13,7 +14,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use rgrid::{LocalCluster, TaskRef, TaskSpec, TaskState};
+use futures::StreamExt;
+use rgrid::{LocalCluster, LogEvent, TaskRef, TaskSpec, TaskState};
 
 const WORDS: [&str; 12] = [
     "grid", "task", "object", "node", "head", "output", "input", "reduce", "map", "data", "flow",
@@ -106,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         .command([
             "sh",
             "-c",
-            "cat /in/* | awk '{n[$2] += $1} END {for (w in n) print n[w], w}' | sort -rn",
+            "echo adding up $(ls /in | wc -l) counts >&2; cat /in/* | awk '{n[$2] += $1} END {for (w in n) print n[w], w}' | sort -rn",
         ])
         .cpu_millis(250)
         .memory_bytes(32 << 20);
@@ -119,6 +121,21 @@ async fn main() -> anyhow::Result<()> {
     client.submit_batch(specs).await?;
     println!("submitted {chunks} map tasks and a reduce task that waits for them");
 
+    // Its log, followed from before it starts until it ends.
+    let mut log = client.logs(&reduce_ref).follow();
+    while let Some(event) = log.next().await {
+        match event? {
+            LogEvent::Chunk { channel, bytes, .. } => {
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    println!("reduce {channel} | {line}");
+                }
+            }
+            LogEvent::Dropped { channel, bytes, .. } => {
+                println!("reduce {channel} | ({bytes} bytes dropped)")
+            }
+            LogEvent::End { .. } => break,
+        }
+    }
     let outcome = client.get(&reduce_ref).await?;
     if outcome.state != TaskState::Succeeded {
         bail!(
@@ -128,7 +145,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let printed = String::from_utf8(outcome.stdout)?;
-    println!("word counts (from the reduce task):\n{printed}");
 
     let mut expected: HashMap<&str, u64> = HashMap::new();
     for word in text.split_whitespace() {
