@@ -202,3 +202,54 @@ async fn the_cli_follows_a_log_until_the_task_ends() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_may_write_only_the_logs_of_its_own_attempts() {
+    use rgrid_core::protocol::{ErrorKind, Request, Response};
+    use rgrid_core::AttemptId;
+    within(120, async {
+        let mut cluster = cluster(|_| {}).await;
+        let client = cluster.client().await;
+        let task = client
+            .submit(sh("echo mine; sleep 30"))
+            .await
+            .expect("submit");
+        let mut events = client.logs(&task).follow();
+        events.next().await.expect("an event").expect("n1's output");
+        // Another node, connecting with its own (real) certificate.
+        let n2 = cluster.node_config("n2");
+        cluster.add_node(n2.clone()).await;
+        let head = n2.head.parse().expect("an address");
+        let creds = rgrid_node::identity::load_or_join(&n2.state_dir, head, None, "n2")
+            .await
+            .expect("n2's credentials");
+        let tls = rgrid_core::tls::client_config(&creds.ca_pem, &creds.identity).expect("tls");
+        let (_endpoint, connection) = rgrid_core::transport::connect(head, tls, "test")
+            .await
+            .expect("n2 connects");
+        for attempt in [
+            AttemptId {
+                task: task.id,
+                attempt: 1,
+            },
+            AttemptId {
+                task: rgrid::TaskId::new(),
+                attempt: 1,
+            },
+        ] {
+            let answer = rgrid_core::transport::call(&connection, &Request::AttemptLog { attempt })
+                .await
+                .expect("an answer");
+            assert!(
+                matches!(&answer, Response::Error(e) if e.kind == ErrorKind::Forbidden),
+                "{answer:?}"
+            );
+        }
+        // n1's log is as n1 wrote it.
+        let read = read_all(client.logs(&task).so_far()).await;
+        assert_eq!(read.stdout, b"mine\n");
+        client.cancel(&task).await.expect("cancel");
+        cluster.stop().await;
+    })
+    .await;
+}
