@@ -1,7 +1,8 @@
 //! Credentials that expire, are renewed in place and can be revoked, against a real head and
 //! real nodes on loopback QUIC: an expired certificate is refused at the handshake, a node
 //! renews its certificate while it runs a task and reconnects with the renewed one (the old one
-//! is revoked), a client renews its `client.toml`, a revoked client cannot connect.
+//! is revoked), a client renews its `client.toml`, a revoked client cannot connect, the head
+//! renews its own server certificate in place.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use common::{eventually, NodeCluster};
 use rgrid::{Client, ClientError, TaskSpec, TaskState};
+use rgrid_core::time::unix_ms;
 use rgrid_core::tls::{client_config, CertInfo, ClientFile, ClientRole, ClusterCa, Identity};
 use rgrid_core::transport::connect;
 use rgrid_head::{Admin, HeadConfig};
@@ -45,6 +47,75 @@ async fn raw_connect(cluster: &NodeCluster, identity: &Identity) -> Result<(), S
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// A new connection with the admin credentials, and the server certificate the head
+/// presented to it.
+async fn head_connection(cluster: &NodeCluster) -> (quinn::Endpoint, quinn::Connection, CertInfo) {
+    let file = admin_file(cluster);
+    let tls = client_config(&file.ca_pem, &file.identity()).expect("a TLS config");
+    let addr = file.head.parse().expect("an address");
+    let (endpoint, connection) = connect(addr, tls, "test").await.expect("connects");
+    let chain = connection
+        .peer_identity()
+        .and_then(|chain| {
+            chain
+                .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .expect("the head's certificate chain");
+    let cert = CertInfo::from_der(&chain[0]).expect("an X.509 certificate");
+    (endpoint, connection, cert)
+}
+
+#[tokio::test]
+async fn the_head_renews_its_server_certificate_in_place() {
+    const LIFETIME: Duration = Duration::from_secs(3);
+    let mut cluster = NodeCluster::start_with(|c| c.server_cert_lifetime = LIFETIME).await;
+    // A connection and a node's session made under the first certificate.
+    let (_endpoint, early, first) = head_connection(&cluster).await;
+    assert!(
+        first.not_after_ms <= unix_ms() + LIFETIME.as_millis() as u64,
+        "{first:?}"
+    );
+    cluster
+        .add_node(rgrid_node::NodeConfig {
+            executor: rgrid_node::ExecutorKind::Process,
+            ..cluster.node_config("early")
+        })
+        .await;
+    let client = cluster.client().await;
+    let task = client
+        .submit(TaskSpec::new("sh").command(["sh", "-c", "sleep 4; echo done"]))
+        .await
+        .expect("submitted");
+    tokio::time::sleep(Duration::from_millis(
+        first.not_after_ms.saturating_sub(unix_ms()) + 1500,
+    ))
+    .await;
+    assert!(first.expired(unix_ms()));
+    // A new connection is served, under a newer certificate that has not expired.
+    let (_endpoint, _connection, now) = head_connection(&cluster).await;
+    assert_ne!(now.serial, first.serial);
+    assert!(!now.expired(unix_ms()), "{now:?}");
+    cluster.client().await.status().await.expect("served");
+    // The connection made under the first certificate goes on, and so does the node's
+    // session: its task ends as one attempt.
+    rgrid_core::transport::call(&early, &rgrid_core::protocol::Request::Status)
+        .await
+        .expect("the early connection is served");
+    let outcome = client.get(&task).await.expect("the task ends");
+    assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+    assert_eq!(outcome.stdout, b"done\n");
+    assert_eq!(outcome.attempts.len(), 1, "{:?}", outcome.attempts);
+    // A node joins now (it checks the head's chain against its token's CA pin).
+    cluster
+        .add_node(rgrid_node::NodeConfig {
+            executor: rgrid_node::ExecutorKind::Process,
+            ..cluster.node_config("late")
+        })
+        .await;
+    cluster.stop().await;
 }
 
 #[tokio::test]

@@ -5,11 +5,13 @@
 //! Identities live in the certificate's common name: `node:<uuid>` or `client:<name>`; a
 //! client's role ([`ClientRole`]) in its organizational unit.
 //!
-//! Every certificate expires: the CA after [`CA_LIFETIME`], node and client certificates after
-//! the lifetime the head is configured with (they are renewed over the session once
-//! [`CertInfo::wants_renewal`] says so). Each has a random serial, by which the head revokes it.
+//! Every certificate expires: the CA after [`CA_LIFETIME`]; the head's server certificate, node
+//! and client certificates after the lifetime the head is configured with (node and client
+//! certificates are renewed over the session once [`CertInfo::wants_renewal`] says so; the head
+//! swaps its own in place, see [`ServerCert`]). Each has a random serial, by which the head
+//! revokes it.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -21,7 +23,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::id::NodeId;
@@ -129,8 +132,10 @@ impl ClusterCa {
         ca_pin(&self.pem)
     }
 
-    /// The head's server certificate for [`HEAD_SERVER_NAME`] (and `localhost`), with a fresh key.
-    pub fn issue_server(&self) -> Result<Identity, TlsError> {
+    /// The head's server certificate for [`HEAD_SERVER_NAME`] (and `localhost`), with a fresh
+    /// key, valid for `lifetime` from now (and since [`CLOCK_SKEW`] before, for nodes whose
+    /// clock is behind).
+    pub fn issue_server(&self, lifetime: Duration) -> Result<Identity, TlsError> {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(vec![HEAD_SERVER_NAME.to_owned(), "localhost".to_owned()])?;
@@ -138,6 +143,8 @@ impl ClusterCa {
             .distinguished_name
             .push(DnType::CommonName, "rgrid head");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut params, lifetime, CLOCK_SKEW);
+        params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
         Ok(Identity {
             cert_pem: format!("{}{}", cert.pem(), self.pem),
@@ -587,9 +594,56 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
-/// The head's TLS config: its server identity; client certificates signed by the CA are verified,
-/// and peers without one may finish the handshake (to join) but nothing else.
-pub fn server_config(ca_pem: &str, server: &Identity) -> Result<rustls::ServerConfig, TlsError> {
+/// The head's server certificate as the TLS configuration presents it: replaced in place
+/// ([`ServerCert::replace`]) before it expires, so that every later handshake presents the new
+/// one while the endpoint, and every connection made with the old one, goes on.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    pub fn new(identity: &Identity) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: RwLock::new(certified_key(identity)?),
+        })
+    }
+
+    /// Presents `identity` from the next handshake on.
+    pub fn replace(&self, identity: &Identity) -> Result<(), TlsError> {
+        let key = certified_key(identity)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// A server identity as rustls signs with it (the key checked against the certificate).
+fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>, TlsError> {
+    Ok(Arc::new(CertifiedKey::from_der(
+        pem_certs(&identity.cert_pem, "server certificate")?,
+        pem_key(&identity.key_pem, "server key")?,
+        &provider(),
+    )?))
+}
+
+/// The head's TLS config: the server certificate `server` holds at each handshake; client
+/// certificates signed by the CA are verified, and peers without one may finish the handshake
+/// (to join) but nothing else.
+pub fn server_config(
+    ca_pem: &str,
+    server: Arc<ServerCert>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
         .allow_unauthenticated()
@@ -597,10 +651,7 @@ pub fn server_config(ca_pem: &str, server: &Identity) -> Result<rustls::ServerCo
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            pem_certs(&server.cert_pem, "server certificate")?,
-            pem_key(&server.key_pem, "server key")?,
-        )?;
+        .with_cert_resolver(server);
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
@@ -725,6 +776,41 @@ mod tests {
             PeerIdentity::from_cert(&der[0]),
             Some(PeerIdentity::Node(node))
         );
+    }
+
+    #[test]
+    fn the_server_certificate_expires_within_its_lifetime() {
+        let ca = ClusterCa::generate("test").expect("a CA is generated");
+        let lifetime = Duration::from_secs(3600);
+        let life_ms = lifetime.as_millis() as u64;
+        let before = crate::time::unix_ms();
+        let identity = ca.issue_server(lifetime).expect("a server certificate");
+        let after = crate::time::unix_ms();
+        let info = CertInfo::from_pem(&identity.cert_pem, "server").expect("a certificate");
+        // X.509 times are whole seconds.
+        assert!(info.not_after_ms <= after + life_ms, "{info:?}");
+        assert!(info.not_after_ms + 1000 >= before + life_ms, "{info:?}");
+        let skew_ms = CLOCK_SKEW.as_millis() as u64;
+        assert!(
+            info.not_before_ms <= before - skew_ms + 1000,
+            "backdated: {info:?}"
+        );
+        let again = ca.issue_server(lifetime).expect("a server certificate");
+        assert_ne!(
+            CertInfo::from_pem(&again.cert_pem, "server")
+                .expect("a certificate")
+                .serial,
+            info.serial
+        );
+        // What the head presents: the certificate with its own key, never another's.
+        let server = ServerCert::new(&identity).expect("the identity is usable");
+        server.replace(&again).expect("replaced");
+        let mismatched = Identity {
+            cert_pem: identity.cert_pem.clone(),
+            key_pem: again.key_pem.clone(),
+        };
+        assert!(server.replace(&mismatched).is_err());
+        assert!(ServerCert::new(&mismatched).is_err());
     }
 
     #[test]

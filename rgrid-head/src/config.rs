@@ -39,6 +39,11 @@ pub struct HeadConfig {
     /// How long the join token written to `STATE_DIR/join-token` stays valid. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub join_token_ttl: Duration,
+    /// How long the head's server certificate is valid. The head issues a new one at start and
+    /// again at two thirds of this, presenting it from the next handshake on (no restart; open
+    /// connections go on). Default `30d`.
+    #[serde(with = "humantime_serde")]
+    pub server_cert_lifetime: Duration,
     /// How long a node certificate is valid. A node renews its certificate over its session at
     /// two thirds of this (without a restart); one that stayed away past it must join again.
     /// Default `30d`.
@@ -141,6 +146,7 @@ impl Default for HeadConfig {
             heartbeat_timeout: Duration::from_secs(5),
             recovery_grace: Duration::from_secs(10),
             join_token_ttl: Duration::from_secs(24 * 3600),
+            server_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
             node_cert_lifetime: Duration::from_secs(30 * 24 * 3600),
             client_cert_lifetime: Duration::from_secs(90 * 24 * 3600),
             max_unauthenticated: 256,
@@ -194,6 +200,7 @@ impl HeadConfig {
             ));
         }
         for (key, lifetime) in [
+            ("server_cert_lifetime", self.server_cert_lifetime),
             ("node_cert_lifetime", self.node_cert_lifetime),
             ("client_cert_lifetime", self.client_cert_lifetime),
         ] {

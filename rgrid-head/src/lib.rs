@@ -7,7 +7,8 @@
 //! - `credentials`: the CA, the join token and `client.toml` in the state dir.
 //! - `store`: persistence (SQLite or PostgreSQL through sqlx, group commit).
 //! - `cluster`: the event loop that owns nodes, tasks and the scheduler.
-//! - `server`: QUIC connections and requests.
+//! - `server`: QUIC connections and requests; `server_cert`: the head's own certificate,
+//!   renewed in place.
 //! - `outputs`: content-addressed large task outputs; `logs`: attempts' logs, streamed while they run.
 //! - `objects`: the object store (a directory or an S3 bucket), its index, quota and retention;
 //!   `transfers`: object uploads and downloads on their own streams.
@@ -31,6 +32,7 @@ mod renewal;
 mod revoked;
 mod roles;
 mod server;
+mod server_cert;
 mod store;
 mod transfers;
 
@@ -160,8 +162,9 @@ pub async fn start(
     let store = Store::open(&config.database_url(), retry, &tracker).await?;
     credentials::ensure_join_token_file(&state_dir, &store, &ca, config.join_token_ttl).await?;
 
-    let server_identity = ca.issue_server()?;
-    let tls = rgrid_core::tls::server_config(ca.cert_pem(), &server_identity)?;
+    let ca = Arc::new(ca);
+    let server_cert = server_cert::first(&ca, config.server_cert_lifetime)?;
+    let tls = rgrid_core::tls::server_config(ca.cert_pem(), server_cert.clone())?;
     let reset_secret = credentials::load_or_create_reset_secret(&state_dir)?;
     let endpoint = rgrid_core::transport::server_endpoint(config.listen, tls, &reset_secret)?;
     let local_addr = endpoint
@@ -217,7 +220,6 @@ pub async fn start(
     let revoked = revoked::Revoked::load(&store).await?;
     tracker.spawn(revoked.clone().refresh(store.clone(), shutdown.clone()));
     let (channels, inputs) = Channels::new();
-    let ca = Arc::new(ca);
     let wake = Arc::new(tokio::sync::Notify::new());
     let io = Io::new(
         store.clone(),
@@ -263,6 +265,12 @@ pub async fn start(
         }
         .instrument(tracing::info_span!("cluster")),
     );
+    tracker.spawn(server_cert::renew(
+        ca.clone(),
+        server_cert,
+        config.server_cert_lifetime,
+        shutdown.clone(),
+    ));
     let shared = Arc::new(Shared {
         store: store.clone(),
         outputs,

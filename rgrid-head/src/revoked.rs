@@ -5,6 +5,10 @@
 //! head refuses the node or drops it from its state, so a restart never lets it back. The
 //! mirror is read again from the store every [`REFRESH`], so that a revocation written by the
 //! `rgrid-head` command line (another process) takes effect on a running head.
+//!
+//! The same task prunes the store every [`PRUNE_EVERY`]: certificates, and revocations by
+//! serial, expired for longer than [`PRUNE_AFTER`] (the TLS handshake refuses an expired
+//! certificate, revoked or not); revoked nodes are kept, since a node id never expires.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +34,12 @@ pub(crate) enum RemoveError {
 
 /// How often the mirror is read again from the store.
 pub(crate) const REFRESH: Duration = Duration::from_secs(1);
+
+/// How often expired certificates are pruned (the first time at start).
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long an expired certificate is kept (`rgrid-head client list` shows it as expired).
+pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// The revoked nodes and certificate serials.
 pub(crate) struct Revoked {
@@ -75,10 +85,12 @@ impl Revoked {
         Ok(())
     }
 
-    /// Reads the revocations again every [`REFRESH`] until `shutdown`.
+    /// Reads the revocations again every [`REFRESH`], and prunes expired certificates every
+    /// [`PRUNE_EVERY`], until `shutdown`.
     pub(crate) async fn refresh(self: Arc<Self>, store: Store, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pruned_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -86,6 +98,10 @@ impl Revoked {
             }
             if let Err(err) = self.reload(&store).await {
                 tracing::warn!(error = %err, "cannot read the revocations again; keeping the last ones");
+            }
+            if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                pruned_at = Some(tokio::time::Instant::now());
+                prune(&store).await;
             }
         }
     }
@@ -154,5 +170,20 @@ impl Revoked {
             tracing::info!(node = %id, %reason, "node removed and revoked");
         }
         Ok(ids)
+    }
+}
+
+/// Deletes what expired more than [`PRUNE_AFTER`] ago; a failure is logged (the next prune
+/// tries again).
+async fn prune(store: &Store) {
+    let before_ms = unix_ms().saturating_sub(PRUNE_AFTER.as_millis() as u64);
+    match store.prune_certificates(before_ms).await {
+        Ok(pruned) if pruned.certificates == 0 && pruned.revocations == 0 => {}
+        Ok(pruned) => tracing::info!(
+            certificates = pruned.certificates,
+            revocations = pruned.revocations,
+            "pruned expired certificates"
+        ),
+        Err(err) => tracing::warn!(error = %err, "cannot prune expired certificates"),
     }
 }

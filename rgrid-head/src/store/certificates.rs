@@ -1,6 +1,7 @@
 //! Certificates the head signed, and their revocation by serial: clients listed and revoked by
-//! name, a node's renewed certificates revoked once it uses the new one. The same SQL compiled
-//! for each backend, as in `backend.rs`.
+//! name, a node's renewed certificates revoked once it uses the new one. Both are pruned once
+//! the certificate has expired (the TLS handshake refuses it then, revoked or not). The same
+//! SQL compiled for each backend, as in `backend.rs`.
 
 use super::{Pool, Store, StoreError};
 
@@ -24,13 +25,20 @@ pub(crate) struct ListedCert {
     pub revoked: bool,
 }
 
+/// What a prune deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pruned {
+    pub certificates: u64,
+    pub revocations: u64,
+}
+
 /// One module per backend with the same functions over that backend's pool.
 macro_rules! certificates {
     ($name:ident, $db:ty) => {
         pub(crate) mod $name {
             use sqlx::Row as _;
 
-            use super::{IssuedCert, ListedCert};
+            use super::{IssuedCert, ListedCert, Pruned};
             use crate::store::{to_i64, to_u64, StoreError};
 
             type Pool = sqlx::Pool<$db>;
@@ -109,6 +117,30 @@ macro_rules! certificates {
                 Ok(rows.into_iter().map(|row| row.get("id")).collect())
             }
 
+            /// Deletes the certificates, and the revocations by serial, that expired before
+            /// `before_ms`, in one transaction. Revocations of nodes are not time-bound: they
+            /// stay.
+            pub(crate) async fn prune(pool: &Pool, before_ms: u64) -> Result<Pruned, StoreError> {
+                let mut tx = pool.begin().await?;
+                let certificates = sqlx::query("DELETE FROM certificates WHERE expires_at_ms < $1")
+                    .bind(to_i64(before_ms))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let revocations = sqlx::query(
+                    "DELETE FROM revocations WHERE kind = 'serial' AND expires_at_ms < $1",
+                )
+                .bind(to_i64(before_ms))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(Pruned {
+                    certificates,
+                    revocations,
+                })
+            }
+
             pub(crate) async fn revoked_serials(
                 pool: &Pool,
                 now_ms: u64,
@@ -170,5 +202,100 @@ impl Store {
     /// The serials revoked that have not expired at `now_ms`.
     pub(crate) async fn revoked_serials(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
         on_pool!(&self.pool, self::revoked_serials(now_ms))
+    }
+
+    /// Deletes the certificates and the revocations by serial that expired before `before_ms`
+    /// (revoked nodes stay).
+    pub(crate) async fn prune_certificates(&self, before_ms: u64) -> Result<Pruned, StoreError> {
+        on_pool!(&self.pool, self::prune(before_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rgrid_core::NodeId;
+
+    use super::*;
+    use crate::store::RetryPolicy;
+
+    #[tokio::test]
+    async fn expired_certificates_are_pruned_on_sqlite() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        pruning(&format!(
+            "sqlite://{}",
+            dir.path().join("head.db").display()
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn expired_certificates_are_pruned_on_postgres() {
+        if let Some(url) = crate::store::test_postgres_database().await {
+            pruning(&url).await;
+        }
+    }
+
+    fn cert(serial: &str, subject: &str, expires_at_ms: u64) -> IssuedCert {
+        IssuedCert {
+            serial: serial.into(),
+            subject: subject.into(),
+            role: Some("submit".into()),
+            issued_at_ms: 0,
+            expires_at_ms,
+        }
+    }
+
+    /// An expired certificate and its revocation go; an unexpired one and its revocation stay,
+    /// and so does a revoked node.
+    async fn pruning(url: &str) {
+        let tracker = tokio_util::task::TaskTracker::new();
+        let store = Store::open(url, RetryPolicy::default(), &tracker)
+            .await
+            .expect("a store");
+        for row in [
+            cert("01", "client:old", 1_000),
+            cert("02", "client:new", 10_000),
+            cert("03", "client:kept", 10_000),
+        ] {
+            store.record_certificate(&row).await.expect("recorded");
+        }
+        for subject in ["client:old", "client:new"] {
+            store
+                .revoke_certificates(subject, 500, "test")
+                .await
+                .expect("revoked");
+        }
+        let node = NodeId::new();
+        store
+            .revoke_nodes(&[node], 500, "test")
+            .await
+            .expect("revoked");
+
+        let pruned = store.prune_certificates(5_000).await.expect("pruned");
+        assert_eq!(
+            pruned,
+            Pruned {
+                certificates: 1,
+                revocations: 1
+            }
+        );
+        let left: Vec<(String, bool)> = store
+            .certificates("client:")
+            .await
+            .expect("listed")
+            .into_iter()
+            .map(|c| (c.cert.serial, c.revoked))
+            .collect();
+        assert_eq!(left, vec![("03".into(), false), ("02".into(), true)]);
+        assert_eq!(
+            store.revoked_serials(0).await.expect("serials"),
+            vec!["02".to_owned()]
+        );
+        assert_eq!(store.revoked_nodes().await.expect("nodes"), vec![node]);
+        // Nothing more to prune at the same time.
+        assert_eq!(
+            store.prune_certificates(5_000).await.expect("pruned"),
+            Pruned::default()
+        );
     }
 }
