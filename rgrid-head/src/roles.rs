@@ -5,6 +5,7 @@
 //! - `admin`: everything.
 //! - `submit`: what `read` may, and submit tasks (network mode `none` only), cancel the tasks
 //!   it submitted, and upload objects.
+//! - every role: renew its own certificate (same name, same role).
 //! - `read`: listings, status, gets and waits (outputs and logs included), costs, object
 //!   downloads and listings.
 
@@ -32,6 +33,7 @@ pub(crate) fn refusal(role: ClientRole, request: &Request) -> Option<String> {
                 | Request::GetObject(_)
                 | Request::ListObjects(_)
                 | Request::Cost(_)
+                | Request::Renew { .. }
         ),
         ClientRole::Read => matches!(
             request,
@@ -44,6 +46,7 @@ pub(crate) fn refusal(role: ClientRole, request: &Request) -> Option<String> {
                 | Request::GetObject(_)
                 | Request::ListObjects(_)
                 | Request::Cost(_)
+                | Request::Renew { .. }
         ),
     };
     (!allowed).then(|| {
@@ -99,6 +102,13 @@ mod tests {
             (
                 Request::RemoveNode { node: "n".into() },
                 [true, false, false],
+            ),
+            // Every client renews its own certificate (its name and role stay).
+            (
+                Request::Renew {
+                    csr_pem: String::new(),
+                },
+                [true, true, true],
             ),
         ];
         for (request, allowed) in cases {
