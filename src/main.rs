@@ -162,7 +162,12 @@ enum Command {
     },
     /// Upload a file as an object; prints its id (HEX-SIZE), for `TaskSpec::input`.
     Put { file: PathBuf },
-    /// List the head's objects (one page, in hash order) with their sizes.
+    /// Keep an object from retention (also across head restarts) until it is unpinned.
+    Pin { object: rgrid::ObjectRef },
+    /// Let retention delete an object again, once unused for object_retention from now.
+    Unpin { object: rgrid::ObjectRef },
+    /// List the head's objects (one page, in hash order) with their sizes and what keeps them
+    /// (open tasks that take them as inputs, a pin).
     Objects {
         /// At most this many (the head allows up to 10000).
         #[arg(long, default_value_t = 100)]
@@ -543,6 +548,16 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             println!("{object}");
             Ok(0)
         }
+        Command::Pin { object } => {
+            client.pin(&object).await?;
+            eprintln!("pinned {object}");
+            Ok(0)
+        }
+        Command::Unpin { object } => {
+            client.unpin(&object).await?;
+            eprintln!("unpinned {object}");
+            Ok(0)
+        }
         Command::Objects {
             limit,
             after,
@@ -561,6 +576,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                                 "object": o.object.to_string(),
                                 "size": o.object.size,
                                 "used_at_ms": o.used_at_ms,
+                                "tasks": o.tasks,
+                                "pinned": o.pinned,
                             })
                         })
                         .collect();
@@ -573,9 +590,14 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                     println!("{}", serde_json::to_string_pretty(&json)?);
                 }
                 Output::Table => {
-                    println!("{:<80} {:>9}", "OBJECT", "SIZE");
+                    println!("{:<80} {:>9}  KEPT BY", "OBJECT", "SIZE");
                     for o in &page.objects {
-                        println!("{:<80} {:>9}", o.object, format_size(o.object.size));
+                        println!(
+                            "{:<80} {:>9}  {}",
+                            o.object,
+                            format_size(o.object.size),
+                            kept_by(o)
+                        );
                     }
                     eprintln!(
                         "{} stored of a {} quota",
@@ -853,4 +875,19 @@ fn outcome_json(outcome: &TaskOutcome) -> serde_json::Value {
         "stderr": String::from_utf8_lossy(&outcome.stderr),
         "attempts": outcome.attempts,
     })
+}
+
+/// What keeps an object from retention, as `rgrid objects` shows it.
+fn kept_by(object: &rgrid::ObjectInfo) -> String {
+    let tasks = match object.tasks {
+        0 => None,
+        1 => Some("1 open task".to_string()),
+        n => Some(format!("{n} open tasks")),
+    };
+    match (object.pinned, tasks) {
+        (true, Some(tasks)) => format!("pin, {tasks}"),
+        (true, None) => "pin".into(),
+        (false, Some(tasks)) => tasks,
+        (false, None) => "-".into(),
+    }
 }

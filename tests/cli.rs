@@ -239,6 +239,31 @@ fn head_node_and_cli_as_separate_processes() {
         Some(object.as_str())
     );
     assert_eq!(listed["objects"][0]["size"], 6);
+    assert_eq!(listed["objects"][0]["tasks"], 0, "its task ended");
+    assert_eq!(listed["objects"][0]["pinned"], false);
+    // pin keeps it (the table says so), unpin lets it go; an unknown object is an error.
+    assert!(rgrid(&client_toml, &["pin", &object]).status.success());
+    let out = rgrid(&client_toml, &["objects"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("KEPT BY")
+            && table
+                .lines()
+                .any(|l| l.contains(&object) && l.ends_with("pin")),
+        "{table}"
+    );
+    assert!(rgrid(&client_toml, &["unpin", &object]).status.success());
+    let out = rgrid(&client_toml, &["objects", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["objects"][0]["pinned"], false);
+    let unknown = format!("{}-1", "0".repeat(64));
+    let out = rgrid(&client_toml, &["pin", &unknown]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no object"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = rgrid(
         &client_toml,
         &["submit", "--input", "/x=nonsense", "--", "true"],

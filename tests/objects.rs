@@ -265,6 +265,81 @@ async fn the_quota_refuses_an_upload_beyond_it_and_retention_deletes_unused_obje
     .expect("the test finishes in time");
 }
 
+/// The objects the head lists, with how many open tasks need each and whether it is pinned.
+async fn kept(client: &Client) -> Vec<(ObjectRef, u32, bool)> {
+    let mut listed: Vec<_> = client
+        .objects()
+        .await
+        .expect("listing")
+        .into_iter()
+        .map(|o| (o.object, o.tasks, o.pinned))
+        .collect();
+    listed.sort();
+    listed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_what_open_tasks_need_and_what_is_pinned_across_a_restart() {
+    common::within(120, async {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = ObjectsConfig {
+            object_retention: Duration::from_secs(1),
+            ..ObjectsConfig::default()
+        };
+        let (running, shutdown) = head(dir.path(), objects.clone()).await;
+        let client = Client::connect_file(running.client_file()).await.unwrap();
+        let input = client
+            .put_bytes(b"needed by a task".to_vec())
+            .await
+            .unwrap();
+        let pinned = client.put_bytes(b"pinned".to_vec()).await.unwrap();
+        let loose = client.put_bytes(b"loose".to_vec()).await.unwrap();
+        client.pin(&pinned).await.expect("pinned");
+        client
+            .pin(&pinned)
+            .await
+            .expect("pinning again changes nothing");
+        // No node: the first task stays queued, the second pending on its output.
+        let first = TaskSpec::new("img").input("/in", input).output("o", "/o");
+        let first_ref = rgrid::TaskRef { id: first.id };
+        let second = TaskSpec::new("img")
+            .input("/in", input)
+            .input("/o", first_ref.output("o"));
+        client.submit_batch(vec![first, second]).await.unwrap();
+        let mut expected = vec![(input, 2, false), (pinned, 0, true)];
+        expected.sort();
+        common::eventually("retention deletes only the loose object", 20, || async {
+            (kept(&client).await == expected).then_some(())
+        })
+        .await;
+        let gone = refusal(client.get_object(&loose, &mut Vec::new()).await);
+        assert_eq!(gone.kind, ErrorKind::NotFound);
+        let unknown = refusal(client.pin(&loose).await);
+        assert_eq!(unknown.kind, ErrorKind::NotFound, "{}", unknown.message);
+
+        // Across a restart: the pin is durable, and the open tasks count again.
+        drop(client);
+        shutdown.cancel();
+        running.wait().await.unwrap();
+        let (running, shutdown) = head(dir.path(), objects).await;
+        let client = Client::connect_file(running.client_file()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(kept(&client).await, expected, "kept past retention");
+
+        // Once nothing keeps them, they go.
+        client.cancel_recursive(&first_ref).await.unwrap();
+        client.unpin(&pinned).await.unwrap();
+        common::eventually("retention deletes what nothing keeps", 20, || async {
+            kept(&client).await.is_empty().then_some(())
+        })
+        .await;
+        drop(client);
+        shutdown.cancel();
+        running.wait().await.unwrap();
+    })
+    .await;
+}
+
 /// Starts a head process configured by `config` (TOML), with `env`.
 fn head_process(dir: &Path, config: &str, env: &[(&str, &str)]) -> (Daemon, PathBuf) {
     let config_path = dir.join("head.toml");

@@ -259,6 +259,11 @@ pub struct ObjectInfo {
     /// When it was stored or last used (read, or uploaded again), milliseconds since the Unix
     /// epoch: retention counts from here.
     pub used_at_ms: u64,
+    /// Open tasks that take it as an input (directly, or as a dependency's output they wait
+    /// for): retention keeps it while there are any.
+    pub tasks: u32,
+    /// A client pinned it: retention keeps it until it is unpinned.
+    pub pinned: bool,
 }
 
 /// One page of an object listing.

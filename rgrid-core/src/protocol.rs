@@ -25,8 +25,9 @@ pub const ALPN: &[u8] = b"rgrid/1";
 /// paged task listings, cluster status. Version 3: objects, and task specs with inputs (a node
 /// of version 2 could not decode them). Version 4: task outputs and dependencies (specs with
 /// outputs, results carrying output objects, recursive cancel). Version 5: logs streamed while
-/// tasks run, and followed.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// tasks run, and followed. Version 6: pinned objects, and object listings that say what keeps
+/// each object.
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The fixed server name of the head in its certificate. Nodes and clients verify the head by the
 /// cluster CA and this name, whatever address they reach it at.
 pub const HEAD_SERVER_NAME: &str = "head.rgrid";
@@ -108,6 +109,10 @@ pub enum Request {
         attempt: Option<u32>,
         follow: bool,
     },
+    /// A client pins a stored object (retention keeps it, also across restarts, until it is
+    /// unpinned) or unpins it (retention counts again from now). Answered with
+    /// [`Response::Pinned`]; an object the head does not hold is `NotFound`.
+    PinObject { object: ObjectRef, pinned: bool },
 }
 
 /// Which tasks' costs to sum, and how to group them.
@@ -278,6 +283,11 @@ pub enum Response {
     },
     /// Part of a task's output (see [`Request::Logs`]).
     Log(LogEvent),
+    /// The object is pinned, or not, durably (see [`Request::PinObject`]).
+    Pinned {
+        object: ObjectRef,
+        pinned: bool,
+    },
 }
 
 /// Why a request failed.

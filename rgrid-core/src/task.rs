@@ -208,6 +208,17 @@ impl TaskSpec {
         deps
     }
 
+    /// The objects this one takes as inputs directly (not other tasks' outputs).
+    pub fn input_objects(&self) -> Vec<ObjectRef> {
+        self.inputs
+            .iter()
+            .filter_map(|input| match &input.source {
+                InputSource::Object(object) => Some(*object),
+                InputSource::TaskOutput { .. } => None,
+            })
+            .collect()
+    }
+
     /// Sets the command and its arguments.
     pub fn command<I, S>(mut self, command: I) -> Self
     where

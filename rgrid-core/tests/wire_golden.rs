@@ -151,6 +151,10 @@ fn samples() -> Vec<Sample> {
             attempt: Some(1),
             follow: true,
         }),
+        sample(Request::PinObject {
+            object,
+            pinned: true,
+        }),
         // Responses.
         sample(Response::Error(ErrorReply {
             kind: ErrorKind::NotFound,
@@ -217,6 +221,8 @@ fn samples() -> Vec<Sample> {
             objects: vec![ObjectInfo {
                 object,
                 used_at_ms: 1,
+                tasks: 4,
+                pinned: true,
             }],
             next: Some(object),
             stored_bytes: 2,
@@ -241,6 +247,10 @@ fn samples() -> Vec<Sample> {
             offset: 70_000,
             bytes: b"line".to_vec(),
         })),
+        sample(Response::Pinned {
+            object,
+            pinned: true,
+        }),
         // Head → node.
         sample(HeadMessage::Welcome {
             node_id: node,

@@ -15,13 +15,15 @@
 //! is open, and leaves the loop once its end is durable; an old task is read from the store.
 //!
 //! Files by concept: [`events`] (inputs), `tasks` (the task table, submission, placement,
-//! ends), `dependencies` (tasks that wait for other tasks' outputs), `membership` (nodes, sessions, liveness, drains), `billing` (what each node's hours
+//! ends), `dependencies` (tasks that wait for other tasks' outputs), `holds` (the objects open
+//! tasks keep from retention), `membership` (nodes, sessions, liveness, drains), `billing` (what each node's hours
 //! cost), `fencing` (which attempt is
 //! current, a node's hello), `effects` (what waits for a commit), `recovery` (the state a
 //! restart reads back), `listings`, [`demand`] (what the autoscaler sees) and `run` (the async
 //! loop around it all).
 
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rgrid_core::protocol::HeadMessage;
@@ -37,6 +39,7 @@ mod dependencies;
 mod effects;
 pub(crate) mod events;
 mod fencing;
+mod holds;
 mod listings;
 mod membership;
 mod recovery;
@@ -118,6 +121,8 @@ pub(crate) struct Cluster<C> {
     tasks: HashMap<TaskId, Task>,
     /// What open tasks wait for, and who waits for them.
     dependencies: dependencies::Dependencies,
+    /// The objects open tasks keep from retention.
+    holds: holds::Holds,
     shapes: Shapes,
     /// Open tasks by state, for status.
     counts: tasks::Counts,
@@ -155,6 +160,7 @@ impl<C: Comm> Cluster<C> {
             node_index: HashMap::new(),
             tasks: HashMap::new(),
             dependencies: dependencies::Dependencies::default(),
+            holds: holds::Holds::default(),
             shapes: Shapes::default(),
             counts: tasks::Counts::default(),
             details: HashMap::new(),
@@ -186,6 +192,12 @@ impl<C: Comm> Cluster<C> {
     ) -> Self {
         self.scheduler.set_node_types(node_types);
         self.autoscaling = true;
+        self
+    }
+
+    /// Open tasks keep the objects they need from retention through `counts`.
+    pub(crate) fn with_object_holds(mut self, counts: Arc<crate::objects::TaskHolds>) -> Self {
+        self.holds = holds::Holds::new(counts);
         self
     }
 

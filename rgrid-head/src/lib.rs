@@ -206,12 +206,9 @@ pub async fn start(
             source,
         }
     })?;
-    let objects = Arc::new(objects::Objects::open(&config.objects, &state_dir).await?);
-    tracker.spawn(objects::retain(
-        objects.clone(),
-        config.objects.object_retention,
-        shutdown.clone(),
-    ));
+    let objects = Arc::new(
+        objects::Objects::open(&config.objects, &state_dir, store.pinned_objects().await?).await?,
+    );
     let liveness = Liveness {
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
@@ -225,7 +222,8 @@ pub async fn start(
         store.clone(),
         config.autoscaler.enabled.then(|| wake.clone()),
     );
-    let mut cluster = Cluster::new(io, liveness, config.scheduler_config());
+    let mut cluster = Cluster::new(io, liveness, config.scheduler_config())
+        .with_object_holds(objects.task_holds());
     let (server_counts, servers) = tokio::sync::watch::channel(Vec::new());
     if config.autoscaler.enabled {
         let token = rgrid_cloud::HcloudToken::from_env().map_err(AutoscalerError::from)?;
@@ -252,6 +250,12 @@ pub async fn start(
     }
     let recovering = std::time::Instant::now();
     let open_tasks = cluster::recover(&mut cluster, &store).await?;
+    // Only now: before recovery, no open task holds what it needs.
+    tracker.spawn(objects::retain(
+        objects.clone(),
+        config.objects.object_retention,
+        shutdown.clone(),
+    ));
     tracing::info!(%local_addr, state_dir = %state_dir.display(), open_tasks, recovered_in = ?recovering.elapsed(), "head started");
     let stop = shutdown.clone();
     let cluster = tracker.spawn(

@@ -185,7 +185,10 @@ impl Receiving<'_> {
                     let new = &bytes[skip.min(bytes.len())..];
                     let new = &new[..new.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
                     if !new.is_empty() && self.logs.quota.take(new.len() as u64) {
-                        self.files[i].write_all(new).await?;
+                        if let Err(err) = self.files[i].write_all(new).await {
+                            self.logs.quota.give_back(new.len() as u64);
+                            return Err(err);
+                        }
                         self.kept[i] += new.len() as u64;
                     }
                 }

@@ -2,13 +2,14 @@
 //! in a directory under the state dir (default) or an S3-compatible bucket (`[objects] url`),
 //! under the name `PREFIX/HEX`.
 //!
-//! [`Objects`] owns the index of what is stored (hash → size, last use), loaded from the store's
-//! listing at start: it answers listings, enforces the quota (`max_object_bytes`, counting
-//! uploads in progress) and drives retention (objects unused for `object_retention` are
-//! deleted). An upload is written to the store only after its last byte was verified against
+//! [`Objects`] owns the index of what is stored (hash → size, last use, pinned), loaded from the
+//! store's listing (and the database's pins) at start: it answers listings, enforces the quota
+//! (`max_object_bytes`, counting uploads in progress) and drives retention: an object that no
+//! open task needs ([`TaskHolds`], counted by the loop) and no client pinned is deleted once
+//! unused for `object_retention`. An upload is written to the store only after its last byte was verified against
 //! its name: a mismatched or oversize upload leaves nothing behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +26,7 @@ use rgrid_core::time::unix_ms;
 use tokio::io::AsyncRead;
 
 use crate::config::ObjectsConfig;
+use crate::store::{Store, StoreError};
 
 /// Uploads up to this size are verified in memory and stored with one write; larger ones go
 /// through a multipart upload in parts of this size (S3's minimum part is 5 MiB).
@@ -77,6 +79,8 @@ pub(crate) enum TransferFailed {
     NotFound(ObjectRef),
     #[error("the object store failed: {0}")]
     Store(#[from] object_store::Error),
+    #[error("cannot record the pin: {0}")]
+    Pin(#[from] StoreError),
 }
 
 /// One stored object in the index.
@@ -94,6 +98,8 @@ struct Index {
     stored: u64,
     /// Sum of the sizes of uploads in progress.
     reserved: u64,
+    /// Objects a client pinned (durable in the database).
+    pinned: HashSet<[u8; 32]>,
 }
 
 impl Index {
@@ -114,6 +120,40 @@ impl Index {
     }
 }
 
+/// Per object, how many open tasks need it: retention keeps those. The loop, which knows what
+/// each open task holds (its object inputs, and the outputs of the dependencies it waits with),
+/// takes and gives back the counts; retention only reads them. Held in memory only: a restarted
+/// loop counts its open tasks again.
+#[derive(Debug, Default)]
+pub(crate) struct TaskHolds(Mutex<HashMap<[u8; 32], u32>>);
+
+impl TaskHolds {
+    pub(crate) fn hold(&self, objects: &[ObjectRef]) {
+        let mut counts = lock(&self.0);
+        for object in objects {
+            *counts.entry(object.sha256).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn release(&self, objects: &[ObjectRef]) {
+        let mut counts = lock(&self.0);
+        for object in objects {
+            if let std::collections::hash_map::Entry::Occupied(mut count) =
+                counts.entry(object.sha256)
+            {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn count(&self, sha256: &[u8; 32]) -> u32 {
+        lock(&self.0).get(sha256).copied().unwrap_or(0)
+    }
+}
+
 /// The head's objects (see the module docs).
 pub(crate) struct Objects {
     store: Arc<dyn ObjectStore>,
@@ -122,6 +162,7 @@ pub(crate) struct Objects {
     local_dir: Option<std::path::PathBuf>,
     quota: u64,
     index: Mutex<Index>,
+    holds: Arc<TaskHolds>,
     /// Permits for uploads being received ([`CONCURRENT_UPLOADS`]).
     uploads: tokio::sync::Semaphore,
 }
@@ -140,10 +181,12 @@ impl Drop for Reservation<'_> {
 }
 
 impl Objects {
-    /// Opens the configured store and reads its index from the store's listing.
+    /// Opens the configured store and reads its index from the store's listing; `pinned` are
+    /// the pins the database holds.
     pub(crate) async fn open(
         config: &ObjectsConfig,
         state_dir: &Path,
+        pinned: Vec<ObjectRef>,
     ) -> Result<Self, ObjectsError> {
         let quota = config.max_object_bytes()?;
         let (store, prefix, local_dir, url): (Arc<dyn ObjectStore>, _, _, _) = match &config.url {
@@ -197,15 +240,63 @@ impl Objects {
             );
         }
         drop(listing);
-        tracing::info!(store = %url, objects = index.objects.len(), bytes = index.stored, "object store opened");
+        index.pinned = pinned.into_iter().map(|object| object.sha256).collect();
+        tracing::info!(store = %url, objects = index.objects.len(), bytes = index.stored, pinned = index.pinned.len(), "object store opened");
         Ok(Self {
             store,
             prefix,
             local_dir,
             quota,
             index: Mutex::new(index),
+            holds: Arc::default(),
             uploads: tokio::sync::Semaphore::new(CONCURRENT_UPLOADS),
         })
+    }
+
+    /// The counts the loop keeps of what open tasks need.
+    pub(crate) fn task_holds(&self) -> Arc<TaskHolds> {
+        self.holds.clone()
+    }
+
+    /// Whether retention may delete a stored object.
+    fn keeps(&self, index: &Index, sha256: &[u8; 32]) -> bool {
+        index.pinned.contains(sha256) || self.holds.count(sha256) > 0
+    }
+
+    /// Pins a stored object (`pinned`) or unpins it, durably in `store` before it answers. An
+    /// unpinned object is unused from now on (retention counts from the unpin).
+    pub(crate) async fn pin(
+        &self,
+        object: ObjectRef,
+        pinned: bool,
+        by: &str,
+        store: &Store,
+    ) -> Result<(), TransferFailed> {
+        if !pinned {
+            store.unpin_object(&object).await?;
+            let mut index = lock(&self.index);
+            index.pinned.remove(&object.sha256);
+            if let Some(entry) = index.objects.get_mut(&object.sha256) {
+                entry.used_at_ms = unix_ms();
+            }
+            return Ok(());
+        }
+        // Marked first, so that retention cannot delete it while the pin is written.
+        let newly = {
+            let mut index = lock(&self.index);
+            match index.objects.get(&object.sha256) {
+                Some(entry) if entry.size == object.size => {}
+                _ => return Err(TransferFailed::NotFound(object)),
+            }
+            index.pinned.insert(object.sha256)
+        };
+        if let Err(err) = store.pin_object(&object, by, unix_ms()).await {
+            if newly {
+                lock(&self.index).pinned.remove(&object.sha256);
+            }
+            return Err(err.into());
+        }
+        Ok(())
     }
 
     fn path(&self, object: &ObjectRef) -> StorePath {
@@ -388,6 +479,8 @@ impl Objects {
                     size: entry.size,
                 },
                 used_at_ms: entry.used_at_ms,
+                tasks: self.holds.count(sha256),
+                pinned: index.pinned.contains(sha256),
             })
             .collect();
         let next = (objects.len() == limit && limit > 0)
@@ -401,19 +494,23 @@ impl Objects {
         }
     }
 
-    /// Deletes the objects not used since `retention` before now; returns how many.
+    /// Deletes the objects not used since `retention` before now that nothing keeps; returns
+    /// how many.
     pub(crate) async fn expire(&self, retention: Duration) -> usize {
         let cutoff =
             unix_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
-        let expired: Vec<ObjectRef> = lock(&self.index)
-            .objects
-            .iter()
-            .filter(|(_, entry)| entry.used_at_ms < cutoff)
-            .map(|(sha256, entry)| ObjectRef {
-                sha256: *sha256,
-                size: entry.size,
-            })
-            .collect();
+        let expired: Vec<ObjectRef> = {
+            let index = lock(&self.index);
+            index
+                .objects
+                .iter()
+                .filter(|(sha256, entry)| entry.used_at_ms < cutoff && !self.keeps(&index, sha256))
+                .map(|(sha256, entry)| ObjectRef {
+                    sha256: *sha256,
+                    size: entry.size,
+                })
+                .collect()
+        };
         let mut deleted = 0;
         for object in expired {
             // Out of the index first, so no download starts on what is being deleted; put back
@@ -421,12 +518,14 @@ impl Objects {
             let entry = {
                 let mut index = lock(&self.index);
                 match index.objects.get(&object.sha256) {
-                    Some(entry) if entry.used_at_ms < cutoff => {
+                    Some(entry)
+                        if entry.used_at_ms < cutoff && !self.keeps(&index, &object.sha256) =>
+                    {
                         let entry = *entry;
                         index.remove(&object.sha256);
                         entry
                     }
-                    _ => continue, // used again meanwhile
+                    _ => continue, // used, pinned or needed again meanwhile
                 }
             };
             match self.store.delete(&self.path(&object)).await {

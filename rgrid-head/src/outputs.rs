@@ -39,6 +39,15 @@ impl OutputQuota {
             .is_ok()
     }
 
+    /// Gives back `bytes` taken for a write that failed.
+    pub(crate) fn give_back(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
     pub(crate) fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
     }
@@ -99,12 +108,19 @@ impl OutputStore {
                     ));
                 }
                 let tmp = dir.join(format!("{hash}.tmp-{}", uuid::Uuid::new_v4()));
-                let mut file = rgrid_core::tls::create_private_file(&tmp)?;
-                file.write_all(&bytes)?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                // The rename is durable only once the directory is.
-                std::fs::File::open(&dir)?.sync_all()?;
+                let written = (|| {
+                    let mut file = rgrid_core::tls::create_private_file(&tmp)?;
+                    file.write_all(&bytes)?;
+                    file.sync_all()?;
+                    std::fs::rename(&tmp, &path)?;
+                    // The rename is durable only once the directory is.
+                    std::fs::File::open(&dir)?.sync_all()
+                })();
+                if let Err(err) = written {
+                    quota.give_back(bytes.len() as u64);
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(err);
+                }
             }
             Ok(Some(hash))
         })
@@ -118,5 +134,32 @@ impl OutputStore {
             return Err(std::io::Error::other(format!("bad output hash {hash:?}")));
         }
         tokio::fs::read(self.dir.join(hash)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that fails gives its room in the quota back and leaves no file.
+    #[tokio::test]
+    async fn a_failed_write_takes_nothing_of_the_quota() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let outputs = dir.path().join("outputs");
+        let quota = OutputQuota::new(100, &[&outputs]);
+        let store = OutputStore::new(outputs.clone(), quota.clone()).expect("the store");
+        std::fs::remove_dir(&outputs).expect("removed");
+        let failed = store.put(vec![1; 60]).await;
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(quota.used(), 0);
+        std::fs::create_dir(&outputs).expect("created again");
+        let hash = store
+            .put(vec![1; 60])
+            .await
+            .expect("stored")
+            .expect("a hash");
+        assert_eq!(quota.used(), 60);
+        assert_eq!(std::fs::read_dir(&outputs).expect("listed").count(), 1);
+        assert_eq!(store.get(&hash).await.expect("read"), vec![1; 60]);
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! - `admin`: everything.
 //! - `submit`: what `read` may, and submit tasks (network mode `none` only), cancel the tasks
-//!   it submitted, and upload objects.
+//!   it submitted, and upload and pin (or unpin) objects.
 //! - every role: renew its own certificate (same name, same role).
 //! - `read`: listings, status, gets and waits (outputs and logs included), costs, object
 //!   downloads and listings.
@@ -32,6 +32,7 @@ pub(crate) fn refusal(role: ClientRole, request: &Request) -> Option<String> {
                 | Request::PutObject(_)
                 | Request::GetObject(_)
                 | Request::ListObjects(_)
+                | Request::PinObject { .. }
                 | Request::Cost(_)
                 | Request::Renew { .. }
         ),
@@ -88,6 +89,13 @@ mod tests {
             (Request::Status, [true, true, true]),
             (Request::PutObject(object), [true, true, false]),
             (Request::GetObject(object), [true, true, true]),
+            (
+                Request::PinObject {
+                    object,
+                    pinned: true,
+                },
+                [true, true, false],
+            ),
             (
                 Request::ListObjects(ObjectQuery::default()),
                 [true, true, true],

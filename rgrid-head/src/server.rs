@@ -362,6 +362,12 @@ async fn handle_stream(
         (Request::ListObjects(query), Some(PeerIdentity::Client(_))) => {
             Response::Objects(shared.objects.page(&query))
         }
+        (Request::PinObject { object, pinned }, Some(PeerIdentity::Client(name))) => {
+            match shared.objects.pin(object, pinned, name, &shared.store).await {
+                Ok(()) => Response::Pinned { object, pinned },
+                Err(failed) => crate::transfers::refusal(&failed),
+            }
+        }
         (Request::RemoveNode { node }, Some(PeerIdentity::Client(_))) => {
             remove_node(&node, &shared).await
         }

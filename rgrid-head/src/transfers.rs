@@ -11,12 +11,13 @@ use tokio::io::BufReader;
 use crate::objects::TransferFailed;
 use crate::server::{error, respond, Shared};
 
-fn refusal(failed: &TransferFailed) -> Response {
+/// The error answer for a failed transfer (or pin).
+pub(crate) fn refusal(failed: &TransferFailed) -> Response {
     let kind = match failed {
         TransferFailed::Quota { .. } => ErrorKind::QuotaExceeded,
         TransferFailed::Received(_) => ErrorKind::BadRequest,
         TransferFailed::NotFound(_) => ErrorKind::NotFound,
-        TransferFailed::Store(_) => ErrorKind::Internal,
+        TransferFailed::Store(_) | TransferFailed::Pin(_) => ErrorKind::Internal,
     };
     error(kind, failed.to_string())
 }

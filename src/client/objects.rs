@@ -127,6 +127,30 @@ impl Client {
         }
     }
 
+    /// Pins a stored object: retention keeps it (also across head restarts) until it is
+    /// unpinned. Pinning it again changes nothing; an object the head does not hold is an error
+    /// (`NotFound`).
+    pub async fn pin(&self, object: &ObjectRef) -> Result<(), ClientError> {
+        self.set_pinned(object, true).await
+    }
+
+    /// Unpins an object: retention deletes it once it has been unused (and no open task needed
+    /// it) for `object_retention` from now.
+    pub async fn unpin(&self, object: &ObjectRef) -> Result<(), ClientError> {
+        self.set_pinned(object, false).await
+    }
+
+    async fn set_pinned(&self, object: &ObjectRef, pinned: bool) -> Result<(), ClientError> {
+        let request = Request::PinObject {
+            object: *object,
+            pinned,
+        };
+        match self.call(request).await? {
+            Response::Pinned { .. } => Ok(()),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Every object the head holds, page by page.
     pub async fn objects(&self) -> Result<Vec<rgrid_core::object::ObjectInfo>, ClientError> {
         let mut objects = Vec::new();

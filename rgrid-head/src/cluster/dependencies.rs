@@ -179,6 +179,9 @@ impl<C: Comm> Cluster<C> {
             self.finish(id, Ending::without_run(TaskState::DependencyFailed, reason));
             return;
         }
+        for (_, outputs) in &met {
+            self.holds.take_outputs(id, outputs);
+        }
         for dependency in &open {
             self.dependencies
                 .dependants
@@ -235,9 +238,9 @@ impl<C: Comm> Cluster<C> {
                 let Some(waiting) = self.dependencies.waiting.get_mut(&dependant) else {
                     continue;
                 };
-                waiting
-                    .met
-                    .push((ended, outputs.clone().unwrap_or_default()));
+                let outputs = outputs.clone().unwrap_or_default();
+                self.holds.take_outputs(dependant, &outputs);
+                waiting.met.push((ended, outputs));
                 waiting.unmet = waiting.unmet.saturating_sub(1);
                 if waiting.unmet == 0 {
                     self.release(dependant);
@@ -351,6 +354,9 @@ impl<C: Comm> Cluster<C> {
                 Some(TaskState::Pending) => self.wait_for_dependencies(id, admission),
                 // Released before the restart: all met; only its resolved spec is needed.
                 Some(_) => {
+                    for (_, outputs) in &admission.met {
+                        self.holds.take_outputs(id, outputs);
+                    }
                     self.dependencies.waiting.insert(
                         id,
                         Waiting {

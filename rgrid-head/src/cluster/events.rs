@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rgrid_core::object::NamedObject;
+use rgrid_core::object::{NamedObject, ObjectRef};
 use rgrid_core::protocol::{
     AttemptInfo, ClusterStatus, ExitStatus, HeadMessage, NodeHello, NodeInfo, NodeMessage,
     SubmitAnswer, TaskInfo,
@@ -46,6 +46,8 @@ pub(crate) struct Admitted {
     pub dependencies: Vec<TaskId>,
     /// Those of them the server found finished in the store (the loop no longer holds them).
     pub finished: Vec<FinishedDependency>,
+    /// The objects it takes as inputs directly.
+    pub objects: Vec<ObjectRef>,
 }
 
 /// A dependency that had finished (and left the loop) when its dependant was submitted.
@@ -67,6 +69,7 @@ impl From<rgrid_core::TaskSpec> for Admitted {
             cost_keys,
             dependencies: spec.dependencies(),
             finished: Vec::new(),
+            objects: spec.input_objects(),
             id: spec.id,
             spec: crate::store::encode(&spec),
             resources: spec.resources,

@@ -75,6 +75,7 @@ impl<C: Comm> Cluster<C> {
     pub(super) fn recover_task(&mut self, stored: RecoveredTask) -> Result<bool, StoreError> {
         let spec: TaskSpec = crate::store::decode_spec(&stored.spec)?;
         let has_dependencies = !spec.dependencies().is_empty();
+        let objects = spec.input_objects();
         let shape = self
             .shapes
             .intern((spec.resources, spec.constraints), &mut self.metrics);
@@ -133,6 +134,7 @@ impl<C: Comm> Cluster<C> {
         }
         self.counts.moved(None, Some(task.state));
         self.tasks.insert(id, task);
+        self.holds.take(id, objects);
         Ok(has_dependencies)
     }
 }

@@ -360,6 +360,7 @@ impl<C: Comm> Cluster<C> {
             }
             self.tasks.insert(admitted.id, task);
             self.counts.moved(None, Some(state));
+            self.holds.take(admitted.id, admitted.objects);
             if let Some(admission) = admission {
                 self.wait_for_dependencies(admitted.id, admission);
             }
@@ -762,6 +763,7 @@ impl<C: Comm> Cluster<C> {
             outputs,
         }));
         self.details.remove(&id);
+        self.holds.give_back(id);
         self.set_state(id, state);
         self.after(seq, Effect::Finished(id));
         self.dependency_ended(id);
@@ -827,6 +829,7 @@ impl<C: Comm> Cluster<C> {
             self.release_attempt(index, task.attempt_id(id));
         }
         self.details.remove(&id);
+        self.holds.give_back(id);
         self.shapes.release(task.shape);
         self.dependency_ended(id);
     }

@@ -772,3 +772,66 @@ fn a_long_chain_of_dependants_fails_in_one_turn() {
         started.elapsed()
     );
 }
+
+/// Open tasks keep their object inputs, and the outputs of the dependencies they have met, from
+/// retention; a task gives them back when it ends.
+#[test]
+fn open_tasks_hold_their_objects_until_they_end() {
+    use rgrid_core::object::{NamedObject, ObjectRef};
+    use rgrid_core::task::InputSource;
+    let counts = Arc::new(crate::objects::TaskHolds::default());
+    let mut c = cluster().with_object_holds(counts.clone());
+    let node = NodeId::new();
+    connect(&mut c, node, 1, hello(4000));
+    commit(&mut c);
+    let input = ObjectRef::of(b"in");
+    let output = ObjectRef::of(b"a");
+    let first = task().input("/in", input).output("a", "/a");
+    let second = task().input("/in", input).input(
+        "/a",
+        InputSource::TaskOutput {
+            task: first.id,
+            name: "a".into(),
+        },
+    );
+    let _reply = submit(&mut c, &[first.clone(), second.clone()]);
+    commit(&mut c);
+    assert_eq!(counts.count(&input.sha256), 2, "both take it");
+    let attempt = assigned(&mut c)[0];
+    assert_eq!(attempt.task, first.id);
+    c.results(NodeResults {
+        node,
+        reports: vec![Report {
+            attempt,
+            exit: ExitStatus::Exited(0),
+            stdout: Output::Empty,
+            stderr: Output::Empty,
+            finished_at_ms: 1,
+            outputs: vec![NamedObject {
+                name: "a".into(),
+                object: output,
+            }],
+        }],
+        reply: None,
+    });
+    c.end_turn();
+    commit(&mut c);
+    assert_ne!(state(&c, second.id), Some(TaskState::Pending), "released");
+    assert_eq!(counts.count(&input.sha256), 1, "the first gave it back");
+    assert_eq!(
+        counts.count(&output.sha256),
+        1,
+        "the dependant holds its dependency's output"
+    );
+    let (reply, _answer) = oneshot::channel();
+    c.handle(Event::Cancel {
+        task: second.id,
+        recursive: false,
+        reply,
+    });
+    c.end_turn();
+    commit(&mut c);
+    assert_eq!(counts.count(&input.sha256), 0);
+    assert_eq!(counts.count(&output.sha256), 0);
+    assert!(c.holds.is_empty(), "nothing is kept for ended tasks");
+}

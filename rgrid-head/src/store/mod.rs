@@ -39,6 +39,7 @@ mod certificates;
 mod edge_tests;
 mod encoding;
 mod identity;
+mod pins;
 mod revocations;
 mod tokens;
 
