@@ -44,6 +44,13 @@ impl TaskRef {
             name: name.into(),
         }
     }
+
+    /// Its stdout (as the head kept it, at most `max_output_bytes`), as an input of another
+    /// task: that task waits until this one has succeeded and the head has stored its stdout
+    /// as an object.
+    pub fn stdout(&self) -> InputSource {
+        InputSource::TaskStdout { task: self.id }
+    }
 }
 
 /// What can go wrong talking to the head.

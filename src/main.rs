@@ -63,8 +63,8 @@ enum Command {
         #[arg(long = "selector")]
         selectors: Vec<String>,
         /// A file staged read-only into the container before it starts: PATH=OBJECT_ID (an id
-        /// `rgrid put` printed) or PATH=TASK_ID:NAME (output NAME of another task: this one
-        /// waits until that one has succeeded). Repeatable.
+        /// `rgrid put` printed), PATH=TASK_ID:NAME (output NAME of another task: this one
+        /// waits until that one has succeeded) or PATH=TASK_ID:stdout (its stdout). Repeatable.
         #[arg(long = "input", value_parser = parse_input)]
         inputs: Vec<(String, InputSource)>,
         /// A file or directory (stored as a tar) collected from the container after it exits 0,
@@ -222,9 +222,11 @@ enum NodeCommand {
 }
 
 fn parse_input(s: &str) -> Result<(String, InputSource), String> {
-    let (path, source) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not an input: use PATH=OBJECT_ID or PATH=TASK_ID:NAME"))?;
+    let (path, source) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "{s:?} is not an input: use PATH=OBJECT_ID, PATH=TASK_ID:NAME or PATH=TASK_ID:stdout"
+        )
+    })?;
     Ok((path.to_owned(), source.parse()?))
 }
 

@@ -472,3 +472,114 @@ async fn a_dependency_that_finishes_while_its_dependant_is_admitted_is_found() {
     })
     .await;
 }
+
+/// A task's stdout as another's input: submitted with its producer (it waits), submitted after
+/// the producer ended (from the store), and a stdout too large for the result's row (the head
+/// keeps it in a file); each staged as the object of exactly those bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_takes_another_tasks_stdout_as_an_input() {
+    within(180, async {
+        let cluster = cluster(16 << 20).await;
+        let client = cluster.client().await;
+        let producer = sh("echo hello; echo world");
+        let producer_ref = TaskRef { id: producer.id };
+        let upper = sh("tr a-z A-Z < /in/p").input("/in/p", producer_ref.stdout());
+        let large = sh("head -c 300000 /dev/zero | tr '\\0' a");
+        let large_ref = TaskRef { id: large.id };
+        let count = sh("wc -c < /in/big; ls -l /in/big").input("/in/big", large_ref.stdout());
+        let refs = client
+            .submit_batch(vec![producer, upper, large, count])
+            .await
+            .expect("submitted");
+        let outcome = client.get(&refs[1]).await.expect("the dependant ends");
+        assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+        assert_eq!(outcome.stdout, b"HELLO\nWORLD\n");
+        let outcome = client
+            .get(&refs[3])
+            .await
+            .expect("the large one's dependant");
+        assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+        let text = String::from_utf8_lossy(&outcome.stdout);
+        assert!(text.starts_with("300000\n"), "{text}");
+
+        // The producer has ended: its stdout comes from the store.
+        let late = sh("cat /in/p").input("/in/p", producer_ref.stdout());
+        let late = client.submit(late).await.expect("submitted");
+        let outcome = client.get(&late).await.expect("the late dependant ends");
+        assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+        assert_eq!(outcome.stdout, b"hello\nworld\n");
+        let stored = rgrid::ObjectRef::of(b"hello\nworld\n");
+        let mut bytes = Vec::new();
+        client
+            .get_object(&stored, &mut bytes)
+            .await
+            .expect("the stdout is an object");
+        assert_eq!(bytes, b"hello\nworld\n");
+
+        // A producer that fails: its stdout's dependant never runs.
+        let failing = sh("echo partial; exit 3");
+        let failing_ref = TaskRef { id: failing.id };
+        let never = sh("cat /in/p").input("/in/p", failing_ref.stdout());
+        let refs = client
+            .submit_batch(vec![failing, never])
+            .await
+            .expect("submitted");
+        let outcome = client.get(&refs[1]).await.expect("ends");
+        assert_eq!(outcome.state, TaskState::DependencyFailed, "{outcome:?}");
+        let reason = outcome.reason.unwrap_or_default();
+        assert!(reason.contains(&refs[0].id.to_string()), "{reason}");
+    })
+    .await;
+}
+
+/// The head dies after a producer's success is durable and before its stdout is stored as an
+/// object (a crash point): the restarted head stores it and runs the dependant with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_not_yet_stored_at_a_head_crash_is_stored_after_the_restart() {
+    demo_image();
+    let dir = Logs(tempfile::tempdir().unwrap());
+    let dir = dir.0.path();
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    within(120, async {
+        let mut head = common::process::start_head_env(
+            dir,
+            &listen,
+            &[],
+            &[("FAILPOINTS", "before-stdout-stored=return")],
+        );
+        let client_toml = dir.join("head/client.toml");
+        wait_for("the head's client.toml", || client_toml.exists());
+        let _node = start_node_with(dir, &listen, "n1", 2000, &[]);
+        wait_ready(&client_toml, "n1");
+        let client = Client::connect_file(&client_toml).await.expect("connect");
+        let producer = sh("echo from before the crash");
+        let producer_ref = TaskRef { id: producer.id };
+        let dependant = sh("cat /in/p").input("/in/p", producer_ref.stdout());
+        let refs = client
+            .submit_batch(vec![producer, dependant])
+            .await
+            .expect("submitted");
+        let status = eventually("the head aborting at the crash point", 60, || {
+            let status = head.0.try_wait().expect("the head's status");
+            async move { status }
+        })
+        .await;
+        assert!(!status.success(), "aborted at the crash point: {status}");
+        drop(client);
+        let _head = start_head(dir, &listen);
+        let client = eventually("the restarted head", 30, || async {
+            Client::connect_file(&client_toml).await.ok()
+        })
+        .await;
+        let outcome = client.get(&refs[0]).await.expect("the producer");
+        assert_eq!(
+            outcome.state,
+            TaskState::Succeeded,
+            "durable before the crash"
+        );
+        let outcome = client.get(&refs[1]).await.expect("the dependant ends");
+        assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+        assert_eq!(outcome.stdout, b"from before the crash\n");
+    })
+    .await;
+}

@@ -85,7 +85,14 @@ pub enum InputSource {
     /// The output `name` of another task: the task waits (`Pending`) until that one has
     /// succeeded.
     TaskOutput { task: TaskId, name: String },
+    /// The stdout of another task, as the head kept it (at most its `max_output_bytes`): the
+    /// task waits (`Pending`) until that one has succeeded and the head has stored its stdout
+    /// as an object.
+    TaskStdout { task: TaskId },
 }
+
+/// What `TASK_ID:stdout` names: a task's stdout, never an output (no output may be so named).
+pub const STDOUT: &str = "stdout";
 
 impl From<ObjectRef> for InputSource {
     fn from(object: ObjectRef) -> Self {
@@ -98,6 +105,7 @@ impl fmt::Display for InputSource {
         match self {
             Self::Object(object) => write!(f, "{object}"),
             Self::TaskOutput { task, name } => write!(f, "{task}:{name}"),
+            Self::TaskStdout { task } => write!(f, "{task}:{STDOUT}"),
         }
     }
 }
@@ -105,12 +113,16 @@ impl fmt::Display for InputSource {
 impl std::str::FromStr for InputSource {
     type Err = String;
 
-    /// `OBJECT_ID` (as `rgrid put` prints it) or `TASK_ID:NAME` (an output of another task).
+    /// `OBJECT_ID` (as `rgrid put` prints it), `TASK_ID:NAME` (an output of another task) or
+    /// `TASK_ID:stdout` (its stdout).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some((task, name)) = s.split_once(':') {
             let task = task.parse().map_err(|_| {
-                format!("{s:?} is not an input source: expected OBJECT_ID or TASK_ID:NAME")
+                format!("{s:?} is not an input source: expected OBJECT_ID, TASK_ID:NAME or TASK_ID:stdout")
             })?;
+            if name == STDOUT {
+                return Ok(Self::TaskStdout { task });
+            }
             return Ok(Self::TaskOutput {
                 task,
                 name: name.to_owned(),
@@ -122,6 +134,11 @@ impl std::str::FromStr for InputSource {
 
 /// Checks an output's name: what `rgrid get --output` and `TASK_ID:NAME` inputs spell.
 fn check_output_name(name: &str) -> Result<(), String> {
+    if name == STDOUT {
+        return Err(format!(
+            "{STDOUT:?} names a task's stdout (`TASK_ID:stdout`, `TaskRef::stdout`), not an output"
+        ));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -195,17 +212,30 @@ impl TaskSpec {
         self
     }
 
-    /// The tasks whose outputs this one takes as inputs, each once, in order.
+    /// The tasks whose outputs or stdout this one takes as inputs, each once, in order.
     pub fn dependencies(&self) -> Vec<TaskId> {
-        let mut deps: Vec<TaskId> = Vec::new();
-        for input in &self.inputs {
-            if let InputSource::TaskOutput { task, .. } = &input.source {
-                if !deps.contains(task) {
-                    deps.push(*task);
-                }
+        self.tasks_in_inputs(|source| match source {
+            InputSource::TaskOutput { task, .. } | InputSource::TaskStdout { task } => Some(*task),
+            InputSource::Object(_) => None,
+        })
+    }
+
+    /// The tasks whose stdout this one takes as an input, each once, in order.
+    pub fn stdout_dependencies(&self) -> Vec<TaskId> {
+        self.tasks_in_inputs(|source| match source {
+            InputSource::TaskStdout { task } => Some(*task),
+            _ => None,
+        })
+    }
+
+    fn tasks_in_inputs(&self, pick: impl Fn(&InputSource) -> Option<TaskId>) -> Vec<TaskId> {
+        let mut tasks: Vec<TaskId> = Vec::new();
+        for task in self.inputs.iter().filter_map(|input| pick(&input.source)) {
+            if !tasks.contains(&task) {
+                tasks.push(task);
             }
         }
-        deps
+        tasks
     }
 
     /// The objects this one takes as inputs directly (not other tasks' outputs).
@@ -214,7 +244,7 @@ impl TaskSpec {
             .iter()
             .filter_map(|input| match &input.source {
                 InputSource::Object(object) => Some(*object),
-                InputSource::TaskOutput { .. } => None,
+                InputSource::TaskOutput { .. } | InputSource::TaskStdout { .. } => None,
             })
             .collect()
     }
@@ -329,8 +359,15 @@ impl TaskSpec {
             if !paths.insert(input.path.as_str()) {
                 return Err(format!("two inputs at {:?}", input.path));
             }
-            if let InputSource::TaskOutput { task, name } = &input.source {
-                check_output_name(name).map_err(|e| format!("input {}: {e}", input.path))?;
+            let task = match &input.source {
+                InputSource::TaskOutput { task, name } => {
+                    check_output_name(name).map_err(|e| format!("input {}: {e}", input.path))?;
+                    Some(task)
+                }
+                InputSource::TaskStdout { task } => Some(task),
+                InputSource::Object(_) => None,
+            };
+            if let Some(task) = task {
                 if *task == self.id {
                     return Err(format!(
                         "input {}: a task cannot take its own output",
@@ -804,5 +841,37 @@ mod tests {
                 name: "out".into()
             }
         );
+        let stdout: InputSource = format!("{dep}:stdout").parse().expect("a task's stdout");
+        assert_eq!(stdout, InputSource::TaskStdout { task: dep });
+        assert_eq!(stdout.to_string(), format!("{dep}:stdout"));
+        let other = TaskId::new();
+        let spec = spec
+            .input("/c", InputSource::TaskStdout { task: other })
+            .input("/d", InputSource::TaskStdout { task: dep });
+        assert_eq!(spec.dependencies(), vec![dep, other]);
+        assert_eq!(spec.stdout_dependencies(), vec![other, dep]);
+        assert!(spec.validate().is_ok());
+        // `stdout` is a task's stdout: no output is so named, no output input asks for one.
+        let err = TaskSpec::new("img")
+            .output("stdout", "/x")
+            .validate()
+            .expect_err("refused");
+        assert!(err.contains("stdout"), "{err}");
+        let named = TaskSpec::new("img").input(
+            "/a",
+            InputSource::TaskOutput {
+                task: dep,
+                name: "stdout".into(),
+            },
+        );
+        assert!(named.validate().is_err());
+        let own = TaskSpec::new("img");
+        let own = own
+            .clone()
+            .input("/a", InputSource::TaskStdout { task: own.id });
+        assert!(own
+            .validate()
+            .expect_err("refused")
+            .contains("its own output"));
     }
 }

@@ -376,6 +376,7 @@ fn samples() -> Vec<Sample> {
             task,
             name: "out".into(),
         }),
+        sample(InputSource::TaskStdout { task }),
     ]
 }
 

@@ -56,6 +56,7 @@ pub(crate) use membership::NodeState;
 pub(crate) use recovery::recover;
 pub(crate) use run::{Channels, Io};
 
+pub(crate) use effects::crash_point;
 use effects::Effect;
 use membership::Node;
 use tasks::{Shapes, Task};
@@ -74,6 +75,9 @@ pub(crate) trait Comm {
     fn commit(&mut self, batch: WriteBatch);
     /// Demand or supply changed.
     fn wake_autoscaler(&mut self);
+    /// Store the stdout of `task` (durably succeeded) as an object for the tasks that take it as
+    /// an input; the loop hears how it went as [`Event::StdoutStored`].
+    fn store_stdout(&mut self, task: TaskId);
 }
 
 /// Liveness settings.
@@ -272,6 +276,7 @@ impl<C: Comm> Cluster<C> {
                 let _ = reply.send(self.autoscale_view());
             }
             Event::Waits { waits } => self.waits = waits,
+            Event::StdoutStored { producer, result } => self.stdout_stored(producer, result),
         }
     }
 

@@ -11,7 +11,8 @@
 //!   renewed in place.
 //! - `outputs`: content-addressed large task outputs; `logs`: attempts' logs, streamed while they run.
 //! - `objects`: the object store (a directory or an S3 bucket), its index, quota and retention;
-//!   `transfers`: object uploads and downloads on their own streams.
+//!   `transfers`: object uploads and downloads on their own streams; `stdouts`: tasks' stdouts
+//!   stored as objects for the tasks that take them as inputs.
 //! - `autoscaler`: the driver that turns demand into Hetzner servers and idle ones back into
 //!   nothing, when `[autoscaler]` is enabled.
 
@@ -33,6 +34,7 @@ mod revoked;
 mod roles;
 mod server;
 mod server_cert;
+mod stdouts;
 mod store;
 mod transfers;
 
@@ -218,9 +220,17 @@ pub async fn start(
     tracker.spawn(revoked.clone().refresh(store.clone(), shutdown.clone()));
     let (channels, inputs) = Channels::new();
     let wake = Arc::new(tokio::sync::Notify::new());
+    let stdouts = stdouts::Stdouts::new(
+        store.clone(),
+        outputs.clone(),
+        objects.clone(),
+        channels.events.clone(),
+        tracker.clone(),
+    );
     let io = Io::new(
         store.clone(),
         config.autoscaler.enabled.then(|| wake.clone()),
+        stdouts,
     );
     let mut cluster = Cluster::new(io, liveness, config.scheduler_config())
         .with_object_holds(objects.task_holds());

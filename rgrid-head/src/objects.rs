@@ -333,6 +333,16 @@ impl Objects {
         }))
     }
 
+    /// Stores `bytes` as an object (nothing new when it is stored already).
+    pub(crate) async fn put_bytes(&self, bytes: &[u8]) -> Result<ObjectRef, TransferFailed> {
+        let object = ObjectRef::of(bytes);
+        if let Some(reservation) = self.reserve(object)? {
+            self.store(reservation, Incoming::new(bytes, object))
+                .await?;
+        }
+        Ok(object)
+    }
+
     /// Receives the reserved object from `incoming` and stores it once verified.
     pub(crate) async fn store<R: AsyncRead + Unpin>(
         &self,

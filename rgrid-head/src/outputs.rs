@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use rgrid_core::tls::sha256_hex;
 
+use crate::store::Output;
+
 /// The bytes task outputs take on the head's disk (large results under `outputs/`, attempt logs
 /// under `logs/`), at most `max_total_output_bytes`: past it, outputs are not kept (a result
 /// without its large stdout, a log cut short, each saying so).
@@ -134,6 +136,15 @@ impl OutputStore {
             return Err(std::io::Error::other(format!("bad output hash {hash:?}")));
         }
         tokio::fs::read(self.dir.join(hash)).await
+    }
+
+    /// The bytes of a task's stdout or stderr as its row holds it.
+    pub(crate) async fn load(&self, output: &Output) -> std::io::Result<Vec<u8>> {
+        match output {
+            Output::Empty => Ok(Vec::new()),
+            Output::Inline(bytes) => Ok(bytes.clone()),
+            Output::Stored(hash) => self.get(hash).await,
+        }
     }
 }
 

@@ -1061,15 +1061,11 @@ async fn wait(
 }
 
 pub(crate) async fn load(output: &Output, shared: &Shared) -> Result<Vec<u8>, Response> {
-    match output {
-        Output::Empty => Ok(Vec::new()),
-        Output::Inline(bytes) => Ok(bytes.clone()),
-        Output::Stored(hash) => shared
-            .outputs
-            .get(hash)
-            .await
-            .map_err(|err| error(ErrorKind::Internal, format!("cannot read outputs: {err}"))),
-    }
+    shared
+        .outputs
+        .load(output)
+        .await
+        .map_err(|err| error(ErrorKind::Internal, format!("cannot read outputs: {err}")))
 }
 
 /// What a client sees of an outcome from the loop.

@@ -1,21 +1,25 @@
-//! Tasks that take other tasks' outputs as inputs. Such a task is `Pending` until each of its
-//! dependencies has succeeded; then its spec is resolved (every `TaskOutput` input becomes the
-//! object that output is) and it is queued. If a dependency ends any other way, the task ends
-//! `DependencyFailed` without running, and so, transitively, do its own dependants.
+//! Tasks that take other tasks' outputs (or stdout) as inputs. Such a task is `Pending` until
+//! each of its dependencies has succeeded (and, for a stdout it takes, until that stdout is
+//! stored as an object); then its spec is resolved (every `TaskOutput` and `TaskStdout` input
+//! becomes the object it is) and it is queued. If a dependency ends any other way, or its stdout
+//! cannot be stored, the task ends `DependencyFailed` without running, and so, transitively, do
+//! its own dependants.
 //!
 //! The loop keeps, per open task with dependencies, the count of unmet ones and the outputs of
-//! the met ones ([`Waiting`]), and per open dependency the tasks that wait for it (reverse
-//! edges): a finished task releases or fails its dependants at a cost of their number, with no
-//! scan. Both leave with the tasks (only open tasks are held). The edges are stored with the
-//! tasks' inserts; a restart reads them back with their dependencies' states
-//! ([`Cluster::recover_dependencies`]).
+//! the met ones ([`Waiting`]), per open dependency the tasks that wait for it (reverse edges),
+//! and per stdout being stored the tasks that wait for it: a finished task releases or fails its
+//! dependants at a cost of their number, with no scan. All of it leaves with the tasks (only
+//! open tasks are held). The edges are stored with the tasks' inserts; a restart reads them back
+//! with their dependencies' states ([`Cluster::recover_dependencies`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use rgrid_core::object::NamedObject;
+use rgrid_core::object::{NamedObject, ObjectRef};
 use rgrid_core::task::InputSource;
 use rgrid_core::{TaskId, TaskSpec, TaskState};
 
+use super::effects::Effect;
 use super::events::Admitted;
 use super::tasks::Ending;
 use super::{Cluster, Comm};
@@ -24,10 +28,12 @@ use crate::store::{Store, StoreError};
 /// What one open task with dependencies waits for.
 #[derive(Debug, Default)]
 struct Waiting {
-    /// Dependencies that have not succeeded yet.
+    /// Dependencies that have not succeeded yet, and stdouts it takes not stored yet.
     unmet: u32,
     /// The outputs of those that have.
     met: Vec<(TaskId, Vec<NamedObject>)>,
+    /// The tasks whose stdout it takes, with the object once stored.
+    stdouts: Vec<(TaskId, Option<ObjectRef>)>,
     /// Its spec with every task output resolved to its object, once released: what nodes run.
     resolved: Option<Box<[u8]>>,
 }
@@ -38,6 +44,8 @@ pub(super) struct Dependencies {
     waiting: HashMap<TaskId, Waiting>,
     /// The open tasks that wait for each open task.
     dependants: HashMap<TaskId, Vec<TaskId>>,
+    /// The open tasks that wait for each stdout being stored as an object.
+    stdout_waiters: HashMap<TaskId, Vec<TaskId>>,
     /// Tasks that ended with dependants still to settle (a worklist, so that a long chain
     /// does not recurse).
     ended: Vec<TaskId>,
@@ -50,7 +58,10 @@ impl Dependencies {
     /// Holds nothing: no open task waits, none is waited for.
     #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
-        self.waiting.is_empty() && self.dependants.is_empty() && self.ended.is_empty()
+        self.waiting.is_empty()
+            && self.dependants.is_empty()
+            && self.stdout_waiters.is_empty()
+            && self.ended.is_empty()
     }
 
     /// The resolved spec of a released task with dependencies.
@@ -64,6 +75,19 @@ pub(super) struct Admission {
     open: Vec<TaskId>,
     met: Vec<(TaskId, Vec<NamedObject>)>,
     failed: Option<String>,
+    /// The tasks whose stdout it takes.
+    stdouts: Vec<TaskId>,
+}
+
+impl Admission {
+    fn new(stdouts: Vec<TaskId>) -> Self {
+        Self {
+            open: Vec::new(),
+            met: Vec::new(),
+            failed: None,
+            stdouts,
+        }
+    }
 }
 
 fn declares(spec: &TaskSpec, name: &str) -> bool {
@@ -108,11 +132,7 @@ impl<C: Comm> Cluster<C> {
         if admitted.dependencies.is_empty() {
             return Ok(None);
         }
-        let mut admission = Admission {
-            open: Vec::new(),
-            met: Vec::new(),
-            failed: None,
-        };
+        let mut admission = Admission::new(spec.stdout_dependencies());
         let mut specs: HashMap<TaskId, TaskSpec> = HashMap::new();
         for dependency in &admitted.dependencies {
             // Finished in the store: also when the loop holds a resubmission of it, whose
@@ -174,7 +194,12 @@ impl<C: Comm> Cluster<C> {
     /// A new `Pending` task in the table: waits for its open dependencies, or is released (all
     /// met) or fails (one failed) at once.
     pub(super) fn wait_for_dependencies(&mut self, id: TaskId, admission: Admission) {
-        let Admission { open, met, failed } = admission;
+        let Admission {
+            open,
+            met,
+            failed,
+            stdouts,
+        } = admission;
         if let Some(reason) = failed {
             self.finish(id, Ending::without_run(TaskState::DependencyFailed, reason));
             return;
@@ -189,17 +214,80 @@ impl<C: Comm> Cluster<C> {
                 .or_default()
                 .push(id);
         }
-        let unmet = u32::try_from(open.len()).unwrap_or(u32::MAX);
+        // The stdouts of the dependencies met already are stored now.
+        let stored_now: Vec<TaskId> = stdouts
+            .iter()
+            .copied()
+            .filter(|producer| !open.contains(producer))
+            .collect();
+        let unmet = u32::try_from(open.len() + stored_now.len()).unwrap_or(u32::MAX);
         self.dependencies.waiting.insert(
             id,
             Waiting {
                 unmet,
                 met,
+                stdouts: stdouts
+                    .into_iter()
+                    .map(|producer| (producer, None))
+                    .collect(),
                 resolved: None,
             },
         );
+        for producer in stored_now {
+            self.wait_for_stdout(producer, id);
+        }
         if unmet == 0 {
             self.release(id);
+        }
+    }
+
+    /// `dependant` waits for the stdout of `producer` (succeeded) as an object: the first
+    /// to wait has it stored once the success is durable.
+    fn wait_for_stdout(&mut self, producer: TaskId, dependant: TaskId) {
+        match self.dependencies.stdout_waiters.entry(producer) {
+            Entry::Occupied(waiters) => waiters.into_mut().push(dependant),
+            Entry::Vacant(waiters) => {
+                waiters.insert(vec![dependant]);
+                let seq = self.tasks.get(&producer).map_or(0, |t| t.write_seq);
+                self.after(seq, Effect::StoreStdout(producer));
+            }
+        }
+    }
+
+    /// The stdout of `producer` is stored (or cannot be): the tasks that wait for it go on.
+    pub(super) fn stdout_stored(&mut self, producer: TaskId, result: Result<ObjectRef, String>) {
+        let Some(waiters) = self.dependencies.stdout_waiters.remove(&producer) else {
+            return;
+        };
+        for dependant in waiters {
+            let object = match &result {
+                Ok(object) => *object,
+                Err(reason) => {
+                    if self.tasks.get(&dependant).map(|t| t.state) == Some(TaskState::Pending) {
+                        self.finish(
+                            dependant,
+                            Ending::without_run(
+                                TaskState::DependencyFailed,
+                                format!("dependency {producer}: its stdout was not stored as an object: {reason}"),
+                            ),
+                        );
+                    }
+                    continue;
+                }
+            };
+            // Gone (ended, or dropped as a resubmission) since it asked.
+            let Some(waiting) = self.dependencies.waiting.get_mut(&dependant) else {
+                continue;
+            };
+            for (_, stored) in waiting.stdouts.iter_mut().filter(|(t, _)| *t == producer) {
+                *stored = Some(object);
+            }
+            waiting.unmet = waiting.unmet.saturating_sub(1);
+            let released = waiting.unmet == 0;
+            self.holds.take(dependant, vec![object]);
+            if released {
+                self.release(dependant);
+            }
         }
     }
 
@@ -241,6 +329,11 @@ impl<C: Comm> Cluster<C> {
                 let outputs = outputs.clone().unwrap_or_default();
                 self.holds.take_outputs(dependant, &outputs);
                 waiting.met.push((ended, outputs));
+                if waiting.stdouts.iter().any(|(t, _)| *t == ended) {
+                    // Met once its stdout is stored.
+                    self.wait_for_stdout(ended, dependant);
+                    continue;
+                }
                 waiting.unmet = waiting.unmet.saturating_sub(1);
                 if waiting.unmet == 0 {
                     self.release(dependant);
@@ -281,21 +374,29 @@ impl<C: Comm> Cluster<C> {
         };
         let mut missing = None;
         for input in &mut spec.inputs {
-            let InputSource::TaskOutput { task, name } = &input.source else {
-                continue;
+            let object = match &input.source {
+                InputSource::Object(_) => continue,
+                InputSource::TaskOutput { task, name } => waiting
+                    .met
+                    .iter()
+                    .find(|(t, _)| t == task)
+                    .and_then(|(_, outputs)| outputs.iter().find(|o| o.name == *name))
+                    .map(|o| o.object),
+                InputSource::TaskStdout { task } => waiting
+                    .stdouts
+                    .iter()
+                    .find(|(t, _)| t == task)
+                    .and_then(|(_, object)| *object),
             };
-            let object = waiting
-                .met
-                .iter()
-                .find(|(t, _)| t == task)
-                .and_then(|(_, outputs)| outputs.iter().find(|o| o.name == *name))
-                .map(|o| o.object);
             match object {
                 Some(object) => input.source = InputSource::Object(object),
                 None => {
-                    missing = Some(format!(
-                        "dependency {task} succeeded without output {name:?}"
-                    ));
+                    missing = Some(match &input.source {
+                        InputSource::TaskOutput { task, name } => {
+                            format!("dependency {task} succeeded without output {name:?}")
+                        }
+                        source => format!("{source} was not stored as an object"),
+                    });
                     break;
                 }
             }
@@ -305,6 +406,7 @@ impl<C: Comm> Cluster<C> {
             return;
         }
         waiting.met = Vec::new();
+        waiting.stdouts = Vec::new();
         waiting.resolved = Some(crate::store::encode(&spec).into_boxed_slice());
         if self.tasks.get(&id).map(|t| t.state) == Some(TaskState::Pending) {
             self.set_state(id, TaskState::Queued);
@@ -332,10 +434,14 @@ impl<C: Comm> Cluster<C> {
     ) -> Result<(), StoreError> {
         let mut by_task: HashMap<TaskId, Admission> = HashMap::new();
         for edge in store.edges(tasks).await? {
-            let admission = by_task.entry(edge.task).or_insert_with(|| Admission {
-                open: Vec::new(),
-                met: Vec::new(),
-                failed: None,
+            let admission = by_task.entry(edge.task).or_insert_with(|| {
+                let stdouts = self
+                    .tasks
+                    .get(&edge.task)
+                    .and_then(|task| task.decode_spec())
+                    .map(|spec| spec.stdout_dependencies())
+                    .unwrap_or_default();
+                Admission::new(stdouts)
             });
             if self.tasks.contains_key(&edge.dependency) {
                 admission.open.push(edge.dependency);
@@ -352,20 +458,28 @@ impl<C: Comm> Cluster<C> {
         for (id, admission) in by_task {
             match self.tasks.get(&id).map(|t| t.state) {
                 Some(TaskState::Pending) => self.wait_for_dependencies(id, admission),
-                // Released before the restart: all met; only its resolved spec is needed.
+                // Placed before the restart: all met; only its resolved spec is needed (once
+                // the stdouts it takes are stored again), should it run again.
                 Some(_) => {
                     for (_, outputs) in &admission.met {
                         self.holds.take_outputs(id, outputs);
                     }
+                    let unmet = u32::try_from(admission.stdouts.len()).unwrap_or(u32::MAX);
                     self.dependencies.waiting.insert(
                         id,
                         Waiting {
-                            unmet: 0,
+                            unmet,
                             met: admission.met,
+                            stdouts: admission.stdouts.iter().map(|&p| (p, None)).collect(),
                             resolved: None,
                         },
                     );
-                    self.release(id);
+                    for producer in admission.stdouts {
+                        self.wait_for_stdout(producer, id);
+                    }
+                    if unmet == 0 {
+                        self.release(id);
+                    }
                 }
                 None => {}
             }

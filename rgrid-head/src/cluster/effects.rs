@@ -16,7 +16,7 @@ use super::{Cluster, Comm};
 /// Crash points of the head's crash-window tests (`FAILPOINTS=NAME=return` in a build with the
 /// `failpoints` feature): the process aborts at once, as a `SIGKILL` would stop it.
 #[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
-fn crash_point(name: &str) {
+pub(crate) fn crash_point(name: &str) {
     fail::fail_point!(name, |_| {
         tracing::error!(point = name, "crash point reached; aborting");
         std::process::abort()
@@ -48,6 +48,8 @@ pub(super) enum Effect {
     },
     /// Answer a result delivered on a stream of its own.
     Replied(oneshot::Sender<()>),
+    /// The task's success is durable: store its stdout as an object for its dependants.
+    StoreStdout(TaskId),
 }
 
 /// Waiters of outcomes: each wait has a sink with room for every task it names.
@@ -153,6 +155,7 @@ impl<C: Comm> Cluster<C> {
                 Effect::Replied(reply) => {
                     let _ = reply.send(());
                 }
+                Effect::StoreStdout(task) => self.comm.store_stdout(task),
             }
         }
     }

@@ -225,4 +225,10 @@ pub(crate) enum Event {
     Waits {
         waits: Vec<(Shape, WaitRuns)>,
     },
+    /// The stdout of `producer` is stored as this object (or why it is not), for the tasks that
+    /// take it as an input ([`super::Comm::store_stdout`]).
+    StdoutStored {
+        producer: TaskId,
+        result: Result<ObjectRef, String>,
+    },
 }

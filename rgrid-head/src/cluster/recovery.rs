@@ -125,8 +125,9 @@ impl<C: Comm> Cluster<C> {
                 );
                 node.idle_since_ms = None;
             }
-            // Never ran: its dependencies are settled once every open task is back.
-            _ if has_dependencies && task.attempt == 0 => task.state = TaskState::Pending,
+            // Not placed: its dependencies are settled once every open task is back (again when
+            // it ran before: a stdout it takes is stored again before it is queued).
+            _ if has_dependencies => task.state = TaskState::Pending,
             _ => {
                 let queued = self.queued(id, &task);
                 self.scheduler.enqueue(queued);

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Event, NodeResults, Session, Submission};
 use super::{Cluster, Comm};
+use crate::stdouts::Stdouts;
 use crate::store::{Committed, Store, StoreError, WriteBatch};
 
 /// Events waiting for the loop, at most.
@@ -56,19 +57,22 @@ impl Channels {
     }
 }
 
-/// The daemon's [`Comm`]: node outboxes, the store's writer, the autoscaler's wake-up.
+/// The daemon's [`Comm`]: node outboxes, the store's writer, the autoscaler's wake-up, stdouts
+/// stored as objects.
 pub(crate) struct Io {
     store: Store,
     in_flight: Option<oneshot::Receiver<Result<Committed, StoreError>>>,
     autoscaler: Option<Arc<Notify>>,
+    stdouts: Stdouts,
 }
 
 impl Io {
-    pub(crate) fn new(store: Store, autoscaler: Option<Arc<Notify>>) -> Self {
+    pub(crate) fn new(store: Store, autoscaler: Option<Arc<Notify>>, stdouts: Stdouts) -> Self {
         Self {
             store,
             in_flight: None,
             autoscaler,
+            stdouts,
         }
     }
 }
@@ -86,6 +90,10 @@ impl Comm for Io {
         if let Some(autoscaler) = &self.autoscaler {
             autoscaler.notify_one();
         }
+    }
+
+    fn store_stdout(&mut self, task: rgrid_core::TaskId) {
+        self.stdouts.store(task);
     }
 }
 

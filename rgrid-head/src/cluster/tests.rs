@@ -28,6 +28,8 @@ struct Recorder {
     sent: Vec<(u64, HeadMessage)>,
     batches: Vec<WriteBatch>,
     full: HashSet<u64>,
+    /// Tasks whose stdout the loop asked to store.
+    stdouts: Vec<TaskId>,
 }
 
 impl Comm for Recorder {
@@ -44,6 +46,10 @@ impl Comm for Recorder {
     }
 
     fn wake_autoscaler(&mut self) {}
+
+    fn store_stdout(&mut self, task: TaskId) {
+        self.stdouts.push(task);
+    }
 }
 
 type Loop = Cluster<Recorder>;
@@ -834,4 +840,103 @@ fn open_tasks_hold_their_objects_until_they_end() {
     assert_eq!(counts.count(&input.sha256), 0);
     assert_eq!(counts.count(&output.sha256), 0);
     assert!(c.holds.is_empty(), "nothing is kept for ended tasks");
+}
+
+/// A task that takes another's stdout waits until that one's success is durable and its stdout
+/// is stored as an object (asked once for all who wait), then runs with that object; a stdout
+/// that cannot be stored fails its dependant, naming why.
+#[test]
+fn a_stdout_input_waits_for_the_stdout_to_be_stored() {
+    use rgrid_core::object::ObjectRef;
+    use rgrid_core::task::InputSource;
+    let counts = Arc::new(crate::objects::TaskHolds::default());
+    let mut c = cluster().with_object_holds(counts.clone());
+    let node = NodeId::new();
+    connect(&mut c, node, 1, hello(4000));
+    commit(&mut c);
+    let producer = task();
+    let stdout = InputSource::TaskStdout { task: producer.id };
+    let first = task().input("/in", stdout.clone());
+    let second = task().input("/in", stdout.clone());
+    let _reply = submit(&mut c, &[producer.clone(), first.clone(), second.clone()]);
+    commit(&mut c);
+    let attempt = assigned(&mut c)[0];
+    assert_eq!(attempt.task, producer.id);
+    c.results(NodeResults {
+        node,
+        reports: vec![Report {
+            attempt,
+            exit: ExitStatus::Exited(0),
+            stdout: Output::Inline(b"hello\n".to_vec()),
+            stderr: Output::Empty,
+            finished_at_ms: 1,
+            outputs: Vec::new(),
+        }],
+        reply: None,
+    });
+    c.end_turn();
+    assert!(
+        c.comm.stdouts.is_empty(),
+        "not before the success is durable"
+    );
+    commit(&mut c);
+    assert_eq!(c.comm.stdouts, vec![producer.id], "asked once for both");
+    assert_eq!(state(&c, first.id), Some(TaskState::Pending));
+    let object = ObjectRef::of(b"hello\n");
+    c.handle(Event::StdoutStored {
+        producer: producer.id,
+        result: Ok(object),
+    });
+    c.end_turn();
+    for dependant in [&first, &second] {
+        assert_ne!(
+            state(&c, dependant.id),
+            Some(TaskState::Pending),
+            "released"
+        );
+        let resolved: TaskSpec = crate::store::decode_spec(
+            c.dependencies
+                .resolved_spec(dependant.id)
+                .expect("resolved"),
+        )
+        .expect("decodes");
+        assert_eq!(resolved.inputs[0].source, InputSource::Object(object));
+    }
+    assert_eq!(counts.count(&object.sha256), 2, "each dependant holds it");
+    commit(&mut c);
+
+    // Submitted once the producer has left the loop: the server found it finished.
+    assert!(!c.tasks.contains_key(&producer.id));
+    let late = task().input("/in", stdout);
+    let mut admitted = admitted(&late);
+    admitted.finished = vec![super::FinishedDependency {
+        task: producer.id,
+        state: TaskState::Succeeded,
+        reason: None,
+        outputs: Vec::new(),
+    }];
+    let (reply, _rx) = oneshot::channel();
+    c.submit(Submission {
+        client: None,
+        tasks: vec![admitted],
+        reply,
+    });
+    c.end_turn();
+    commit(&mut c);
+    assert_eq!(c.comm.stdouts, vec![producer.id, producer.id]);
+    c.handle(Event::StdoutStored {
+        producer: producer.id,
+        result: Err("the object store failed: disk full".into()),
+    });
+    c.end_turn();
+    assert_eq!(state(&c, late.id), Some(TaskState::DependencyFailed));
+    let reason = c.tasks[&late.id]
+        .outcome
+        .as_ref()
+        .and_then(|o| o.reason.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains(&producer.id.to_string()) && reason.contains("disk full"),
+        "{reason}"
+    );
 }
