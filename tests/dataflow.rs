@@ -32,6 +32,24 @@ async fn cluster(max_output_bytes: usize) -> NodeCluster {
     cluster
 }
 
+/// A head with `failpoints` (as in `FAILPOINTS`) and one node, ready: `(head, node, client.toml)`.
+fn start_with_failpoints(
+    dir: &std::path::Path,
+    listen: &str,
+    failpoints: &str,
+) -> (
+    common::process::Daemon,
+    common::process::Daemon,
+    std::path::PathBuf,
+) {
+    let head = common::process::start_head_env(dir, listen, &[], &[("FAILPOINTS", failpoints)]);
+    let client_toml = dir.join("head/client.toml");
+    wait_for("the head's client.toml", || client_toml.exists());
+    let node = start_node_with(dir, listen, "n1", 2000, &[]);
+    wait_ready(&client_toml, "n1");
+    (head, node, client_toml)
+}
+
 async fn state_of(client: &Client, task: &TaskRef) -> Option<TaskState> {
     client
         .task_info(task)
@@ -375,7 +393,7 @@ async fn the_cli_declares_outputs_takes_them_as_inputs_and_cancels_recursively()
                 "--",
                 "sh",
                 "-c",
-                "echo hi > /g",
+                "echo hi > /g; echo said hi",
             ],
         ));
         let second = text(&rgrid(
@@ -393,6 +411,21 @@ async fn the_cli_declares_outputs_takes_them_as_inputs_and_cancels_recursively()
             ],
         ));
         assert_eq!(second, "hi");
+        let said = text(&rgrid(
+            &config,
+            &[
+                "submit",
+                "--image",
+                image,
+                "--input",
+                &format!("/in/s={first}:stdout"),
+                "--wait",
+                "--",
+                "cat",
+                "/in/s",
+            ],
+        ));
+        assert_eq!(said, "said hi", "a task's stdout as an input");
         let copy = dir.join("greeting.txt");
         text(&rgrid(
             &config,
@@ -445,16 +478,8 @@ async fn a_dependency_that_finishes_while_its_dependant_is_admitted_is_found() {
     within(120, async {
         // The server's store lookup for a dependant, then 4 s before the loop sees it: its
         // dependency finishes (and leaves the loop) in between.
-        let _head = common::process::start_head_env(
-            dir,
-            &listen,
-            &[],
-            &[("FAILPOINTS", "after-dependency-lookup=return(4000)")],
-        );
-        let client_toml = dir.join("head/client.toml");
-        wait_for("the head's client.toml", || client_toml.exists());
-        let _node = start_node_with(dir, &listen, "n1", 2000, &[]);
-        wait_ready(&client_toml, "n1");
+        let (_head, _node, client_toml) =
+            start_with_failpoints(dir, &listen, "after-dependency-lookup=return(4000)");
         let client = Client::connect_file(&client_toml).await.expect("connect");
         let root = client
             .submit(sh("echo early > /o").output("o", "/o"))
@@ -541,16 +566,8 @@ async fn a_stdout_not_yet_stored_at_a_head_crash_is_stored_after_the_restart() {
     let dir = dir.0.path();
     let listen = format!("127.0.0.1:{}", free_udp_port());
     within(120, async {
-        let mut head = common::process::start_head_env(
-            dir,
-            &listen,
-            &[],
-            &[("FAILPOINTS", "before-stdout-stored=return")],
-        );
-        let client_toml = dir.join("head/client.toml");
-        wait_for("the head's client.toml", || client_toml.exists());
-        let _node = start_node_with(dir, &listen, "n1", 2000, &[]);
-        wait_ready(&client_toml, "n1");
+        let (mut head, _node, client_toml) =
+            start_with_failpoints(dir, &listen, "before-stdout-stored=return");
         let client = Client::connect_file(&client_toml).await.expect("connect");
         let producer = sh("echo from before the crash");
         let producer_ref = TaskRef { id: producer.id };

@@ -230,8 +230,10 @@ impl TaskSpec {
 
     fn tasks_in_inputs(&self, pick: impl Fn(&InputSource) -> Option<TaskId>) -> Vec<TaskId> {
         let mut tasks: Vec<TaskId> = Vec::new();
+        // A set, not a scan of `tasks`: up to `MAX_INPUTS` of them.
+        let mut seen = std::collections::HashSet::new();
         for task in self.inputs.iter().filter_map(|input| pick(&input.source)) {
-            if !tasks.contains(&task) {
+            if seen.insert(task) {
                 tasks.push(task);
             }
         }

@@ -4,52 +4,68 @@
 //! submission (whose insert will find it stored). The loop does the rest (see
 //! `cluster::dependencies`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rgrid_core::TaskId;
 
 use crate::cluster::{Admitted, FinishedDependency};
 use crate::store::{Store, StoreError};
 
-/// Fills in [`Admitted::finished`]: the dependencies the store has as finished. One query for
-/// the whole submission; none when no task has dependencies.
-pub(crate) async fn finished_dependencies(
-    tasks: &mut [Admitted],
-    store: &Store,
-) -> Result<(), StoreError> {
-    let wanted: Vec<TaskId> = tasks
-        .iter()
-        .flat_map(|t| t.dependencies.iter().copied())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let found = store.tasks(&wanted).await?;
-    // The window this lookup leaves before the loop sees the submission, held open by tests
-    // (`FAILPOINTS=after-dependency-lookup=return(MS)`, failpoints builds only).
-    if let Some(ms) = hold_after_lookup() {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
-    let finished: Vec<FinishedDependency> = found
-        .into_iter()
-        .filter(|(_, stored)| stored.state.is_terminal())
-        .map(|(task, stored)| FinishedDependency {
-            task,
-            state: stored.state,
-            reason: stored.reason,
-            outputs: stored.outputs,
-        })
-        .collect();
-    for task in tasks.iter_mut() {
-        task.finished = finished
+/// The dependencies of one submission the store has as finished, kept across its rounds of
+/// admission (a finished task stays finished, so a round looks up only what no earlier round
+/// found finished).
+#[derive(Default)]
+pub(crate) struct FinishedLookup {
+    found: HashMap<TaskId, FinishedDependency>,
+}
+
+impl FinishedLookup {
+    /// Fills in [`Admitted::finished`]. One query for the whole submission; none when no task
+    /// has dependencies, or when earlier rounds found them all.
+    pub(crate) async fn fill(
+        &mut self,
+        tasks: &mut [Admitted],
+        store: &Store,
+    ) -> Result<(), StoreError> {
+        let wanted: Vec<TaskId> = tasks
             .iter()
-            .filter(|f| task.dependencies.contains(&f.task))
-            .cloned()
+            .flat_map(|t| t.dependencies.iter().copied())
+            .filter(|dependency| !self.found.contains_key(dependency))
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
+        if !wanted.is_empty() {
+            let found = store.tasks(&wanted).await?;
+            // The window this lookup leaves before the loop sees the submission, held open by
+            // tests (`FAILPOINTS=after-dependency-lookup=return(MS)`, failpoints builds only).
+            if let Some(ms) = hold_after_lookup() {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            let finished = found
+                .into_iter()
+                .filter(|(_, stored)| stored.state.is_terminal())
+                .map(|(task, stored)| {
+                    let finished = FinishedDependency {
+                        task,
+                        state: stored.state,
+                        reason: stored.reason,
+                        outputs: stored.outputs,
+                    };
+                    (task, finished)
+                });
+            self.found.extend(finished);
+        }
+        // By id: a task may have a thousand dependencies, and a submission many such tasks.
+        for task in tasks.iter_mut() {
+            task.finished = task
+                .dependencies
+                .iter()
+                .filter_map(|dependency| self.found.get(dependency))
+                .cloned()
+                .collect();
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn hold_after_lookup() -> Option<u64> {

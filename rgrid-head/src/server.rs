@@ -30,6 +30,7 @@ use crate::admission::{Admission, Slot, UNAUTHENTICATED_DEADLINE};
 use crate::cluster::{
     Admitted, Channels, Event, NodeResults, Outcome, Overlay, Report, Session, Submission,
 };
+use crate::dependencies::FinishedLookup;
 use crate::join::{check_join, check_node_name, CheckedJoin};
 use crate::objects::Objects;
 use crate::outputs::OutputStore;
@@ -776,10 +777,12 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
         }
     }
     if !tasks.is_empty() {
-        let (mut loop_answers, mut unknown) = match admit(tasks, client, shared).await {
-            Ok(answered) => answered,
-            Err(response) => return response,
-        };
+        let mut finished = FinishedLookup::default();
+        let (mut loop_answers, mut unknown) =
+            match admit(tasks, &mut finished, client, shared).await {
+                Ok(answered) => answered,
+                Err(response) => return response,
+            };
         // A dependency the loop did not hold had either finished and left it after the store
         // was read (its end is durable, so the store has it now), or does not exist: another
         // look tells which. Another dependency may leave the loop meanwhile, so a task goes
@@ -800,10 +803,15 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
             if again.is_empty() {
                 break;
             }
-            let (answers_again, unknown_again) = match admit(again, client, shared).await {
-                Ok(answered) => answered,
-                Err(response) => return response,
-            };
+            tracing::debug!(
+                tasks = again.len(),
+                "dependencies left the loop while their dependants were admitted; looking again"
+            );
+            let (answers_again, unknown_again) =
+                match admit(again, &mut finished, client, shared).await {
+                    Ok(answered) => answered,
+                    Err(response) => return response,
+                };
             for (&position, answer) in positions.iter().zip(answers_again) {
                 loop_answers[position] = answer;
             }
@@ -830,10 +838,11 @@ async fn submit(specs: Vec<TaskSpec>, client: &str, role: ClientRole, shared: &S
 /// dependency the loop did not hold, with that dependency.
 async fn admit(
     mut tasks: Vec<Admitted>,
+    finished: &mut FinishedLookup,
     client: &str,
     shared: &Shared,
 ) -> Result<(Vec<SubmitAnswer>, Vec<(usize, TaskId)>), Response> {
-    if let Err(err) = crate::dependencies::finished_dependencies(&mut tasks, &shared.store).await {
+    if let Err(err) = finished.fill(&mut tasks, &shared.store).await {
         return Err(error(
             ErrorKind::Internal,
             format!("cannot read the store: {err}"),

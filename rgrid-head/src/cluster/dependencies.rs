@@ -20,7 +20,7 @@ use rgrid_core::task::InputSource;
 use rgrid_core::{TaskId, TaskSpec, TaskState};
 
 use super::effects::Effect;
-use super::events::Admitted;
+use super::events::{Admitted, FinishedDependency};
 use super::tasks::Ending;
 use super::{Cluster, Comm};
 use crate::store::{Store, StoreError};
@@ -90,6 +90,13 @@ impl Admission {
     }
 }
 
+/// The outputs of met dependencies, by task.
+fn met_by_task(met: &[(TaskId, Vec<NamedObject>)]) -> HashMap<TaskId, &[NamedObject]> {
+    met.iter()
+        .map(|(task, outputs)| (*task, outputs.as_slice()))
+        .collect()
+}
+
 fn declares(spec: &TaskSpec, name: &str) -> bool {
     spec.outputs.iter().any(|o| o.name == name)
 }
@@ -134,10 +141,13 @@ impl<C: Comm> Cluster<C> {
         }
         let mut admission = Admission::new(spec.stdout_dependencies());
         let mut specs: HashMap<TaskId, TaskSpec> = HashMap::new();
+        // By id, as every lookup below: a task may have a thousand dependencies.
+        let finished: HashMap<TaskId, &FinishedDependency> =
+            admitted.finished.iter().map(|f| (f.task, f)).collect();
         for dependency in &admitted.dependencies {
             // Finished in the store: also when the loop holds a resubmission of it, whose
             // insert will find it stored.
-            if let Some(finished) = admitted.finished.iter().find(|f| f.task == *dependency) {
+            if let Some(finished) = finished.get(dependency) {
                 if finished.state == TaskState::Succeeded {
                     admission.met.push((*dependency, finished.outputs.clone()));
                 } else if admission.failed.is_none() {
@@ -168,19 +178,18 @@ impl<C: Comm> Cluster<C> {
                 (None, _) => admission.open.push(*dependency),
             }
         }
+        let met = met_by_task(&admission.met);
         for input in &spec.inputs {
             let InputSource::TaskOutput { task, name } = &input.source else {
                 continue;
             };
             let declared = match specs.get(task) {
                 Some(dep_spec) => declares(dep_spec, name),
-                None => admission
-                    .met
-                    .iter()
-                    .any(|(t, outputs)| t == task && outputs.iter().any(|o| o.name == *name)),
+                None => met
+                    .get(task)
+                    .is_some_and(|outputs| outputs.iter().any(|o| o.name == *name)),
             };
-            let failed_finished =
-                !specs.contains_key(task) && !admission.met.iter().any(|(t, _)| t == task);
+            let failed_finished = !specs.contains_key(task) && !met.contains_key(task);
             if !declared && !failed_finished {
                 return Err(Refused::Invalid(format!(
                     "input {}: task {task} declares no output {name:?}",
@@ -373,14 +382,13 @@ impl<C: Comm> Cluster<C> {
             return;
         };
         let mut missing = None;
+        let met = met_by_task(&waiting.met);
         for input in &mut spec.inputs {
             let object = match &input.source {
                 InputSource::Object(_) => continue,
-                InputSource::TaskOutput { task, name } => waiting
-                    .met
-                    .iter()
-                    .find(|(t, _)| t == task)
-                    .and_then(|(_, outputs)| outputs.iter().find(|o| o.name == *name))
+                InputSource::TaskOutput { task, name } => met
+                    .get(task)
+                    .and_then(|outputs| outputs.iter().find(|o| o.name == *name))
                     .map(|o| o.object),
                 InputSource::TaskStdout { task } => waiting
                     .stdouts
