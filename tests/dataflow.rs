@@ -600,3 +600,70 @@ async fn a_stdout_not_yet_stored_at_a_head_crash_is_stored_after_the_restart() {
     })
     .await;
 }
+
+/// A dependant submitted after retention deleted the output it names (its producer ended long
+/// before, nothing held or pinned it) is refused at submit, saying so, and nothing is stored;
+/// one taking a kept output of the same producer, and its stdout, runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_deleted_by_retention_is_refused_at_submit() {
+    within(120, async {
+        demo_image();
+        let mut cluster = NodeCluster::start_with(|config| {
+            config.objects.object_retention = std::time::Duration::from_secs(2);
+        })
+        .await;
+        let config = cluster.node_config("n1");
+        cluster.add_node(config).await;
+        let client = cluster.client().await;
+        let producer = client
+            .submit(
+                sh("echo short-lived > /a; echo kept > /b; echo printed")
+                    .output("a", "/a")
+                    .output("b", "/b"),
+            )
+            .await
+            .expect("submitted");
+        let outcome = client.get(&producer).await.expect("the producer ends");
+        assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+        let (a, b) = (
+            outcome.output("a").expect("a"),
+            outcome.output("b").expect("b"),
+        );
+        client.pin(&b).await.expect("b pinned");
+        // Listed, not downloaded: a download is a use, which retention counts from.
+        eventually("retention deleting output a", 30, || async {
+            let listed = client.objects().await.expect("objects");
+            (!listed.iter().any(|o| o.object == a)).then_some(())
+        })
+        .await;
+        let before = client.tasks().await.expect("tasks").len();
+        let answers = client
+            .submit_answers(vec![sh("cat /in").input("/in", producer.output("a"))])
+            .await
+            .expect("answered");
+        let SubmitAnswer::Rejected(message) = &answers[0].1 else {
+            panic!("accepted: {answers:?}");
+        };
+        assert!(
+            message.contains("\"a\"") && message.contains("no longer stored"),
+            "{message}"
+        );
+        assert_eq!(
+            client.tasks().await.expect("tasks").len(),
+            before,
+            "nothing stored"
+        );
+        let kept = client
+            .submit(
+                sh("cat /in/b /in/s")
+                    .input("/in/b", producer.output("b"))
+                    .input("/in/s", producer.stdout()),
+            )
+            .await
+            .expect("submitted");
+        let outcome = client.get(&kept).await.expect("ends");
+        assert_eq!(outcome.state, TaskState::Succeeded, "{outcome:?}");
+        assert_eq!(outcome.stdout, b"kept\nprinted\n");
+    })
+    .await;
+}

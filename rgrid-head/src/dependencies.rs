@@ -1,7 +1,8 @@
 //! The server's part of task dependencies: before a submission reaches the loop, its tasks'
 //! dependencies are looked up in the store, so that the loop can settle a task that depends on
 //! one that finished long ago (the loop holds only open tasks), also one resubmitted in the same
-//! submission (whose insert will find it stored). The loop does the rest (see
+//! submission (whose insert will find it stored), and one whose outputs retention has deleted
+//! since (refused at submit, not failed at staging). The loop does the rest (see
 //! `cluster::dependencies`).
 
 use std::collections::{HashMap, HashSet};
@@ -9,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use rgrid_core::TaskId;
 
 use crate::cluster::{Admitted, FinishedDependency};
+use crate::objects::Objects;
 use crate::store::{Store, StoreError};
 
 /// The dependencies of one submission the store has as finished, kept across its rounds of
@@ -26,6 +28,7 @@ impl FinishedLookup {
         &mut self,
         tasks: &mut [Admitted],
         store: &Store,
+        objects: &Objects,
     ) -> Result<(), StoreError> {
         let wanted: Vec<TaskId> = tasks
             .iter()
@@ -35,7 +38,7 @@ impl FinishedLookup {
             .into_iter()
             .collect();
         if !wanted.is_empty() {
-            let found = store.tasks(&wanted).await?;
+            let found = store.ends(&wanted).await?;
             // The window this lookup leaves before the loop sees the submission, held open by
             // tests (`FAILPOINTS=after-dependency-lookup=return(MS)`, failpoints builds only).
             if let Some(ms) = hold_after_lookup() {
@@ -45,11 +48,16 @@ impl FinishedLookup {
                 .into_iter()
                 .filter(|(_, stored)| stored.state.is_terminal())
                 .map(|(task, stored)| {
+                    let (outputs, deleted): (Vec<_>, Vec<_>) = stored
+                        .outputs
+                        .into_iter()
+                        .partition(|output| objects.is_stored(&output.object));
                     let finished = FinishedDependency {
                         task,
                         state: stored.state,
                         reason: stored.reason,
-                        outputs: stored.outputs,
+                        outputs,
+                        deleted: deleted.into_iter().map(|output| output.name).collect(),
                     };
                     (task, finished)
                 });

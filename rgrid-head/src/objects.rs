@@ -448,6 +448,14 @@ impl Objects {
         }
     }
 
+    /// Whether the head stores `object`.
+    pub(crate) fn is_stored(&self, object: &ObjectRef) -> bool {
+        lock(&self.index)
+            .objects
+            .get(&object.sha256)
+            .is_some_and(|entry| entry.size == object.size)
+    }
+
     /// Refuses a task whose inputs name an object the head does not hold; records the use of
     /// those it does (retention counts from the submit).
     pub(crate) fn check_inputs(&self, spec: &TaskSpec) -> Result<(), String> {

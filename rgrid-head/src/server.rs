@@ -842,7 +842,10 @@ async fn admit(
     client: &str,
     shared: &Shared,
 ) -> Result<(Vec<SubmitAnswer>, Vec<(usize, TaskId)>), Response> {
-    if let Err(err) = finished.fill(&mut tasks, &shared.store).await {
+    if let Err(err) = finished
+        .fill(&mut tasks, &shared.store, &shared.objects)
+        .await
+    {
         return Err(error(
             ErrorKind::Internal,
             format!("cannot read the store: {err}"),

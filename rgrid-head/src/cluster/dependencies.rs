@@ -190,6 +190,15 @@ impl<C: Comm> Cluster<C> {
                     .is_some_and(|outputs| outputs.iter().any(|o| o.name == *name)),
             };
             let failed_finished = !specs.contains_key(task) && !met.contains_key(task);
+            if finished
+                .get(task)
+                .is_some_and(|f| f.deleted.iter().any(|deleted| deleted == name))
+            {
+                return Err(Refused::Invalid(format!(
+                    "input {}: output {name:?} of task {task} is no longer stored (retention deleted it, object_retention after its last use); run that task again under a new id, or pin outputs while later tasks need them",
+                    input.path
+                )));
+            }
             if !declared && !failed_finished {
                 return Err(Refused::Invalid(format!(
                     "input {}: task {task} declares no output {name:?}",

@@ -56,7 +56,10 @@ pub(crate) struct FinishedDependency {
     pub task: TaskId,
     pub state: TaskState,
     pub reason: Option<String>,
+    /// Its outputs the head still stores.
     pub outputs: Vec<NamedObject>,
+    /// The names of those retention has deleted since.
+    pub deleted: Vec<String>,
 }
 
 impl From<rgrid_core::TaskSpec> for Admitted {

@@ -914,6 +914,7 @@ fn a_stdout_input_waits_for_the_stdout_to_be_stored() {
         state: TaskState::Succeeded,
         reason: None,
         outputs: Vec::new(),
+        deleted: Vec::new(),
     }];
     let (reply, _rx) = oneshot::channel();
     c.submit(Submission {

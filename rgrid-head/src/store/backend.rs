@@ -180,7 +180,7 @@ macro_rules! backend {
             use crate::store::batch::{Output, Write, WriteBatch};
             use crate::store::{
                 decode, encode, parse_id, to_i64, to_u32, to_u64, LatestAttempt, ListedTask,
-                RecoveredTask, StoreError, StoredEdge, StoredNode, StoredTask, StoredToken,
+                RecoveredTask, StoreError, StoredEdge, StoredEnd, StoredNode, StoredTask, StoredToken,
             };
 
             type Db = $db;
@@ -330,6 +330,33 @@ macro_rules! backend {
                             },
                         };
                         found.push((id, stored));
+                    }
+                }
+                Ok(found)
+            }
+
+            /// How each of these tasks stands (state, reason, outputs), of those the store has.
+            pub(crate) async fn ends(
+                pool: &Pool,
+                ids: &[TaskId],
+            ) -> Result<Vec<(TaskId, StoredEnd)>, StoreError> {
+                let mut found = Vec::with_capacity(ids.len());
+                for (size, chunk) in chunks(ids) {
+                    let sql = format!(
+                        "SELECT id, state, reason, outputs FROM tasks WHERE id IN ({})",
+                        super::rows("?", super::CHUNKS[size], !$sqlite)
+                    );
+                    let mut query = sqlx::query(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for row in query.fetch_all(pool).await? {
+                        let end = StoredEnd {
+                            state: parse_state(row.get("state"))?,
+                            reason: row.get("reason"),
+                            outputs: decode_outputs(row.get("outputs"))?,
+                        };
+                        found.push((parse_id(row.get("id"), "task id")?, end));
                     }
                 }
                 Ok(found)

@@ -1,6 +1,7 @@
 //! Dependency edges through the store's own write path, on SQLite and PostgreSQL: written with
 //! the inserts (not for a resubmission of a known task), read back with each dependency's state
-//! and outputs; `pending` is open and `dependency_failed` is not.
+//! and outputs (and each task's end, as a dependency lookup reads it); `pending` is open and
+//! `dependency_failed` is not.
 
 use rgrid_core::object::{NamedObject, ObjectRef};
 use rgrid_core::{TaskId, TaskState};
@@ -88,7 +89,20 @@ async fn edges_round_trip(url: &str) {
     assert_eq!(edges[1].dependency, open);
     assert_eq!(edges[1].state, TaskState::Queued);
     let stored = store.task(done).await.expect("read").expect("stored");
-    assert_eq!(stored.outputs, vec![output]);
+    assert_eq!(stored.outputs, vec![output.clone()]);
+    // What a dependency lookup reads: how each stands, nothing for a task the store lacks.
+    let mut ends = store
+        .ends(&[done, failed, TaskId::new()])
+        .await
+        .expect("ends");
+    ends.sort_by_key(|(task, _)| *task != done);
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    assert_eq!(ends[0].0, done);
+    assert_eq!(ends[0].1.state, TaskState::Succeeded);
+    assert_eq!(ends[0].1.outputs, vec![output]);
+    assert_eq!(ends[1].0, failed);
+    assert_eq!(ends[1].1.state, TaskState::DependencyFailed);
+    assert_eq!(ends[1].1.reason.as_deref(), Some("why"));
 
     let open_ids: Vec<TaskId> = store
         .recover_page(None, 100)

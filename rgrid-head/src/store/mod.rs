@@ -102,6 +102,15 @@ pub(crate) struct StoredTask {
     pub outputs: Vec<NamedObject>,
 }
 
+/// How a task stands, as a dependency lookup reads it.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredEnd {
+    pub state: TaskState,
+    pub reason: Option<String>,
+    /// Its declared outputs, once it succeeded.
+    pub outputs: Vec<NamedObject>,
+}
+
 /// A dependency of an open task, as recovery reads it.
 #[derive(Clone, Debug)]
 pub(crate) struct StoredEdge {
@@ -312,6 +321,15 @@ impl Store {
         ids: &[TaskId],
     ) -> Result<Vec<(TaskId, StoredTask)>, StoreError> {
         on_pool!(&self.pool, backend::tasks(ids))
+    }
+
+    /// How each of these tasks stands, of those the store has (what a dependency lookup needs,
+    /// without their specs and attempts).
+    pub(crate) async fn ends(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<Vec<(TaskId, StoredEnd)>, StoreError> {
+        on_pool!(&self.pool, backend::ends(ids))
     }
 
     /// Every attempt of a task, in order.
