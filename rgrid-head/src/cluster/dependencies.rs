@@ -23,7 +23,7 @@ use super::effects::Effect;
 use super::events::{Admitted, FinishedDependency};
 use super::tasks::Ending;
 use super::{Cluster, Comm};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredEdge};
 
 /// What one open task with dependencies waits for.
 #[derive(Debug, Default)]
@@ -272,6 +272,36 @@ impl<C: Comm> Cluster<C> {
         }
     }
 
+    /// A task placed before a restart goes back to the queue before the stdouts it takes are
+    /// stored again (its resolved spec waits for them): it waits `Pending` instead, asking
+    /// again for those no store is in flight for. False when it has what it needs.
+    pub(super) fn wait_for_stdouts_again(&mut self, id: TaskId) -> bool {
+        let Some(waiting) = self.dependencies.waiting.get(&id) else {
+            return false;
+        };
+        if waiting.resolved.is_some() || waiting.unmet == 0 {
+            return false;
+        }
+        let missing: Vec<TaskId> = waiting
+            .stdouts
+            .iter()
+            .filter(|(_, object)| object.is_none())
+            .map(|(producer, _)| *producer)
+            .collect();
+        for producer in missing {
+            let in_flight = self
+                .dependencies
+                .stdout_waiters
+                .get(&producer)
+                .is_some_and(|waiters| waiters.contains(&id));
+            if !in_flight {
+                self.wait_for_stdout(producer, id);
+            }
+        }
+        self.set_state(id, TaskState::Pending);
+        true
+    }
+
     /// The stdout of `producer` is stored (or cannot be): the tasks that wait for it go on.
     pub(super) fn stdout_stored(&mut self, producer: TaskId, result: Result<ObjectRef, String>) {
         let Some(waiters) = self.dependencies.stdout_waiters.remove(&producer) else {
@@ -290,6 +320,8 @@ impl<C: Comm> Cluster<C> {
                             ),
                         );
                     }
+                    // A task still placed (after a restart) runs with what its node staged;
+                    // should it run again, it asks again (`wait_for_stdouts_again`).
                     continue;
                 }
             };
@@ -449,8 +481,15 @@ impl<C: Comm> Cluster<C> {
         store: &Store,
         tasks: &[TaskId],
     ) -> Result<(), StoreError> {
+        let edges = store.edges(tasks).await?;
+        self.settle_recovered(edges);
+        Ok(())
+    }
+
+    /// The open tasks' edges as the store has them, with their dependencies' states.
+    pub(super) fn settle_recovered(&mut self, edges: Vec<StoredEdge>) {
         let mut by_task: HashMap<TaskId, Admission> = HashMap::new();
-        for edge in store.edges(tasks).await? {
+        for edge in edges {
             let admission = by_task.entry(edge.task).or_insert_with(|| {
                 let stdouts = self
                     .tasks
@@ -501,6 +540,5 @@ impl<C: Comm> Cluster<C> {
                 None => {}
             }
         }
-        Ok(())
     }
 }

@@ -636,6 +636,9 @@ impl<C: Comm> Cluster<C> {
             failures: task.failures,
         });
         self.details.insert(id, why);
+        if self.wait_for_stdouts_again(id) {
+            return;
+        }
         self.set_state(id, TaskState::Queued);
         if now {
             if let Some(task) = self.tasks.get(&id) {

@@ -941,3 +941,84 @@ fn a_stdout_input_waits_for_the_stdout_to_be_stored() {
         "{reason}"
     );
 }
+
+/// After a restart, a task that was running and takes a stdout gets its resolved spec back once
+/// that stdout is stored again. Requeued before that (its node came back without it), it waits
+/// `Pending` for the store in flight, and then runs with the object, never with the unresolved
+/// input.
+#[test]
+fn a_task_placed_before_a_restart_runs_again_only_once_its_stdout_is_stored_again() {
+    use rgrid_core::object::ObjectRef;
+    use rgrid_core::task::InputSource;
+    let mut c = cluster();
+    let node = NodeId::new();
+    c.recover_node(
+        StoredNode {
+            id: node,
+            name: "n".into(),
+            hello: Some(hello(4000)),
+            state: "ready",
+            joined_at_ms: 0,
+        },
+        monotonic_ms(),
+    );
+    let producer = TaskId::new();
+    let spec = task().input("/in", InputSource::TaskStdout { task: producer });
+    let has_dependencies = c
+        .recover_task(RecoveredTask {
+            id: spec.id,
+            spec: crate::store::encode(&spec),
+            submitted_at_ms: 0,
+            node_losses: 0,
+            failures: 0,
+            latest: Some(LatestAttempt {
+                attempt: 1,
+                node,
+                started_at_ms: 0,
+                ended: false,
+            }),
+        })
+        .expect("the spec decodes");
+    assert!(has_dependencies);
+    c.settle_recovered(vec![crate::store::StoredEdge {
+        task: spec.id,
+        dependency: producer,
+        state: TaskState::Succeeded,
+        reason: None,
+        outputs: Vec::new(),
+    }]);
+    assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
+    assert_eq!(c.comm.stdouts, vec![producer], "stored again");
+
+    // Its node comes back without it.
+    connect(&mut c, node, 7, hello(4000));
+    commit(&mut c);
+    assert_eq!(state(&c, spec.id), Some(TaskState::Pending), "waits");
+    assert!(assigned(&mut c).is_empty(), "not run unresolved");
+    assert_eq!(
+        c.comm.stdouts,
+        vec![producer],
+        "the store in flight is not asked again"
+    );
+
+    let object = ObjectRef::of(b"stdout");
+    c.handle(Event::StdoutStored {
+        producer,
+        result: Ok(object),
+    });
+    c.end_turn();
+    commit(&mut c);
+    let specs: Vec<TaskSpec> = c
+        .comm
+        .sent
+        .iter()
+        .filter_map(|(_, message)| match message {
+            HeadMessage::Assign(batch) => Some(batch.clone()),
+            _ => None,
+        })
+        .flatten()
+        .map(|a| crate::store::decode_spec(&a.spec).expect("decodes"))
+        .collect();
+    assert_eq!(specs.len(), 1, "run again once");
+    assert_eq!(specs[0].inputs[0].source, InputSource::Object(object));
+}
