@@ -209,8 +209,9 @@ impl<C: Comm> Cluster<C> {
         Ok(Some(admission))
     }
 
-    /// A new `Pending` task in the table: waits for its open dependencies, or is released (all
-    /// met) or fails (one failed) at once.
+    /// A `Pending` task in the table (new, or read back): waits for its open dependencies, or
+    /// is released (all met) or fails (one failed) at once. A task still placed after a restart
+    /// (all met) gets its resolved spec back, without being queued.
     pub(super) fn wait_for_dependencies(&mut self, id: TaskId, admission: Admission) {
         let Admission {
             open,
@@ -512,32 +513,11 @@ impl<C: Comm> Cluster<C> {
             }
         }
         for (id, admission) in by_task {
-            match self.tasks.get(&id).map(|t| t.state) {
-                Some(TaskState::Pending) => self.wait_for_dependencies(id, admission),
-                // Placed before the restart: all met; only its resolved spec is needed (once
-                // the stdouts it takes are stored again), should it run again.
-                Some(_) => {
-                    for (_, outputs) in &admission.met {
-                        self.holds.take_outputs(id, outputs);
-                    }
-                    let unmet = u32::try_from(admission.stdouts.len()).unwrap_or(u32::MAX);
-                    self.dependencies.waiting.insert(
-                        id,
-                        Waiting {
-                            unmet,
-                            met: admission.met,
-                            stdouts: admission.stdouts.iter().map(|&p| (p, None)).collect(),
-                            resolved: None,
-                        },
-                    );
-                    for producer in admission.stdouts {
-                        self.wait_for_stdout(producer, id);
-                    }
-                    if unmet == 0 {
-                        self.release(id);
-                    }
-                }
-                None => {}
+            // Pending: waits again. Placed before the restart: all met, so this only gives it
+            // its resolved spec back (once the stdouts it takes are stored again), should it
+            // run again.
+            if self.tasks.contains_key(&id) {
+                self.wait_for_dependencies(id, admission);
             }
         }
     }

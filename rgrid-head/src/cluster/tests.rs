@@ -325,12 +325,9 @@ fn one_owner_decides_what_is_new() {
     );
 }
 
-#[test]
-fn an_attempt_number_is_never_reused_after_a_crash_before_the_assignment() {
-    // The head stored attempt 1 on the node, then died before sending it. A new head reads the
-    // task back as assigned there; the node reconnects without it.
-    let mut c = cluster();
-    let node = NodeId::new();
+/// What a restarted head reads back: `node` (ready), and `spec` as attempt 1 on it, not ended.
+/// True when the task has dependencies.
+fn recover_placed(c: &mut Loop, node: NodeId, spec: &TaskSpec) -> bool {
     c.recover_node(
         StoredNode {
             id: node,
@@ -341,10 +338,9 @@ fn an_attempt_number_is_never_reused_after_a_crash_before_the_assignment() {
         },
         monotonic_ms(),
     );
-    let spec = task();
     c.recover_task(RecoveredTask {
         id: spec.id,
-        spec: crate::store::encode(&spec),
+        spec: crate::store::encode(spec),
         submitted_at_ms: 0,
         node_losses: 0,
         failures: 0,
@@ -355,7 +351,17 @@ fn an_attempt_number_is_never_reused_after_a_crash_before_the_assignment() {
             ended: false,
         }),
     })
-    .expect("the spec decodes");
+    .expect("the spec decodes")
+}
+
+#[test]
+fn an_attempt_number_is_never_reused_after_a_crash_before_the_assignment() {
+    // The head stored attempt 1 on the node, then died before sending it. A new head reads the
+    // task back as assigned there; the node reconnects without it.
+    let mut c = cluster();
+    let node = NodeId::new();
+    let spec = task();
+    recover_placed(&mut c, node, &spec);
     assert_eq!(state(&c, spec.id), Some(TaskState::Assigned));
     connect(&mut c, node, 7, hello(4000));
     let batch = commit(&mut c);
@@ -952,34 +958,9 @@ fn a_task_placed_before_a_restart_runs_again_only_once_its_stdout_is_stored_agai
     use rgrid_core::task::InputSource;
     let mut c = cluster();
     let node = NodeId::new();
-    c.recover_node(
-        StoredNode {
-            id: node,
-            name: "n".into(),
-            hello: Some(hello(4000)),
-            state: "ready",
-            joined_at_ms: 0,
-        },
-        monotonic_ms(),
-    );
     let producer = TaskId::new();
     let spec = task().input("/in", InputSource::TaskStdout { task: producer });
-    let has_dependencies = c
-        .recover_task(RecoveredTask {
-            id: spec.id,
-            spec: crate::store::encode(&spec),
-            submitted_at_ms: 0,
-            node_losses: 0,
-            failures: 0,
-            latest: Some(LatestAttempt {
-                attempt: 1,
-                node,
-                started_at_ms: 0,
-                ended: false,
-            }),
-        })
-        .expect("the spec decodes");
-    assert!(has_dependencies);
+    assert!(recover_placed(&mut c, node, &spec), "it has dependencies");
     c.settle_recovered(vec![crate::store::StoredEdge {
         task: spec.id,
         dependency: producer,
